@@ -1,0 +1,1 @@
+"""lockgate.engine: the runtime, and the only owner of confluent_kafka."""

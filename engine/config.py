@@ -1,0 +1,126 @@
+"""User-facing configuration: pydantic models, validated where the user gives them.
+
+librdkafka's dotted options are built here and nowhere else.
+
+Examples
+--------
+>>> from lockgate.engine.config import BatchPolicy
+>>> BatchPolicy(max_records=1000, max_wait="250ms").max_wait_s
+0.25
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from lockgate.operators.durations import parse_duration
+
+__all__ = ["BatchPolicy", "PipelineConfig"]
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class BatchPolicy(BaseModel):
+    """When a micro-batch is closed: whichever limit is reached first.
+
+    Parameters
+    ----------
+    max_records
+        Records per micro-batch, at most.
+    max_bytes
+        Bytes of record values per micro-batch, at most (checked between polls).
+    max_wait
+        How long to wait for more records before closing a non-empty batch.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_records: int = Field(50_000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_wait: timedelta = timedelta(milliseconds=100)
+
+    @field_validator("max_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value, what="BatchPolicy(max_wait=...)")
+
+    @property
+    def max_wait_s(self) -> float:
+        """``max_wait`` in seconds."""
+        return self.max_wait.total_seconds()
+
+
+class PipelineConfig(BaseModel):
+    """Validated options of an ``lg.Pipeline``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    brokers: str = "localhost:9092"
+    state: str = "./lockgate-state"
+    batch: BatchPolicy = BatchPolicy()
+    instance: str = Field(default_factory=lambda: os.environ.get("LOCKGATE_INSTANCE", "0"))
+    kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"pipeline name {value!r} must be 1-200 characters of letters, digits, '.', '_' or '-' "
+                "(it names the consumer group and the transactional id)"
+            )
+        return value
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per instance, so a restart fences and aborts its predecessor at once."""
+        return f"{self.name}-{self.instance}"
+
+    @property
+    def dlq_topic(self) -> str:
+        """The dead-letter topic of this pipeline."""
+        return f"{self.name}-dlq"
+
+    def _common(self) -> dict[str, Any]:
+        extra = {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in self.kafka.items()}
+        return {"bootstrap.servers": self.brokers, **extra}
+
+    def consumer_options(self) -> dict[str, Any]:
+        """librdkafka options of the source consumer."""
+        return {
+            "group.id": self.name,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "queued.min.messages": 200_000,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            **self._common(),
+        }
+
+    def producer_options(self) -> dict[str, Any]:
+        """librdkafka options of the transactional producer."""
+        return {
+            "transactional.id": self.transactional_id,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "transaction.timeout.ms": 60_000,
+            "partitioner": "murmur2_random",
+            **self._common(),
+        }
+
+    def admin_options(self) -> dict[str, Any]:
+        """librdkafka options of the admin client."""
+        return self._common()

@@ -1,0 +1,354 @@
+"""Record formats: how Kafka values become columns, and columns become values.
+
+A format is a frozen spec (``lg.JSON``, ``lg.Raw``, ``lg.ArrowIPC``).  Decoding always
+works on a whole micro-batch at once: JSON values are joined with newlines and read
+by one ``pl.read_ndjson`` call, Arrow IPC values are read zero-copy.  Values that do
+not decode are returned with their error, never dropped: the engine sends them to
+the dead-letter topic.
+
+Examples
+--------
+>>> import polars as pl
+>>> from lockgate.engine.formats import JSON
+>>> fmt = JSON(schema={"user": pl.String, "n": pl.Int64})
+>>> out = fmt.decode([b'{"user": "a", "n": 1}', b'{"user": "b", "n": "x"}', b'oops'])
+>>> out.frame.to_dicts(), out.rows
+([{'user': 'a', 'n': 1}], [0])
+>>> [index for index, _ in out.errors]
+[1, 2]
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import polars as pl
+import pyarrow as pa
+
+from lockgate.operators.errors import PipelineDefinitionError
+
+__all__ = ["Format", "JSON", "Raw", "ArrowIPC", "Decoded", "KAFKA_COLUMNS"]
+
+#: Columns every source frame carries, taken from the Kafka record.
+KAFKA_COLUMNS: dict[str, pl.DataType] = {
+    "_topic": pl.String(),
+    "_partition": pl.Int32(),
+    "_offset": pl.Int64(),
+    "_timestamp": pl.Datetime("ms"),
+    "_key": pl.Binary(),
+}
+
+_TEMPORAL = (pl.Datetime, pl.Date)
+_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The result of decoding one batch of values.
+
+    ``frame`` holds the rows that decoded, in input order; ``rows[i]`` is the input
+    index of ``frame``'s row ``i``; ``errors`` lists ``(input index, message)`` for
+    every value that did not decode.
+    """
+
+    frame: pl.DataFrame
+    rows: list[int]
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Format:
+    """Base of the record formats."""
+
+    name: ClassVar[str] = "format"
+
+    def value_schema(self) -> dict[str, pl.DataType]:
+        """The columns that decoded values contribute."""
+        raise NotImplementedError
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        """Decode a whole batch of values."""
+        raise NotImplementedError
+
+    def encode(self, frame: pl.DataFrame) -> list[bytes]:
+        """Encode a frame into one value per row."""
+        raise NotImplementedError
+
+
+def _dtype(value: Any, column: str) -> pl.DataType:
+    try:
+        dtype = pl.DataType.from_python(value) if isinstance(value, type) and not issubclass(value, pl.DataType) else value
+        return dtype() if isinstance(dtype, type) else dtype
+    except Exception as exc:  # noqa: BLE001 - reworded for the user below
+        raise PipelineDefinitionError(
+            f"lg.JSON: the type {value!r} of column {column!r} is not a Polars data type; use e.g. pl.String, pl.Int64"
+        ) from exc
+
+
+@dataclass(frozen=True, init=False)
+class JSON(Format):
+    """JSON objects, one per Kafka value.
+
+    Parameters
+    ----------
+    schema
+        Column name to Polars type.  Required for a source; a sink may leave it out.
+        Datetime columns accept integer epochs (in the column's time unit) and
+        ISO-8601 text; text columns take any JSON scalar as its text.
+    nullable
+        Columns that may be missing or null.  Every other schema column is required:
+        a record without it goes to the dead-letter topic.
+    """
+
+    name: ClassVar[str] = "json"
+    schema: Mapping[str, pl.DataType] | None
+    nullable: frozenset[str]
+
+    def __init__(self, schema: Mapping[str, Any] | None = None, *, nullable: Sequence[str] = ()) -> None:
+        resolved = None if schema is None else {str(k): _dtype(v, str(k)) for k, v in dict(schema).items()}
+        unknown = set(nullable) - set(resolved or {})
+        if unknown:
+            raise PipelineDefinitionError(
+                f"lg.JSON: nullable names {sorted(unknown)} that are not in the schema {sorted(resolved or {})}"
+            )
+        object.__setattr__(self, "schema", resolved)
+        object.__setattr__(self, "nullable", frozenset(nullable))
+
+    def __hash__(self) -> int:
+        return hash((tuple((self.schema or {}).items()), self.nullable))
+
+    def value_schema(self) -> dict[str, pl.DataType]:
+        if self.schema is None:
+            raise PipelineDefinitionError("lg.JSON: a source needs schema={column: type, ...} to decode values")
+        return dict(self.schema)
+
+    def _wire_schema(self) -> dict[str, pl.DataType]:
+        return {k: (pl.String() if isinstance(v, _TEMPORAL) else v) for k, v in self.value_schema().items()}
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        wire = self._wire_schema()
+        candidates, errors = _prefilter(values)
+        chunks: list[tuple[list[int], pl.DataFrame]] = []
+        _read_ndjson_bisect(values, candidates, wire, chunks, errors)
+        if chunks:
+            frame = pl.concat([c[1] for c in chunks], how="vertical")
+            rows = [i for c in chunks for i in c[0]]
+        else:
+            frame, rows = pl.DataFrame(schema=wire), []
+        frame, rows, more = self._finish(frame, rows)
+        errors.extend(more)
+        errors.sort()
+        return Decoded(frame, rows, errors)
+
+    def _finish(self, frame: pl.DataFrame, rows: list[int]) -> tuple[pl.DataFrame, list[int], list[tuple[int, str]]]:
+        """Parse temporal text, then check required columns, for the whole frame at once."""
+        schema = self.value_schema()
+        exprs = [_temporal_expr(name, dtype) for name, dtype in schema.items() if isinstance(dtype, _TEMPORAL)]
+        parsed = frame.with_columns(exprs) if exprs else frame
+        problems: list[pl.Expr] = []
+        for name, dtype in schema.items():
+            if isinstance(dtype, _TEMPORAL):
+                problems.append(
+                    pl.when(pl.col(name).is_null() & frame[name].is_not_null())
+                    .then(pl.lit(f"column {name!r}: cannot parse ") + frame[name] + pl.lit(f" as {dtype}"))
+                )
+            if name not in self.nullable:
+                problems.append(
+                    pl.when(pl.col(name).is_null()).then(
+                        pl.lit(f"column {name!r} is missing or null; the schema requires it (or list it in nullable=)")
+                    )
+                )
+        if not problems or parsed.height == 0:
+            return parsed, rows, []
+        reason = parsed.select(pl.coalesce(problems).alias("r"))["r"]
+        bad = reason.is_not_null()
+        if not bad.any():
+            return parsed, rows, []
+        bad_idx = bad.arg_true().to_list()
+        messages = reason.filter(bad).to_list()
+        errors = [(rows[i], m) for i, m in zip(bad_idx, messages, strict=True)]
+        keep = ~bad
+        kept_rows = pl.Series(rows).filter(keep).to_list()
+        return parsed.filter(keep), kept_rows, errors
+
+    def encode(self, frame: pl.DataFrame) -> list[bytes]:
+        if frame.height == 0:
+            return []
+        text = frame.write_ndjson()
+        return text.encode().split(b"\n")[: frame.height]
+
+
+def _temporal_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    text = pl.col(name)
+    if isinstance(dtype, pl.Date):
+        return pl.coalesce(text.str.to_date("%Y-%m-%d", strict=False), text.str.to_integer(strict=False).cast(pl.Date)).alias(name)
+    unit = dtype.time_unit or "us"
+    tz = dtype.time_zone
+    parsed = [text.str.to_integer(strict=False).cast(pl.Datetime(unit))]
+    for fmt in _ISO_FORMATS:
+        candidate = text.str.to_datetime(fmt, time_unit=unit, strict=False)
+        if fmt.endswith("%#z"):
+            candidate = candidate.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        parsed.append(candidate)
+    out = pl.coalesce(parsed)
+    if tz is not None:
+        out = out.dt.replace_time_zone("UTC").dt.convert_time_zone(tz)
+    return out.alias(name)
+
+
+def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[int, str]]]:
+    """Indices worth decoding, and errors for values that are null or empty.
+
+    The common case (no null, no empty value) costs two C-level scans of the list.
+    """
+    if None not in values and b"" not in values:
+        return list(range(len(values))), []
+    errors = [(i, "the value is null (a tombstone)" if v is None else "the value is empty") for i, v in enumerate(values) if not v]
+    return [i for i, v in enumerate(values) if v], errors
+
+
+def _read_ndjson_bisect(
+    values: Sequence[bytes | None],
+    indices: list[int],
+    wire: dict[str, pl.DataType],
+    chunks: list[tuple[list[int], pl.DataFrame]],
+    errors: list[tuple[int, str]],
+) -> None:
+    """Decode ``indices`` with one strict read; on failure split in halves to find the bad values.
+
+    Cost: one read for a clean batch; about ``bad * log2(n)`` reads otherwise.
+    """
+    if not indices:
+        return
+    picked = [values[i] for i in indices] if len(indices) != len(values) else list(values)
+    joined = b"\n".join(picked)  # type: ignore[arg-type]
+    if joined.count(b"\n") != len(picked) - 1:
+        # a raw newline inside a JSON value can only be white space: make it a blank
+        joined = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in picked)  # type: ignore[union-attr]
+    try:
+        frame = pl.read_ndjson(io.BytesIO(joined), schema=wire)
+        if frame.height != len(indices):
+            raise pl.exceptions.ComputeError(f"expected {len(indices)} JSON objects, read {frame.height}")
+    except (pl.exceptions.PolarsError, ValueError, OSError) as exc:
+        if len(indices) == 1:
+            message = str(exc).split("\n", 1)[0]
+            errors.append((indices[0], f"not a JSON object of the schema: {message}"))
+            return
+        half = len(indices) // 2
+        _read_ndjson_bisect(values, indices[:half], wire, chunks, errors)
+        _read_ndjson_bisect(values, indices[half:], wire, chunks, errors)
+        return
+    chunks.append((indices, frame))
+
+
+@dataclass(frozen=True)
+class Raw(Format):
+    """The value as it is: one column ``value`` of bytes (``as_text=False``) or UTF-8 text.
+
+    Examples
+    --------
+    >>> from lockgate.engine.formats import Raw
+    >>> Raw(as_text=True).decode([b"hi", None]).frame["value"].to_list()
+    ['hi', None]
+    """
+
+    name: ClassVar[str] = "raw"
+    as_text: bool = False
+    column: str = "value"
+
+    def value_schema(self) -> dict[str, pl.DataType]:
+        return {self.column: pl.String() if self.as_text else pl.Binary()}
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        series = pl.Series(self.column, values, dtype=pl.Binary)
+        errors: list[tuple[int, str]] = []
+        if self.as_text:
+            text = series.cast(pl.String, strict=False)
+            bad = text.is_null() & series.is_not_null()
+            if bad.any():
+                errors = [(i, "the value is not valid UTF-8 text") for i in bad.arg_true().to_list()]
+                keep = ~bad
+                rows = pl.int_range(len(values), eager=True).filter(keep).to_list()
+                return Decoded(text.filter(keep).to_frame(), rows, errors)
+            series = text
+        return Decoded(series.to_frame(), list(range(len(values))), errors)
+
+    def encode(self, frame: pl.DataFrame) -> list[bytes]:
+        if frame.width != 1:
+            raise PipelineDefinitionError(
+                f"lg.Raw: a raw sink writes exactly one column, got {frame.columns}; select the value column first"
+            )
+        series = frame.to_series()
+        if series.dtype == pl.String:
+            series = series.cast(pl.Binary)
+        return series.to_list()
+
+
+@dataclass(frozen=True, init=False)
+class ArrowIPC(Format):
+    """Each Kafka value holds an Arrow IPC stream of many rows.
+
+    Reading is zero-copy: the value's buffer is handed to Arrow as it is.  A sink
+    writes one IPC stream per message of at most ``rows_per_message`` rows (one per
+    key value when the sink has a key).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from lockgate.engine.formats import ArrowIPC
+    >>> fmt = ArrowIPC(schema={"x": pl.Int64})
+    >>> values = fmt.encode(pl.DataFrame({"x": [1, 2, 3]}))
+    >>> len(values), fmt.decode(values).frame["x"].to_list()
+    (1, [1, 2, 3])
+    """
+
+    name: ClassVar[str] = "arrow_ipc"
+    schema: Mapping[str, pl.DataType] | None
+    rows_per_message: int
+
+    def __init__(self, schema: Mapping[str, Any] | None = None, *, rows_per_message: int = 10_000) -> None:
+        resolved = None if schema is None else {str(k): _dtype(v, str(k)) for k, v in dict(schema).items()}
+        if rows_per_message < 1:
+            raise PipelineDefinitionError("lg.ArrowIPC: rows_per_message must be >= 1")
+        object.__setattr__(self, "schema", resolved)
+        object.__setattr__(self, "rows_per_message", rows_per_message)
+
+    def __hash__(self) -> int:
+        return hash((tuple((self.schema or {}).items()), self.rows_per_message))
+
+    def value_schema(self) -> dict[str, pl.DataType]:
+        if self.schema is None:
+            raise PipelineDefinitionError("lg.ArrowIPC: a source needs schema={column: type, ...}")
+        return dict(self.schema)
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        target = pl.Schema(self.value_schema())
+        frames: list[pl.DataFrame] = []
+        rows: list[int] = []
+        errors: list[tuple[int, str]] = []
+        for index, value in enumerate(values):  # one Kafka value holds many rows: a loop per message, not per row
+            if not value:
+                errors.append((index, "the value is null or empty"))
+                continue
+            try:
+                table = pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+                frame = pl.from_arrow(table, rechunk=False)
+                assert isinstance(frame, pl.DataFrame)
+                frame = frame.select([pl.col(name).cast(dtype) for name, dtype in target.items()])
+            except (pa.ArrowException, pl.exceptions.PolarsError) as exc:
+                errors.append((index, f"not an Arrow IPC stream of the schema: {str(exc).splitlines()[0]}"))
+                continue
+            frames.append(frame)
+            rows.extend([index] * frame.height)
+        frame = pl.concat(frames, how="vertical", rechunk=False) if frames else pl.DataFrame(schema=target)
+        return Decoded(frame, rows, errors)
+
+    def encode(self, frame: pl.DataFrame) -> list[bytes]:
+        out = []
+        for start in range(0, frame.height, self.rows_per_message):
+            sink = io.BytesIO()
+            frame.slice(start, self.rows_per_message).write_ipc_stream(sink)
+            out.append(sink.getvalue())
+        return out

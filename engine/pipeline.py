@@ -1,0 +1,156 @@
+"""``lg.Pipeline``: where a user defines sources, operators and sinks, and runs them.
+
+Examples
+--------
+>>> import polars as pl
+>>> import lockgate as lg
+>>> pipe = lg.Pipeline("doc-pipe", brokers="127.0.0.1:1", state="/tmp/lockgate-doc",
+...                    batch=lg.BatchPolicy(max_records=10_000, max_wait="50ms"))
+>>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "ts": pl.Datetime("ms")}), event_time="ts")
+>>> clicks.with_columns(day=pl.col("ts").dt.date()).to_table("clicks_by_day")
+>>> print(pipe.plan().explain().splitlines()[-1].split()[:3])
+['to_table_1', 'to_table', 'from']
+>>> pipe.source("more", format=lg.JSON(schema={"x": pl.Int64}), watermark="5 parsecs")
+Traceback (most recent call last):
+...
+lockgate.operators.errors.PipelineDefinitionError: source 'more': watermark: cannot read '5 parsecs' as a duration; write a number and a unit (one of us, ms, s, m, h, d), e.g. '250ms', '5s', '1m', or pass a datetime.timedelta
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from pydantic import ValidationError
+
+from lockgate.engine.config import BatchPolicy, PipelineConfig
+from lockgate.engine.formats import Format
+from lockgate.engine.metrics import Metrics
+from lockgate.engine.plan import Plan, Stream, _Builder, source_node
+from lockgate.engine.runner import Runner, RunSummary, Until
+from lockgate.operators.durations import Duration
+from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.storage.tables import read_table
+
+__all__ = ["Pipeline", "defined_pipelines"]
+
+_DEFINED: weakref.WeakValueDictionary[int, Pipeline] = weakref.WeakValueDictionary()
+
+
+def defined_pipelines() -> list[Pipeline]:
+    """Pipelines created in this process, oldest first (``lockgate run`` picks from these)."""
+    return [p for _, p in sorted(_DEFINED.items())]
+
+
+class Pipeline:
+    """A named streaming pipeline: one consumer group, one transactional producer per instance.
+
+    Parameters
+    ----------
+    name
+        The pipeline's name: the consumer group id and the prefix of its transactional id.
+    brokers
+        Kafka bootstrap servers.
+    state
+        LanceDB URI for table sinks and state (a local directory or ``s3://...``).
+    batch
+        When a micro-batch closes (``lg.BatchPolicy``).
+    instance
+        This instance's id (default ``$LOCKGATE_INSTANCE`` or ``0``); stable across restarts.
+    kafka
+        Extra librdkafka options for every client (e.g. ``{"security.protocol": "SSL"}``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        brokers: str = "localhost:9092",
+        state: str = "./lockgate-state",
+        batch: BatchPolicy | None = None,
+        instance: str | None = None,
+        kafka: dict[str, Any] | None = None,
+    ) -> None:
+        options: dict[str, Any] = {"name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {}}
+        if batch is not None:
+            options["batch"] = batch
+        if instance is not None:
+            options["instance"] = instance
+        try:
+            self.config = PipelineConfig(**options)
+        except ValidationError as exc:
+            raise PipelineDefinitionError(f"lg.Pipeline({name!r}): {exc.errors()[0]['msg']}") from exc
+        self._builder = _Builder()
+        self._metrics = Metrics()
+        self._stop = threading.Event()
+        self._running = threading.Lock()
+        _DEFINED[id(self)] = self
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+        return self.config.name
+
+    def __repr__(self) -> str:
+        return f"<lockgate Pipeline {self.name!r} brokers={self.config.brokers!r} state={self.config.state!r} steps={len(self._builder.nodes)}>"
+
+    def _repr_html_(self) -> str:
+        return f"<b>lockgate Pipeline {self.name}</b>" + self.plan()._repr_html_()
+
+    def source(
+        self,
+        topic: str,
+        *,
+        format: Format,
+        event_time: str | None = None,
+        watermark: Duration | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """A stream of the records of ``topic``, decoded with ``format``.
+
+        Every batch has the Kafka columns ``_topic``, ``_partition``, ``_offset``,
+        ``_timestamp``, ``_key`` and the decoded value columns.  Records that do not
+        decode go to the dead-letter topic ``<pipeline>-dlq``.
+        """
+        node = source_node(self._builder, topic, format, event_time, watermark, name)
+        return Stream(self._builder, self._builder.add(node))
+
+    def plan(self) -> Plan:
+        """The validated plan, as it will run."""
+        return self._builder.plan()
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters: records in/out per topic, dead letters, batches, commits, aborts, table rows."""
+        return self._metrics.snapshot()
+
+    def stop(self) -> None:
+        """Ask a running ``run`` to stop after the open micro-batch (thread- and signal-safe)."""
+        self._stop.set()
+
+    def run(self, until: Until = None, *, max_batches: int | None = None, timeout: float | None = None) -> RunSummary:
+        """Process micro-batches exactly once.
+
+        Parameters
+        ----------
+        until
+            ``"caught_up"``: stop when every assigned partition has lag 0.  ``None``: run
+            until ``stop()`` (or SIGTERM under ``lockgate run``).
+        max_batches
+            Stop after this many committed micro-batches.
+        timeout
+            Stop after this many seconds.
+        """
+        if not self._running.acquire(blocking=False):
+            raise PipelineDefinitionError(f"pipeline {self.name!r} is already running in this process")
+        try:
+            self._stop.clear()
+            return Runner(self.config, self.plan(), self._metrics, self._stop).run(until, max_batches, timeout)
+        finally:
+            self._running.release()
+
+    def state(self, name: str, *, as_of: int | datetime | None = None) -> pl.LazyFrame:
+        """The committed rows of this pipeline's table ``name`` (see ``lg.read_table``)."""
+        return read_table(self.config.state, name, as_of=as_of)

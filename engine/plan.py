@@ -1,0 +1,327 @@
+"""The pipeline builder and its immutable plan.
+
+``Pipeline.source(...)`` returns a :class:`Stream`; each operator on a stream returns a
+new stream whose output schema is resolved at once, so a pipeline that cannot run
+fails where it is defined, before any record is read.  The plan is a tuple of
+frozen nodes with stable names (``filter_1``, ``to_kafka_1``) from their place in
+the plan.
+
+Examples
+--------
+>>> import polars as pl
+>>> import lockgate as lg
+>>> pipe = lg.Pipeline("doc-clicks", brokers="127.0.0.1:1", state="/tmp/lockgate-doc")
+>>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
+>>> pages = clicks.filter(pl.col("url").str.starts_with("/p/")).select("user", "url")
+>>> pages.to_kafka("pages", key="user")
+>>> [node.name for node in pipe.plan().nodes]
+['clicks', 'filter_1', 'select_1', 'to_kafka_1']
+>>> clicks.select(pl.col("nope"))
+Traceback (most recent call last):
+...
+lockgate.operators.errors.PipelineDefinitionError: select 'select_2': unknown column 'nope'; the input has columns ['_topic', '_partition', '_offset', '_timestamp', '_key', 'user', 'url']
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from lockgate.engine.formats import JSON, KAFKA_COLUMNS, ArrowIPC, Format, Raw
+from lockgate.operators.durations import Duration, parse_duration
+from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.operators.stateless import Filter, MapBatches, Operator, Select, WithColumns
+
+__all__ = ["Node", "SourceNode", "OpNode", "SinkNode", "DeadLetterNode", "Plan", "Stream", "DEAD_LETTER_SCHEMA"]
+
+#: Columns of ``stream.dead_letters()`` and of the rows sent to the dead-letter topic.
+DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
+    "_topic": pl.String(),
+    "_partition": pl.Int32(),
+    "_offset": pl.Int64(),
+    "_timestamp": pl.Datetime("ms"),
+    "_key": pl.Binary(),
+    "value": pl.Binary(),
+    "reason": pl.String(),
+    "error": pl.String(),
+    "operator": pl.String(),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One step of the plan."""
+
+    name: str
+    schema: pl.Schema
+
+    kind = "node"
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        """The nodes this one reads from."""
+        return ()
+
+
+@dataclass(frozen=True, eq=False)
+class SourceNode(Node):
+    """Records of a Kafka topic, decoded."""
+
+    topic: str = ""
+    format: Format = field(default_factory=JSON)
+    event_time: str | None = None
+    watermark: Any = None
+
+    kind = "source"
+
+
+@dataclass(frozen=True, eq=False)
+class DeadLetterNode(Node):
+    """Records the pipeline could not process, with the reason."""
+
+    kind = "dead_letters"
+
+
+@dataclass(frozen=True, eq=False)
+class OpNode(Node):
+    """A stateless operator applied to its parent's batches."""
+
+    parent: Node | None = None
+    op: Operator | None = None
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        assert self.op is not None
+        return self.op.kind
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        assert self.parent is not None
+        return (self.parent,)
+
+
+@dataclass(frozen=True, eq=False)
+class SinkNode(Node):
+    """Writes its parent's batches to a Kafka topic (``to_kafka``) or a LanceDB table (``to_table``)."""
+
+    parent: Node | None = None
+    sink: Literal["kafka", "table"] = "kafka"
+    target: str = ""
+    key: str | None = None
+    format: Format = field(default_factory=JSON)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return f"to_{self.sink}"
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        assert self.parent is not None
+        return (self.parent,)
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The columns written: all but the Kafka metadata columns and the key."""
+        return [c for c in self.schema.names() if c not in KAFKA_COLUMNS and c != self.key]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The validated, immutable plan of a pipeline."""
+
+    nodes: tuple[Node, ...]
+
+    @property
+    def sources(self) -> tuple[SourceNode, ...]:
+        """The source nodes."""
+        return tuple(n for n in self.nodes if isinstance(n, SourceNode))
+
+    @property
+    def sinks(self) -> tuple[SinkNode, ...]:
+        """The sink nodes."""
+        return tuple(n for n in self.nodes if isinstance(n, SinkNode))
+
+    def explain(self) -> str:
+        """One line per node: name, kind, input, columns."""
+        lines = []
+        for node in self.nodes:
+            src = ", ".join(p.name for p in node.parents) or "-"
+            extra = f" -> {node.target}" if isinstance(node, SinkNode) else (f" <- {node.topic}" if isinstance(node, SourceNode) else "")
+            lines.append(f"{node.name:<16} {node.kind:<13} from {src:<14}{extra}  {dict(node.schema)}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(n.name)}</td><td>{html.escape(n.kind)}</td>"
+            f"<td>{html.escape(', '.join(p.name for p in n.parents))}</td>"
+            f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in n.schema.items()))}</td></tr>"
+            for n in self.nodes
+        )
+        return f"<table><tr><th>step</th><th>kind</th><th>from</th><th>schema</th></tr>{rows}</table>"
+
+
+class _Builder:
+    """Collects nodes and hands out stable names; owned by one Pipeline."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.counts: dict[str, int] = {}
+        self.names: set[str] = set()
+
+    def name(self, kind: str, given: str | None) -> str:
+        if given is None:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            given = f"{kind}_{self.counts[kind]}"
+        if given in self.names:
+            raise PipelineDefinitionError(f"{kind}: the name {given!r} is taken by another step; pass a different name=")
+        return given
+
+    def add(self, node: Node) -> Node:
+        self.names.add(node.name)
+        self.nodes.append(node)
+        return node
+
+    def plan(self) -> Plan:
+        return Plan(tuple(self.nodes))
+
+
+class Stream:
+    """A stream of micro-batches; every method returns a new stream or adds a sink.
+
+    A stream is lazy: it cannot be used as a truth value.
+    """
+
+    def __init__(self, builder: _Builder, node: Node) -> None:
+        self._builder = builder
+        self._node = node
+
+    @property
+    def schema(self) -> pl.Schema:
+        """The columns of this stream's batches."""
+        return self._node.schema
+
+    @property
+    def name(self) -> str:
+        """The stable name of the step that makes this stream."""
+        return self._node.name
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "the truth value of a lockgate Stream is ambiguous: a stream is a lazy plan, not data; "
+            "to test rows use stream.filter(expr)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<lockgate Stream {self._node.name!r} ({self._node.kind}) {dict(self.schema)}>"
+
+    def _repr_html_(self) -> str:
+        return self._builder.plan()._repr_html_()
+
+    def _op(self, op: Operator) -> Stream:
+        schema = op.resolve(self.schema)
+        return Stream(self._builder, self._builder.add(OpNode(op.name, schema, parent=self._node, op=op)))
+
+    def filter(self, predicate: pl.Expr, *, name: str | None = None) -> Stream:
+        """Keep the rows where ``predicate`` is true."""
+        return self._op(Filter(self._builder.name("filter", name), predicate))
+
+    def with_columns(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
+        """Add or replace columns (``pl.DataFrame.with_columns``)."""
+        return self._op(WithColumns(self._builder.name("with_columns", name), exprs, named))
+
+    def select(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
+        """Keep or compute exactly these columns (``pl.DataFrame.select``)."""
+        return self._op(Select(self._builder.name("select", name), exprs, named))
+
+    def map_batches(
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        schema: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Apply ``fn`` to each whole batch; it must return a ``pl.DataFrame``."""
+        return self._op(MapBatches(self._builder.name("map_batches", name), fn, schema))
+
+    def to_kafka(
+        self, topic: str, *, key: str | None = None, format: Format | None = None, name: str | None = None
+    ) -> None:
+        """Produce each batch to ``topic`` in the micro-batch's Kafka transaction.
+
+        The Kafka metadata columns (``_topic``, ``_partition``, ...) are not written.
+        """
+        kind = "to_kafka"
+        fmt = JSON() if format is None else format
+        if not isinstance(fmt, (JSON, Raw, ArrowIPC)):
+            raise PipelineDefinitionError(f"{kind}: format must be lg.JSON(), lg.Raw() or lg.ArrowIPC(), got {fmt!r}")
+        if not topic:
+            raise PipelineDefinitionError(f"{kind}: give the topic to write to")
+        node_name = self._builder.name(kind, name)
+        if key is not None and key not in self.schema:
+            raise PipelineDefinitionError(
+                f"{kind} {node_name!r}: the key column {key!r} is not in the stream; "
+                f"its columns are {list(self.schema.names())}"
+            )
+        node = SinkNode(node_name, self.schema, parent=self._node, sink="kafka", target=topic, key=key, format=fmt)
+        if isinstance(fmt, Raw) and len(node.value_columns) != 1:
+            raise PipelineDefinitionError(
+                f"{kind} {node_name!r}: lg.Raw() writes one column, the stream has {node.value_columns}; select one first"
+            )
+        self._builder.add(node)
+
+    def to_table(self, table: str, *, name: str | None = None) -> None:
+        """Append each committed batch to the LanceDB table ``table`` under the pipeline's state."""
+        kind = "to_table"
+        node_name = self._builder.name(kind, name)
+        if not table or not table.replace("_", "a").replace("-", "a").isalnum() or table.startswith("_"):
+            raise PipelineDefinitionError(
+                f"{kind} {node_name!r}: {table!r} is not a usable table name; use letters, digits, '_' and '-'"
+            )
+        self._builder.add(SinkNode(node_name, self.schema, parent=self._node, sink="table", target=table))
+
+    def dead_letters(self) -> Stream:
+        """The records this pipeline could not process, with ``reason``, ``error`` and ``operator``.
+
+        Every such record also goes to the topic ``<pipeline>-dlq``.
+        """
+        for node in self._builder.nodes:
+            if isinstance(node, DeadLetterNode):
+                return Stream(self._builder, node)
+        node = DeadLetterNode(self._builder.name("dead_letters", None), pl.Schema(DEAD_LETTER_SCHEMA))
+        return Stream(self._builder, self._builder.add(node))
+
+
+def source_node(
+    builder: _Builder,
+    topic: str,
+    fmt: Format,
+    event_time: str | None,
+    watermark: Duration | None,
+    name: str | None,
+) -> SourceNode:
+    """Validate a source's options and build its node."""
+    if not isinstance(fmt, Format):
+        raise PipelineDefinitionError(f"source {topic!r}: format must be lg.JSON(schema=...), lg.Raw() or lg.ArrowIPC(schema=...)")
+    value_schema = fmt.value_schema()
+    clash = set(value_schema) & set(KAFKA_COLUMNS)
+    if clash:
+        raise PipelineDefinitionError(f"source {topic!r}: the value columns {sorted(clash)} clash with Kafka's metadata columns")
+    schema = pl.Schema({**KAFKA_COLUMNS, **value_schema})
+    if event_time is not None and event_time != "kafka":
+        if event_time not in schema:
+            raise PipelineDefinitionError(
+                f"source {topic!r}: event_time={event_time!r} is not a column; the columns are "
+                f"{list(schema.names())}, or use event_time='kafka' for the record timestamp"
+            )
+        dtype = schema[event_time]
+        if not (isinstance(dtype, pl.Datetime) or dtype.is_integer()):
+            raise PipelineDefinitionError(
+                f"source {topic!r}: event_time column {event_time!r} is {dtype}; it must be a Datetime or integer epoch milliseconds"
+            )
+    parsed = None if watermark is None else parse_duration(watermark, what=f"source {topic!r}: watermark")
+    node_name = builder.name("source", name or topic)
+    return SourceNode(node_name, schema, topic=topic, format=fmt, event_time=event_time, watermark=parsed)

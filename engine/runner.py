@@ -1,0 +1,278 @@
+"""The micro-batch loop: poll, decode, run the operators, commit, repeat.
+
+One instance of a pipeline owns one consumer (in the pipeline's group) and one
+transactional producer.  Each micro-batch is one epoch, committed by
+:class:`~lockgate.engine.transaction.EpochTransaction`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from lockgate.engine import faults
+from lockgate.engine.admin import ensure_topics
+from lockgate.engine.config import PipelineConfig
+from lockgate.engine.formats import JSON, ArrowIPC
+from lockgate.engine.metrics import Metrics
+from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, Node, OpNode, Plan, SinkNode, SourceNode
+from lockgate.engine.source import KafkaSource, RawBatch
+from lockgate.engine.transaction import (
+    Epoch,
+    EpochTransaction,
+    OutgoingTopic,
+    TransactionAborted,
+    TransactionalProducer,
+    partition_ranges,
+)
+from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.storage.tables import CommitLog, SinkTable
+
+__all__ = ["Runner", "RunSummary", "Until"]
+
+log = logging.getLogger("lockgate.runner")
+Until = Literal["caught_up"] | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one ``run`` did."""
+
+    batches: int
+    records: int
+    seconds: float
+    stopped_because: str
+
+
+def execute(plan: Plan, inputs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Run every operator of ``plan`` over one batch; returns each sink's frame.
+
+    ``inputs`` maps source and dead-letter node names to their frames.  The whole
+    plan is one set of lazy queries collected together, so shared steps run once.
+    """
+    lazy: dict[str, pl.LazyFrame] = {}
+
+    def build(node: Node) -> pl.LazyFrame:
+        if node.name not in lazy:
+            if isinstance(node, (SourceNode, DeadLetterNode)):
+                lazy[node.name] = inputs[node.name].lazy()
+            elif isinstance(node, OpNode):
+                assert node.parent is not None and node.op is not None
+                lazy[node.name] = node.op.apply(build(node.parent))
+            else:
+                raise AssertionError(f"cannot build {node!r}")
+        return lazy[node.name]
+
+    sinks = plan.sinks
+    if not sinks:
+        return {}
+    frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
+    return {s.name: f for s, f in zip(sinks, frames, strict=True)}
+
+
+def _keys(frame: pl.DataFrame, key: str | None) -> list[Any] | None:
+    if key is None:
+        return None
+    col = frame[key]
+    if col.dtype not in (pl.String, pl.Binary):
+        col = col.cast(pl.String)
+    return col.to_list()
+
+
+def encode_sink(sink: SinkNode, frame: pl.DataFrame) -> OutgoingTopic:
+    """Encode a to_kafka sink's frame into values (and keys)."""
+    values_frame = frame.select(sink.value_columns)
+    if isinstance(sink.format, ArrowIPC) and sink.key is not None:
+        values: list[bytes | None] = []
+        keys: list[Any] = []
+        for (key,), part in frame.partition_by(sink.key, as_dict=True, maintain_order=True).items():
+            encoded = sink.format.encode(part.select(sink.value_columns))
+            values.extend(encoded)
+            keys.extend([None if key is None else str(key) if not isinstance(key, bytes) else key] * len(encoded))
+        return OutgoingTopic(sink.target, values, keys)
+    if isinstance(sink.format, ArrowIPC):
+        return OutgoingTopic(sink.target, sink.format.encode(values_frame))
+    return OutgoingTopic(sink.target, sink.format.encode(values_frame), _keys(frame, sink.key))
+
+
+def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
+    """The dead-letter records, with headers naming the error, reason, source topic, partition and offset."""
+    headers = [
+        [
+            ("lockgate.error", (error or "").encode()),
+            ("lockgate.reason", reason.encode()),
+            ("lockgate.topic", src.encode()),
+            ("lockgate.partition", str(part).encode()),
+            ("lockgate.offset", str(off).encode()),
+            ("lockgate.operator", op.encode()),
+        ]
+        for src, part, off, reason, error, op in frame.select(
+            "_topic", "_partition", "_offset", "reason", "error", "operator"
+        ).iter_rows()  # dead letters are the rare case; each needs its own headers
+    ]
+    return OutgoingTopic(topic, frame["value"].to_list(), frame["_key"].to_list(), headers)
+
+
+class Runner:
+    """Runs a plan against Kafka until told to stop."""
+
+    def __init__(self, config: PipelineConfig, plan: Plan, metrics: Metrics, stop_event: threading.Event) -> None:
+        if not plan.sources:
+            raise PipelineDefinitionError(f"pipeline {config.name!r}: it has no source; add one with pipe.source(topic, format=...)")
+        if not plan.sinks:
+            raise PipelineDefinitionError(
+                f"pipeline {config.name!r}: it has no sink, so it would commit nothing; add stream.to_kafka(...) or stream.to_table(...)"
+            )
+        self.config = config
+        self.plan = plan
+        self.metrics = metrics
+        self.stop_event = stop_event
+        self.log = CommitLog(config.state)
+        self.tables = {s.name: SinkTable(config.state, s.target) for s in plan.sinks if s.sink == "table"}
+        self.sources_by_topic: dict[str, list[SourceNode]] = {}
+        for node in plan.sources:
+            self.sources_by_topic.setdefault(node.topic, []).append(node)
+        self.dead_node = next((n for n in plan.nodes if isinstance(n, DeadLetterNode)), None)
+        self.source: KafkaSource | None = None
+        self.producer: TransactionalProducer | None = None
+        self.epoch = 0
+
+    def _open(self) -> None:
+        sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
+        ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
+        self.producer = TransactionalProducer(self.config.producer_options())
+        self.source = KafkaSource(self.config.consumer_options(), list(self.sources_by_topic))
+        self.epoch = self.log.last_epoch(self.config.name)
+
+    def close(self) -> None:
+        """Leave the group and drop the clients."""
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        self.producer = None
+
+    def run(
+        self, until: Until = None, max_batches: int | None = None, timeout: float | None = None,
+        on_batch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> RunSummary:
+        """Process micro-batches until ``until``, ``max_batches``, ``timeout`` or a stop request."""
+        if until not in (None, "caught_up"):
+            raise PipelineDefinitionError(f"run(until={until!r}): use until='caught_up' or leave it out to run until stopped")
+        started = time.monotonic()
+        batches = records = 0
+        reason = "stopped"
+        self._open()
+        assert self.source is not None
+        try:
+            while True:
+                if self.stop_event.is_set():
+                    reason = "stop requested"
+                    break
+                if timeout is not None and time.monotonic() - started > timeout:
+                    reason = "timeout"
+                    break
+                raw = self.source.poll(self.config.batch, self.stop_event.is_set)
+                self._recover(self.source.take_new_partitions())
+                if len(raw):
+                    faults.crash_point("after_poll")
+                    self._process(raw)
+                    batches += 1
+                    records += len(raw)
+                    if on_batch is not None:
+                        on_batch(self.metrics.snapshot())
+                else:
+                    self.metrics.add("empty_polls")
+                if max_batches is not None and batches >= max_batches:
+                    reason = "max_batches"
+                    break
+                if until == "caught_up" and self.source.caught_up():
+                    reason = "caught_up"
+                    break
+        finally:
+            self.close()
+        return RunSummary(batches, records, time.monotonic() - started, reason)
+
+    def _recover(self, partitions: set[tuple[str, int]]) -> None:
+        if not partitions:
+            return
+        assert self.source is not None
+        committed = self.source.committed(partitions)
+        redone = self.log.recover(self.config.name, committed)
+        if redone:
+            log.info("recovery: redid the commit marks of batches %s", redone)
+        self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
+
+    def _decode(self, raw: RawBatch) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+        """Decode each source's records; collect the ones that fail as dead letters."""
+        meta = raw.metadata()
+        inputs: dict[str, pl.DataFrame] = {}
+        dead: list[pl.DataFrame] = []
+        single = len(self.sources_by_topic) == 1
+        for topic, nodes in self.sources_by_topic.items():
+            if single:
+                idx: list[int] | None = None
+                values = raw.values
+            else:
+                mask = meta["_topic"] == topic
+                idx = mask.arg_true().to_list()
+                values = [raw.values[i] for i in idx]
+            for node in nodes:
+                decoded = node.format.decode(values)
+                rows = decoded.rows if idx is None else [idx[r] for r in decoded.rows]
+                if len(rows) == len(raw.values):
+                    base = meta
+                else:
+                    base = meta[rows]
+                inputs[node.name] = pl.concat([base, decoded.frame], how="horizontal")
+                self.metrics.add("records_in", len(values), topic=topic)
+                if decoded.errors:
+                    where = [e[0] if idx is None else idx[e[0]] for e in decoded.errors]
+                    dead.append(
+                        meta[where].with_columns(
+                            value=pl.Series([raw.values[i] for i in where], dtype=pl.Binary),
+                            reason=pl.lit("decode"),
+                            error=pl.Series([e[1] for e in decoded.errors], dtype=pl.String),
+                            operator=pl.lit(node.name),
+                        )
+                    )
+        dead_frame = pl.concat(dead) if dead else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+        if self.dead_node is not None:
+            inputs[self.dead_node.name] = dead_frame
+        return inputs, dead_frame
+
+    def _process(self, raw: RawBatch) -> None:
+        assert self.source is not None and self.producer is not None
+        t0 = time.monotonic()
+        inputs, dead = self._decode(raw)
+        faults.crash_point("after_decode")
+        outputs = execute(self.plan, inputs)
+        outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
+        if dead.height:
+            outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
+        tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
+        self.epoch += 1
+        epoch = Epoch(self.epoch, partition_ranges(raw.topics, raw.partitions, raw.offsets), tuple(outgoing), tables)
+        txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata())
+        try:
+            txn.commit()
+        except TransactionAborted as exc:
+            log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
+            self.metrics.add("aborts")
+            self.source.rewind({(r.topic, r.partition): r.first_offset for r in epoch.ranges})
+            return
+        self.metrics.add("batches")
+        self.metrics.add("commits")
+        for out in outgoing:
+            self.metrics.add("records_out", len(out.values), topic=out.topic)
+        if dead.height:
+            self.metrics.add("dlq", dead.height, topic=self.config.dlq_topic)
+        for table, frame in tables:
+            self.metrics.add("table_rows", frame.height, topic=table.name)
+        self.metrics.set("last_batch_seconds", time.monotonic() - t0)
+        self.metrics.set("last_epoch", self.epoch)

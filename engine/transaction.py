@@ -1,0 +1,237 @@
+"""The commit of one micro-batch (epoch): an explicit state machine.
+
+States: ``new`` -> ``prepared`` -> ``producing`` -> ``committed``, or ``aborted``
+(rewind and redo the batch), or ``failed`` (stays failed and re-raises).  Each
+method checks the state it is called in; an error in the middle of a commit is
+never swallowed.
+
+Errors are classified as librdkafka classifies them: ``retriable()`` -> retry the
+same call, ``txn_requires_abort()`` -> abort and redo the batch, ``fatal()`` (or
+anything else) -> fail: the pipeline stops and nothing of the batch is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import confluent_kafka as ck
+import polars as pl
+
+from lockgate.operators.errors import CommitError
+from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
+
+__all__ = ["Epoch", "EpochTransaction", "TransactionAborted", "TransactionalProducer", "OutgoingTopic"]
+
+log = logging.getLogger("lockgate.commit")
+T = TypeVar("T")
+
+
+class TransactionAborted(Exception):
+    """The Kafka transaction was aborted; the batch must be rewound and redone."""
+
+
+@dataclass(frozen=True)
+class OutgoingTopic:
+    """The encoded records a batch produces to one topic."""
+
+    topic: str
+    values: list[bytes | None]
+    keys: list[Any] | None = None
+    headers: list[list[tuple[str, bytes]]] | None = None
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """What one micro-batch commits."""
+
+    number: int
+    ranges: tuple[PartitionRange, ...]
+    outgoing: tuple[OutgoingTopic, ...] = ()
+    tables: tuple[tuple[SinkTable, pl.DataFrame], ...] = ()
+    batch_id: int = field(default_factory=lambda: secrets.randbits(62))
+
+    @property
+    def offsets(self) -> list[ck.TopicPartition]:
+        """The next offset of every input partition: committed with the transaction."""
+        return [ck.TopicPartition(r.topic, r.partition, r.next_offset) for r in self.ranges]
+
+
+def _kafka_error(exc: BaseException) -> ck.KafkaError | None:
+    if isinstance(exc, ck.KafkaException) and exc.args and isinstance(exc.args[0], ck.KafkaError):
+        return exc.args[0]
+    return None
+
+
+class TransactionalProducer:
+    """The one transactional producer of a pipeline instance (stable ``transactional.id``)."""
+
+    def __init__(self, options: dict[str, Any], *, init_timeout: float = 60.0) -> None:
+        self.producer = ck.Producer(options)
+        self.transactional_id = options["transactional.id"]
+        self._retry("init_transactions", lambda: self.producer.init_transactions(init_timeout))
+
+    def _retry(self, what: str, call: Callable[[], T], attempts: int = 20) -> T:
+        """Run ``call``; retry with backoff while librdkafka says the error is retriable."""
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                return call()
+            except ck.KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is not None and err.retriable() and not err.fatal() and attempt < attempts - 1:
+                    log.warning("%s: %s; retrying in %.1fs", what, err.str(), delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def produce(self, out: OutgoingTopic) -> None:
+        """Queue every record of ``out``; waits for room when the local queue is full."""
+        produce, poll = self.producer.produce, self.producer.poll
+        topic, values, keys, headers = out.topic, out.values, out.keys, out.headers
+        n, i = len(values), 0
+        while i < n:
+            try:
+                if headers is not None:
+                    for i in range(i, n):
+                        produce(topic, values[i], None if keys is None else keys[i], headers=headers[i])
+                elif keys is None:
+                    for i in range(i, n):
+                        produce(topic, values[i])
+                else:
+                    for i in range(i, n):
+                        produce(topic, values[i], keys[i])
+                i = n
+            except BufferError:
+                poll(0.05)
+
+    def abort(self) -> None:
+        """Abort the open transaction, if any."""
+        try:
+            self.producer.abort_transaction(30)
+        except ck.KafkaException as exc:
+            err = _kafka_error(exc)
+            if err is not None and err.code() == ck.KafkaError._STATE:
+                return  # no transaction open
+            raise
+
+
+class EpochTransaction:
+    """Commits one :class:`Epoch` (see :meth:`commit`)."""
+
+    def __init__(self, pipeline: str, epoch: Epoch, log_: CommitLog, producer: TransactionalProducer, group: object) -> None:
+        self.pipeline = pipeline
+        self.epoch = epoch
+        self.log = log_
+        self.producer = producer
+        self.group = group
+        self.state = "new"
+        self.error: BaseException | None = None
+
+    def _expect(self, *states: str) -> None:
+        if self.state == "failed":
+            raise CommitError(f"epoch {self.epoch.number}: the transaction failed earlier") from self.error
+        if self.state not in states:
+            raise CommitError(f"epoch {self.epoch.number}: cannot go on from state {self.state!r} (expected {states})")
+
+    def _fail(self, exc: BaseException) -> None:
+        self.state = "failed"
+        self.error = exc
+
+    def prepare(self) -> None:
+        """Write the table rows, then the prepare records, to LanceDB (append only)."""
+        self._expect("new")
+        try:
+            versions = {}
+            for table, frame in self.epoch.tables:
+                if frame.height:
+                    versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
+            self.log.prepare(
+                self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions
+            )
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        self.state = "prepared"
+
+    def produce(self) -> None:
+        """Begin the Kafka transaction, produce the outputs, add the input offsets."""
+        self._expect("prepared")
+        p = self.producer
+        try:
+            p._retry("begin_transaction", p.producer.begin_transaction)
+            self.state = "producing"
+            for out in self.epoch.outgoing:
+                p.produce(out)
+            offsets = self.epoch.offsets
+            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, 60))
+        except ck.KafkaException as exc:
+            self._on_kafka_error(exc)
+        except BaseException as exc:
+            self._abort_quietly()
+            self._fail(exc)
+            raise
+
+    def commit_kafka(self) -> None:
+        """Commit the Kafka transaction: the decision point of the epoch."""
+        self._expect("producing")
+        try:
+            self.producer._retry("commit_transaction", lambda: self.producer.producer.commit_transaction(60))
+        except ck.KafkaException as exc:
+            self._on_kafka_error(exc)
+        self.state = "committed"
+
+    def mark(self) -> None:
+        """Mark the epoch committed in LanceDB (recovery redoes it if this never happens)."""
+        self._expect("committed")
+        self.log.mark(self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id)
+
+    def _abort_quietly(self) -> None:
+        try:
+            self.producer.abort()
+        except Exception as exc:  # noqa: BLE001 - the original error is what the caller sees
+            log.error("abort after a failed produce also failed: %s", exc)
+
+    def _on_kafka_error(self, exc: ck.KafkaException) -> None:
+        err = _kafka_error(exc)
+        if err is not None and err.txn_requires_abort() and not err.fatal():
+            self._abort_quietly()
+            self.state = "aborted"
+            raise TransactionAborted(f"epoch {self.epoch.number}: {err.str()}") from exc
+        self._fail(exc)
+        raise CommitError(
+            f"epoch {self.epoch.number}: the Kafka transaction of {self.producer.transactional_id!r} failed"
+            f" ({'fatal' if err is not None and err.fatal() else 'not retriable'}): {exc}; nothing of this batch is committed"
+        ) from exc
+
+    def commit(self) -> None:
+        """Commit the epoch: outputs, offsets and table rows become visible together or not at all.
+
+        1. Prepare: append the table-sink rows, tagged with the batch id, and one
+           prepare record per input partition (epoch, batch id, first and next
+           offset, table versions) to LanceDB.
+        2. Begin the Kafka transaction, produce the outputs (and dead letters), and
+           ``send_offsets_to_transaction`` with the next offset of every input partition.
+        3. Commit the Kafka transaction. This is the commit of the epoch.
+        4. Mark the epoch committed in LanceDB: a hint for readers; recovery redoes
+           it from the group's committed offsets if the process dies first.
+        """
+        self.prepare()
+        self.produce()
+        self.commit_kafka()
+        self.mark()
+
+
+def partition_ranges(topics: Sequence[str], partitions: Sequence[int], offsets: Sequence[int]) -> tuple[PartitionRange, ...]:
+    """First and next offset of each input partition in a batch, with one group_by."""
+    if not offsets:
+        return ()
+    frame = pl.DataFrame({"t": topics, "p": partitions, "o": offsets}, schema={"t": pl.String, "p": pl.Int32, "o": pl.Int64})
+    agg = frame.group_by("t", "p").agg(pl.col("o").min().alias("lo"), pl.col("o").max().alias("hi")).sort("t", "p")
+    return tuple(PartitionRange(t, p, lo, hi + 1) for t, p, lo, hi in agg.iter_rows())

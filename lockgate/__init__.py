@@ -1,0 +1,47 @@
+"""lockgate: a columnar micro-batch stream engine on Apache Arrow.
+
+Kafka in, Polars operators over whole batches, LanceDB state, exactly once.
+
+Examples
+--------
+>>> import lockgate as lg
+>>> import polars as pl
+>>> pipe = lg.Pipeline("clicks", brokers="127.0.0.1:9092", state="/tmp/lockgate-doc")
+>>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
+>>> clicks.filter(pl.col("url").str.starts_with("/p/")).to_kafka("pages", key="user")
+"""
+
+from lockgate.engine.config import BatchPolicy
+from lockgate.engine.formats import JSON, ArrowIPC, Raw
+from lockgate.engine.pipeline import Pipeline
+from lockgate.engine.plan import Stream
+from lockgate.engine.runner import RunSummary
+from lockgate.operators.errors import (
+    BrokerError,
+    CommitError,
+    DecodeError,
+    LockgateError,
+    PipelineDefinitionError,
+    StorageError,
+)
+from lockgate.storage.tables import list_tables, read_table
+
+__all__ = [
+    "Pipeline",
+    "Stream",
+    "BatchPolicy",
+    "JSON",
+    "Raw",
+    "ArrowIPC",
+    "RunSummary",
+    "read_table",
+    "list_tables",
+    "LockgateError",
+    "PipelineDefinitionError",
+    "DecodeError",
+    "BrokerError",
+    "CommitError",
+    "StorageError",
+]
+
+__version__ = "0.1.0"

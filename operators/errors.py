@@ -1,0 +1,47 @@
+"""The error hierarchy of lockgate.
+
+Every error lockgate raises derives from :class:`LockgateError`; errors that the
+user causes also derive from the matching built-in, so ``except ValueError``
+keeps working.  Messages name the operator, the column and the fix.
+
+Examples
+--------
+>>> from lockgate.operators.errors import PipelineDefinitionError, LockgateError
+>>> issubclass(PipelineDefinitionError, ValueError) and issubclass(PipelineDefinitionError, LockgateError)
+True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LockgateError",
+    "PipelineDefinitionError",
+    "DecodeError",
+    "BrokerError",
+    "CommitError",
+    "StorageError",
+]
+
+
+class LockgateError(Exception):
+    """Root of every error lockgate raises."""
+
+
+class PipelineDefinitionError(ValueError, LockgateError):
+    """A pipeline is defined wrongly; raised before any record is read."""
+
+
+class DecodeError(ValueError, LockgateError):
+    """A record value does not decode with the source's format."""
+
+
+class BrokerError(RuntimeError, LockgateError):
+    """The local Kafka broker could not be started, reached or stopped."""
+
+
+class CommitError(RuntimeError, LockgateError):
+    """A micro-batch could not be committed; nothing of it is visible."""
+
+
+class StorageError(OSError, LockgateError):
+    """A LanceDB table could not be read or written."""

@@ -1,0 +1,1 @@
+"""lockgate.storage: LanceDB sink tables, commit records and committed-only reads."""

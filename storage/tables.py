@@ -1,0 +1,248 @@
+"""Table sinks and the commit log in LanceDB, with committed-only reads.
+
+The commit path only appends (see DESIGN.md, "State in LanceDB"): every sink row
+carries the id of the micro-batch that wrote it (``_lg_batch``), and the commit log
+holds one *prepare* record per (batch, input partition) and one *commit* mark per
+batch.  A reader takes the set of marked batches from one version of the log and
+reads only their rows, so it never sees a half-written or aborted batch.
+
+Examples
+--------
+>>> import tempfile, polars as pl
+>>> from lockgate.storage.tables import CommitLog, SinkTable, PartitionRange, read_table
+>>> state = tempfile.mkdtemp()
+>>> log, sink = CommitLog(state), SinkTable(state, "views")
+>>> version = sink.append(pl.DataFrame({"user": ["a", "b"]}), batch_id=7, epoch=1)
+>>> log.prepare("clicks", epoch=1, batch_id=7, ranges=[PartitionRange("clicks", 0, 0, 2)], tables={"views": version})
+>>> read_table(state, "views").collect().height     # prepared, not committed
+0
+>>> log.mark("clicks", epoch=1, batch_id=7)
+>>> read_table(state, "views").collect()["user"].to_list()
+['a', 'b']
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import lance
+import polars as pl
+import pyarrow as pa
+
+from lockgate.operators.errors import PipelineDefinitionError, StorageError
+
+__all__ = ["CommitLog", "SinkTable", "PartitionRange", "read_table", "table_uri", "list_tables", "INTERNAL_COLUMNS"]
+
+COMMITS_TABLE = "_lockgate_commits"
+INTERNAL_COLUMNS = ("_lg_batch", "_lg_epoch")
+
+_COMMIT_SCHEMA = pa.schema(
+    [
+        ("pipeline", pa.string()),
+        ("kind", pa.string()),
+        ("epoch", pa.int64()),
+        ("batch_id", pa.int64()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("first_offset", pa.int64()),
+        ("next_offset", pa.int64()),
+        ("tables", pa.string()),
+        ("ts", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
+def table_uri(state: str, name: str) -> str:
+    """Where table ``name`` lives under the state URI ``state``."""
+    return f"{str(state).rstrip('/')}/{name}.lance"
+
+
+def _open(uri: str, version: int | None = None) -> lance.LanceDataset | None:
+    try:
+        return lance.dataset(uri, version=version)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower() or isinstance(exc, FileNotFoundError):
+            return None
+        raise StorageError(f"cannot open the LanceDB table at {uri}: {exc}") from exc
+
+
+def _append(uri: str, data: pa.Table) -> int:
+    """Append ``data`` (creating the table on first write); return the new version."""
+    try:
+        mode = "append" if _open(uri) is not None else "create"
+        try:
+            ds = lance.write_dataset(data, uri, mode=mode)
+        except OSError as exc:
+            if mode == "create" and "already exists" in str(exc).lower():  # a concurrent first writer won
+                ds = lance.write_dataset(data, uri, mode="append")
+            else:
+                raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StorageError(f"cannot write the LanceDB table at {uri}: {exc}") from exc
+    return ds.version
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """The offsets ``[first_offset, next_offset)`` of one input partition in a batch."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    next_offset: int
+
+
+class CommitLog:
+    """The append-only log of prepared and committed micro-batches under one state URI."""
+
+    def __init__(self, state: str) -> None:
+        self.state = str(state)
+        self.uri = table_uri(self.state, COMMITS_TABLE)
+
+    def _rows(self, rows: list[dict[str, Any]]) -> None:
+        _append(self.uri, pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA))
+
+    def prepare(
+        self,
+        pipeline: str,
+        *,
+        epoch: int,
+        batch_id: int,
+        ranges: Iterable[PartitionRange],
+        tables: Mapping[str, int],
+    ) -> None:
+        """Record that ``batch_id`` wrote ``tables`` (name -> version) for these input ranges."""
+        now = datetime.now(timezone.utc)
+        encoded = json.dumps(dict(tables), sort_keys=True)
+        rows = [
+            {
+                "pipeline": pipeline, "kind": "prepare", "epoch": epoch, "batch_id": batch_id,
+                "topic": r.topic, "partition": r.partition, "first_offset": r.first_offset,
+                "next_offset": r.next_offset, "tables": encoded, "ts": now,
+            }
+            for r in ranges
+        ]
+        if rows:
+            self._rows(rows)
+
+    def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
+        """Mark ``batch_id`` committed: a hint for readers, redone by recovery when missing."""
+        self._rows(
+            [{
+                "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
+                "partition": None, "first_offset": None, "next_offset": None, "tables": None,
+                "ts": datetime.now(timezone.utc),
+            }]
+        )
+
+    def frame(self) -> pl.DataFrame:
+        """The whole log (one consistent version) as a frame."""
+        ds = _open(self.uri)
+        if ds is None:
+            return pl.DataFrame(schema=pl.Schema(pl.from_arrow(_COMMIT_SCHEMA.empty_table()).schema))
+        out = pl.from_arrow(ds.to_table())
+        assert isinstance(out, pl.DataFrame)
+        return out
+
+    def committed_batches(self, *, as_of: int | datetime | None = None, log: pl.DataFrame | None = None) -> pl.Series:
+        """Ids of the committed batches, optionally as of an epoch number or a datetime."""
+        log = self.frame() if log is None else log
+        marks = log.filter(pl.col("kind") == "commit")
+        if isinstance(as_of, datetime):
+            moment = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+            marks = marks.filter(pl.col("ts") <= moment)
+        elif isinstance(as_of, int):
+            marks = marks.filter(pl.col("epoch") <= as_of)
+        elif as_of is not None:
+            raise PipelineDefinitionError(f"as_of={as_of!r}: give an epoch number (int) or a datetime")
+        return marks["batch_id"].unique()
+
+    def last_epoch(self, pipeline: str) -> int:
+        """The highest epoch this pipeline has prepared (0 when none)."""
+        log = self.frame().filter(pl.col("pipeline") == pipeline)
+        return int(log["epoch"].max() or 0)  # type: ignore[arg-type]
+
+    def recover(self, pipeline: str, committed: Mapping[tuple[str, int], int]) -> list[int]:
+        """Redo missing commit marks from the group's committed offsets.
+
+        For each partition with committed offset ``C``, the prepared batch whose next
+        offset is ``C`` is the last committed epoch of that partition; it is marked
+        if its mark is missing.  Batches prepared after it were aborted: no mark is
+        ever written for them, so readers never see their rows.  Returns the batch
+        ids whose marks were redone.
+        """
+        log = self.frame().filter(pl.col("pipeline") == pipeline)
+        if log.height == 0 or not committed:
+            return []
+        marked = set(log.filter(pl.col("kind") == "commit")["batch_id"].to_list())
+        wanted = pl.DataFrame(
+            {
+                "topic": [t for t, _ in committed],
+                "partition": [p for _, p in committed],
+                "next_offset": list(committed.values()),
+            },
+            schema={"topic": pl.String, "partition": pl.Int32, "next_offset": pl.Int64},
+        )
+        hits = log.filter(pl.col("kind") == "prepare").join(wanted, on=["topic", "partition", "next_offset"])
+        redone = []
+        for batch_id, epoch in hits.select("batch_id", "epoch").unique().iter_rows():
+            if batch_id not in marked:
+                self.mark(pipeline, epoch=epoch, batch_id=batch_id)
+                redone.append(batch_id)
+        return redone
+
+
+class SinkTable:
+    """An append-only LanceDB table that a ``to_table`` sink writes."""
+
+    def __init__(self, state: str, name: str) -> None:
+        if not name or name.startswith("_lockgate") or "/" in name:
+            raise PipelineDefinitionError(f"to_table: {name!r} is not a usable table name; use letters, digits and '_'")
+        self.state = str(state)
+        self.name = name
+        self.uri = table_uri(self.state, name)
+
+    def append(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> int:
+        """Append a batch's rows tagged with its batch id; return the table version."""
+        tagged = frame.with_columns(
+            pl.lit(batch_id, dtype=pl.Int64).alias("_lg_batch"), pl.lit(epoch, dtype=pl.Int64).alias("_lg_epoch")
+        )
+        data = tagged.to_arrow(compat_level=pl.CompatLevel.oldest())
+        try:
+            return _append(self.uri, data)
+        except StorageError as exc:
+            raise StorageError(f"to_table {self.name!r}: {exc}") from exc
+
+
+def list_tables(state: str) -> list[str]:
+    """Names of the sink tables under ``state``."""
+    import lancedb
+
+    db = lancedb.connect(str(state))
+    names = db.table_names() if hasattr(db, "table_names") else [t.name for t in db.list_tables()]
+    return sorted(n for n in names if not n.startswith("_lockgate"))
+
+
+def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl.LazyFrame:
+    """The committed rows of table ``name`` as a ``pl.LazyFrame``, consistent as of one log version.
+
+    Parameters
+    ----------
+    state
+        The state URI the pipeline writes to (``lg.Pipeline(state=...)``).
+    name
+        The table, as given to ``to_table``.
+    as_of
+        An epoch number or a datetime: only batches committed by then.
+    """
+    log = CommitLog(state)
+    ids = log.committed_batches(as_of=as_of)  # read the log first: every committed row is then in the table
+    ds = _open(table_uri(state, name))
+    if ds is None:
+        raise StorageError(f"no table {name!r} under {state}; the tables there are {list_tables(state)}")
+    scan = pl.scan_pyarrow_dataset(ds)
+    return scan.filter(pl.col("_lg_batch").is_in(ids.implode())).drop(INTERNAL_COLUMNS)
