@@ -27,14 +27,14 @@ def _metadata(admin: AdminClient, brokers: str, timeout: float = 30.0) -> Any:
 
 def partition_count(options: dict[str, Any], topic: str) -> int | None:
     """Partitions of ``topic``, or None when it does not exist."""
-    md = _metadata(AdminClient(options), options["bootstrap.servers"])
+    md = _metadata(AdminClient({**options, "log_level": 4}), options["bootstrap.servers"])
     t = md.topics.get(topic)
     return None if t is None or t.error is not None else len(t.partitions)
 
 
 def ensure_topics(options: dict[str, Any], sources: list[str], sinks: list[str]) -> None:
     """Check the source topics exist; create missing sink topics with as many partitions as the widest source."""
-    admin = AdminClient(options)
+    admin = AdminClient({**options, "log_level": 4})
     md = _metadata(admin, options["bootstrap.servers"])
     missing = [t for t in sources if t not in md.topics or md.topics[t].error is not None]
     if missing:

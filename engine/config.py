@@ -16,16 +16,36 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from lockgate.operators.durations import parse_duration
+from lockgate.operators.errors import PipelineDefinitionError
 
 __all__ = ["BatchPolicy", "PipelineConfig"]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
-class BatchPolicy(BaseModel):
+def explain_validation(owner: str, exc: ValidationError) -> PipelineDefinitionError:
+    """A pydantic error as one line per wrong option, naming the option."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return PipelineDefinitionError(f"{owner}: " + "; ".join(parts))
+
+
+class _Options(BaseModel):
+    """Options that raise PipelineDefinitionError (a ValueError) naming the option."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise explain_validation(f"lg.{type(self).__name__}", exc) from None
+
+
+class BatchPolicy(_Options):
     """When a micro-batch is closed: whichever limit is reached first.
 
     Parameters
@@ -55,7 +75,7 @@ class BatchPolicy(BaseModel):
         return self.max_wait.total_seconds()
 
 
-class PipelineConfig(BaseModel):
+class PipelineConfig(_Options):
     """Validated options of an ``lg.Pipeline``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)

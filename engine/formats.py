@@ -243,6 +243,14 @@ def _read_ndjson_bisect(
     chunks.append((indices, frame))
 
 
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Raw(Format):
     """The value as it is: one column ``value`` of bytes (``as_text=False``) or UTF-8 text.
@@ -265,14 +273,15 @@ class Raw(Format):
         series = pl.Series(self.column, values, dtype=pl.Binary)
         errors: list[tuple[int, str]] = []
         if self.as_text:
-            text = series.cast(pl.String, strict=False)
-            bad = text.is_null() & series.is_not_null()
-            if bad.any():
-                errors = [(i, "the value is not valid UTF-8 text") for i in bad.arg_true().to_list()]
-                keep = ~bad
-                rows = pl.int_range(len(values), eager=True).filter(keep).to_list()
-                return Decoded(text.filter(keep).to_frame(), rows, errors)
-            series = text
+            try:
+                series = series.cast(pl.String)
+            except pl.exceptions.ComputeError:  # some value is not UTF-8: find which (the rare path)
+                bad = [i for i, v in enumerate(values) if v is not None and not _is_utf8(v)]
+                errors = [(i, "the value is not valid UTF-8 text") for i in bad]
+                skip = set(bad)
+                rows = [i for i in range(len(values)) if i not in skip]
+                text = pl.Series(self.column, [values[i] for i in rows], dtype=pl.Binary).cast(pl.String)
+                return Decoded(text.to_frame(), rows, errors)
         return Decoded(series.to_frame(), list(range(len(values))), errors)
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:

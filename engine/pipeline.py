@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from pydantic import ValidationError
 
 from lockgate.engine.config import BatchPolicy, PipelineConfig
 from lockgate.engine.formats import Format
@@ -79,10 +78,7 @@ class Pipeline:
             options["batch"] = batch
         if instance is not None:
             options["instance"] = instance
-        try:
-            self.config = PipelineConfig(**options)
-        except ValidationError as exc:
-            raise PipelineDefinitionError(f"lg.Pipeline({name!r}): {exc.errors()[0]['msg']}") from exc
+        self.config = PipelineConfig(**options)
         self._builder = _Builder()
         self._metrics = Metrics()
         self._stop = threading.Event()

@@ -125,8 +125,9 @@ class SinkNode(Node):
 
     @property
     def value_columns(self) -> list[str]:
-        """The columns written: all but the Kafka metadata columns and the key."""
-        return [c for c in self.schema.names() if c not in KAFKA_COLUMNS and c != self.key]
+        """The columns written: all but the Kafka metadata columns (and, for lg.Raw, the key)."""
+        skip = self.key if isinstance(self.format, Raw) else None
+        return [c for c in self.schema.names() if c not in KAFKA_COLUMNS and c != skip]
 
 
 @dataclass(frozen=True)

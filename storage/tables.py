@@ -223,7 +223,14 @@ def list_tables(state: str) -> list[str]:
     import lancedb
 
     db = lancedb.connect(str(state))
-    names = db.table_names() if hasattr(db, "table_names") else [t.name for t in db.list_tables()]
+    names: list[str] = []
+    token = None
+    while True:
+        page = db.list_tables(page_token=token)
+        names.extend(page.tables)
+        token = page.page_token
+        if not token:
+            break
     return sorted(n for n in names if not n.startswith("_lockgate"))
 
 

@@ -1,0 +1,130 @@
+"""Shared fixtures: one real Kafka broker per test session, topics, producers, read_committed readers.
+
+The broker is ``lockgate broker`` (Apache Kafka in KRaft mode on the machine's JDK),
+started once on a free port in a temporary directory and stopped at the end.  Set
+``LOCKGATE_TEST_BROKERS=host:port`` to use a broker that is already running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import confluent_kafka as ck
+import polars as pl
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+@pytest.fixture(scope="session")
+def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of the session's real Kafka broker."""
+    given = os.environ.get("LOCKGATE_TEST_BROKERS")
+    if given:
+        yield given
+        return
+    from lockgate.engine import broker
+
+    data_dir = tmp_path_factory.mktemp("kafka")
+    info = broker.start(data_dir=data_dir, port=broker.free_port())
+    try:
+        yield info.bootstrap
+    finally:
+        broker.stop(data_dir=data_dir)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group and pipeline names."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def make_topic(brokers: str) -> Callable[..., str]:
+    """Create a topic (``partitions``, optional ``config``) and return its name."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+
+    def make(name: str, partitions: int = 4, config: dict[str, str] | None = None) -> str:
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})])
+        futures[name].result(30)
+        return name
+
+    return make
+
+
+def produce(brokers: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | str | None] | None = None) -> None:
+    """Produce values (and keys) to ``topic``, non-transactionally, and wait for delivery."""
+    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "partitioner": "murmur2_random"})
+    for i, value in enumerate(values):
+        while True:
+            try:
+                producer.produce(topic, value, None if keys is None else keys[i])
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+
+
+def json_values(rows: Sequence[dict]) -> list[bytes]:
+    """Rows as JSON values."""
+    return [json.dumps(r).encode() for r in rows]
+
+
+def read_committed(brokers: str, topic: str, *, timeout: float = 60.0) -> list[ck.Message]:
+    """Every record of ``topic`` that a read_committed consumer sees, read to the end of each partition."""
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    md = consumer.list_topics(topic, timeout=30)
+    partitions = [ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in md.topics[topic].partitions]
+    consumer.assign(partitions)
+    at_end: set[int] = set()
+    out: list[ck.Message] = []
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(at_end) < len(partitions):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"read_committed({topic}) did not reach the end of every partition in {timeout}s")
+        for m in consumer.consume(10_000, 0.5):
+            err = m.error()
+            if err is None:
+                out.append(m)
+                at_end.discard(m.partition())
+            elif err.code() == ck.KafkaError._PARTITION_EOF:
+                at_end.add(m.partition())
+            else:
+                raise AssertionError(f"read_committed({topic}): {err}")
+    consumer.close()
+    return out
+
+
+def json_frame(messages: Sequence[ck.Message], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Decode JSON message values into a frame of ``schema`` (test-side oracle reader)."""
+    if not messages:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame([json.loads(m.value()) for m in messages], schema=schema, orient="row")
+
+
+def same_rows(left: pl.DataFrame, right: pl.DataFrame) -> bool:
+    """Equal as multisets of rows (order ignored, duplicates counted)."""
+    if left.columns != right.columns or left.height != right.height:
+        return False
+    cols = left.columns
+    return left.sort(cols).equals(right.select(cols).sort(cols))
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> str:
+    """A fresh LanceDB state directory."""
+    return str(tmp_path / "state")

@@ -1,0 +1,144 @@
+"""Formats decode whole batches in one call and name every value that does not decode."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lockgate as lg
+
+SCHEMA = {"user": pl.String, "n": pl.Int64, "x": pl.Float64, "ts": pl.Datetime("ms")}
+
+
+def test_json_decodes_a_clean_batch_with_one_read_and_keeps_input_order():
+    values = [json.dumps({"user": f"u{i}", "n": i, "x": i / 2, "ts": 1_700_000_000_000 + i}).encode() for i in range(1000)]
+    out = lg.JSON(schema=SCHEMA).decode(values)
+    assert out.errors == []
+    assert out.rows == list(range(1000))
+    assert out.frame["n"].to_list() == list(range(1000))
+    assert out.frame.schema == pl.Schema(SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (b'{"user": "a", "n": 1, "x": 1.0, "ts": 1', "not a JSON object"),
+        (b'{"user": "a", "n": "seven", "x": 1.0, "ts": 1}', "cannot parse 'seven'"),
+        (b'{"user": "a", "n": 1.5, "x": 1.0, "ts": 1}', "as Int64"),
+        (b'{"user": "a", "x": 1.0, "ts": 1}', "column 'n' is missing"),
+        (b'{"user": "a", "n": 1, "x": 1.0, "ts": "noon"}', "column 'ts': cannot parse noon"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"", "empty"),
+        (None, "tombstone"),
+        (b'{"user": "\xff", "n": 1, "x": 1.0, "ts": 1}', "not a JSON object"),
+    ],
+)
+def test_json_sends_each_bad_value_to_the_errors_with_a_reason(value, fragment):
+    good = b'{"user": "a", "n": 1, "x": 1.0, "ts": 1700000000000}'
+    out = lg.JSON(schema=SCHEMA).decode([good, value, good])
+    assert out.rows == [0, 2]
+    assert [i for i, _ in out.errors] == [1]
+    assert fragment in out.errors[0][1]
+    assert out.frame.height == 2
+
+
+def test_json_reads_integer_epochs_and_iso_text_for_datetimes():
+    values = [
+        b'{"user": "a", "n": 1, "x": 1, "ts": 1700000000123}',
+        b'{"user": "a", "n": 1, "x": 1, "ts": "2024-01-01T00:00:00Z"}',
+        b'{"user": "a", "n": 1, "x": 1, "ts": "2024-01-01T01:00:00.5+01:00"}',
+        b'{"user": "a", "n": 1, "x": 1, "ts": "2024-01-01 00:00:00.250"}',
+    ]
+    out = lg.JSON(schema=SCHEMA).decode(values)
+    assert out.errors == []
+    assert out.frame["ts"].to_list() == [
+        datetime(2023, 11, 14, 22, 13, 20, 123000),
+        datetime(2024, 1, 1),
+        datetime(2024, 1, 1, 0, 0, 0, 500000),
+        datetime(2024, 1, 1, 0, 0, 0, 250000),
+    ]
+
+
+def test_json_nullable_columns_may_be_missing_and_others_may_not():
+    fmt = lg.JSON(schema={"user": pl.String, "note": pl.String}, nullable=["note"])
+    out = fmt.decode([b'{"user": "a"}', b'{"note": "x"}'])
+    assert out.frame.to_dicts() == [{"user": "a", "note": None}]
+    assert out.errors[0][0] == 1
+
+
+def test_json_treats_a_raw_newline_inside_a_value_as_white_space():
+    out = lg.JSON(schema={"user": pl.String}).decode([b'{"user":\n "a"}', b'{"user": "b"}'])
+    assert out.frame["user"].to_list() == ["a", "b"]
+    assert out.errors == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.integers(-(2**40), 2**40).map(lambda n: ("ok", n)), st.binary(max_size=12).map(lambda b: ("junk", b))), max_size=60))
+def test_json_bisection_finds_exactly_the_bad_values_in_any_mix(items):
+    values, expected_good = [], []
+    for i, (kind, payload) in enumerate(items):
+        if kind == "ok":
+            values.append(json.dumps({"n": payload}).encode())
+            expected_good.append(i)
+        else:
+            values.append(b"{" + payload)  # never a JSON object
+    out = lg.JSON(schema={"n": pl.Int64}).decode(values)
+    assert out.rows == expected_good
+    assert sorted(i for i, _ in out.errors) == [i for i in range(len(values)) if i not in expected_good]
+    assert out.frame["n"].to_list() == [items[i][1] for i in expected_good]
+
+
+def test_json_sink_encodes_one_object_per_row_and_round_trips():
+    frame = pl.DataFrame({"user": ["a", "b"], "n": [1, None]})
+    values = lg.JSON().encode(frame)
+    assert [json.loads(v) for v in values] == [{"user": "a", "n": 1}, {"user": "b", "n": None}]
+
+
+def test_raw_gives_bytes_or_text_and_rejects_invalid_utf8_as_text():
+    assert lg.Raw().decode([b"\xff", b"a"]).frame["value"].to_list() == [b"\xff", b"a"]
+    out = lg.Raw(as_text=True).decode([b"\xff", b"a"])
+    assert out.frame["value"].to_list() == ["a"]
+    assert out.errors == [(0, "the value is not valid UTF-8 text")]
+
+
+def test_arrow_ipc_values_hold_many_rows_and_are_read_without_copying():
+    frame = pl.DataFrame({"x": list(range(25)), "s": [str(i) for i in range(25)]})
+    fmt = lg.ArrowIPC(schema={"x": pl.Int64, "s": pl.String}, rows_per_message=10)
+    values = fmt.encode(frame)
+    assert len(values) == 3
+    out = fmt.decode(values + [b"not arrow"])
+    assert out.frame.equals(frame)
+    assert out.rows == [0] * 10 + [1] * 10 + [2] * 5
+    assert out.errors[0][0] == 3
+    # zero-copy: the Arrow buffers point into the Kafka value's memory
+    value = values[0]
+    table = pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+    address = table.column("x").chunk(0).buffers()[1].address
+    base = pa.py_buffer(value).address
+    assert base <= address < base + len(value)
+
+
+def test_a_source_needs_a_schema_to_decode_json():
+    pipe = lg.Pipeline("fmt-noschema", brokers="127.0.0.1:1")
+    with pytest.raises(lg.PipelineDefinitionError, match="needs schema"):
+        pipe.source("t", format=lg.JSON())
+
+
+def test_reading_ndjson_is_one_polars_call_per_clean_batch(monkeypatch):
+    calls = []
+    real = pl.read_ndjson
+
+    def counting(source, **kw):
+        calls.append(1)
+        return real(source, **kw)
+
+    monkeypatch.setattr(pl, "read_ndjson", counting)
+    values = [json.dumps({"n": i}).encode() for i in range(5000)]
+    lg.JSON(schema={"n": pl.Int64}).decode(values)
+    assert len(calls) == 1

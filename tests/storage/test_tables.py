@@ -1,0 +1,65 @@
+"""Table sinks append tagged rows; readers see committed batches only, consistent as of one log version."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import polars as pl
+import pytest
+
+import lockgate as lg
+from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
+
+
+def _write(state: str, batch_id: int, epoch: int, rows: list[int], *, first: int, commit: bool) -> None:
+    version = SinkTable(state, "t").append(pl.DataFrame({"x": rows}), batch_id=batch_id, epoch=epoch)
+    log = CommitLog(state)
+    log.prepare("p", epoch=epoch, batch_id=batch_id, ranges=[PartitionRange("in", 0, first, first + len(rows))], tables={"t": version})
+    if commit:
+        log.mark("p", epoch=epoch, batch_id=batch_id)
+
+
+def test_prepared_but_unmarked_batches_are_invisible(state_dir):
+    _write(state_dir, 1, 1, [1, 2], first=0, commit=True)
+    _write(state_dir, 2, 2, [3], first=2, commit=False)
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2]
+
+
+def test_recovery_marks_the_batch_whose_next_offset_is_the_committed_offset(state_dir):
+    _write(state_dir, 1, 1, [1, 2], first=0, commit=True)
+    _write(state_dir, 2, 2, [3], first=2, commit=False)  # Kafka committed it, the process died before the mark
+    _write(state_dir, 3, 3, [4], first=3, commit=False)  # aborted: Kafka's committed offset is 3
+    redone = CommitLog(state_dir).recover("p", {("in", 0): 3})
+    assert redone == [2]
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3]
+    assert CommitLog(state_dir).recover("p", {("in", 0): 3}) == [], "recovery is idempotent"
+
+
+def test_as_of_an_epoch_or_a_time_reads_an_earlier_committed_state(state_dir):
+    _write(state_dir, 10, 1, [1], first=0, commit=True)
+    between = datetime.now(timezone.utc)
+    _write(state_dir, 11, 2, [2], first=1, commit=True)
+    assert read_table(state_dir, "t", as_of=1).collect()["x"].to_list() == [1]
+    assert read_table(state_dir, "t", as_of=between).collect()["x"].to_list() == [1]
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2]
+    assert read_table(state_dir, "t", as_of=between - timedelta(hours=1)).collect().height == 0
+
+
+def test_reading_a_missing_table_names_the_tables_that_exist(state_dir):
+    _write(state_dir, 1, 1, [1], first=0, commit=True)
+    with pytest.raises(lg.StorageError, match=r"no table 'nope'.*\['t'\]"):
+        read_table(state_dir, "nope")
+
+
+def test_internal_columns_are_not_shown_and_filters_push_down(state_dir):
+    _write(state_dir, 1, 1, [1, 2, 3], first=0, commit=True)
+    lazy = read_table(state_dir, "t")
+    assert lazy.collect_schema().names() == ["x"]
+    assert lazy.filter(pl.col("x") > 1).collect()["x"].to_list() == [2, 3]
+
+
+def test_a_failing_write_names_the_table_and_the_path(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")  # fails even for root, unlike chmod
+    with pytest.raises(lg.StorageError, match=r"to_table 't'.*not-a-dir/t.lance"):
+        SinkTable(str(blocker), "t").append(pl.DataFrame({"x": [1]}), batch_id=1, epoch=1)
