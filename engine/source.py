@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -109,6 +111,9 @@ class KafkaSource:
                 nbytes += sum(map(len, got))
                 if deadline is None:
                     deadline = now + policy.max_wait_s
+                if nbytes > policy.max_bytes and len(msgs) > 1:
+                    msgs, nbytes = self._trim(msgs, policy.max_bytes)
+                    break
             elif deadline is None:
                 break  # nothing arrived within max_wait: an empty batch
             if should_stop() or self.caught_up():
@@ -124,6 +129,18 @@ class KafkaSource:
             values=list(map(_M.value, msgs)),
             nbytes=nbytes,
         )
+
+    def _trim(self, msgs: list[ck.Message], max_bytes: int) -> tuple[list[ck.Message], int]:
+        """Keep the longest prefix within ``max_bytes`` (at least one record); seek back for the rest."""
+        sizes = list(accumulate(map(len, msgs)))
+        keep = max(1, bisect_right(sizes, max_bytes))
+        rewind: dict[tuple[str, int], int] = {}
+        for m in msgs[keep:]:  # the overshoot of one consume call, not the batch
+            rewind.setdefault((m.topic(), m.partition()), m.offset())
+        for (topic, partition), offset in rewind.items():
+            self.consumer.seek(ck.TopicPartition(topic, partition, offset))
+            self.assignment.at_end.discard((topic, partition))
+        return msgs[:keep], sizes[keep - 1]
 
     def _events(self, got: list[ck.Message]) -> list[ck.Message]:
         """Take end-of-partition events and errors out of a poll's messages."""

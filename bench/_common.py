@@ -1,0 +1,150 @@
+"""Shared helpers of the benchmarks: broker, topics, medians, JSON + Markdown output.
+
+Nothing here is timed; the benchmarks time their own loops.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka as ck
+from confluent_kafka.admin import AdminClient, NewTopic
+
+__all__ = [
+    "resolve_brokers",
+    "create_topic",
+    "delete_topics",
+    "count_committed",
+    "median",
+    "stamp",
+    "machine",
+    "write_json",
+    "markdown_table",
+]
+
+
+def resolve_brokers(brokers: str | None) -> str:
+    """``brokers`` as given, else the local broker (started if it is not running)."""
+    if brokers:
+        return brokers
+    from lockgate.engine import broker  # the local KRaft broker, started once and left running
+
+    info = broker.start()
+    print(f"# local broker: {info.bootstrap} (pid {info.pid}, {info.data_dir})", file=sys.stderr)
+    return info.bootstrap
+
+
+def create_topic(brokers: str, topic: str, partitions: int, *, timeout: float = 60.0) -> None:
+    """Create ``topic`` (it must not exist yet) and wait until its metadata shows every partition."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)]).values():
+        future.result(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic, timeout=10)
+        t = md.topics.get(topic)
+        if t is not None and t.error is None and len(t.partitions) == partitions and all(
+            p.leader >= 0 for p in t.partitions.values()
+        ):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {topic!r} did not get {partitions} partitions with leaders in {timeout}s")
+
+
+def delete_topics(brokers: str, topics: Iterable[str]) -> None:
+    """Delete ``topics`` (the ones that exist); errors are printed, not raised."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    existing = set(admin.list_topics(timeout=30).topics)
+    doomed = [t for t in dict.fromkeys(topics) if t in existing]
+    if not doomed:
+        return
+    for topic, future in admin.delete_topics(doomed, operation_timeout=60).items():
+        try:
+            future.result(60)
+        except Exception as exc:  # noqa: BLE001 - cleanup only
+            print(f"# could not delete topic {topic}: {exc}", file=sys.stderr)
+
+
+def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
+    """Records of ``topic`` visible to a ``read_committed`` consumer (reads every partition to its end)."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    partitions = list(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"bench-check-{time.time_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
+    at_end: set[int] = set()
+    count = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic!r}: only {len(at_end)}/{len(partitions)} partitions at their end")
+            for m in consumer.consume(10_000, 1.0):
+                err = m.error()
+                if err is None:
+                    count += 1
+                elif err.code() == ck.KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
+                else:
+                    raise ck.KafkaException(err)
+    finally:
+        consumer.close()
+    return count
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (mean of the two middle values for an even count)."""
+    return float(statistics.median(values))
+
+
+def stamp() -> str:
+    """A UTC timestamp for file and topic names: ``20250101T120000Z``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import os
+
+    import polars as pl
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "confluent_kafka": ck.version()[0],
+        "librdkafka": ck.libversion()[0],
+        "polars": pl.__version__,
+    }
+
+
+def write_json(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``out_dir/<name>-<stamp>.json``; returns the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{stamp()}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

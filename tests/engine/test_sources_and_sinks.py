@@ -1,0 +1,86 @@
+"""Batch limits, and the Raw and Arrow IPC formats, end to end on the real broker."""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import lockgate as lg
+from lockgate.storage.tables import CommitLog
+from tests.conftest import produce, read_committed, same_rows
+
+pytestmark = pytest.mark.kafka
+
+
+def _batch_sizes(state: str, pipeline: str) -> list[int]:
+    """Records per committed micro-batch, from the prepare records of the commit log."""
+    log = CommitLog(state).frame().filter((pl.col("pipeline") == pipeline) & (pl.col("kind") == "prepare"))
+    per_batch = log.group_by("batch_id").agg((pl.col("next_offset") - pl.col("first_offset")).sum().alias("n"))
+    return per_batch["n"].to_list()
+
+
+@pytest.mark.parametrize(
+    ("policy", "limit_records"),
+    [(lg.BatchPolicy(max_records=700, max_wait="200ms"), 700), (lg.BatchPolicy(max_bytes=20_000, max_wait="200ms"), 20_000 // 100)],
+)
+def test_a_micro_batch_never_exceeds_max_records_or_max_bytes(brokers, make_topic, state_dir, unique, policy, limit_records):
+    source = make_topic(f"limits-{unique}", partitions=1)
+    values = [(b'{"n": %5d, "pad": "' % i) + b"x" * 77 + b'"}' for i in range(5_000)]
+    assert {len(v) for v in values} == {100}
+    produce(brokers, source, values)
+    pipe = lg.Pipeline(f"limits-{unique}", brokers=brokers, state=state_dir, batch=policy)
+    pipe.source(source, format=lg.JSON(schema={"n": pl.Int64})).to_table("t")
+    pipe.run(until="caught_up", timeout=120)
+    sizes = _batch_sizes(state_dir, f"limits-{unique}")
+    assert sum(sizes) == 5_000
+    assert max(sizes) <= limit_records
+    assert len(sizes) >= 5_000 // limit_records
+    assert sorted(lg.read_table(state_dir, "t").collect()["n"].to_list()) == list(range(5_000))
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    frame.write_ipc_stream(sink)
+    return sink.getvalue()
+
+
+def test_arrow_ipc_values_of_many_rows_flow_through_to_kafka_and_a_table(brokers, make_topic, state_dir, unique):
+    source = make_topic(f"ipc-{unique}", partitions=2)
+    chunks = [pl.DataFrame({"sensor": [f"s{(c * 7 + r) % 5}" for r in range(200)], "v": [float(c * 200 + r) for r in range(200)]}) for c in range(30)]
+    produce(brokers, source, [_ipc(c) for c in chunks])
+    everything = pl.concat(chunks)
+    expected = everything.filter(pl.col("v") % 3 == 0).with_columns(double=pl.col("v") * 2)
+
+    pipe = lg.Pipeline(f"ipc-{unique}", brokers=brokers, state=state_dir)
+    readings = pipe.source(source, format=lg.ArrowIPC(schema={"sensor": pl.String, "v": pl.Float64}))
+    out = readings.filter(pl.col("v") % 3 == 0).with_columns(double=pl.col("v") * 2)
+    out.to_kafka(f"ipc-out-{unique}", key="sensor", format=lg.ArrowIPC())
+    out.to_table("readings")
+    pipe.run(until="caught_up", timeout=120)
+
+    messages = read_committed(brokers, f"ipc-out-{unique}")
+    frames = []
+    for m in messages:
+        frame = pl.from_arrow(pa.ipc.open_stream(m.value()).read_all())
+        assert frame["sensor"].unique().to_list() == [m.key().decode()], "one message per key value"
+        frames.append(frame)
+    assert len(messages) < expected.height, "many rows per message"
+    assert same_rows(pl.concat(frames), expected)
+    assert same_rows(lg.read_table(state_dir, "readings").collect(), expected)
+
+
+def test_raw_text_values_pass_through_with_kafka_metadata_columns(brokers, make_topic, state_dir, unique):
+    source = make_topic(f"raw-{unique}", partitions=1)
+    produce(brokers, source, [f"line {i}".encode() for i in range(100)], [f"k{i}".encode() for i in range(100)])
+    pipe = lg.Pipeline(f"raw-{unique}", brokers=brokers, state=state_dir)
+    lines = pipe.source(source, format=lg.Raw(as_text=True))
+    lines.select("_key", "_offset", upper=pl.col("value").str.to_uppercase()).select("upper").to_kafka(f"raw-out-{unique}", format=lg.Raw())
+    lines.select(key=pl.col("_key").cast(pl.String), offset="_offset", text="value").to_table("lines")
+    pipe.run(until="caught_up", timeout=120)
+    assert sorted(m.value() for m in read_committed(brokers, f"raw-out-{unique}")) == sorted(f"LINE {i}".encode() for i in range(100))
+    table = lg.read_table(state_dir, "lines").collect().sort("offset")
+    assert table["key"].to_list() == [f"k{i}" for i in range(100)]
+    assert table["offset"].to_list() == list(range(100))
