@@ -236,7 +236,11 @@ def run_lockgate(brokers: str, topic: str, records: int, run: int, tag: str, sta
         lg_source.ck = original
     if summary.stopped_because != "caught_up" or summary.records != records:
         raise RuntimeError(f"lockgate run {run}: {summary} (expected {records} records, caught_up)")
-    assert clock.first_data is not None and clock.closed is not None
+    if clock.first_data is None or clock.closed is None:
+        # the engine no longer builds its consumer as ``ck.Consumer`` in engine/source.py:
+        # fall back to the whole run (join included) rather than report a wrong number
+        print("# warning: could not time lockgate's consumer; steady = whole run, join included", file=sys.stderr)
+        clock.first_data, clock.closed = t_start, t_end
     steady = clock.closed - clock.first_data
     wall = t_end - t_start
     metrics = pipe.metrics()
