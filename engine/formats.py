@@ -174,10 +174,20 @@ class JSON(Format):
         return parsed.filter(keep), kept_rows, errors
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
-        if frame.height == 0:
-            return []
-        text = frame.write_ndjson()
-        return text.encode().split(b"\n")[: frame.height]
+        if frame.height == 0 or frame.width == 0:
+            return [b"{}"] * frame.height
+        encoded = frame.select(pl.struct(pl.all()).struct.json_encode().cast(pl.Binary))
+        return encoded.to_series().to_list()
+
+    @staticmethod
+    def check_writable(schema: Mapping[str, pl.DataType], where: str) -> None:
+        """Refuse columns that JSON cannot hold (raw bytes), naming them and the fix."""
+        binary = [name for name, dtype in schema.items() if "Binary" in str(dtype)]
+        if binary:
+            raise PipelineDefinitionError(
+                f"{where}: lg.JSON cannot write the binary column(s) {binary}; cast them to text "
+                f"(pl.col(...).cast(pl.String)), encode them (pl.col(...).bin.encode('base64')), or drop them"
+            )
 
 
 def _temporal_expr(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -300,8 +310,9 @@ class ArrowIPC(Format):
     """Each Kafka value holds an Arrow IPC stream of many rows.
 
     Reading is zero-copy: the value's buffer is handed to Arrow as it is.  A sink
-    writes one IPC stream per message of at most ``rows_per_message`` rows (one per
-    key value when the sink has a key).
+    writes one IPC stream per message (one per key value when the sink has a key)
+    of at most ``rows_per_message`` rows and about ``max_message_bytes`` bytes, so
+    that messages stay under Kafka's default 1 MB limit.
 
     Examples
     --------
@@ -316,16 +327,20 @@ class ArrowIPC(Format):
     name: ClassVar[str] = "arrow_ipc"
     schema: Mapping[str, pl.DataType] | None
     rows_per_message: int
+    max_message_bytes: int
 
-    def __init__(self, schema: Mapping[str, Any] | None = None, *, rows_per_message: int = 10_000) -> None:
+    def __init__(
+        self, schema: Mapping[str, Any] | None = None, *, rows_per_message: int = 10_000, max_message_bytes: int = 900_000
+    ) -> None:
         resolved = None if schema is None else {str(k): _dtype(v, str(k)) for k, v in dict(schema).items()}
-        if rows_per_message < 1:
-            raise PipelineDefinitionError("lg.ArrowIPC: rows_per_message must be >= 1")
+        if rows_per_message < 1 or max_message_bytes < 1:
+            raise PipelineDefinitionError("lg.ArrowIPC: rows_per_message and max_message_bytes must be >= 1")
         object.__setattr__(self, "schema", resolved)
         object.__setattr__(self, "rows_per_message", rows_per_message)
+        object.__setattr__(self, "max_message_bytes", max_message_bytes)
 
     def __hash__(self) -> int:
-        return hash((tuple((self.schema or {}).items()), self.rows_per_message))
+        return hash((tuple((self.schema or {}).items()), self.rows_per_message, self.max_message_bytes))
 
     def value_schema(self) -> dict[str, pl.DataType]:
         if self.schema is None:
@@ -356,8 +371,10 @@ class ArrowIPC(Format):
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
         out = []
-        for start in range(0, frame.height, self.rows_per_message):
+        per_row = frame.estimated_size() / max(frame.height, 1)
+        step = max(1, min(self.rows_per_message, int(self.max_message_bytes // max(per_row, 1.0))))
+        for start in range(0, frame.height, step):
             sink = io.BytesIO()
-            frame.slice(start, self.rows_per_message).write_ipc_stream(sink)
+            frame.slice(start, step).write_ipc_stream(sink)
             out.append(sink.getvalue())
         return out

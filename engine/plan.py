@@ -268,6 +268,8 @@ class Stream:
                 f"its columns are {list(self.schema.names())}"
             )
         node = SinkNode(node_name, self.schema, parent=self._node, sink="kafka", target=topic, key=key, format=fmt)
+        if isinstance(fmt, JSON):
+            fmt.check_writable({c: self.schema[c] for c in node.value_columns}, f"{kind} {node_name!r}")
         if isinstance(fmt, Raw) and len(node.value_columns) != 1:
             raise PipelineDefinitionError(
                 f"{kind} {node_name!r}: lg.Raw() writes one column, the stream has {node.value_columns}; select one first"

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ class RunSummary:
     records: int
     seconds: float
     stopped_because: str
+    seconds_from_first_record: float | None = None
 
 
 def execute(plan: Plan, inputs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -142,16 +144,21 @@ class Runner:
         self.source: KafkaSource | None = None
         self.producer: TransactionalProducer | None = None
         self.epoch = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lockgate-commit-{config.name}")
+        self.inflight: tuple[EpochTransaction, Future[None]] | None = None
+        self.pending_marks: list[Epoch] = []
 
     def _open(self) -> None:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
         self.producer = TransactionalProducer(self.config.producer_options())
-        self.source = KafkaSource(self.config.consumer_options(), list(self.sources_by_topic))
+        self.source = KafkaSource(self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight)
         self.epoch = self.log.last_epoch(self.config.name)
 
     def close(self) -> None:
         """Leave the group and drop the clients."""
+        self._wait_inflight()
+        self.pool.shutdown(wait=True)
         if self.source is not None:
             self.source.close()
             self.source = None
@@ -165,6 +172,7 @@ class Runner:
         if until not in (None, "caught_up"):
             raise PipelineDefinitionError(f"run(until={until!r}): use until='caught_up' or leave it out to run until stopped")
         started = time.monotonic()
+        first_record: float | None = None
         batches = records = 0
         reason = "stopped"
         self._open()
@@ -180,23 +188,30 @@ class Runner:
                 raw = self.source.poll(self.config.batch, self.stop_event.is_set)
                 self._recover(self.source.take_new_partitions())
                 if len(raw):
+                    if first_record is None:
+                        first_record = time.monotonic()
                     faults.crash_point("after_poll")
-                    self._process(raw)
-                    batches += 1
-                    records += len(raw)
+                    if self._process(raw):
+                        batches += 1
+                        records += len(raw)
                     if on_batch is not None:
                         on_batch(self.metrics.snapshot())
                 else:
                     self.metrics.add("empty_polls")
+                    self._settle()
+                    self._flush_marks()
                 if max_batches is not None and batches >= max_batches:
                     reason = "max_batches"
                     break
                 if until == "caught_up" and self.source.caught_up():
                     reason = "caught_up"
                     break
+            self._settle()
+            self._flush_marks()
         finally:
             self.close()
-        return RunSummary(batches, records, time.monotonic() - started, reason)
+        ended = time.monotonic()
+        return RunSummary(batches, records, ended - started, reason, None if first_record is None else ended - first_record)
 
     def _recover(self, partitions: set[tuple[str, int]]) -> None:
         if not partitions:
@@ -208,7 +223,7 @@ class Runner:
             log.info("recovery: redid the commit marks of batches %s", redone)
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
 
-    def _decode(self, raw: RawBatch) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    def _decode(self, raw: RawBatch) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], pl.DataFrame]:
         """Decode each source's records; collect the ones that fail as dead letters."""
         meta = raw.metadata()
         inputs: dict[str, pl.DataFrame] = {}
@@ -244,35 +259,75 @@ class Runner:
         dead_frame = pl.concat(dead) if dead else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
         if self.dead_node is not None:
             inputs[self.dead_node.name] = dead_frame
-        return inputs, dead_frame
+        return meta, inputs, dead_frame
 
-    def _process(self, raw: RawBatch) -> None:
+    def _process(self, raw: RawBatch) -> bool:
+        """Decode, run and commit one batch; False when it was dropped to be redone."""
         assert self.source is not None and self.producer is not None
         t0 = time.monotonic()
-        inputs, dead = self._decode(raw)
+        meta, inputs, dead = self._decode(raw)
         faults.crash_point("after_decode")
         outputs = execute(self.plan, inputs)
         outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
-        self.epoch += 1
-        epoch = Epoch(self.epoch, partition_ranges(raw.topics, raw.partitions, raw.offsets), tuple(outgoing), tables)
-        txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata())
+        epoch = Epoch(self.epoch + 1, partition_ranges(meta), tuple(outgoing), tables)
+        if not self._settle(also_rewind=epoch):
+            return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
+        self.epoch = epoch.number
+        txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
+        txn.prepare()
+        self.pending_marks = []
+        faults.crash_point("after_prepare")
+        txn.produce()
+        self.inflight = (txn, self.pool.submit(txn.commit_kafka))
+        self.metrics.set("last_batch_seconds", time.monotonic() - t0)
+        return True
+
+    def _wait_inflight(self) -> None:
+        """Block until the in-flight Kafka commit has finished (its outcome is handled by _settle)."""
+        if self.inflight is not None:
+            wait([self.inflight[1]])
+
+    def _settle(self, also_rewind: Epoch | None = None) -> bool:
+        """Finish the in-flight epoch: count it and queue its mark, or rewind after an abort.
+
+        Returns False when the in-flight epoch aborted; the consumer is then rewound
+        to its first offsets (and to ``also_rewind``'s, for partitions only that batch read).
+        """
+        if self.inflight is None:
+            return True
+        txn, future = self.inflight
+        self.inflight = None
         try:
-            txn.commit()
+            future.result()
         except TransactionAborted as exc:
+            assert self.source is not None
             log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
             self.metrics.add("aborts")
-            self.source.rewind({(r.topic, r.partition): r.first_offset for r in epoch.ranges})
-            return
+            positions = {(r.topic, r.partition): r.first_offset for r in txn.epoch.ranges}
+            for r in also_rewind.ranges if also_rewind is not None else ():
+                positions.setdefault((r.topic, r.partition), r.first_offset)
+            self.source.rewind(positions)
+            return False
+        self.pending_marks.append(txn.epoch)
+        self._count(txn.epoch)
+        return True
+
+    def _flush_marks(self) -> None:
+        """Write the pending commit marks alone (no batch follows to carry them)."""
+        for epoch in self.pending_marks:
+            self.log.mark(self.config.name, epoch=epoch.number, batch_id=epoch.batch_id)
+        self.pending_marks = []
+
+    def _count(self, epoch: Epoch) -> None:
         self.metrics.add("batches")
         self.metrics.add("commits")
-        for out in outgoing:
+        for out in epoch.outgoing:
             self.metrics.add("records_out", len(out.values), topic=out.topic)
-        if dead.height:
-            self.metrics.add("dlq", dead.height, topic=self.config.dlq_topic)
-        for table, frame in tables:
+            if out.topic == self.config.dlq_topic:
+                self.metrics.add("dlq", len(out.values), topic=out.topic)
+        for table, frame in epoch.tables:
             self.metrics.add("table_rows", frame.height, topic=table.name)
-        self.metrics.set("last_batch_seconds", time.monotonic() - t0)
-        self.metrics.set("last_epoch", self.epoch)
+        self.metrics.set("last_epoch", epoch.number)

@@ -29,9 +29,10 @@ _second = itemgetter(1)
 
 @dataclass
 class RawBatch:
-    """The records of one poll, column by column."""
+    """The records of one poll, column by column (``topics`` is None when all come from ``topic``)."""
 
-    topics: list[str]
+    topic: str | None
+    topics: list[str] | None
     partitions: list[int]
     offsets: list[int]
     timestamps: list[int]
@@ -46,7 +47,11 @@ class RawBatch:
         """The Kafka metadata columns of every record."""
         return pl.DataFrame(
             {
-                "_topic": pl.Series(self.topics, dtype=pl.String),
+                "_topic": (
+                    pl.Series(self.topics, dtype=pl.String)
+                    if self.topics is not None
+                    else pl.repeat(self.topic, len(self.values), dtype=pl.String, eager=True)
+                ),
                 "_partition": pl.Series(self.partitions, dtype=pl.Int32),
                 "_offset": pl.Series(self.offsets, dtype=pl.Int64),
                 "_timestamp": pl.Series(self.timestamps, dtype=pl.Int64).cast(pl.Datetime("ms")),
@@ -66,9 +71,10 @@ class _Assignment:
 class KafkaSource:
     """The consumer of a pipeline: subscribes, tracks assignment and end-of-partition."""
 
-    def __init__(self, options: dict, topics: list[str]) -> None:
+    def __init__(self, options: dict, topics: list[str], before_revoke: Callable[[], None] = lambda: None) -> None:
         self.consumer = ck.Consumer({**options, "enable.partition.eof": True})
         self.topics = topics
+        self.before_revoke = before_revoke
         self.assignment = _Assignment()
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
@@ -82,6 +88,7 @@ class KafkaSource:
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         log.info("revoked %s", sorted(lost))
+        self.before_revoke()  # a commit in flight finishes before its partitions move
         self.assignment.owned -= lost
         self.assignment.new -= lost
         self.assignment.at_end -= lost
@@ -120,8 +127,10 @@ class KafkaSource:
                 break
         if self.assignment.revoked and msgs:
             msgs = [m for m in msgs if (m.topic(), m.partition()) not in self.assignment.revoked]
+        single = len(self.topics) == 1
         return RawBatch(
-            topics=list(map(_M.topic, msgs)),
+            topic=self.topics[0] if single else None,
+            topics=None if single else list(map(_M.topic, msgs)),
             partitions=list(map(_M.partition, msgs)),
             offsets=list(map(_M.offset, msgs)),
             timestamps=list(map(_second, map(_M.timestamp, msgs))),

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import confluent_kafka as ck
 import polars as pl
 
+from lockgate.engine import faults
 from lockgate.operators.errors import CommitError
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 
@@ -125,9 +126,18 @@ class TransactionalProducer:
 class EpochTransaction:
     """Commits one :class:`Epoch` (see :meth:`commit`)."""
 
-    def __init__(self, pipeline: str, epoch: Epoch, log_: CommitLog, producer: TransactionalProducer, group: object) -> None:
+    def __init__(
+        self,
+        pipeline: str,
+        epoch: Epoch,
+        log_: CommitLog,
+        producer: TransactionalProducer,
+        group: object,
+        marks: Sequence[Epoch] = (),
+    ) -> None:
         self.pipeline = pipeline
         self.epoch = epoch
+        self.marks = tuple(marks)
         self.log = log_
         self.producer = producer
         self.group = group
@@ -145,7 +155,11 @@ class EpochTransaction:
         self.error = exc
 
     def prepare(self) -> None:
-        """Write the table rows, then the prepare records, to LanceDB (append only)."""
+        """Write the table rows, then the prepare records, to LanceDB (append only).
+
+        The commit marks of earlier epochs whose Kafka transactions have committed
+        (``marks``) travel in the same append as this epoch's prepare records.
+        """
         self._expect("new")
         try:
             versions = {}
@@ -153,7 +167,8 @@ class EpochTransaction:
                 if frame.height:
                     versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
             self.log.prepare(
-                self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions
+                self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
+                marks=[(m.number, m.batch_id) for m in self.marks],
             )
         except BaseException as exc:
             self._fail(exc)
@@ -161,7 +176,7 @@ class EpochTransaction:
         self.state = "prepared"
 
     def produce(self) -> None:
-        """Begin the Kafka transaction, produce the outputs, add the input offsets."""
+        """Begin the Kafka transaction and queue the outputs."""
         self._expect("prepared")
         p = self.producer
         try:
@@ -169,8 +184,6 @@ class EpochTransaction:
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
-            offsets = self.epoch.offsets
-            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, 60))
         except ck.KafkaException as exc:
             self._on_kafka_error(exc)
         except BaseException as exc:
@@ -179,13 +192,26 @@ class EpochTransaction:
             raise
 
     def commit_kafka(self) -> None:
-        """Commit the Kafka transaction: the decision point of the epoch."""
+        """Add the input offsets to the Kafka transaction and commit it: the decision point of the epoch.
+
+        Safe to run on another thread while the next batch is polled and decoded:
+        nothing else uses the producer until this returns.
+        """
         self._expect("producing")
+        p = self.producer
+        offsets = self.epoch.offsets
         try:
-            self.producer._retry("commit_transaction", lambda: self.producer.producer.commit_transaction(60))
+            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, 60))
+            faults.crash_point("after_produce")
+            p._retry("commit_transaction", lambda: p.producer.commit_transaction(60))
         except ck.KafkaException as exc:
             self._on_kafka_error(exc)
+        except BaseException as exc:
+            self._abort_quietly()
+            self._fail(exc)
+            raise
         self.state = "committed"
+        faults.crash_point("after_commit")
 
     def mark(self) -> None:
         """Mark the epoch committed in LanceDB (recovery redoes it if this never happens)."""
@@ -216,22 +242,32 @@ class EpochTransaction:
         1. Prepare: append the table-sink rows, tagged with the batch id, and one
            prepare record per input partition (epoch, batch id, first and next
            offset, table versions) to LanceDB.
-        2. Begin the Kafka transaction, produce the outputs (and dead letters), and
-           ``send_offsets_to_transaction`` with the next offset of every input partition.
-        3. Commit the Kafka transaction. This is the commit of the epoch.
+        2. Begin the Kafka transaction and produce the outputs (and dead letters).
+        3. ``send_offsets_to_transaction`` with the next offset of every input
+           partition, then commit the Kafka transaction. This is the commit of the
+           epoch. (The runner may run this step on a thread while it polls and
+           decodes the next batch; the next epoch's step 1 waits for it.)
         4. Mark the epoch committed in LanceDB: a hint for readers; recovery redoes
-           it from the group's committed offsets if the process dies first.
+           it from the group's committed offsets if the process dies first.  The
+           runner writes this mark in the next epoch's step-1 append, or alone when
+           no batch follows.
+
+        This method runs the four steps in order on the calling thread.
         """
         self.prepare()
+        faults.crash_point("after_prepare")
         self.produce()
         self.commit_kafka()
         self.mark()
 
 
-def partition_ranges(topics: Sequence[str], partitions: Sequence[int], offsets: Sequence[int]) -> tuple[PartitionRange, ...]:
-    """First and next offset of each input partition in a batch, with one group_by."""
-    if not offsets:
+def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:
+    """First and next offset of each input partition in a batch's metadata, with one group_by."""
+    if meta.height == 0:
         return ()
-    frame = pl.DataFrame({"t": topics, "p": partitions, "o": offsets}, schema={"t": pl.String, "p": pl.Int32, "o": pl.Int64})
-    agg = frame.group_by("t", "p").agg(pl.col("o").min().alias("lo"), pl.col("o").max().alias("hi")).sort("t", "p")
+    agg = (
+        meta.group_by("_topic", "_partition")
+        .agg(pl.col("_offset").min().alias("lo"), pl.col("_offset").max().alias("hi"))
+        .sort("_topic", "_partition")
+    )
     return tuple(PartitionRange(t, p, lo, hi + 1) for t, p, lo, hi in agg.iter_rows())

@@ -114,8 +114,12 @@ class CommitLog:
         batch_id: int,
         ranges: Iterable[PartitionRange],
         tables: Mapping[str, int],
+        marks: Iterable[tuple[int, int]] = (),
     ) -> None:
-        """Record that ``batch_id`` wrote ``tables`` (name -> version) for these input ranges."""
+        """Record that ``batch_id`` wrote ``tables`` (name -> version) for these input ranges.
+
+        ``marks`` (epoch, batch id) of earlier, committed batches are written in the same append.
+        """
         now = datetime.now(timezone.utc)
         encoded = json.dumps(dict(tables), sort_keys=True)
         rows = [
@@ -126,18 +130,21 @@ class CommitLog:
             }
             for r in ranges
         ]
+        rows += [self._mark_row(pipeline, epoch_, batch_) for epoch_, batch_ in marks]
         if rows:
             self._rows(rows)
 
+    @staticmethod
+    def _mark_row(pipeline: str, epoch: int, batch_id: int) -> dict[str, Any]:
+        return {
+            "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
+            "partition": None, "first_offset": None, "next_offset": None, "tables": None,
+            "ts": datetime.now(timezone.utc),
+        }
+
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
         """Mark ``batch_id`` committed: a hint for readers, redone by recovery when missing."""
-        self._rows(
-            [{
-                "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
-                "partition": None, "first_offset": None, "next_offset": None, "tables": None,
-                "ts": datetime.now(timezone.utc),
-            }]
-        )
+        self._rows([self._mark_row(pipeline, epoch, batch_id)])
 
     def frame(self) -> pl.DataFrame:
         """The whole log (one consistent version) as a frame."""

@@ -89,3 +89,8 @@ def test_step_names_are_unique_and_stable(clicks):
 def test_a_stream_has_no_truth_value(clicks):
     with pytest.raises(TypeError, match="truth value of a lockgate Stream is ambiguous"):
         bool(clicks)
+
+
+def test_a_json_sink_refuses_binary_columns_and_says_how_to_fix_it(clicks):
+    with pytest.raises(lg.PipelineDefinitionError, match=r"to_kafka 'to_kafka_1': lg.JSON cannot write the binary column\(s\) \['raw'\].*base64"):
+        clicks.with_columns(raw=pl.col("user").cast(pl.Binary)).to_kafka("out")

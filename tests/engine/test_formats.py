@@ -142,3 +142,11 @@ def test_reading_ndjson_is_one_polars_call_per_clean_batch(monkeypatch):
     values = [json.dumps({"n": i}).encode() for i in range(5000)]
     lg.JSON(schema={"n": pl.Int64}).decode(values)
     assert len(calls) == 1
+
+
+def test_arrow_ipc_sink_keeps_messages_under_the_byte_limit():
+    frame = pl.DataFrame({"s": ["x" * 200] * 20_000})
+    values = lg.ArrowIPC(max_message_bytes=500_000).encode(frame)
+    assert len(values) > 1
+    assert max(len(v) for v in values) <= 600_000  # the estimate plus IPC framing
+    assert sum(pl.read_ipc_stream(v).height for v in values) == 20_000
