@@ -20,7 +20,7 @@ import polars as pl
 from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.formats import JSON, ArrowIPC
+from lockgate.engine.formats import ArrowIPC
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, Node, OpNode, Plan, SinkNode, SourceNode
 from lockgate.engine.source import KafkaSource, RawBatch
@@ -30,6 +30,7 @@ from lockgate.engine.transaction import (
     OutgoingTopic,
     TransactionAborted,
     TransactionalProducer,
+    parse_offset_metadata,
     partition_ranges,
 )
 from lockgate.operators.errors import PipelineDefinitionError
@@ -49,7 +50,7 @@ class RunSummary:
     records: int
     seconds: float
     stopped_because: str
-    seconds_from_first_record: float | None = None
+    seconds_from_first_record: float | None = None  # from the first consume that returned records: excludes the group join
 
 
 def execute(plan: Plan, inputs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -188,8 +189,7 @@ class Runner:
                 raw = self.source.poll(self.config.batch, self.stop_event.is_set)
                 self._recover(self.source.take_new_partitions())
                 if len(raw):
-                    if first_record is None:
-                        first_record = time.monotonic()
+                    first_record = first_record or self.source.first_record_at
                     faults.crash_point("after_poll")
                     if self._process(raw):
                         batches += 1
@@ -218,7 +218,9 @@ class Runner:
             return
         assert self.source is not None
         committed = self.source.committed(partitions)
-        redone = self.log.recover(self.config.name, committed)
+        redone = self.log.recover(
+            self.config.name, {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in committed.items()}
+        )
         if redone:
             log.info("recovery: redid the commit marks of batches %s", redone)
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
@@ -272,16 +274,15 @@ class Runner:
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
-        epoch = Epoch(self.epoch + 1, partition_ranges(meta), tuple(outgoing), tables)
-        if not self._settle(also_rewind=epoch):
-            return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
-        self.epoch = epoch.number
+        self.epoch += 1  # epoch numbers never repeat, even for a batch that is dropped and redone
+        epoch = Epoch(self.epoch, partition_ranges(meta), tuple(outgoing), tables)
         txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
-        txn.prepare()
+        txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
         self.pending_marks = []
         faults.crash_point("after_prepare")
-        txn.produce()
-        self.inflight = (txn, self.pool.submit(txn.commit_kafka))
+        if not self._settle(also_rewind=epoch):
+            return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
+        self.inflight = (txn, self.pool.submit(txn.produce_and_commit))
         self.metrics.set("last_batch_seconds", time.monotonic() - t0)
         return True
 

@@ -75,6 +75,7 @@ class KafkaSource:
         self.consumer = ck.Consumer({**options, "enable.partition.eof": True})
         self.topics = topics
         self.before_revoke = before_revoke
+        self.first_record_at: float | None = None  # monotonic time a consume first returned records
         self.assignment = _Assignment()
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
@@ -114,6 +115,8 @@ class KafkaSource:
             elif got and self.assignment.at_end:  # records for a partition that was at its end
                 self.assignment.at_end -= set(zip(map(_M.topic, got), map(_M.partition, got)))
             if got:
+                if self.first_record_at is None:
+                    self.first_record_at = time.monotonic()
                 msgs.extend(got)
                 nbytes += sum(map(len, got))
                 if deadline is None:
@@ -177,12 +180,12 @@ class KafkaSource:
         new, self.assignment.new = self.assignment.new, set()
         return new
 
-    def committed(self, partitions: set[tuple[str, int]], timeout: float = 30.0) -> dict[tuple[str, int], int]:
-        """The group's committed offsets of ``partitions`` (those with one)."""
+    def committed(self, partitions: set[tuple[str, int]], timeout: float = 30.0) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """The group's committed offsets of ``partitions`` (those with one), with their metadata."""
         if not partitions:
             return {}
         tps = self.consumer.committed([ck.TopicPartition(t, p) for t, p in sorted(partitions)], timeout=timeout)
-        return {(tp.topic, tp.partition): tp.offset for tp in tps if tp.offset >= 0}
+        return {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in tps if tp.offset >= 0}
 
     def rewind(self, positions: dict[tuple[str, int], int]) -> None:
         """Seek partitions back to ``positions`` (after an aborted transaction)."""

@@ -58,8 +58,32 @@ class Epoch:
 
     @property
     def offsets(self) -> list[ck.TopicPartition]:
-        """The next offset of every input partition: committed with the transaction."""
-        return [ck.TopicPartition(r.topic, r.partition, r.next_offset) for r in self.ranges]
+        """The next offset of every input partition, committed with the transaction.
+
+        Each carries the batch id as offset metadata, so recovery reads from Kafka
+        itself which batch was the last committed one.
+        """
+        tag = offset_metadata(self.batch_id, self.number)
+        return [ck.TopicPartition(r.topic, r.partition, r.next_offset, metadata=tag) for r in self.ranges]
+
+
+def offset_metadata(batch_id: int, epoch: int) -> str:
+    """The committed-offset metadata that names the batch (see ``parse_offset_metadata``)."""
+    return f"lockgate:{batch_id}:{epoch}"
+
+
+def parse_offset_metadata(text: str | None) -> int | None:
+    """The batch id in committed-offset metadata written by lockgate, else None.
+
+    >>> parse_offset_metadata(offset_metadata(42, 7))
+    42
+    >>> parse_offset_metadata("something else") is None
+    True
+    """
+    parts = (text or "").split(":")
+    if len(parts) == 3 and parts[0] == "lockgate" and parts[1].isdigit():
+        return int(parts[1])
+    return None
 
 
 def _kafka_error(exc: BaseException) -> ck.KafkaError | None:
@@ -191,6 +215,11 @@ class EpochTransaction:
             self._fail(exc)
             raise
 
+    def produce_and_commit(self) -> None:
+        """Steps 2 and 3 of :meth:`commit`, which the runner runs on its commit thread."""
+        self.produce()
+        self.commit_kafka()
+
     def commit_kafka(self) -> None:
         """Add the input offsets to the Kafka transaction and commit it: the decision point of the epoch.
 
@@ -244,13 +273,17 @@ class EpochTransaction:
            offset, table versions) to LanceDB.
         2. Begin the Kafka transaction and produce the outputs (and dead letters).
         3. ``send_offsets_to_transaction`` with the next offset of every input
-           partition, then commit the Kafka transaction. This is the commit of the
-           epoch. (The runner may run this step on a thread while it polls and
-           decodes the next batch; the next epoch's step 1 waits for it.)
+           partition (its metadata names the batch id), then commit the Kafka
+           transaction. This is the commit of the epoch.
         4. Mark the epoch committed in LanceDB: a hint for readers; recovery redoes
-           it from the group's committed offsets if the process dies first.  The
-           runner writes this mark in the next epoch's step-1 append, or alone when
-           no batch follows.
+           it from the group's committed offsets and their metadata if the process
+           dies first.
+
+        The runner pipelines these steps: it runs 2 and 3 on its commit thread
+        while it polls, decodes and prepares the next batch, never begins the next
+        Kafka transaction before this one is settled, and writes this epoch's mark
+        in a later epoch's step-1 append (or alone when no batch follows).
+        This method runs the four steps in order on the calling thread.
 
         This method runs the four steps in order on the calling thread.
         """

@@ -173,30 +173,35 @@ class CommitLog:
         log = self.frame().filter(pl.col("pipeline") == pipeline)
         return int(log["epoch"].max() or 0)  # type: ignore[arg-type]
 
-    def recover(self, pipeline: str, committed: Mapping[tuple[str, int], int]) -> list[int]:
+    def recover(self, pipeline: str, committed: Mapping[tuple[str, int], tuple[int, int | None]]) -> list[int]:
         """Redo missing commit marks from the group's committed offsets.
 
-        For each partition with committed offset ``C``, the prepared batch whose next
-        offset is ``C`` is the last committed epoch of that partition; it is marked
-        if its mark is missing.  Batches prepared after it were aborted: no mark is
-        ever written for them, so readers never see their rows.  Returns the batch
-        ids whose marks were redone.
+        ``committed`` maps each partition to its committed offset ``C`` and the batch
+        id that the offset's metadata names (None if it names none).  That batch is
+        the last committed epoch of the partition; without an id, it is the latest
+        prepared batch whose next offset is ``C``.  It is marked if its mark is
+        missing.  Batches prepared after it were aborted: no mark is ever written
+        for them, so readers never see their rows.  Returns the batch ids whose
+        marks were redone.
         """
         log = self.frame().filter(pl.col("pipeline") == pipeline)
         if log.height == 0 or not committed:
             return []
         marked = set(log.filter(pl.col("kind") == "commit")["batch_id"].to_list())
-        wanted = pl.DataFrame(
-            {
-                "topic": [t for t, _ in committed],
-                "partition": [p for _, p in committed],
-                "next_offset": list(committed.values()),
-            },
-            schema={"topic": pl.String, "partition": pl.Int32, "next_offset": pl.Int64},
-        )
-        hits = log.filter(pl.col("kind") == "prepare").join(wanted, on=["topic", "partition", "next_offset"])
+        prepared = log.filter(pl.col("kind") == "prepare")
+        known = set(prepared["batch_id"].to_list())
+        wanted: dict[int, int] = {}
+        for (topic, partition), (offset, batch_id) in committed.items():
+            if batch_id is None:
+                hits = prepared.filter(
+                    (pl.col("topic") == topic) & (pl.col("partition") == partition) & (pl.col("next_offset") == offset)
+                ).sort("epoch")
+                if hits.height:
+                    batch_id = hits["batch_id"][-1]
+            if batch_id is not None and batch_id in known:
+                wanted[batch_id] = int(prepared.filter(pl.col("batch_id") == batch_id)["epoch"][0])
         redone = []
-        for batch_id, epoch in hits.select("batch_id", "epoch").unique().iter_rows():
+        for batch_id, epoch in sorted(wanted.items(), key=lambda kv: kv[1]):
             if batch_id not in marked:
                 self.mark(pipeline, epoch=epoch, batch_id=batch_id)
                 redone.append(batch_id)

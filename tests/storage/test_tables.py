@@ -29,10 +29,25 @@ def test_recovery_marks_the_batch_whose_next_offset_is_the_committed_offset(stat
     _write(state_dir, 1, 1, [1, 2], first=0, commit=True)
     _write(state_dir, 2, 2, [3], first=2, commit=False)  # Kafka committed it, the process died before the mark
     _write(state_dir, 3, 3, [4], first=3, commit=False)  # aborted: Kafka's committed offset is 3
-    redone = CommitLog(state_dir).recover("p", {("in", 0): 3})
+    redone = CommitLog(state_dir).recover("p", {("in", 0): (3, None)})
     assert redone == [2]
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3]
-    assert CommitLog(state_dir).recover("p", {("in", 0): 3}) == [], "recovery is idempotent"
+    assert CommitLog(state_dir).recover("p", {("in", 0): (3, None)}) == [], "recovery is idempotent"
+
+
+def test_recovery_trusts_the_batch_id_in_the_committed_offset_metadata_over_a_lookalike(state_dir):
+    _write(state_dir, 1, 1, [1, 2], first=0, commit=True)
+    _write(state_dir, 2, 2, [3], first=2, commit=False)  # aborted, then redone with the same offsets:
+    _write(state_dir, 3, 3, [3], first=2, commit=False)  # committed in Kafka, mark lost
+    assert CommitLog(state_dir).recover("p", {("in", 0): (3, 3)}) == [3]
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3], "the aborted look-alike stays invisible"
+
+
+def test_without_metadata_recovery_takes_the_latest_lookalike(state_dir):
+    _write(state_dir, 1, 1, [1, 2], first=0, commit=True)
+    _write(state_dir, 2, 2, [3], first=2, commit=False)
+    _write(state_dir, 3, 3, [3], first=2, commit=False)
+    assert CommitLog(state_dir).recover("p", {("in", 0): (3, None)}) == [3]
 
 
 def test_as_of_an_epoch_or_a_time_reads_an_earlier_committed_state(state_dir):
