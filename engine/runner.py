@@ -282,7 +282,8 @@ class Runner:
         faults.crash_point("after_prepare")
         if not self._settle(also_rewind=epoch):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
-        self.inflight = (txn, self.pool.submit(txn.produce_and_commit))
+        txn.produce()  # the produce calls hold the GIL: on this thread they do not convoy with consume()
+        self.inflight = (txn, self.pool.submit(txn.commit_kafka))
         self.metrics.set("last_batch_seconds", time.monotonic() - t0)
         return True
 

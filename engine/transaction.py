@@ -215,11 +215,6 @@ class EpochTransaction:
             self._fail(exc)
             raise
 
-    def produce_and_commit(self) -> None:
-        """Steps 2 and 3 of :meth:`commit`, which the runner runs on its commit thread."""
-        self.produce()
-        self.commit_kafka()
-
     def commit_kafka(self) -> None:
         """Add the input offsets to the Kafka transaction and commit it: the decision point of the epoch.
 
@@ -279,10 +274,10 @@ class EpochTransaction:
            it from the group's committed offsets and their metadata if the process
            dies first.
 
-        The runner pipelines these steps: it runs 2 and 3 on its commit thread
-        while it polls, decodes and prepares the next batch, never begins the next
-        Kafka transaction before this one is settled, and writes this epoch's mark
-        in a later epoch's step-1 append (or alone when no batch follows).
+        The runner pipelines these steps: it runs step 3 on its commit thread while
+        it polls, decodes and prepares the next batch, never begins the next Kafka
+        transaction before this one is settled, and writes this epoch's mark in a
+        later epoch's step-1 append (or alone when no batch follows).
         This method runs the four steps in order on the calling thread.
 
         This method runs the four steps in order on the calling thread.
