@@ -1,0 +1,248 @@
+"""Window folds over random batches equal a Polars batch computation over the same records.
+
+No broker: the fold is a pure function.  Records come with bounded disorder and
+are cut into random batches; the watermark after each batch is the maximum event
+time so far minus the delay; at the end the watermark jumps past every window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling, WindowSpec, WindowState, fold
+
+SCHEMA = pl.Schema({"k": pl.String, "x": pl.Int64, "y": pl.Float64, "t": pl.Int64})
+DECOMPOSABLE = {
+    "n": pl.len(), "c": pl.col("y").count(), "s": pl.col("x").sum(), "lo": pl.col("x").min(), "hi": pl.col("y").max(),
+    "avg": pl.col("y").mean(), "var": pl.col("x").var(), "sd": pl.col("y").std(), "first": pl.col("x").first(), "last": pl.col("y").last(),
+}
+BUFFERED = {"u": pl.col("x").n_unique(), "med": pl.col("y").median(), "q": pl.col("x").quantile(0.5), "n": pl.len(), "first": pl.col("x").first()}
+FAR = 10**15
+WINDOWS = {
+    "tumbling": Tumbling("10s"),
+    "hopping": Hopping("10s", "4s"),
+    "sliding": Sliding("7s"),
+    "session": Session("3s"),
+}
+
+
+def _records(draw: st.DrawFn, disorder_ms: int) -> pl.DataFrame:
+    n = draw(st.integers(1, 60))
+    base = 1_700_000_000_000
+    clock = 0
+    rows = []
+    for i in range(n):
+        clock += draw(st.integers(0, 2_500))
+        t = base + clock - draw(st.integers(0, disorder_ms))
+        y = draw(st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False)))
+        rows.append({"k": draw(st.sampled_from(["a", "b", "c"])), "x": draw(st.integers(-50, 50)), "y": y, "t": t})
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, disorder_ms: int = 4_000) -> tuple[pl.DataFrame, list[int]]:
+    records = _records(draw, disorder_ms)
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, records.height - 1)), max_size=6, unique=True)))
+    return records, [c for c in cuts if c < records.height]
+
+
+def run_fold(spec: WindowSpec, records: pl.DataFrame, cuts: list[int], delay: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fold the batches, then close everything; return (emitted, late)."""
+    state = WindowState.empty(spec)
+    emitted, late = [], []
+    bounds = [0, *cuts, records.height]
+    seen_max = None
+    for lo, hi in zip(bounds, bounds[1:]):
+        batch = records.slice(lo, hi - lo)
+        seen_max = batch["t"].max() if seen_max is None else max(seen_max, batch["t"].max())
+        out = fold(spec, state, batch, seen_max - delay)
+        state = out.state
+        emitted.append(out.emitted)
+        late.append(out.late)
+    final = fold(spec, state, records.clear(), FAR)
+    emitted.append(final.emitted)
+    return pl.concat(emitted, how="vertical_relaxed"), pl.concat(late, how="vertical_relaxed")
+
+
+def watermarks_before(records: pl.DataFrame, cuts: list[int], delay: int) -> list[int | None]:
+    """The watermark each record's batch was judged by (max event time of earlier batches - delay)."""
+    bounds = [0, *cuts, records.height]
+    out, wm = [], None
+    for lo, hi in zip(bounds, bounds[1:]):
+        ts = records["t"].to_list()[lo:hi]
+        out += [wm] * len(ts)
+        top = max(ts) - delay
+        wm = top if wm is None else max(wm, top)
+    return out
+
+
+def oracle_late(window, records: pl.DataFrame, cuts: list[int], delay: int, lateness: int) -> list[bool]:
+    """Which records are late: every window of theirs had closed before their batch (fixed and sliding windows)."""
+    marks = []
+    for t, wm in zip(records["t"].to_list(), watermarks_before(records, cuts, delay)):
+        if wm is None:
+            marks.append(False)
+        elif isinstance(window, Sliding):
+            marks.append(t + lateness <= wm)
+        else:
+            marks.append(all(end + lateness <= wm for _, end in _fixed_windows(window, t)))
+    return marks
+
+
+def _fixed_windows(window, t: int) -> list[tuple[int, int]]:
+    if isinstance(window, Tumbling):
+        start = (t // window.size_ms) * window.size_ms
+        return [(start, start + window.size_ms)]
+    first = (t // window.every_ms) * window.every_ms
+    return [(s, s + window.size_ms) for s in range(first, t - window.size_ms, -window.every_ms) if s + window.size_ms > t]
+
+
+def oracle(window, records: pl.DataFrame, aggs: dict, judged_by: list[int | None] | None = None, lateness: int = 0) -> pl.DataFrame:
+    """The batch computation: label every record with its windows in plain Python, then one group_by.
+
+    A record does not count in a window that had closed before its batch (``judged_by``).
+    """
+    rows = records.with_row_index("__i")
+    if isinstance(window, (Tumbling, Hopping)):
+        marks = judged_by or [None] * rows.height
+        labels = [
+            (i, s, e)
+            for i, t, wm in zip(rows["__i"], rows["t"], marks)
+            for s, e in _fixed_windows(window, t)
+            if wm is None or e + lateness > wm
+        ]
+        lab = pl.DataFrame(labels, schema={"__i": pl.UInt32, "window_start": pl.Int64, "window_end": pl.Int64}, orient="row")
+        grouped = rows.join(lab, on="__i").sort("__i").group_by("k", "window_start", "window_end", maintain_order=True).agg(**aggs)
+    elif isinstance(window, Session):
+        by_key = rows.sort("k", "t")
+        labels, prev = [], {}
+        sid = -1
+        for i, k, t in zip(by_key["__i"], by_key["k"], by_key["t"]):
+            if k not in prev or t - prev[k] >= window.gap_ms:
+                sid += 1
+            prev[k] = t
+            labels.append((i, sid))
+        lab = pl.DataFrame(labels, schema={"__i": pl.UInt32, "__sid": pl.Int64}, orient="row")
+        joined = rows.join(lab, on="__i").sort("__i")
+        bounds = joined.group_by("__sid").agg(window_start=pl.col("t").min(), window_end=pl.col("t").max() + window.gap_ms)
+        grouped = joined.join(bounds, on="__sid").group_by("k", "window_start", "window_end", maintain_order=True).agg(**aggs)
+    else:  # a window (t - size, t] per distinct (key, t); its records in arrival order
+        ends = rows.select("k", pl.col("t").alias("window_end")).unique()
+        members = ends.join(rows, on="k").filter(
+            (pl.col("t") > pl.col("window_end") - window.size_ms) & (pl.col("t") <= pl.col("window_end"))
+        )
+        grouped = (
+            members.sort("__i").group_by("k", "window_end", maintain_order=True).agg(**aggs)
+            .with_columns(window_start=pl.col("window_end") - window.size_ms)
+        )
+    return grouped.select(
+        "k", pl.col("window_start").cast(pl.Datetime("ms")), pl.col("window_end").cast(pl.Datetime("ms")), *aggs
+    )
+
+
+def _same(got: pl.DataFrame, expected: pl.DataFrame) -> None:
+    cols = ["k", "window_start", "window_end"]
+    assert_frame_equal(
+        got.select(expected.columns).sort(cols), expected.sort(cols), check_exact=False, rel_tol=1e-6, abs_tol=1e-6, check_dtypes=True
+    )
+
+
+def _spec(window, aggs, emit, lateness_ms: int = 0) -> WindowSpec:
+    return WindowSpec.build("w", window, by="k", aggs=aggs, schema=SCHEMA, time_column="t", allowed_lateness=f"{lateness_ms}ms", emit=emit)
+
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("kind", list(WINDOWS))
+@pytest.mark.parametrize("aggs", [DECOMPOSABLE, BUFFERED], ids=["decomposable", "buffered"])
+@pytest.mark.parametrize("emit", ["final", "update"])
+@SETTINGS
+@given(data=st.data())
+def test_fold_equals_a_polars_batch_computation(kind, aggs, emit, data):
+    window = WINDOWS[kind]
+    delay = 3_000
+    lateness = data.draw(st.sampled_from([0, 2_000]))
+    # sessions: disorder within the watermark delay (no late records); the others may see late records
+    records, cuts = data.draw(scenarios(disorder_ms=delay if kind == "session" else 9_000))
+    spec = _spec(window, aggs, emit, lateness)
+    emitted, late = run_fold(spec, records, cuts, delay)
+    if kind == "session":
+        assert late.height == 0
+        kept = records
+    else:
+        marks = oracle_late(window, records, cuts, delay, lateness)
+        keep = pl.Series(marks).not_()
+        kept = records.filter(keep)
+        assert late.height == sum(marks), "every late record is reported, and only those"
+        assert sorted(late["x"].to_list()) == sorted(records.filter(~keep)["x"].to_list())
+    judged = [wm for wm, late_ in zip(watermarks_before(records, cuts, delay), oracle_late(window, records, cuts, delay, lateness) if kind != "session" else [False] * records.height) if not late_]
+    expected = oracle(window, kept, aggs, judged, lateness)
+    if emit == "final":
+        assert "retracted" not in emitted.columns
+        _same(emitted, expected)
+    else:
+        last = emitted.with_row_index("__o").sort("__o").group_by("k", "window_start", maintain_order=True).last()
+        if "retracted" in last.columns:
+            last = last.filter(~pl.col("retracted"))
+        _same(last.drop("__o"), expected)
+
+
+def test_a_global_window_groups_everything():
+    spec = WindowSpec.build("g", Tumbling("1m"), by=None, aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
+    batch = pl.DataFrame({"k": ["a", "b"], "x": [1, 2], "y": [1.0, 2.0], "t": [0, 1_000]}, schema=SCHEMA)
+    out = fold(spec, WindowState.empty(spec), batch, FAR).emitted
+    assert out.columns == ["window_start", "window_end", "n"]
+    assert out["n"].to_list() == [2]
+
+
+def test_a_late_record_of_a_closed_tumbling_window_is_reported_not_merged():
+    spec = _spec(Tumbling("10s"), {"n": pl.len()}, "final")
+    first = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a"], "x": [1], "y": [0.0], "t": [5_000]}, schema=SCHEMA), 10_000)
+    assert first.emitted["n"].to_list() == [1]
+    second = fold(spec, first.state, pl.DataFrame({"k": ["a"], "x": [2], "y": [0.0], "t": [9_000]}, schema=SCHEMA), 10_000)
+    assert second.late["x"].to_list() == [2]
+    assert second.emitted.height == 0
+
+
+def test_session_windows_merge_when_a_record_bridges_two_sessions():
+    spec = _spec(Session("5s"), {"n": pl.len(), "s": pl.col("x").sum()}, "update")
+    one = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a", "a"], "x": [1, 2], "y": [0.0, 0.0], "t": [0, 8_000]}, schema=SCHEMA), None)
+    assert sorted(one.emitted["n"].to_list()) == [1, 1]
+    two = fold(spec, one.state, pl.DataFrame({"k": ["a"], "x": [3], "y": [0.0], "t": [4_000]}, schema=SCHEMA), None)
+    updates = two.emitted.filter(~pl.col("retracted"))
+    assert updates.select("n", "s").to_dicts() == [{"n": 3, "s": 6}]
+    assert updates["window_end"].dt.epoch("ms").to_list() == [13_000]
+    retracted = two.emitted.filter(pl.col("retracted"))
+    assert retracted["window_start"].dt.epoch("ms").to_list() == [8_000], "the merged-away session is retracted"
+    assert two.state.partials.height == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"by": "nope", "aggs": {"n": pl.len()}}, "unknown key column 'nope'"),
+        ({"by": "k", "aggs": {"s": pl.col("k").sum()}}, "an aggregation cannot run on the input"),
+        ({"by": "k", "aggs": {"s": pl.col("zz").sum()}}, "zz"),
+        ({"by": "k", "aggs": {}}, "needs at least one named aggregation"),
+        ({"by": "k", "aggs": {"n": pl.len()}, "emit": "sometimes"}, "emit='sometimes'"),
+    ],
+)
+def test_bad_window_definitions_name_the_window_and_the_problem(kwargs, message):
+    with pytest.raises(PipelineDefinitionError, match=message):
+        WindowSpec.build("w1", Tumbling("1m"), schema=SCHEMA, time_column="t", **kwargs)
+
+
+def test_window_sizes_must_be_durations():
+    with pytest.raises(PipelineDefinitionError, match="lg.Tumbling"):
+        Tumbling("a while")
+    with pytest.raises(PipelineDefinitionError, match="every <= size"):
+        Hopping("1m", "2m")
+    assert math.isclose(Hopping("1m", "20s").every_ms, 20_000)
