@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "steady_rps": round(seen / steady),
         "wall_rps": round(seen / wall),
         "quixstreams": quixstreams.__version__,
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0],
         "python": sys.version.split()[0],
         "closing_strategy": args.closing,

@@ -103,6 +103,7 @@ class Pipeline:
         format: Format,
         event_time: str | None = None,
         watermark: Duration | None = None,
+        idle_timeout: Duration = "30s",
         name: str | None = None,
     ) -> Stream:
         """A stream of the records of ``topic``, decoded with ``format``.
@@ -110,8 +111,13 @@ class Pipeline:
         Every batch has the Kafka columns ``_topic``, ``_partition``, ``_offset``,
         ``_timestamp``, ``_key`` and the decoded value columns.  Records that do not
         decode go to the dead-letter topic ``<pipeline>-dlq``.
+
+        ``event_time`` (a Datetime or integer epoch-ms column, or ``"kafka"``) and
+        ``watermark`` (bounded out-of-orderness) drive windows: a partition's
+        watermark is the maximum event time seen minus ``watermark``; the pipeline's
+        is the minimum over partitions that had records within ``idle_timeout``.
         """
-        node = source_node(self._builder, topic, format, event_time, watermark, name)
+        node = source_node(self._builder, topic, format, event_time, watermark, name, idle_timeout)
         return Stream(self._builder, self._builder.add(node))
 
     def plan(self) -> Plan:

@@ -25,7 +25,7 @@ lockgate.operators.errors.PipelineDefinitionError: select 'select_2': unknown co
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,8 +35,12 @@ from lockgate.engine.formats import JSON, KAFKA_COLUMNS, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
 from lockgate.operators.stateless import Filter, MapBatches, Operator, Select, WithColumns
+from lockgate.operators.windows import WindowKind, WindowSpec
 
-__all__ = ["Node", "SourceNode", "OpNode", "SinkNode", "DeadLetterNode", "Plan", "Stream", "DEAD_LETTER_SCHEMA"]
+__all__ = [
+    "Node", "SourceNode", "OpNode", "WindowNode", "SinkNode", "DeadLetterNode", "Plan", "Stream", "WindowedStream",
+    "DEAD_LETTER_SCHEMA", "event_time_ms",
+]
 
 #: Columns of ``stream.dead_letters()`` and of the rows sent to the dead-letter topic.
 DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
@@ -62,6 +66,11 @@ class Node:
     kind = "node"
 
     @property
+    def time_column(self) -> str | None:
+        """The event-time column of this step's batches, if it has one."""
+        return None
+
+    @property
     def parents(self) -> tuple[Node, ...]:
         """The nodes this one reads from."""
         return ()
@@ -75,8 +84,20 @@ class SourceNode(Node):
     format: Format = field(default_factory=JSON)
     event_time: str | None = None
     watermark: Any = None
+    idle_timeout: Any = None
 
     kind = "source"
+
+    @property
+    def time_column(self) -> str | None:
+        if self.event_time is None:
+            return None
+        return "_timestamp" if self.event_time == "kafka" else self.event_time
+
+    @property
+    def delay_ms(self) -> int:
+        """The watermark's bounded out-of-orderness in milliseconds."""
+        return 0 if self.watermark is None else int(self.watermark.total_seconds() * 1000)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +123,34 @@ class OpNode(Node):
     def parents(self) -> tuple[Node, ...]:
         assert self.parent is not None
         return (self.parent,)
+
+    @property
+    def time_column(self) -> str | None:
+        assert self.parent is not None
+        column = self.parent.time_column
+        if column is not None and column in self.schema and self.schema[column] == self.parent.schema[column]:
+            return column
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class WindowNode(Node):
+    """A keyed event-time window aggregation (stateful)."""
+
+    parent: Node | None = None
+    spec: WindowSpec | None = None
+    source: SourceNode | None = None
+
+    kind = "window"
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        assert self.parent is not None
+        return (self.parent,)
+
+    @property
+    def time_column(self) -> str | None:
+        return "window_end"  # a window's result happens at its end, for a window downstream
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,6 +297,24 @@ class Stream:
         """Apply ``fn`` to each whole batch; it must return a ``pl.DataFrame``."""
         return self._op(MapBatches(self._builder.name("map_batches", name), fn, schema))
 
+    def window(
+        self,
+        window: WindowKind,
+        *,
+        by: str | Sequence[str] | None = None,
+        allowed_lateness: Duration = "0s",
+        emit: str = "final",
+        name: str | None = None,
+    ) -> WindowedStream:
+        """Group this stream by ``by`` into event-time windows; finish with ``.agg(name=expr, ...)``.
+
+        Output columns: the keys, ``window_start``, ``window_end`` (``pl.Datetime("ms")``)
+        and the aggregates.  ``emit="final"`` emits one row per (key, window) when the
+        watermark passes ``window_end + allowed_lateness``; ``emit="update"`` emits the
+        new value of every (key, window) each batch changes.
+        """
+        return WindowedStream(self, window, by, allowed_lateness, emit, name)
+
     def to_kafka(
         self, topic: str, *, key: str | None = None, format: Format | None = None, name: str | None = None
     ) -> None:
@@ -298,6 +365,65 @@ class Stream:
         return Stream(self._builder, self._builder.add(node))
 
 
+class WindowedStream:
+    """A stream grouped into windows; ``.agg(...)`` makes it a stream of window results."""
+
+    def __init__(self, stream: Stream, window: WindowKind, by: Any, lateness: Duration, emit: str, name: str | None) -> None:
+        self._stream, self._window, self._by, self._lateness, self._emit, self._name = stream, window, by, lateness, emit, name
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a lockgate WindowedStream is ambiguous: finish it with .agg(name=expr, ...)")
+
+    def agg(self, **aggs: pl.Expr) -> Stream:
+        """The aggregations, by output name: any Polars aggregation expression."""
+        stream = self._stream
+        builder = stream._builder
+        node_name = builder.name("window", self._name)
+        parent = stream._node
+        time_column = parent.time_column
+        source = _source_of(parent)
+        if time_column is None or source is None:
+            where = f"window {node_name!r}"
+            if source is not None and source.event_time is None:
+                raise PipelineDefinitionError(
+                    f"{where}: its source {source.name!r} has no event time; pass event_time='<column>' "
+                    "(or 'kafka' for the record timestamp) and watermark='5s' to pipe.source(...)"
+                )
+            raise PipelineDefinitionError(
+                f"{where}: the stream no longer has its event-time column "
+                f"({source.time_column if source else '?'!r}); keep it in select(...)"
+            )
+        schema = pl.Schema({**dict(parent.schema), _TIME: pl.Int64()})
+        spec = WindowSpec.build(
+            node_name, self._window, by=self._by, aggs=aggs, schema=schema, time_column=_TIME,
+            allowed_lateness=self._lateness, emit=self._emit,
+        )
+        node = WindowNode(node_name, spec.output_schema, parent=parent, spec=spec, source=source)
+        return Stream(builder, builder.add(node))
+
+
+_TIME = "__lg_t"
+
+
+def _source_of(node: Node) -> SourceNode | None:
+    while not isinstance(node, SourceNode):
+        parents = node.parents
+        if not parents:
+            return None
+        node = parents[0]
+    return node
+
+
+def event_time_ms(column: str, dtype: pl.DataType) -> pl.Expr:
+    """An event-time column as Int64 epoch milliseconds (Datetime, or integer epoch ms)."""
+    if isinstance(dtype, pl.Datetime):
+        expr = pl.col(column)
+        if dtype.time_zone is not None:
+            expr = expr.dt.convert_time_zone("UTC")
+        return expr.dt.epoch("ms").alias(_TIME)
+    return pl.col(column).cast(pl.Int64).alias(_TIME)
+
+
 def source_node(
     builder: _Builder,
     topic: str,
@@ -305,6 +431,7 @@ def source_node(
     event_time: str | None,
     watermark: Duration | None,
     name: str | None,
+    idle_timeout: Duration = "30s",
 ) -> SourceNode:
     """Validate a source's options and build its node."""
     if not isinstance(fmt, Format):
@@ -326,5 +453,6 @@ def source_node(
                 f"source {topic!r}: event_time column {event_time!r} is {dtype}; it must be a Datetime or integer epoch milliseconds"
             )
     parsed = None if watermark is None else parse_duration(watermark, what=f"source {topic!r}: watermark")
+    idle = parse_duration(idle_timeout, what=f"source {topic!r}: idle_timeout", allow_zero=False)
     node_name = builder.name("source", name or topic)
-    return SourceNode(node_name, schema, topic=topic, format=fmt, event_time=event_time, watermark=parsed)
+    return SourceNode(node_name, schema, topic=topic, format=fmt, event_time=event_time, watermark=parsed, idle_timeout=idle)

@@ -57,6 +57,7 @@ __all__ = [
     "fold",
     "classify",
     "finalize_partials",
+    "current_values",
 ]
 
 WS, WE = "window_start", "window_end"
@@ -351,8 +352,9 @@ class FoldResult:
     emitted: pl.DataFrame
     late: pl.DataFrame
     changed: pl.DataFrame  # partial rows written this batch (for persistence)
-    closed: pl.DataFrame  # (keys, window_start, window_end) that left the state
+    closed: pl.DataFrame  # (keys, window_start, window_end) that left the partial state
     added_rows: pl.DataFrame  # kept rows added this batch
+    removed_rows: pl.DataFrame  # ``__seq`` of kept rows no window needs any more
 
 
 def _prepare(spec: WindowSpec, batch: pl.DataFrame, seq: int) -> pl.DataFrame:
@@ -482,10 +484,10 @@ def _fold_fixed(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, befor
         # a row stays while any of its windows is open
         alive = labelled.filter(~_closed(spec, pl.col(WE), after)).select("__seq").unique()
         new_rows = rows.join(alive, on="__seq", how="semi")
-        closed_keys = closing.select(keys).unique()
+        removed = rows.join(alive, on="__seq", how="anti").select("__seq")
         new_state = WindowState(state.partials, new_rows, after, seq)
         out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
-        return FoldResult(new_state, out, late.drop("__seq", "__t"), pl.DataFrame(), closed_keys, added)
+        return FoldResult(new_state, out, late.drop("__seq", "__t"), _none(), _none(), added, removed)
     changed = state.partials.clear()
     partials = state.partials
     if on_time.height:
@@ -505,7 +507,10 @@ def _fold_fixed(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, befor
         if spec.emit == "final":
             emitted.append(finalize_partials(spec, closing))
     out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
-    return FoldResult(WindowState(partials, state.rows, after, seq), out, late.drop("__seq", "__t"), changed, closing.select(keys), state.rows.clear())
+    return FoldResult(
+        WindowState(partials, state.rows, after, seq), out, late.drop("__seq", "__t"), changed, closing.select(keys),
+        state.rows.clear(), _none(),
+    )
 
 
 def _fold_session(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, before: int | None, after: int | None, seq: int) -> FoldResult:
@@ -555,7 +560,10 @@ def _fold_session(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
             emitted.append(_aggregate_rows(spec, closing))
         new_rows = rows.join(closing.select("__seq"), on="__seq", how="anti")
         out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
-        return FoldResult(WindowState(state.partials, new_rows, after, seq), out, late.drop("__seq", "__t"), pl.DataFrame(), closing.select(wkeys).unique(), added)
+        return FoldResult(
+            WindowState(state.partials, new_rows, after, seq), out, late.drop("__seq", "__t"), _none(), _none(), added,
+            closing.select("__seq"),
+        )
     partials = state.partials
     changed = partials.clear()
     superseded = partials.clear().select(wkeys)
@@ -595,7 +603,9 @@ def _fold_session(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
             emitted.append(finalize_partials(spec, closing))
     out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
     closed = pl.concat([closing.select(wkeys), superseded.select(wkeys)], how="vertical_relaxed")
-    return FoldResult(WindowState(partials, state.rows, after, seq), out, late.drop("__seq", "__t"), changed, closed, state.rows.clear())
+    return FoldResult(
+        WindowState(partials, state.rows, after, seq), out, late.drop("__seq", "__t"), changed, closed, state.rows.clear(), _none()
+    )
 
 
 def _with_retracted(spec: WindowSpec, frame: pl.DataFrame, value: bool) -> pl.DataFrame:
@@ -650,23 +660,7 @@ def _fold_sliding(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
         new = added.select([*keys, pl.col("__t").alias("__n")])
         wanted = ends.join(new, on=keys).filter((pl.col("__t") >= pl.col("__n")) & (pl.col("__t") < pl.col("__n") + size)).select([*keys, "__t"]).unique()
     if wanted.height:
-        cand = rows.join(wanted.rename({"__t": "__end"}), on=keys).filter(
-            (pl.col("__t") > pl.col("__end") - size) & (pl.col("__t") <= pl.col("__end"))
-        )
-        out = (
-            cand.sort("__seq")
-            .group_by([*keys, "__end"], maintain_order=True)
-            .agg(**{a.name: a.expr for a in spec.aggs})
-            .with_columns((pl.col("__end") - size).alias(WS), pl.col("__end").alias(WE))
-        )
-        emitted.append(
-            out.select(
-                *[pl.col(k) for k in spec.by],
-                pl.col(WS).cast(pl.Datetime("ms")),
-                pl.col(WE).cast(pl.Datetime("ms")),
-                *[pl.col(a.name).cast(spec.agg_dtypes[a.name]) for a in spec.aggs],
-            )
-        )
+        emitted.append(_sliding_values(spec, rows, wanted))
     # rows no future window needs: t <= watermark - lateness - size
     if after is not None:
         dead = (pl.col("__t") + size + lateness) <= after
@@ -676,6 +670,48 @@ def _fold_sliding(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
         closing = rows.clear()
     out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
     return FoldResult(
-        WindowState(state.partials, rows, after, seq), out, late.drop("__seq", "__t"), pl.DataFrame(),
-        closing.select([*keys, "__seq"]), added,
+        WindowState(state.partials, rows, after, seq), out, late.drop("__seq", "__t"), _none(), _none(), added,
+        closing.select("__seq"),
     )
+
+
+def _sliding_values(spec: WindowSpec, rows: pl.DataFrame, wanted: pl.DataFrame) -> pl.DataFrame:
+    """Values of the sliding windows ``(t - size, t]`` for the wanted (keys, ``__t``) ends."""
+    assert isinstance(spec.window, Sliding)
+    size, keys = spec.window.size_ms, spec.group_keys
+    cand = rows.join(wanted.rename({"__t": "__end"}), on=keys).filter(
+        (pl.col("__t") > pl.col("__end") - size) & (pl.col("__t") <= pl.col("__end"))
+    )
+    out = (
+        cand.sort("__seq")
+        .group_by([*keys, "__end"], maintain_order=True)
+        .agg(**{a.name: a.expr for a in spec.aggs})
+        .with_columns((pl.col("__end") - size).alias(WS), pl.col("__end").alias(WE))
+    )
+    return out.select(
+        *[pl.col(k) for k in spec.by],
+        pl.col(WS).cast(pl.Datetime("ms")),
+        pl.col(WE).cast(pl.Datetime("ms")),
+        *[pl.col(a.name).cast(spec.agg_dtypes[a.name]) for a in spec.aggs],
+    )
+
+
+def _none() -> pl.DataFrame:
+    return pl.DataFrame()
+
+
+def current_values(spec: WindowSpec, state: WindowState) -> pl.DataFrame:
+    """The current value of every open window in ``state`` (keys, bounds, aggregates)."""
+    if not spec.keeps_rows:
+        return finalize_partials(spec, state.partials)
+    rows, keys = state.rows, spec.group_keys
+    if isinstance(spec.window, Sliding):
+        ends = rows.select([*keys, "__t"]).unique()
+        if state.watermark is not None:
+            ends = ends.filter(pl.col("__t") + spec.allowed_lateness_ms > state.watermark)
+        return _sliding_values(spec, rows, ends) if ends.height else _empty_out(spec).drop("retracted", strict=False)
+    if isinstance(spec.window, Session):
+        labelled = _label_sessions(rows, spec.window.gap_ms, keys)
+    else:
+        labelled = _assign(spec, rows).filter(~_closed(spec, pl.col(WE), state.watermark))
+    return _aggregate_rows(spec, labelled)

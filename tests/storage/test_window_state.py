@@ -1,0 +1,76 @@
+"""Window state persisted each epoch, loaded after a "restart", continues exactly as if nothing happened."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling, WindowSpec, WindowState, fold
+from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec_to_json
+from lockgate.storage.tables import CommitLog
+from tests.operators.test_windows import BUFFERED, DECOMPOSABLE, FAR, SCHEMA, scenarios
+
+KINDS = {"tumbling": Tumbling("10s"), "hopping": Hopping("10s", "5s"), "sliding": Sliding("6s"), "session": Session("3s")}
+_ids = itertools.count(1)
+
+
+def _canon(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort(frame.columns, nulls_last=True)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("aggs", [DECOMPOSABLE, BUFFERED], ids=["partials", "rows"])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_restart_from_lance_continues_exactly_as_without_one(kind, aggs, data):
+    records, cuts = data.draw(scenarios(disorder_ms=2_000))
+    spec = WindowSpec.build("w", KINDS[kind], by="k", aggs=aggs, schema=SCHEMA, time_column="t", emit="final")
+    restart_at = data.draw(st.integers(0, len(cuts)))
+    bounds = [0, *cuts, records.height]
+    batches = [records.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+    state_dir = tempfile.mkdtemp()
+    log = CommitLog(state_dir)
+    store = WindowStore(state_dir, "p", spec)
+
+    def run(restart: bool) -> pl.DataFrame:
+        state, out, top = WindowState.empty(spec), [], None
+        for i, batch in enumerate(batches):
+            if restart and i == restart_at:
+                state = store.load(state.watermark)  # the durable copy only
+            top = batch["t"].max() if top is None else max(top, batch["t"].max())
+            result = fold(spec, state, batch, top - 2_000)
+            if restart:
+                batch_id = next(_ids)
+                store.append(result, batch_id=batch_id, epoch=batch_id)
+                log.mark("p", epoch=batch_id, batch_id=batch_id)
+            state = result.state
+            out.append(result.emitted)
+        out.append(fold(spec, state, records.clear(), FAR).emitted)
+        return pl.concat(out, how="vertical_relaxed")
+
+    assert _canon(run(True)).equals(_canon(run(False)))
+
+
+def test_uncommitted_state_deltas_are_never_loaded(tmp_path):
+    spec = WindowSpec.build("w", Tumbling("10s"), by="k", aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
+    store = WindowStore(str(tmp_path), "p", spec)
+    batch = pl.DataFrame({"k": ["a"], "x": [1], "y": [1.0], "t": [1_000]}, schema=SCHEMA)
+    one = fold(spec, WindowState.empty(spec), batch, None)
+    store.append(one, batch_id=1, epoch=1)
+    CommitLog(str(tmp_path)).mark("p", epoch=1, batch_id=1)
+    two = fold(spec, one.state, batch, None)
+    store.append(two, batch_id=2, epoch=2)  # prepared, never committed
+    assert store.load(None).partials["__n_n"].to_list() == [1]
+    assert read_state(str(tmp_path), "p", "w").collect()["n"].to_list() == [1]
+
+
+def test_the_spec_round_trips_through_json_for_readers_without_the_code():
+    spec = WindowSpec.build("w", Hopping("10s", "5s"), by="k", aggs=BUFFERED, schema=SCHEMA, time_column="t", emit="update")
+    back = spec_from_json(spec_to_json(spec))
+    assert (back.window, back.by, back.emit, back.output_schema) == (spec.window, spec.by, spec.emit, spec.output_schema)
+    assert [a.kind for a in back.aggs] == [a.kind for a in spec.aggs]
