@@ -17,8 +17,8 @@ from typing import Any
 
 __all__ = ["Metrics"]
 
-_PER_LABEL = ("records_in", "records_out", "dlq", "table_rows")
-_TOTALS = ("batches", "commits", "aborts", "late", "empty_polls")
+_PER_LABEL = ("records_in", "records_out", "dlq", "table_rows", "late")
+_TOTALS = ("batches", "commits", "aborts", "empty_polls")
 
 
 class Metrics:

@@ -22,7 +22,8 @@ from lockgate.engine.admin import ensure_topics
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.formats import ArrowIPC
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, Node, OpNode, Plan, SinkNode, SourceNode
+from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, Node, OpNode, Plan, SinkNode, SourceNode, WindowNode
+from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.transaction import (
     Epoch,
@@ -53,30 +54,58 @@ class RunSummary:
     seconds_from_first_record: float | None = None  # from the first consume that returned records: excludes the group join
 
 
-def execute(plan: Plan, inputs: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+def execute(
+    plan: Plan,
+    inputs: dict[str, pl.DataFrame],
+    window_step: Callable[[WindowNode, pl.DataFrame], pl.DataFrame] | None = None,
+    dead_letters: Callable[[], pl.DataFrame] | None = None,
+) -> dict[str, pl.DataFrame]:
     """Run every operator of ``plan`` over one batch; returns each sink's frame.
 
-    ``inputs`` maps source and dead-letter node names to their frames.  The whole
-    plan is one set of lazy queries collected together, so shared steps run once.
+    ``inputs`` maps source node names to their frames.  Stateless steps are lazy
+    queries collected together, so shared steps run once; a window step collects
+    its input and folds it with ``window_step``.  Windows run first, so that the
+    dead letters (``dead_letters()``) include their late records.
     """
     lazy: dict[str, pl.LazyFrame] = {}
 
     def build(node: Node) -> pl.LazyFrame:
         if node.name not in lazy:
-            if isinstance(node, (SourceNode, DeadLetterNode)):
+            if isinstance(node, SourceNode):
                 lazy[node.name] = inputs[node.name].lazy()
+            elif isinstance(node, DeadLetterNode):
+                lazy[node.name] = (dead_letters() if dead_letters else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)).lazy()
             elif isinstance(node, OpNode):
                 assert node.parent is not None and node.op is not None
                 lazy[node.name] = node.op.apply(build(node.parent))
+            elif isinstance(node, WindowNode):
+                assert node.parent is not None and window_step is not None
+                lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
             else:
                 raise AssertionError(f"cannot build {node!r}")
         return lazy[node.name]
+
+    for node in plan.nodes:
+        if isinstance(node, WindowNode):
+            build(node)
 
     sinks = plan.sinks
     if not sinks:
         return {}
     frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
+
+
+def _upsert_keys(sink: SinkNode) -> list[str] | None:
+    """(keys, window_start) when a table sink is fed by an update-mode window that still has them."""
+    node = sink.parent
+    while isinstance(node, OpNode):
+        node = node.parent
+    if isinstance(node, WindowNode) and node.spec is not None and node.spec.emit == "update":
+        keys = [*node.spec.by, "window_start"]
+        if all(k in sink.schema for k in keys):
+            return keys
+    return None
 
 
 def _keys(frame: pl.DataFrame, key: str | None) -> list[Any] | None:
@@ -137,7 +166,10 @@ class Runner:
         self.metrics = metrics
         self.stop_event = stop_event
         self.log = CommitLog(config.state)
-        self.tables = {s.name: SinkTable(config.state, s.target) for s in plan.sinks if s.sink == "table"}
+        self.tables = {
+            s.name: SinkTable(config.state, s.target, upsert_keys=_upsert_keys(s)) for s in plan.sinks if s.sink == "table"
+        }
+        self.windows = WindowRuntime(config.name, config.state, plan, self.log)
         self.sources_by_topic: dict[str, list[SourceNode]] = {}
         for node in plan.sources:
             self.sources_by_topic.setdefault(node.topic, []).append(node)
@@ -216,6 +248,14 @@ class Runner:
     def _recover(self, partitions: set[tuple[str, int]]) -> None:
         if not partitions:
             return
+        self._recover_marks(partitions)
+        if self.windows.active:
+            now = time.monotonic()
+            self.windows.assign(partitions, now)
+            if not self.windows.loaded:
+                self.windows.load(now)
+
+    def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
         assert self.source is not None
         committed = self.source.committed(partitions)
         redone = self.log.recover(
@@ -269,13 +309,29 @@ class Runner:
         t0 = time.monotonic()
         meta, inputs, dead = self._decode(raw)
         faults.crash_point("after_decode")
-        outputs = execute(self.plan, inputs)
+        now = time.monotonic()
+        event_times: dict[tuple[str, int], int] = {}
+        deltas: tuple = ()
+        if self.windows.active:
+            self.windows.observe(inputs, now)
+            decode_dead = dead
+            outputs = execute(
+                self.plan, inputs, lambda node, frame: self.windows.step(node, frame, now),
+                lambda: pl.concat([decode_dead, *self.windows.late], how="vertical_relaxed"),  # windows ran first
+            )
+            deltas, late = self.windows.take()
+            dead = pl.concat([decode_dead, late], how="vertical_relaxed")
+            event_times = self.windows.event_times()
+            for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
+                self.metrics.add("late", rows.height, topic=str(operator))
+        else:
+            outputs = execute(self.plan, inputs, dead_letters=lambda: dead)
         outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
         self.epoch += 1  # epoch numbers never repeat, even for a batch that is dropped and redone
-        epoch = Epoch(self.epoch, partition_ranges(meta), tuple(outgoing), tables)
+        epoch = Epoch(self.epoch, partition_ranges(meta), tuple(outgoing), tables, states=deltas, event_times=event_times)
         txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
         txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
         self.pending_marks = []
@@ -312,6 +368,8 @@ class Runner:
             for r in also_rewind.ranges if also_rewind is not None else ():
                 positions.setdefault((r.topic, r.partition), r.first_offset)
             self.source.rewind(positions)
+            if self.windows.active:
+                self.windows.reload(time.monotonic())  # hot state back to the last committed epoch
             return False
         self.pending_marks.append(txn.epoch)
         self._count(txn.epoch)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import confluent_kafka as ck
 import polars as pl
@@ -25,6 +25,9 @@ import polars as pl
 from lockgate.engine import faults
 from lockgate.operators.errors import CommitError
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
+
+if TYPE_CHECKING:
+    from lockgate.engine.stateful import StateDelta
 
 __all__ = ["Epoch", "EpochTransaction", "TransactionAborted", "TransactionalProducer", "OutgoingTopic"]
 
@@ -54,6 +57,8 @@ class Epoch:
     ranges: tuple[PartitionRange, ...]
     outgoing: tuple[OutgoingTopic, ...] = ()
     tables: tuple[tuple[SinkTable, pl.DataFrame], ...] = ()
+    states: tuple[StateDelta, ...] = ()
+    event_times: Mapping[tuple[str, int], int] = field(default_factory=dict)
     batch_id: int = field(default_factory=lambda: secrets.randbits(62))
 
     @property
@@ -190,9 +195,13 @@ class EpochTransaction:
             for table, frame in self.epoch.tables:
                 if frame.height:
                     versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
+            for delta in self.epoch.states:
+                version = delta.store.append(delta.result, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
+                if version is not None:
+                    versions[f"state:{delta.store.spec.name}"] = version
             self.log.prepare(
                 self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
-                marks=[(m.number, m.batch_id) for m in self.marks],
+                marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times,
             )
         except BaseException as exc:
             self._fail(exc)
@@ -263,9 +272,10 @@ class EpochTransaction:
     def commit(self) -> None:
         """Commit the epoch: outputs, offsets and table rows become visible together or not at all.
 
-        1. Prepare: append the table-sink rows, tagged with the batch id, and one
-           prepare record per input partition (epoch, batch id, first and next
-           offset, table versions) to LanceDB.
+        1. Prepare: append the table-sink rows and the window-state deltas, tagged
+           with the batch id, and one prepare record per input partition (epoch,
+           batch id, first and next offset, table versions, maximum event time) to
+           LanceDB.
         2. Begin the Kafka transaction and produce the outputs (and dead letters).
         3. ``send_offsets_to_transaction`` with the next offset of every input
            partition (its metadata names the batch id), then commit the Kafka

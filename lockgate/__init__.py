@@ -24,6 +24,8 @@ from lockgate.operators.errors import (
     PipelineDefinitionError,
     StorageError,
 )
+from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling
+from lockgate.storage.state import read_state
 from lockgate.storage.tables import list_tables, read_table
 
 __all__ = [
@@ -34,7 +36,12 @@ __all__ = [
     "Raw",
     "ArrowIPC",
     "RunSummary",
+    "Tumbling",
+    "Hopping",
+    "Sliding",
+    "Session",
     "read_table",
+    "read_state",
     "list_tables",
     "LockgateError",
     "PipelineDefinitionError",

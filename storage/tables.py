@@ -38,7 +38,7 @@ from lockgate.operators.errors import PipelineDefinitionError, StorageError
 __all__ = ["CommitLog", "SinkTable", "PartitionRange", "read_table", "table_uri", "list_tables", "INTERNAL_COLUMNS"]
 
 COMMITS_TABLE = "_lockgate_commits"
-INTERNAL_COLUMNS = ("_lg_batch", "_lg_epoch")
+INTERNAL_COLUMNS = ("_lg_batch", "_lg_epoch", "_lg_order")
 
 _COMMIT_SCHEMA = pa.schema(
     [
@@ -52,6 +52,7 @@ _COMMIT_SCHEMA = pa.schema(
         ("next_offset", pa.int64()),
         ("tables", pa.string()),
         ("ts", pa.timestamp("ms", tz="UTC")),
+        ("max_event_time", pa.int64()),
     ]
 )
 
@@ -115,10 +116,12 @@ class CommitLog:
         ranges: Iterable[PartitionRange],
         tables: Mapping[str, int],
         marks: Iterable[tuple[int, int]] = (),
+        event_times: Mapping[tuple[str, int], int | None] | None = None,
     ) -> None:
         """Record that ``batch_id`` wrote ``tables`` (name -> version) for these input ranges.
 
-        ``marks`` (epoch, batch id) of earlier, committed batches are written in the same append.
+        ``marks`` (epoch, batch id) of earlier, committed batches are written in the same append;
+        ``event_times`` holds each partition's maximum event time so far (for its watermark).
         """
         now = datetime.now(timezone.utc)
         encoded = json.dumps(dict(tables), sort_keys=True)
@@ -127,6 +130,7 @@ class CommitLog:
                 "pipeline": pipeline, "kind": "prepare", "epoch": epoch, "batch_id": batch_id,
                 "topic": r.topic, "partition": r.partition, "first_offset": r.first_offset,
                 "next_offset": r.next_offset, "tables": encoded, "ts": now,
+                "max_event_time": (event_times or {}).get((r.topic, r.partition)),
             }
             for r in ranges
         ]
@@ -139,7 +143,7 @@ class CommitLog:
         return {
             "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
             "partition": None, "first_offset": None, "next_offset": None, "tables": None,
-            "ts": datetime.now(timezone.utc),
+            "ts": datetime.now(timezone.utc), "max_event_time": None,
         }
 
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
@@ -167,6 +171,18 @@ class CommitLog:
         elif as_of is not None:
             raise PipelineDefinitionError(f"as_of={as_of!r}: give an epoch number (int) or a datetime")
         return marks["batch_id"].unique()
+
+    def event_times(self, pipeline: str) -> dict[tuple[str, int], int]:
+        """Each partition's maximum event time as of its last committed batch."""
+        log = self.frame().filter(pl.col("pipeline") == pipeline)
+        committed = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
+        last = (
+            log.filter((pl.col("kind") == "prepare") & pl.col("batch_id").is_in(committed) & pl.col("max_event_time").is_not_null())
+            .sort("epoch")
+            .group_by("topic", "partition")
+            .agg(pl.col("max_event_time").max())
+        )
+        return {(t, p): v for t, p, v in last.iter_rows()}
 
     def last_epoch(self, pipeline: str) -> int:
         """The highest epoch this pipeline has prepared (0 when none)."""
@@ -209,21 +225,30 @@ class CommitLog:
 
 
 class SinkTable:
-    """An append-only LanceDB table that a ``to_table`` sink writes."""
+    """An append-only LanceDB table that a ``to_table`` sink writes.
 
-    def __init__(self, state: str, name: str) -> None:
+    With ``upsert_keys`` (an update-mode window stream), readers see only the
+    latest row of each key, so the table holds the current value of each window.
+    """
+
+    def __init__(self, state: str, name: str, upsert_keys: Iterable[str] | None = None) -> None:
         if not name or name.startswith("_lockgate") or "/" in name:
             raise PipelineDefinitionError(f"to_table: {name!r} is not a usable table name; use letters, digits and '_'")
         self.state = str(state)
         self.name = name
         self.uri = table_uri(self.state, name)
+        self.upsert_keys = None if upsert_keys is None else list(upsert_keys)
 
     def append(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> int:
         """Append a batch's rows tagged with its batch id; return the table version."""
         tagged = frame.with_columns(
-            pl.lit(batch_id, dtype=pl.Int64).alias("_lg_batch"), pl.lit(epoch, dtype=pl.Int64).alias("_lg_epoch")
+            pl.lit(batch_id, dtype=pl.Int64).alias("_lg_batch"),
+            pl.lit(epoch, dtype=pl.Int64).alias("_lg_epoch"),
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("_lg_order"),
         )
         data = tagged.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self.upsert_keys is not None:
+            data = data.replace_schema_metadata({"lockgate.upsert_keys": json.dumps(self.upsert_keys)})
         try:
             return _append(self.uri, data)
         except StorageError as exc:
@@ -263,5 +288,11 @@ def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl
     ds = _open(table_uri(state, name))
     if ds is None:
         raise StorageError(f"no table {name!r} under {state}; the tables there are {list_tables(state)}")
-    scan = pl.scan_pyarrow_dataset(ds)
-    return scan.filter(pl.col("_lg_batch").is_in(ids.implode())).drop(INTERNAL_COLUMNS)
+    scan = pl.scan_pyarrow_dataset(ds).filter(pl.col("_lg_batch").is_in(ids.implode()))
+    upsert = (ds.schema.metadata or {}).get(b"lockgate.upsert_keys")
+    if upsert is not None:  # the latest committed row of each key; a retracted window disappears
+        keys = json.loads(upsert)
+        scan = scan.sort("_lg_epoch", "_lg_order").unique(keys, keep="last", maintain_order=True)
+        if "retracted" in ds.schema.names:
+            scan = scan.filter(~pl.col("retracted")).drop("retracted")
+    return scan.drop(INTERNAL_COLUMNS)

@@ -1,0 +1,168 @@
+"""The runtime of a pipeline's window operators: hot state, watermarks, durable deltas.
+
+The engine owns time: it derives each source's watermark from the event times it
+has seen (per partition, restored from the commit log after a restart) and from
+processing time for idle partitions, then calls the pure window fold.  The fold's
+changes travel with the epoch and are appended to LanceDB in its prepare step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import polars as pl
+
+from lockgate.engine.plan import DEAD_LETTER_SCHEMA, Plan, SourceNode, WindowNode, event_time_ms
+from lockgate.engine.watermarks import SourceWatermark
+from lockgate.operators.windows import FoldResult, WindowState, fold
+from lockgate.storage.state import WindowStore
+from lockgate.storage.tables import CommitLog
+
+__all__ = ["WindowRuntime", "StateDelta"]
+
+log = logging.getLogger("lockgate.windows")
+_TIME = "__lg_t"
+_META = ("_topic", "_partition", "_offset", "_timestamp", "_key")
+
+
+@dataclass(frozen=True)
+class StateDelta:
+    """What one window operator's fold changed in an epoch, to append to its store."""
+
+    store: WindowStore
+    result: FoldResult
+
+
+class WindowRuntime:
+    """Hot state and watermarks of every window operator of a plan."""
+
+    def __init__(self, pipeline: str, state: str, plan: Plan, log_: CommitLog) -> None:
+        self.pipeline = pipeline
+        self.log = log_
+        self.windows = [n for n in plan.nodes if isinstance(n, WindowNode)]
+        self.sources: dict[str, SourceNode] = {}
+        for w in self.windows:
+            assert w.source is not None
+            self.sources[w.source.name] = w.source
+        self.trackers = {
+            name: SourceWatermark(src.delay_ms, int(src.idle_timeout.total_seconds() * 1000)) for name, src in self.sources.items()
+        }
+        self.stores = {w.name: WindowStore(state, pipeline, w.spec) for w in self.windows if w.spec is not None}
+        self.states: dict[str, WindowState] = {}
+        self.pending: dict[str, FoldResult] = {}
+        self.late: list[pl.DataFrame] = []
+        self.loaded = False
+
+    @property
+    def active(self) -> bool:
+        """True when the plan has window operators."""
+        return bool(self.windows)
+
+    def assign(self, partitions: set[tuple[str, int]], now: float) -> None:
+        """New partitions: their watermarks start from the committed maximum event times."""
+        if not self.active or not partitions:
+            return
+        restored = self.log.event_times(self.pipeline)
+        for name, src in self.sources.items():
+            self.trackers[name].assign([tp for tp in partitions if tp[0] == src.topic], now, restored)
+
+    def revoke(self, partitions: set[tuple[str, int]]) -> None:
+        """Partitions that left this instance."""
+        for tracker in self.trackers.values():
+            tracker.revoke(partitions)
+
+    def load(self, now: float) -> None:
+        """Load every window operator's committed state (at start, and after an aborted epoch)."""
+        for w in self.windows:
+            assert w.source is not None
+            watermark = self.trackers[w.source.name].current(now)
+            self.states[w.name] = self.stores[w.name].load(watermark)
+            log.info("window %s: loaded %d open windows, watermark %s", w.name, self.states[w.name].open_windows, watermark)
+        self.pending.clear()
+        self.loaded = True
+
+    def reload(self, now: float) -> None:
+        """Back to the last committed state: watermarks from the commit log, windows from LanceDB."""
+        owned = set()
+        for name, tracker in self.trackers.items():
+            owned |= set(tracker.max_event)
+            self.trackers[name] = SourceWatermark(tracker.delay_ms, tracker.idle_ms)
+        self.assign(owned, now)
+        self.load(now)
+
+    def observe(self, inputs: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
+        """Advance the watermarks with a batch's event times; returns each touched partition's maximum."""
+        touched: dict[tuple[str, int], int] = {}
+        for name, src in self.sources.items():
+            frame = inputs.get(name)
+            column = src.time_column
+            if frame is None or frame.height == 0 or column is None:
+                continue
+            times = frame.select("_topic", "_partition", event_time_ms(column, frame.schema[column]))
+            touched.update(self.trackers[name].observe(times, now))
+        return touched
+
+    def event_times(self) -> dict[tuple[str, int], int]:
+        """Every owned partition's maximum event time (for the prepare records)."""
+        out: dict[tuple[str, int], int] = {}
+        for tracker in self.trackers.values():
+            out.update({tp: v for tp, v in tracker.max_event.items() if v is not None})
+        return out
+
+    def step(self, node: WindowNode, frame: pl.DataFrame, now: float) -> pl.DataFrame:
+        """Fold one batch into a window operator; returns what it emits (late rows go to ``self.late``)."""
+        assert node.spec is not None and node.source is not None and node.parent is not None
+        column = node.parent.time_column
+        assert column is not None
+        timed = frame.with_columns(event_time_ms(column, frame.schema[column]))
+        missing = timed.filter(pl.col(_TIME).is_null())
+        if missing.height:
+            self.late.append(_dead(missing, node.name, "event_time", f"window {node.name!r}: the event time {column!r} is missing"))
+            timed = timed.filter(pl.col(_TIME).is_not_null())
+        watermark = self.trackers[node.source.name].current(now)
+        state = self.states[node.name]
+        result = fold(node.spec, state, timed.select(node.spec.input_schema.names()), watermark)
+        self.states[node.name] = result.state
+        self.pending[node.name] = result
+        if result.late.height:
+            self.late.append(
+                _dead(
+                    result.late,
+                    node.name,
+                    "late",
+                    f"window {node.name!r}: the record's windows closed at watermark {watermark} ms "
+                    f"(allowed lateness {node.spec.allowed_lateness_ms} ms)",
+                )
+            )
+        return result.emitted
+
+    def take(self) -> tuple[tuple[StateDelta, ...], pl.DataFrame]:
+        """The epoch's state deltas and dead letters (late records), then forget them."""
+        deltas = tuple(StateDelta(self.stores[name], result) for name, result in self.pending.items())
+        dead = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+        self.pending = {}
+        self.late = []
+        return deltas, dead
+
+    def open_windows(self) -> dict[str, int]:
+        """Open (key, window) pairs, or kept rows, per operator."""
+        return {name: st.open_windows for name, st in self.states.items()}
+
+
+def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str) -> pl.DataFrame:
+    """Rows that a window could not take, as dead letters (the value is the row as JSON)."""
+    meta = {c: rows[c] for c in _META if c in rows.columns}
+    payload_cols = [c for c in rows.columns if c not in _META and not c.startswith("__") and "Binary" not in str(rows.schema[c])]
+    value = (
+        rows.select(pl.struct(payload_cols).struct.json_encode().cast(pl.Binary).alias("value"))["value"]
+        if payload_cols
+        else pl.Series("value", [None] * rows.height, dtype=pl.Binary)
+    )
+    out = pl.DataFrame({
+        **{c: meta.get(c, pl.Series(c, [None] * rows.height, dtype=DEAD_LETTER_SCHEMA[c])) for c in _META},
+        "value": value,
+    })
+    return out.with_columns(
+        pl.lit(reason).alias("reason"), pl.lit(message).alias("error"), pl.lit(operator).alias("operator")
+    ).select(list(DEAD_LETTER_SCHEMA)).cast(DEAD_LETTER_SCHEMA)  # type: ignore[arg-type]

@@ -1,0 +1,141 @@
+"""Windows on the real broker: exactly the Polars oracle through Kafka and LanceDB, across a restart; late records to the DLQ."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import confluent_kafka as ck
+import polars as pl
+import pytest
+
+import lockgate as lg
+from tests.conftest import read_committed, same_rows
+
+pytestmark = pytest.mark.kafka
+
+SCHEMA = {"user": pl.String, "url": pl.String, "amount": pl.Int64, "ts": pl.Datetime("ms")}
+BASE = 1_700_000_000_000
+MINUTE = 60_000
+GAP = 30_000
+FLUSH_T = BASE + 40 * MINUTE
+
+
+def make_events(count: int, seed: int = 1) -> list[dict]:
+    """1,000 users over ~20 minutes of event time, in bursts, with disorder under the 5 s watermark delay."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(count):
+        t = BASE + i * 6 + rng.randrange(0, 3_000)  # ~20 min in all, up to 3 s out of order
+        events.append({"user": f"u{rng.randrange(1000)}", "url": f"/p/{rng.randrange(50)}", "amount": rng.randrange(1, 500), "ts": t})
+    return events
+
+
+def produce_events(brokers: str, topic: str, events: list[dict], partitions: int = 4, flush_at: int = FLUSH_T) -> None:
+    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "partitioner": "murmur2_random"})
+    for e in events:
+        while True:
+            try:
+                producer.produce(topic, json.dumps(e).encode(), e["user"].encode())
+                break
+            except BufferError:
+                producer.poll(0.1)
+    for p in range(partitions):  # one far-future record per partition moves every watermark past the data
+        producer.produce(topic, json.dumps({"user": "__flush", "url": "/", "amount": 0, "ts": flush_at}).encode(), b"__flush", partition=p)
+    assert producer.flush(60) == 0
+
+
+def build(name: str, brokers: str, state: str, topic: str, batch: lg.BatchPolicy | None = None) -> lg.Pipeline:
+    pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=batch)
+    events = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s")
+    per_minute = events.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
+        n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
+    )
+    per_minute.to_kafka(f"{name}-minutes", key="user")
+    per_minute.to_table("per_minute")
+    sessions = events.window(lg.Session("30s"), by="user", name="sessions").agg(clicks=pl.len(), pages=pl.col("url").n_unique())
+    sessions.to_kafka(f"{name}-sessions", key="user")
+    sessions.to_table("sessions")
+    return pipe
+
+
+def oracle_minutes(events: list[dict]) -> pl.DataFrame:
+    df = pl.DataFrame(events, schema={**SCHEMA, "ts": pl.Int64})
+    return (
+        df.with_columns(window_start=pl.col("ts") // MINUTE * MINUTE)
+        .group_by("user", "window_start")
+        .agg(n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max())
+        .with_columns(window_end=pl.col("window_start") + MINUTE)
+        .select("user", pl.col("window_start").cast(pl.Datetime("ms")), pl.col("window_end").cast(pl.Datetime("ms")), "n", "total", "biggest")
+        .with_columns(pl.col("n").cast(pl.UInt32))
+    )
+
+
+def oracle_sessions(events: list[dict]) -> pl.DataFrame:
+    df = pl.DataFrame(events, schema={**SCHEMA, "ts": pl.Int64}).sort("user", "ts")
+    new = (pl.col("ts") - pl.col("ts").shift(1).over("user")).fill_null(GAP) >= GAP
+    return (
+        df.with_columns(sid=new.cum_sum())
+        .group_by("user", "sid")
+        .agg(window_start=pl.col("ts").min(), window_end=pl.col("ts").max() + GAP, clicks=pl.len(), pages=pl.col("url").n_unique())
+        .select("user", pl.col("window_start").cast(pl.Datetime("ms")), pl.col("window_end").cast(pl.Datetime("ms")), "clicks", "pages")
+        .with_columns(pl.col("clicks").cast(pl.UInt32), pl.col("pages").cast(pl.UInt32))
+    )
+
+
+def from_kafka(brokers: str, topic: str, schema: dict) -> pl.DataFrame:
+    messages = read_committed(brokers, topic)
+    frame = pl.DataFrame([json.loads(m.value()) for m in messages], schema={k: (pl.String if k.startswith("window_") else v) for k, v in schema.items()}, orient="row")
+    return frame.with_columns(pl.col("window_start", "window_end").str.to_datetime(time_unit="ms"))
+
+
+def test_tumbling_and_session_windows_equal_the_oracle_through_a_restart(brokers, make_topic, state_dir, unique):
+    events = make_events(200_000)
+    topic = make_topic(f"events-{unique}", partitions=4)
+    produce_events(brokers, topic, events)
+    name = f"win-{unique}"
+    small = lg.BatchPolicy(max_records=20_000, max_wait="50ms")
+
+    first = build(name, brokers, state_dir, topic, small).run(max_batches=3, timeout=300)
+    assert first.stopped_because == "max_batches"
+    assert lg.read_state(state_dir, name, "per_minute").collect().height > 0, "open windows are in the state"
+    second = build(name, brokers, state_dir, topic, small)
+    rest = second.run(until="caught_up", timeout=600)
+    assert first.records + rest.records == 200_000 + 4
+
+    minutes, sessions = oracle_minutes(events), oracle_sessions(events)
+    out_schema_m = dict(oracle_minutes(events[:1]).schema)
+    out_schema_s = dict(oracle_sessions(events[:1]).schema)
+    assert same_rows(from_kafka(brokers, f"{name}-minutes", out_schema_m).filter(pl.col("user") != "__flush"), minutes)
+    assert same_rows(from_kafka(brokers, f"{name}-sessions", out_schema_s).filter(pl.col("user") != "__flush"), sessions)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), minutes)
+    assert same_rows(lg.read_table(state_dir, "sessions").collect(), sessions)
+    # only the flush windows are still open, in memory and in LanceDB
+    assert lg.read_state(state_dir, name, "per_minute").collect()["user"].unique().to_list() == ["__flush"]
+    assert second.metrics()["late"] == {}
+
+    # late records: older than every open window; they go to the DLQ, counted, and change nothing
+    late = [{"user": "u1", "url": "/late", "amount": 1, "ts": BASE + i} for i in range(25)]
+    produce_events(brokers, topic, late, flush_at=FLUSH_T + 1)
+    third = build(name, brokers, state_dir, topic, small)
+    third.run(until="caught_up", timeout=300)
+    assert third.metrics()["late"] == {"per_minute": 25, "sessions": 25}, "late records counted per window operator"
+    dead = [m for m in read_committed(brokers, f"{name}-dlq") if dict(m.headers())["lockgate.reason"] == b"late"]
+    assert len(dead) == 50, "each late record once per window operator that refused it"
+    assert {dict(m.headers())["lockgate.operator"] for m in dead} == {b"per_minute", b"sessions"}
+    assert all(json.loads(m.value())["url"] == "/late" for m in dead)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), minutes)
+
+
+def test_update_mode_upserts_so_the_table_holds_each_windows_current_value(brokers, make_topic, state_dir, unique):
+    events = make_events(30_000, seed=9)
+    topic = make_topic(f"upd-{unique}", partitions=2)
+    produce_events(brokers, topic, events, partitions=2)
+    pipe = lg.Pipeline(f"upd-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=3_000, max_wait="50ms"))
+    src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s")
+    src.window(lg.Tumbling("1m"), by="user", emit="update").agg(
+        n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
+    ).to_table("live")
+    pipe.run(until="caught_up", timeout=300)
+    table = lg.read_table(state_dir, "live").collect().filter(pl.col("user") != "__flush")
+    assert same_rows(table, oracle_minutes(events))
