@@ -28,7 +28,7 @@ import polars as pl
 from lockgate.engine.config import BatchPolicy, PipelineConfig
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import Plan, Stream, _Builder, source_node
+from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, source_node
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
 from lockgate.operators.errors import PipelineDefinitionError
@@ -119,6 +119,20 @@ class Pipeline:
         """
         node = source_node(self._builder, topic, format, event_time, watermark, name, idle_timeout)
         return Stream(self._builder, self._builder.add(node))
+
+    def table(self, topic: str, *, key: str, format: Format, name: str | None = None) -> Table:
+        """A changelog table: the latest value per record key of ``topic`` (a compacted topic).
+
+        Every instance reads the whole topic (like a Kafka Streams GlobalKTable): to
+        its end before the first batch, then the new records before each batch.
+        A record with a null value (a tombstone) deletes its key.  ``key`` names the
+        value column that streams join on.
+        """
+        schema = pl.Schema(format.value_schema())
+        if key not in schema:
+            raise PipelineDefinitionError(f"table {topic!r}: key={key!r} is not a column of its format; it has {list(schema.names())}")
+        node = TableNode(self._builder.name("table", name or topic), schema, topic=topic, key=key, format=format)
+        return Table(self._builder.add(node))  # type: ignore[arg-type]
 
     def plan(self) -> Plan:
         """The validated plan, as it will run."""

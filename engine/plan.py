@@ -34,11 +34,13 @@ import polars as pl
 from lockgate.engine.formats import JSON, KAFKA_COLUMNS, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.operators.joins import TableJoin
 from lockgate.operators.stateless import Filter, MapBatches, Operator, Select, WithColumns
 from lockgate.operators.windows import WindowKind, WindowSpec
 
 __all__ = [
-    "Node", "SourceNode", "OpNode", "WindowNode", "SinkNode", "DeadLetterNode", "Plan", "Stream", "WindowedStream",
+    "Node", "SourceNode", "OpNode", "WindowNode", "SinkNode", "DeadLetterNode", "TableNode", "JoinNode", "Plan", "Stream",
+    "WindowedStream", "Table",
     "DEAD_LETTER_SCHEMA", "event_time_ms",
 ]
 
@@ -154,6 +156,38 @@ class WindowNode(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class TableNode(Node):
+    """A changelog table: the latest value per record key of a (compacted) topic."""
+
+    topic: str = ""
+    key: str = ""
+    format: Format = field(default_factory=JSON)
+
+    kind = "table"
+
+
+@dataclass(frozen=True, eq=False)
+class JoinNode(Node):
+    """Each batch of the parent joined with the current rows of a table."""
+
+    parent: Node | None = None
+    table: TableNode | None = None
+    join: TableJoin | None = None
+
+    kind = "join"
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        assert self.parent is not None and self.table is not None
+        return (self.parent, self.table)
+
+    @property
+    def time_column(self) -> str | None:
+        assert self.parent is not None
+        return self.parent.time_column
+
+
+@dataclass(frozen=True, eq=False)
 class SinkNode(Node):
     """Writes its parent's batches to a Kafka topic (``to_kafka``) or a LanceDB table (``to_table``)."""
 
@@ -191,6 +225,11 @@ class Plan:
         return tuple(n for n in self.nodes if isinstance(n, SourceNode))
 
     @property
+    def tables(self) -> tuple[TableNode, ...]:
+        """The changelog tables."""
+        return tuple(n for n in self.nodes if isinstance(n, TableNode))
+
+    @property
     def sinks(self) -> tuple[SinkNode, ...]:
         """The sink nodes."""
         return tuple(n for n in self.nodes if isinstance(n, SinkNode))
@@ -223,14 +262,17 @@ class _Builder:
         self.names: set[str] = set()
 
     def name(self, kind: str, given: str | None) -> str:
+        """The step's name: ``given``, or ``<kind>_<n>`` (n counts only steps that were added)."""
         if given is None:
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-            given = f"{kind}_{self.counts[kind]}"
+            given = f"{kind}_{self.counts.get(kind, 0) + 1}"
         if given in self.names:
             raise PipelineDefinitionError(f"{kind}: the name {given!r} is taken by another step; pass a different name=")
         return given
 
     def add(self, node: Node) -> Node:
+        kind, _, number = node.name.rpartition("_")
+        if number.isdigit() and kind and int(number) == self.counts.get(kind, 0) + 1:
+            self.counts[kind] = int(number)
         self.names.add(node.name)
         self.nodes.append(node)
         return node
@@ -296,6 +338,20 @@ class Stream:
     ) -> Stream:
         """Apply ``fn`` to each whole batch; it must return a ``pl.DataFrame``."""
         return self._op(MapBatches(self._builder.name("map_batches", name), fn, schema))
+
+    def join(self, table: Table, *, on: str | Sequence[str], how: str = "left", name: str | None = None) -> Stream:
+        """Enrich each batch with the current rows of ``table`` (one Polars join per batch).
+
+        ``how="left"`` keeps every record (table columns null when the key is absent);
+        ``how="inner"`` keeps only records whose key is in the table.
+        """
+        if not isinstance(table, Table):
+            raise PipelineDefinitionError(f"join: give a table made by pipe.table(topic, key=...), not {type(table).__name__}")
+        node_name = self._builder.name("join", name)
+        spec = TableJoin(node_name, on if isinstance(on, str) else tuple(on), how)
+        schema = spec.resolve(self.schema, table.schema)
+        node = JoinNode(node_name, schema, parent=self._node, table=table._node, join=spec)
+        return Stream(self._builder, self._builder.add(node))
 
     def window(
         self,
@@ -363,6 +419,21 @@ class Stream:
                 return Stream(self._builder, node)
         node = DeadLetterNode(self._builder.name("dead_letters", None), pl.Schema(DEAD_LETTER_SCHEMA))
         return Stream(self._builder, self._builder.add(node))
+
+
+class Table:
+    """A changelog table (``pipe.table``): join streams with it; it is not a stream itself."""
+
+    def __init__(self, node: TableNode) -> None:
+        self._node = node
+
+    @property
+    def schema(self) -> pl.Schema:
+        """The table's columns."""
+        return self._node.schema
+
+    def __repr__(self) -> str:
+        return f"<lockgate Table {self._node.name!r} <- {self._node.topic!r} key={self._node.key!r} {dict(self.schema)}>"
 
 
 class WindowedStream:

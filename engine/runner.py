@@ -22,7 +22,8 @@ from lockgate.engine.admin import ensure_topics
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.formats import ArrowIPC
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, Node, OpNode, Plan, SinkNode, SourceNode, WindowNode
+from lockgate.engine.changelog import ChangelogTable
+from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, JoinNode, Node, OpNode, Plan, SinkNode, SourceNode, WindowNode
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.transaction import (
@@ -59,6 +60,7 @@ def execute(
     inputs: dict[str, pl.DataFrame],
     window_step: Callable[[WindowNode, pl.DataFrame], pl.DataFrame] | None = None,
     dead_letters: Callable[[], pl.DataFrame] | None = None,
+    tables: dict[str, pl.DataFrame] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Run every operator of ``plan`` over one batch; returns each sink's frame.
 
@@ -81,6 +83,9 @@ def execute(
             elif isinstance(node, WindowNode):
                 assert node.parent is not None and window_step is not None
                 lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
+            elif isinstance(node, JoinNode):
+                assert node.parent is not None and node.table is not None and node.join is not None
+                lazy[node.name] = node.join.apply(build(node.parent), (tables or {})[node.table.name].lazy())
             else:
                 raise AssertionError(f"cannot build {node!r}")
         return lazy[node.name]
@@ -180,11 +185,15 @@ class Runner:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lockgate-commit-{config.name}")
         self.inflight: tuple[EpochTransaction, Future[None]] | None = None
         self.pending_marks: list[Epoch] = []
+        self.changelogs: dict[str, ChangelogTable] = {}
 
     def _open(self) -> None:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
         self.producer = TransactionalProducer(self.config.producer_options())
+        self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
+        for table in self.changelogs.values():
+            table.bootstrap()
         self.source = KafkaSource(self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight)
         self.epoch = self.log.last_epoch(self.config.name)
 
@@ -195,6 +204,9 @@ class Runner:
         if self.source is not None:
             self.source.close()
             self.source = None
+        for table in self.changelogs.values():
+            table.close()
+        self.changelogs = {}
         self.producer = None
 
     def run(
@@ -310,6 +322,9 @@ class Runner:
         meta, inputs, dead = self._decode(raw)
         faults.crash_point("after_decode")
         now = time.monotonic()
+        for table in self.changelogs.values():
+            table.refresh()
+        tables = {name: table.frame() for name, table in self.changelogs.items()}
         event_times: dict[tuple[str, int], int] = {}
         deltas: tuple = ()
         if self.windows.active:
@@ -318,6 +333,7 @@ class Runner:
             outputs = execute(
                 self.plan, inputs, lambda node, frame: self.windows.step(node, frame, now),
                 lambda: pl.concat([decode_dead, *self.windows.late], how="vertical_relaxed"),  # windows ran first
+                tables,
             )
             deltas, late = self.windows.take()
             dead = pl.concat([decode_dead, late], how="vertical_relaxed")
@@ -325,7 +341,7 @@ class Runner:
             for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
                 self.metrics.add("late", rows.height, topic=str(operator))
         else:
-            outputs = execute(self.plan, inputs, dead_letters=lambda: dead)
+            outputs = execute(self.plan, inputs, dead_letters=lambda: dead, tables=tables)
         outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
