@@ -86,6 +86,7 @@ class PipelineConfig(_Options):
     batch: BatchPolicy = BatchPolicy()
     instance: str = Field(default_factory=lambda: os.environ.get("LOCKGATE_INSTANCE", "0"))
     kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
+    compact_every: int = Field(50, ge=1, description="compact the LanceDB tables every this many committed batches")
 
     @field_validator("name")
     @classmethod

@@ -61,6 +61,8 @@ class Pipeline:
         This instance's id (default ``$LOCKGATE_INSTANCE`` or ``0``); stable across restarts.
     kafka
         Extra librdkafka options for every client (e.g. ``{"security.protocol": "SSL"}``).
+    compact_every
+        Compact the LanceDB tables (in the background) every this many committed batches.
     """
 
     def __init__(
@@ -72,8 +74,11 @@ class Pipeline:
         batch: BatchPolicy | None = None,
         instance: str | None = None,
         kafka: dict[str, Any] | None = None,
+        compact_every: int = 50,
     ) -> None:
-        options: dict[str, Any] = {"name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {}}
+        options: dict[str, Any] = {
+            "name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {}, "compact_every": compact_every,
+        }
         if batch is not None:
             options["batch"] = batch
         if instance is not None:

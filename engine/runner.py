@@ -36,6 +36,7 @@ from lockgate.engine.transaction import (
     partition_ranges,
 )
 from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, SinkTable
 
 __all__ = ["Runner", "RunSummary", "Until"]
@@ -175,6 +176,10 @@ class Runner:
             s.name: SinkTable(config.state, s.target, upsert_keys=_upsert_keys(s)) for s in plan.sinks if s.sink == "table"
         }
         self.windows = WindowRuntime(config.name, config.state, plan, self.log)
+        self.compactor = Compactor(
+            lambda: [self.log.uri, *(t.uri for t in self.tables.values()), *(s.uri for s in self.windows.stores.values())],
+            every_batches=config.compact_every, hook=lambda: faults.crash_point("during_compaction"),
+        )
         self.sources_by_topic: dict[str, list[SourceNode]] = {}
         for node in plan.sources:
             self.sources_by_topic.setdefault(node.topic, []).append(node)
@@ -201,6 +206,7 @@ class Runner:
         """Leave the group and drop the clients."""
         self._wait_inflight()
         self.pool.shutdown(wait=True)
+        self.compactor.wait()
         if self.source is not None:
             self.source.close()
             self.source = None
@@ -389,6 +395,7 @@ class Runner:
             return False
         self.pending_marks.append(txn.epoch)
         self._count(txn.epoch)
+        self.compactor.committed()
         return True
 
     def _flush_marks(self) -> None:
