@@ -43,6 +43,7 @@ import polars as pl
 
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.operators.hotstate import PartialIndex
 
 __all__ = [
     "Tumbling",
@@ -332,16 +333,23 @@ class WindowState:
     rows: pl.DataFrame
     watermark: int | None = None
     seq: int = 0
+    index: PartialIndex | None = None  # mutable hot partials of fixed windows: a fold consumes the state
 
     @staticmethod
     def empty(spec: WindowSpec) -> WindowState:
         """No open windows."""
         return WindowState(pl.DataFrame(schema=spec.partial_schema()), pl.DataFrame(schema=spec.row_schema()))
 
+    def partial_frame(self) -> pl.DataFrame:
+        """Every open pair's partial aggregates (O(state): for reads, not for the batch path)."""
+        return self.index.frame() if self.index is not None else self.partials
+
     @property
     def open_windows(self) -> int:
         """How many (key, window) pairs are open (for kept rows: how many rows are kept)."""
-        return self.partials.height if self.rows.height == 0 else self.rows.height
+        if self.rows.height:
+            return self.rows.height
+        return len(self.index) if self.index is not None else self.partials.height
 
 
 @dataclass(frozen=True)
@@ -488,6 +496,20 @@ def _fold_fixed(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, befor
         new_state = WindowState(state.partials, new_rows, after, seq)
         out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
         return FoldResult(new_state, out, late.drop("__seq", "__t"), _none(), _none(), added, removed)
+    merges = {k: v for a in spec.aggs for k, v in a.merges().items()}
+    if state.index is not None or PartialIndex.supports(state.partials.schema, spec.group_keys):
+        index = state.index if state.index is not None else PartialIndex.from_frame(state.partials, spec.group_keys)
+        changed = state.partials.clear()
+        if on_time.height:
+            changed = index.upsert(_partials(spec, on_time, keys), merges)
+            if spec.emit == "update":
+                emitted.append(finalize_partials(spec, changed))
+        closing = index.close_until(after - spec.allowed_lateness_ms) if after is not None else changed.clear()
+        if closing.height and spec.emit == "final":
+            emitted.append(finalize_partials(spec, closing))
+        out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
+        new_state = WindowState(state.partials.clear(), state.rows, after, seq, index)
+        return FoldResult(new_state, out, late.drop("__seq", "__t"), changed, closing.select(keys), state.rows.clear(), _none())
     changed = state.partials.clear()
     partials = state.partials
     if on_time.height:
@@ -703,7 +725,7 @@ def _none() -> pl.DataFrame:
 def current_values(spec: WindowSpec, state: WindowState) -> pl.DataFrame:
     """The current value of every open window in ``state`` (keys, bounds, aggregates)."""
     if not spec.keeps_rows:
-        return finalize_partials(spec, state.partials)
+        return finalize_partials(spec, state.partial_frame())
     rows, keys = state.rows, spec.group_keys
     if isinstance(spec.window, Sliding):
         ends = rows.select([*keys, "__t"]).unique()

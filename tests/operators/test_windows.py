@@ -18,11 +18,12 @@ from polars.testing import assert_frame_equal
 from lockgate.operators.errors import PipelineDefinitionError
 from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling, WindowSpec, WindowState, fold
 
-SCHEMA = pl.Schema({"k": pl.String, "x": pl.Int64, "y": pl.Float64, "t": pl.Int64})
+SCHEMA = pl.Schema({"k": pl.String, "x": pl.Int64, "y": pl.Float64, "t": pl.Int64, "z": pl.String})
 DECOMPOSABLE = {
     "n": pl.len(), "c": pl.col("y").count(), "s": pl.col("x").sum(), "lo": pl.col("x").min(), "hi": pl.col("y").max(),
     "avg": pl.col("y").mean(), "var": pl.col("x").var(), "sd": pl.col("y").std(), "first": pl.col("x").first(), "last": pl.col("y").last(),
 }
+TEXT = {"n": pl.len(), "fz": pl.col("z").first(), "lz": pl.col("z").last(), "mz": pl.col("z").max()}  # partials that are not numbers
 BUFFERED = {"u": pl.col("x").n_unique(), "med": pl.col("y").median(), "q": pl.col("x").quantile(0.5), "n": pl.len(), "first": pl.col("x").first()}
 FAR = 10**15
 WINDOWS = {
@@ -42,7 +43,8 @@ def _records(draw: st.DrawFn, disorder_ms: int) -> pl.DataFrame:
         clock += draw(st.integers(0, 2_500))
         t = base + clock - draw(st.integers(0, disorder_ms))
         y = draw(st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False)))
-        rows.append({"k": draw(st.sampled_from(["a", "b", "c"])), "x": draw(st.integers(-50, 50)), "y": y, "t": t})
+        x = draw(st.integers(-50, 50))
+        rows.append({"k": draw(st.sampled_from(["a", "b", "c"])), "x": x, "y": y, "t": t, "z": f"z{x}"})
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
@@ -162,7 +164,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 @pytest.mark.parametrize("kind", list(WINDOWS))
-@pytest.mark.parametrize("aggs", [DECOMPOSABLE, BUFFERED], ids=["decomposable", "buffered"])
+@pytest.mark.parametrize("aggs", [DECOMPOSABLE, TEXT, BUFFERED], ids=["decomposable", "text-partials", "buffered"])
 @pytest.mark.parametrize("emit", ["final", "update"])
 @SETTINGS
 @given(data=st.data())
@@ -197,7 +199,7 @@ def test_fold_equals_a_polars_batch_computation(kind, aggs, emit, data):
 
 def test_a_global_window_groups_everything():
     spec = WindowSpec.build("g", Tumbling("1m"), by=None, aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
-    batch = pl.DataFrame({"k": ["a", "b"], "x": [1, 2], "y": [1.0, 2.0], "t": [0, 1_000]}, schema=SCHEMA)
+    batch = pl.DataFrame({"k": ["a", "b"], "x": [1, 2], "y": [1.0, 2.0], "t": [0, 1_000], "z": ["a", "b"]}, schema=SCHEMA)
     out = fold(spec, WindowState.empty(spec), batch, FAR).emitted
     assert out.columns == ["window_start", "window_end", "n"]
     assert out["n"].to_list() == [2]
@@ -205,18 +207,18 @@ def test_a_global_window_groups_everything():
 
 def test_a_late_record_of_a_closed_tumbling_window_is_reported_not_merged():
     spec = _spec(Tumbling("10s"), {"n": pl.len()}, "final")
-    first = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a"], "x": [1], "y": [0.0], "t": [5_000]}, schema=SCHEMA), 10_000)
+    first = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a"], "x": [1], "y": [0.0], "t": [5_000], "z": ["a"]}, schema=SCHEMA), 10_000)
     assert first.emitted["n"].to_list() == [1]
-    second = fold(spec, first.state, pl.DataFrame({"k": ["a"], "x": [2], "y": [0.0], "t": [9_000]}, schema=SCHEMA), 10_000)
+    second = fold(spec, first.state, pl.DataFrame({"k": ["a"], "x": [2], "y": [0.0], "t": [9_000], "z": ["a"]}, schema=SCHEMA), 10_000)
     assert second.late["x"].to_list() == [2]
     assert second.emitted.height == 0
 
 
 def test_session_windows_merge_when_a_record_bridges_two_sessions():
     spec = _spec(Session("5s"), {"n": pl.len(), "s": pl.col("x").sum()}, "update")
-    one = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a", "a"], "x": [1, 2], "y": [0.0, 0.0], "t": [0, 8_000]}, schema=SCHEMA), None)
+    one = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a", "a"], "x": [1, 2], "y": [0.0, 0.0], "t": [0, 8_000], "z": ["a", "b"]}, schema=SCHEMA), None)
     assert sorted(one.emitted["n"].to_list()) == [1, 1]
-    two = fold(spec, one.state, pl.DataFrame({"k": ["a"], "x": [3], "y": [0.0], "t": [4_000]}, schema=SCHEMA), None)
+    two = fold(spec, one.state, pl.DataFrame({"k": ["a"], "x": [3], "y": [0.0], "t": [4_000], "z": ["c"]}, schema=SCHEMA), None)
     updates = two.emitted.filter(~pl.col("retracted"))
     assert updates.select("n", "s").to_dicts() == [{"n": 3, "s": 6}]
     assert updates["window_end"].dt.epoch("ms").to_list() == [13_000]
@@ -246,3 +248,21 @@ def test_window_sizes_must_be_durations():
     with pytest.raises(PipelineDefinitionError, match="every <= size"):
         Hopping("1m", "2m")
     assert math.isclose(Hopping("1m", "20s").every_ms, 20_000)
+
+
+def test_the_hot_index_finds_pairs_across_many_batches_and_sweeps_closed_ones():
+    spec = _spec(Tumbling("10s"), {"n": pl.len(), "s": pl.col("x").sum()}, "final")
+    state = WindowState.empty(spec)
+    total = {}
+    for b in range(30):  # 30 batches over 200 keys and 3 windows: inserts, updates, a merge of the index
+        keys = [f"k{(b * 37 + i) % 200}" for i in range(150)]
+        ts = [(b // 10) * 10_000 + i for i in range(150)]
+        batch = pl.DataFrame({"k": keys, "x": list(range(150)), "y": [0.0] * 150, "t": ts, "z": keys}, schema=SCHEMA)
+        for k, t, x in zip(keys, ts, range(150)):
+            total[(k, t // 10_000)] = total.get((k, t // 10_000), 0) + x
+        state = fold(spec, state, batch, None).state
+    assert state.index is not None and len(state.index) == len(total)
+    out = fold(spec, state, pl.DataFrame(schema=SCHEMA), FAR)
+    got = {(k, ws // 10_000): s for k, ws, s in out.emitted.select("k", pl.col("window_start").dt.epoch("ms"), "s").iter_rows()}
+    assert got == total
+    assert len(out.state.index) == 0

@@ -59,7 +59,7 @@ def test_a_restart_from_lance_continues_exactly_as_without_one(kind, aggs, data)
 def test_uncommitted_state_deltas_are_never_loaded(tmp_path):
     spec = WindowSpec.build("w", Tumbling("10s"), by="k", aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
     store = WindowStore(str(tmp_path), "p", spec)
-    batch = pl.DataFrame({"k": ["a"], "x": [1], "y": [1.0], "t": [1_000]}, schema=SCHEMA)
+    batch = pl.DataFrame({"k": ["a"], "x": [1], "y": [1.0], "t": [1_000], "z": ["a"]}, schema=SCHEMA)
     one = fold(spec, WindowState.empty(spec), batch, None)
     store.append(one, batch_id=1, epoch=1)
     CommitLog(str(tmp_path)).mark("p", epoch=1, batch_id=1)
