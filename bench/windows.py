@@ -2,7 +2,8 @@
 
 N JSON events ``{"user": "u01234", "amount": 4711, "ts": <epoch ms>}`` (100,000 users,
 integer amounts 1..9999) in 8 partitions, keyed by user (partition = user number % 8),
-spread evenly over 10 minutes of event time, mostly in order: 10 % of the events are
+spread evenly over 10 minutes of event time (starting about an hour before the run: see
+``event_time_origin``), mostly in order: 10 % of the events are
 delayed by 1 ms .. 3 s (not before the first minute), less than the 5 s watermark /
 grace, so no event is late.
 Both engines compute, per user and tumbling 1-minute event-time window (``ts``),
@@ -78,7 +79,6 @@ import lockgate as lg  # noqa: E402
 PARTITIONS = 8
 KEYS = 100_000
 SPAN_MS = 600_000  # 10 minutes of event time
-T0_MS = 1_700_000_040_000  # 2023-11-14T22:14:00Z, on a minute boundary
 WINDOW_MS = 60_000
 WATERMARK_MS = 5_000
 DELAYED_SHARE = 0.10
@@ -97,14 +97,24 @@ QUIX_REQUIREMENT = "quixstreams>=3.0"
 # ---------------------------------------------------------------- data and oracle
 
 
-def make_events(n: int, seed: int = SEED) -> pl.DataFrame:
-    """``n`` events: user (100,000 keys), amount, ts (epoch ms), partition (user number % 8), value (JSON bytes)."""
+def event_time_origin() -> int:
+    """The first minute of event time: a minute boundary about 1 h ago (epoch ms).
+
+    Recent on purpose: Quix stamps each window result with its window start, and a
+    topic's time retention (7 days by default) deletes segments whose newest timestamp
+    is older, under the running benchmark (seen: the first minutes vanished mid-run).
+    """
+    return (int(time.time() * 1000) - 3_600_000) // WINDOW_MS * WINDOW_MS
+
+
+def make_events(n: int, t0_ms: int, seed: int = SEED) -> pl.DataFrame:
+    """``n`` events from ``t0_ms`` on: user (100,000 keys), amount, ts (epoch ms), partition (user number % 8), value."""
     rng = np.random.default_rng(seed)
     user_no = rng.integers(0, KEYS, n)
     amount = rng.integers(1, 10_000, n)
-    base = T0_MS + (np.arange(n, dtype=np.int64) * SPAN_MS) // n
+    base = t0_ms + (np.arange(n, dtype=np.int64) * SPAN_MS) // n
     delay = np.where(rng.random(n) < DELAYED_SHARE, rng.integers(1, MAX_DELAY_MS + 1, n), 0)
-    df = pl.DataFrame({"user_no": user_no, "amount": amount, "ts": np.maximum(base - delay, T0_MS)})
+    df = pl.DataFrame({"user_no": user_no, "amount": amount, "ts": np.maximum(base - delay, t0_ms)})
     return df.with_columns(
         user=pl.format("u{}", pl.col("user_no").cast(pl.String).str.zfill(5)),
         partition=(pl.col("user_no") % PARTITIONS).cast(pl.Int32),
@@ -289,9 +299,12 @@ def run_quix(python: str, brokers: str, topic: str, records: int, run: int, tag:
            "--state-dir", str(state_dir), "--records", str(records), "--closing", closing,
            "--grace-ms", str(WATERMARK_MS), "--timeout", str(timeout)]
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}  # authlib's httpx notice on import
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout + 120, check=False, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout + 120, check=False)
     process_seconds = time.perf_counter() - t0
+    noise = ("AuthlibDeprecationWarning", "from ._compat import httpx2")  # authlib's notice on import, not Quix's
+    for line in proc.stderr.splitlines():
+        if line.strip() and not any(n in line for n in noise):
+            print(f"# quix: {line}", file=sys.stderr)
     shutil.rmtree(state_dir, ignore_errors=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     result = json.loads(lines[-1]) if lines else {}
@@ -442,13 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     lg_runs: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     try:
-        events = make_events(args.records)
+        t0_ms = event_time_origin()
+        inputs["event_time_origin_ms"] = t0_ms
+        events = make_events(args.records, t0_ms)
         expected, oracles["lockgate"] = oracle(events)
         if do_lg or quix_topic == topic:
             inputs["main"] = produce(brokers, topic, events, args.compression)
             print(f"# setup: {inputs['main']}; oracle: {oracles['lockgate']}", file=sys.stderr)
         if do_quix and quix_topic != topic:
-            q_events = make_events(quix_records)
+            q_events = make_events(quix_records, t0_ms)
             q_expected, oracles["quix"] = oracle(q_events)
             inputs["quix"] = produce(brokers, quix_topic, q_events, args.compression)
             print(f"# setup (Quix): {inputs['quix']}; oracle: {oracles['quix']}", file=sys.stderr)
