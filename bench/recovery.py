@@ -1,0 +1,120 @@
+"""Recovery: time from process start to the first committed batch after a restart with 1,000,000 pairs in state.
+
+Setup (not timed): a tumbling-window pipeline reads 1,000,000 events of distinct
+keys, all in one window that stays open, and commits; its state then holds 1M open
+(key, window) pairs in LanceDB.  A few new events are produced.  Timed, per run: a
+fresh process starts (``python -c``: interpreter, imports, clients, group join,
+recovery, state load), processes one batch and commits it.  The child reports its
+phases; the parent measures the wall time from spawning it.
+
+    python bench/recovery.py [--brokers HOST:PORT] [--pairs 1000000] [--runs 3]
+
+Target (issue 3): <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import confluent_kafka as ck
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+BASE = 1_900_000_000_000  # far in the future: the window never closes during the benchmark
+
+CHILD = """
+import json, os, sys, time
+t0 = time.time()
+import polars as pl
+import lockgate as lg
+t_import = time.time()
+pipe = lg.Pipeline(os.environ["B_NAME"], brokers=os.environ["B_BROKERS"], state=os.environ["B_STATE"],
+                   batch=lg.BatchPolicy(max_records=10_000, max_wait="50ms"))
+events = pipe.source(os.environ["B_TOPIC"], format=lg.JSON(schema={"user": pl.String, "amount": pl.Int64, "ts": pl.Int64}),
+                     event_time="ts", watermark="5s")
+events.window(lg.Tumbling("1h"), by="user", name="per_hour").agg(n=pl.len(), total=pl.col("amount").sum()).to_table("per_hour")
+if os.environ.get("B_UNTIL"):
+    summary = pipe.run(until="caught_up", timeout=600)
+else:
+    summary = pipe.run(max_batches=1, timeout=600)
+t_end = time.time()
+print(json.dumps({"child_start": t0, "imports_s": t_import - t0, "end": t_end, "records": summary.records,
+                  "batches": summary.batches, "run_s": summary.seconds}))
+"""
+
+
+def _produce(brokers: str, topic: str, start: int, count: int) -> None:
+    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4"})
+    for i in range(start, start + count):  # setup data, not timed
+        while True:
+            try:
+                producer.produce(topic, b'{"user": "u%d", "amount": %d, "ts": %d}' % (i, i % 100, BASE + i % 1000), b"u%d" % i)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(120)
+
+
+def _child(env: dict[str, str]) -> tuple[float, dict]:
+    started = time.time()
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return report["end"] - started, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brokers")
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    brokers = common.resolve_brokers(args.brokers)
+    tag = uuid.uuid4().hex[:6]
+    topic = f"bench-recovery-{tag}"
+    common.create_topic(brokers, topic, 4)
+    state = tempfile.mkdtemp(prefix="lockgate-bench-recovery-")
+    env = {**os.environ, "B_NAME": f"bench-recovery-{tag}", "B_BROKERS": brokers, "B_STATE": state, "B_TOPIC": topic}
+    try:
+        _produce(brokers, topic, 0, args.pairs)
+        t0 = time.time()
+        _, setup = _child({**env, "B_UNTIL": "1"})
+        print(f"# setup: {setup['records']:,} records into state in {time.time() - t0:.1f}s", file=sys.stderr)
+        from lockgate.storage.state import read_state
+
+        open_pairs = read_state(state, env["B_NAME"], "per_hour").collect().height
+        print(f"# open (key, window) pairs in state: {open_pairs:,}", file=sys.stderr)
+        runs = []
+        for run in range(args.runs):
+            _produce(brokers, topic, args.pairs + run * 1000, 1000)  # something new to commit
+            wall, report = _child(env)
+            runs.append({"seconds_to_first_commit": round(wall, 3), "imports_s": round(report["imports_s"], 3),
+                         "run_s": round(report["run_s"], 3), "records": report["records"]})
+            print(f"# run {run + 1}: {runs[-1]}", file=sys.stderr)
+    finally:
+        common.delete_topics(brokers, [topic, f"bench-recovery-{tag}-dlq"])
+    median = common.median([r["seconds_to_first_commit"] for r in runs])
+    result = {"benchmark": "recovery", "open_pairs": open_pairs, "runs": runs, "median_seconds": median, "target_seconds": 2.0,
+              "machine": common.machine()}
+    path = common.write_json(args.out, "recovery", result)
+    print(common.markdown_table(
+        ["benchmark", "open pairs", "start -> first commit (median s)", "imports (median s)", "run() (median s)", "target"],
+        [["recovery", f"{open_pairs:,}", f"{median:.2f}", f"{common.median([r['imports_s'] for r in runs]):.2f}",
+          f"{common.median([r['run_s'] for r in runs]):.2f}", f"<= 2 s {'met' if median <= 2 else 'NOT met'}"]],
+    ))
+    print(f"# written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
