@@ -75,8 +75,17 @@ def compact(uris: Iterable[str], *, retain: timedelta = timedelta(minutes=10), h
     return CompactionReport(tables, before, after, removed, time.monotonic() - started)
 
 
+MIN_RETAIN = timedelta(minutes=1)
+
+
 class Compactor:
-    """Runs :func:`compact` on a background thread every ``every_batches`` commits, one at a time."""
+    """Runs :func:`compact` on a background thread every ``every_batches`` commits, one at a time.
+
+    It keeps every version younger than ``MIN_RETAIN`` whatever ``retain`` says: an
+    append committing at the same time reads the manifests of the versions it
+    raced with, and removing them under it fails the append (seen here with a
+    zero retention).
+    """
 
     def __init__(
         self, uris: Callable[[], list[str]], *, every_batches: int = 50, retain: timedelta = timedelta(minutes=10),
@@ -84,7 +93,7 @@ class Compactor:
     ) -> None:
         self.uris = uris
         self.every_batches = every_batches
-        self.retain = retain
+        self.retain = max(retain, MIN_RETAIN)
         self.hook = hook
         self.since = 0
         self.thread: threading.Thread | None = None

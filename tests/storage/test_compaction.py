@@ -35,6 +35,7 @@ def test_compaction_merges_fragments_and_readers_see_the_same_rows(state_dir):
 def test_the_compactor_runs_in_the_background_while_commits_go_on(state_dir):
     table = SinkTable(state_dir, "t")
     compactor = Compactor(lambda: [table.uri, CommitLog(state_dir).uri], every_batches=5, retain=timedelta(0))
+    assert compactor.retain == timedelta(minutes=1), "never removes versions a concurrent append may still read"
     for epoch in range(1, 31):
         _commit(state_dir, table, epoch)  # commits never wait for a compaction
         compactor.committed()
