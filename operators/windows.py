@@ -402,12 +402,7 @@ def _merge(spec: WindowSpec, frames: list[pl.DataFrame], keys: list[str]) -> pl.
 
 def finalize_partials(spec: WindowSpec, partials: pl.DataFrame) -> pl.DataFrame:
     """Output rows (keys, window_start, window_end, aggregates) from merged partials."""
-    out = partials.select(
-        *[pl.col(k) for k in spec.by],
-        pl.col(WS).cast(pl.Datetime("ms")),
-        pl.col(WE).cast(pl.Datetime("ms")),
-        *[a.final().cast(spec.agg_dtypes[a.name]) for a in spec.aggs],
-    )
+    out = _project(spec, partials, [a.final() for a in spec.aggs])
     return out
 
 
@@ -415,11 +410,17 @@ def _aggregate_rows(spec: WindowSpec, pairs: pl.DataFrame) -> pl.DataFrame:
     """Output rows computed from kept rows already labelled with their windows."""
     keys = [*spec.group_keys, WS, WE]
     out = pairs.sort("__seq").group_by(keys, maintain_order=True).agg(**{a.name: a.expr for a in spec.aggs})
-    return out.select(
+    return _project(spec, out, [pl.col(a.name) for a in spec.aggs])
+
+
+def _project(spec: WindowSpec, frame: pl.DataFrame, values: list[pl.Expr], *extra: pl.Expr) -> pl.DataFrame:
+    """The output columns: keys, window bounds as Datetime("ms"), aggregates in the oracle's dtypes."""
+    return frame.select(
         *[pl.col(k) for k in spec.by],
         pl.col(WS).cast(pl.Datetime("ms")),
         pl.col(WE).cast(pl.Datetime("ms")),
-        *[pl.col(a.name).cast(spec.agg_dtypes[a.name]) for a in spec.aggs],
+        *[v.cast(spec.agg_dtypes[a.name]).alias(a.name) for v, a in zip(values, spec.aggs, strict=True)],
+        *extra,
     )
 
 
@@ -641,13 +642,7 @@ def _retractions(spec: WindowSpec, superseded: pl.DataFrame, current: pl.DataFra
     gone = superseded.join(current, on=[*spec.group_keys, WS], how="anti")  # same start: the update replaces it
     if gone.height == 0:
         return _empty_out(spec)
-    return gone.select(
-        *[pl.col(k) for k in spec.by],
-        pl.col(WS).cast(pl.Datetime("ms")),
-        pl.col(WE).cast(pl.Datetime("ms")),
-        *[pl.lit(None, dtype=spec.agg_dtypes[a.name]).alias(a.name) for a in spec.aggs],
-        pl.lit(True).alias("retracted"),
-    )
+    return _project(spec, gone, [pl.lit(None) for _ in spec.aggs], pl.lit(True).alias("retracted"))
 
 
 def _label_sessions(rows: pl.DataFrame, gap: int, keys: list[str]) -> pl.DataFrame:
@@ -710,12 +705,7 @@ def _sliding_values(spec: WindowSpec, rows: pl.DataFrame, wanted: pl.DataFrame) 
         .agg(**{a.name: a.expr for a in spec.aggs})
         .with_columns((pl.col("__end") - size).alias(WS), pl.col("__end").alias(WE))
     )
-    return out.select(
-        *[pl.col(k) for k in spec.by],
-        pl.col(WS).cast(pl.Datetime("ms")),
-        pl.col(WE).cast(pl.Datetime("ms")),
-        *[pl.col(a.name).cast(spec.agg_dtypes[a.name]) for a in spec.aggs],
-    )
+    return _project(spec, out, [pl.col(a.name) for a in spec.aggs])
 
 
 def _none() -> pl.DataFrame:
