@@ -41,7 +41,7 @@ from lockgate.operators.windows import WindowKind, WindowSpec
 __all__ = [
     "Node", "SourceNode", "OpNode", "WindowNode", "SinkNode", "DeadLetterNode", "TableNode", "JoinNode", "Plan", "Stream",
     "WindowedStream", "Table",
-    "DEAD_LETTER_SCHEMA", "event_time_ms",
+    "DEAD_LETTER_SCHEMA", "TIME_COLUMN", "event_time_ms",
 ]
 
 #: Columns of ``stream.dead_letters()`` and of the rows sent to the dead-letter topic.
@@ -473,7 +473,8 @@ class WindowedStream:
         return Stream(builder, builder.add(node))
 
 
-_TIME = "__lg_t"
+TIME_COLUMN = "__lg_t"  # event time as Int64 epoch ms, the column a window folds on
+_TIME = TIME_COLUMN
 
 
 def _source_of(node: Node) -> SourceNode | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from lockgate.engine.plan import DEAD_LETTER_SCHEMA, Plan, SourceNode, WindowNode, event_time_ms
+from lockgate.engine.plan import DEAD_LETTER_SCHEMA, TIME_COLUMN, Plan, SourceNode, WindowNode, event_time_ms
 from lockgate.engine.watermarks import SourceWatermark
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
@@ -22,7 +22,7 @@ from lockgate.storage.tables import CommitLog
 __all__ = ["WindowRuntime", "StateDelta"]
 
 log = logging.getLogger("lockgate.windows")
-_TIME = "__lg_t"
+_TIME = TIME_COLUMN
 _META = ("_topic", "_partition", "_offset", "_timestamp", "_key")
 
 

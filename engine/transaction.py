@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -212,17 +213,11 @@ class EpochTransaction:
         """Begin the Kafka transaction and queue the outputs."""
         self._expect("prepared")
         p = self.producer
-        try:
+        with self._kafka_step():
             p._retry("begin_transaction", p.producer.begin_transaction)
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
-        except ck.KafkaException as exc:
-            self._on_kafka_error(exc)
-        except BaseException as exc:
-            self._abort_quietly()
-            self._fail(exc)
-            raise
 
     def commit_kafka(self) -> None:
         """Add the input offsets to the Kafka transaction and commit it: the decision point of the epoch.
@@ -233,16 +228,10 @@ class EpochTransaction:
         self._expect("producing")
         p = self.producer
         offsets = self.epoch.offsets
-        try:
+        with self._kafka_step():
             p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, 60))
             faults.crash_point("after_produce")
             p._retry("commit_transaction", lambda: p.producer.commit_transaction(60))
-        except ck.KafkaException as exc:
-            self._on_kafka_error(exc)
-        except BaseException as exc:
-            self._abort_quietly()
-            self._fail(exc)
-            raise
         self.state = "committed"
         faults.crash_point("after_commit")
 
@@ -250,6 +239,18 @@ class EpochTransaction:
         """Mark the epoch committed in LanceDB (recovery redoes it if this never happens)."""
         self._expect("committed")
         self.log.mark(self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id)
+
+    @contextmanager
+    def _kafka_step(self) -> Iterator[None]:
+        """Classify what a step inside the Kafka transaction raises: abort-and-redo, or fail (and re-raise)."""
+        try:
+            yield
+        except ck.KafkaException as exc:
+            self._on_kafka_error(exc)
+        except BaseException as exc:
+            self._abort_quietly()
+            self._fail(exc)
+            raise
 
     def _abort_quietly(self) -> None:
         try:

@@ -601,12 +601,10 @@ def _fold_session(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
         rest = partials.join(batch_partials.select(keys).unique(), on=keys, how="anti")
         both = pl.concat([old, batch_partials.select(partials.columns)], how="vertical_relaxed")
         labelled = _sessionize(both, keys)
-        merges = {k: v for a in spec.aggs for k, v in a.merges().items()}
-        # merge partials in arrival order: old sessions first, then this batch's
-        labelled = labelled.with_columns(pl.int_range(pl.len()).alias("__ord"))
+        merges = {k: v for a in spec.aggs for k, v in a.merges().items()}  # first/last merge by their arrival order
         merged_partials = (
             labelled.group_by([*keys, "__sid"], maintain_order=True)
-            .agg(pl.col(WS).min(), pl.col(WE).max(), **{k: v for k, v in merges.items()})
+            .agg(pl.col(WS).min(), pl.col(WE).max(), **merges)
             .drop("__sid")
         )
         # merged sessions that changed: everything of touched keys that is not an untouched old session
