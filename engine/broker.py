@@ -428,7 +428,8 @@ def _format(java: list[str], properties: Path, data_dir: Path) -> None:
     """Format the KRaft storage of a new data directory (a single-voter quorum)."""
     cmd = [
         *java, "kafka.tools.StorageTool", "format", "--standalone",
-        "-t", _cluster_id(), "-c", str(properties),
+        # One token: a base64url id starts with "-" once in 64 and would read as an option.
+        f"--cluster-id={_cluster_id()}", "-c", str(properties),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=data_dir, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -88,6 +88,22 @@ def test_stop_ends_the_broker_and_status_is_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
+def test_a_cluster_id_that_starts_with_a_dash_formats_and_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # base64url ids begin with "-" one time in 64; a CI run once drew one.
+    dashed = "-" + broker._cluster_id()[1:]
+    monkeypatch.setattr(broker, "_cluster_id", lambda: dashed)
+    info = broker.start(tmp_path, broker.free_port())
+    try:
+        meta = (tmp_path / "kraft-logs" / "meta.properties").read_text()
+        assert "cluster.id=-" in meta
+        assert broker.status(tmp_path) == info
+    finally:
+        broker.stop(tmp_path)
+
+
+@pytest.mark.kafka
 def test_start_on_a_port_in_use_names_the_port(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
