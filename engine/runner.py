@@ -253,7 +253,7 @@ class Runner:
                 if max_batches is not None and batches >= max_batches:
                     reason = "max_batches"
                     break
-                if until == "caught_up" and self.source.caught_up():
+                if until == "caught_up" and self.source.caught_up(ask_broker=not len(raw)):
                     reason = "caught_up"
                     break
             self._settle()

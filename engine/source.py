@@ -25,6 +25,8 @@ __all__ = ["RawBatch", "KafkaSource"]
 log = logging.getLogger("lockgate.source")
 _M = ck.Message
 _second = itemgetter(1)
+#: records per consume() call: 10k ran at 1.1M records/s here, 50k at 0.9M
+_CONSUME_CHUNK = 10_000
 
 
 @dataclass
@@ -65,14 +67,15 @@ class _Assignment:
     owned: set[tuple[str, int]] = field(default_factory=set)
     new: set[tuple[str, int]] = field(default_factory=set)
     revoked: set[tuple[str, int]] = field(default_factory=set)
-    at_end: set[tuple[str, int]] = field(default_factory=set)
 
 
 class KafkaSource:
     """The consumer of a pipeline: subscribes, tracks assignment and end-of-partition."""
 
     def __init__(self, options: dict, topics: list[str], before_revoke: Callable[[], None] = lambda: None) -> None:
-        self.consumer = ck.Consumer({**options, "enable.partition.eof": True})
+        # No partition-EOF events: with them on, consume() ran at half speed here
+        # (bench: 0.53M vs 1.1M records/s); caught_up() compares positions instead.
+        self.consumer = ck.Consumer({**options, "enable.partition.eof": False})
         self.topics = topics
         self.before_revoke = before_revoke
         self.first_record_at: float | None = None  # monotonic time a consume first returned records
@@ -84,7 +87,6 @@ class KafkaSource:
         log.info("assigned %s", sorted(got))
         self.assignment.owned |= got
         self.assignment.new |= got
-        self.assignment.at_end -= got
 
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
@@ -92,7 +94,6 @@ class KafkaSource:
         self.before_revoke()  # a commit in flight finishes before its partitions move
         self.assignment.owned -= lost
         self.assignment.new -= lost
-        self.assignment.at_end -= lost
         self.assignment.revoked |= lost
 
     def poll(self, policy: BatchPolicy, should_stop: Callable[[], bool] = lambda: False) -> RawBatch:
@@ -109,11 +110,9 @@ class KafkaSource:
                 timeout = deadline - now
                 if timeout <= 0:
                     break
-            got = self.consumer.consume(min(policy.max_records - len(msgs), 100_000), timeout)
+            got = self.consumer.consume(min(policy.max_records - len(msgs), _CONSUME_CHUNK), timeout)
             if got and any(map(_M.error, got)):
-                got = self._events(got)
-            elif got and self.assignment.at_end:  # records for a partition that was at its end
-                self.assignment.at_end -= set(zip(map(_M.topic, got), map(_M.partition, got)))
+                got = self._errors(got)
             if got:
                 if self.first_record_at is None:
                     self.first_record_at = time.monotonic()
@@ -151,29 +150,50 @@ class KafkaSource:
             rewind.setdefault((m.topic(), m.partition()), m.offset())
         for (topic, partition), offset in rewind.items():
             self.consumer.seek(ck.TopicPartition(topic, partition, offset))
-            self.assignment.at_end.discard((topic, partition))
         return msgs[:keep], sizes[keep - 1]
 
-    def _events(self, got: list[ck.Message]) -> list[ck.Message]:
-        """Take end-of-partition events and errors out of a poll's messages."""
+    def _errors(self, got: list[ck.Message]) -> list[ck.Message]:
+        """Take error events out of a poll's messages: raise a fatal one, log the others."""
         records = []
         for m in got:  # only when a poll holds an event: rare
             err = m.error()
             if err is None:
-                self.assignment.at_end.discard((m.topic(), m.partition()))
                 records.append(m)
-            elif err.code() == ck.KafkaError._PARTITION_EOF:
-                self.assignment.at_end.add((m.topic(), m.partition()))
             elif err.fatal():
                 raise ck.KafkaException(err)
             else:
                 log.warning("consumer: %s", err)
         return records
 
-    def caught_up(self) -> bool:
-        """True when every assigned partition has been read to its end (lag 0)."""
-        owned = self.assignment.owned
-        return bool(owned) and owned <= self.assignment.at_end
+    def caught_up(self, ask_broker: bool = False) -> bool:
+        """True when every assigned partition has been read to its end (lag 0).
+
+        The fast check compares each position with the high watermark of the last
+        fetch (no network).  A partition whose last records are an open or aborted
+        transaction never reaches its high watermark under ``read_committed``: with
+        ``ask_broker`` (after a poll that brought nothing), the broker's last stable
+        offset decides for the partitions the fast check left behind.
+        """
+        owned = sorted(self.assignment.owned)
+        if not owned:
+            return False
+        behind = []
+        for tp in self.consumer.position([ck.TopicPartition(t, p) for t, p in owned]):
+            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            if tp.offset < 0 or high < 0 or tp.offset < high:
+                behind.append(tp)
+        if not behind:
+            return True
+        if not ask_broker:
+            return False
+        unread = [tp for tp in behind if tp.offset < 0]  # nothing consumed since the assignment
+        starts = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(unread, timeout=30)} if unread else {}
+        for tp in behind:
+            low, stable = self.consumer.get_watermark_offsets(tp, timeout=30)  # read_committed: the LSO
+            position = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)
+            if max(position, low) < stable:
+                return False
+        return True
 
     def take_new_partitions(self) -> set[tuple[str, int]]:
         """Partitions assigned since the last call (to recover their state)."""
@@ -192,7 +212,6 @@ class KafkaSource:
         for (topic, partition), offset in positions.items():
             if (topic, partition) in self.assignment.owned:
                 self.consumer.seek(ck.TopicPartition(topic, partition, offset))
-                self.assignment.at_end.discard((topic, partition))
 
     def group_metadata(self) -> object:
         """The consumer group metadata for ``send_offsets_to_transaction`` (KIP-447 fencing)."""
