@@ -116,6 +116,9 @@ class PipelineConfig(_Options):
         """librdkafka options of the source consumer."""
         return {
             "group.id": self.name,
+            # Static membership (KIP-345): a restarted instance takes its partitions
+            # back at once instead of waiting out the dead member's session.
+            "group.instance.id": self.transactional_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",

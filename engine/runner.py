@@ -190,6 +190,9 @@ class Runner:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lockgate-commit-{config.name}")
         self.inflight: tuple[EpochTransaction, Future[None]] | None = None
         self.pending_marks: list[Epoch] = []
+        # the last batch on each input partition's chain: as committed in Kafka, and as prepared (one ahead)
+        self.committed_chain: dict[tuple[str, int], int] = {}
+        self.prepared_chain: dict[tuple[str, int], int] = {}
         self.changelogs: dict[str, ChangelogTable] = {}
 
     def _open(self) -> None:
@@ -275,10 +278,14 @@ class Runner:
 
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
         assert self.source is not None
-        committed = self.source.committed(partitions)
-        redone = self.log.recover(
-            self.config.name, {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in committed.items()}
-        )
+        committed = {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in self.source.committed(partitions).items()}
+        redone = self.log.recover(self.config.name, committed)
+        for tp in partitions:
+            batch_id = committed.get(tp, (None, None))[1]
+            for chain in (self.committed_chain, self.prepared_chain):
+                chain.pop(tp, None)
+                if batch_id is not None:
+                    chain[tp] = batch_id
         if redone:
             log.info("recovery: redid the commit marks of batches %s", redone)
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
@@ -353,9 +360,12 @@ class Runner:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
         self.epoch += 1  # epoch numbers never repeat, even for a batch that is dropped and redone
-        epoch = Epoch(self.epoch, partition_ranges(meta), tuple(outgoing), tables, states=deltas, event_times=event_times)
+        ranges = partition_ranges(meta)
+        prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
+        epoch = Epoch(self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev)
         txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
         txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
+        self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
         self.pending_marks = []
         faults.crash_point("after_prepare")
         if not self._settle(also_rewind=epoch):
@@ -390,10 +400,12 @@ class Runner:
             for r in also_rewind.ranges if also_rewind is not None else ():
                 positions.setdefault((r.topic, r.partition), r.first_offset)
             self.source.rewind(positions)
+            self.prepared_chain = dict(self.committed_chain)  # what was prepared past the abort is dropped
             if self.windows.active:
                 self.windows.reload(time.monotonic())  # hot state back to the last committed epoch
             return False
         self.pending_marks.append(txn.epoch)
+        self.committed_chain.update({(r.topic, r.partition): txn.epoch.batch_id for r in txn.epoch.ranges})
         self._count(txn.epoch)
         self.compactor.committed()
         return True

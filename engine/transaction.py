@@ -60,6 +60,8 @@ class Epoch:
     tables: tuple[tuple[SinkTable, pl.DataFrame], ...] = ()
     states: tuple[StateDelta, ...] = ()
     event_times: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    #: per input partition, the batch this one follows on the partition's chain
+    prev: Mapping[tuple[str, int], int] = field(default_factory=dict)
     batch_id: int = field(default_factory=lambda: secrets.randbits(62))
 
     @property
@@ -203,6 +205,7 @@ class EpochTransaction:
             self.log.prepare(
                 self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
                 marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times,
+                prev=self.epoch.prev,
             )
         except BaseException as exc:
             self._fail(exc)
@@ -289,8 +292,6 @@ class EpochTransaction:
         it polls, decodes and prepares the next batch, never begins the next Kafka
         transaction before this one is settled, and writes this epoch's mark in a
         later epoch's step-1 append (or alone when no batch follows).
-        This method runs the four steps in order on the calling thread.
-
         This method runs the four steps in order on the calling thread.
         """
         self.prepare()

@@ -53,6 +53,7 @@ _COMMIT_SCHEMA = pa.schema(
         ("tables", pa.string()),
         ("ts", pa.timestamp("ms", tz="UTC")),
         ("max_event_time", pa.int64()),
+        ("prev_batch_id", pa.int64()),
     ]
 )
 
@@ -117,11 +118,14 @@ class CommitLog:
         tables: Mapping[str, int],
         marks: Iterable[tuple[int, int]] = (),
         event_times: Mapping[tuple[str, int], int | None] | None = None,
+        prev: Mapping[tuple[str, int], int | None] | None = None,
     ) -> None:
         """Record that ``batch_id`` wrote ``tables`` (name -> version) for these input ranges.
 
         ``marks`` (epoch, batch id) of earlier, committed batches are written in the same append;
-        ``event_times`` holds each partition's maximum event time so far (for its watermark).
+        ``event_times`` holds each partition's maximum event time so far (for its watermark);
+        ``prev`` names, per partition, the batch this one follows on the partition's chain
+        (the one whose committed offset it starts from), so recovery can walk the chain back.
         """
         now = datetime.now(timezone.utc)
         encoded = json.dumps(dict(tables), sort_keys=True)
@@ -131,6 +135,7 @@ class CommitLog:
                 "topic": r.topic, "partition": r.partition, "first_offset": r.first_offset,
                 "next_offset": r.next_offset, "tables": encoded, "ts": now,
                 "max_event_time": (event_times or {}).get((r.topic, r.partition)),
+                "prev_batch_id": (prev or {}).get((r.topic, r.partition)),
             }
             for r in ranges
         ]
@@ -143,7 +148,7 @@ class CommitLog:
         return {
             "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
             "partition": None, "first_offset": None, "next_offset": None, "tables": None,
-            "ts": datetime.now(timezone.utc), "max_event_time": None,
+            "ts": datetime.now(timezone.utc), "max_event_time": None, "prev_batch_id": None,
         }
 
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
@@ -195,32 +200,37 @@ class CommitLog:
         ``committed`` maps each partition to its committed offset ``C`` and the batch
         id that the offset's metadata names (None if it names none).  That batch is
         the last committed epoch of the partition; without an id, it is the latest
-        prepared batch whose next offset is ``C``.  It is marked if its mark is
-        missing.  Batches prepared after it were aborted: no mark is ever written
-        for them, so readers never see their rows.  Returns the batch ids whose
-        marks were redone.
+        prepared batch whose next offset is ``C``.  From it, the partition's chain is
+        walked back through each prepare record's ``prev_batch_id`` until a marked
+        batch: every batch on the way committed in Kafka (the runner begins a Kafka
+        transaction only after the previous one committed) and is marked now.  Marks
+        travel with later appends, so a crash can lose several of them, not only the
+        last one.  Batches prepared but not on a chain were aborted (or written by a
+        fenced zombie): no mark is ever written for them, so readers never see their
+        rows.  Returns the batch ids whose marks were redone, oldest first.
         """
         log = self.frame().filter(pl.col("pipeline") == pipeline)
         if log.height == 0 or not committed:
             return []
         marked = set(log.filter(pl.col("kind") == "commit")["batch_id"].to_list())
         prepared = log.filter(pl.col("kind") == "prepare")
-        known = set(prepared["batch_id"].to_list())
         wanted: dict[int, int] = {}
         for (topic, partition), (offset, batch_id) in committed.items():
+            rows = prepared.filter((pl.col("topic") == topic) & (pl.col("partition") == partition))
+            links = {b: (e, prev) for b, e, prev in rows.select("batch_id", "epoch", "prev_batch_id").iter_rows()}
             if batch_id is None:
-                hits = prepared.filter(
-                    (pl.col("topic") == topic) & (pl.col("partition") == partition) & (pl.col("next_offset") == offset)
-                ).sort("epoch")
-                if hits.height:
-                    batch_id = hits["batch_id"][-1]
-            if batch_id is not None and batch_id in known:
-                wanted[batch_id] = int(prepared.filter(pl.col("batch_id") == batch_id)["epoch"][0])
+                hits = rows.filter(pl.col("next_offset") == offset).sort("epoch")
+                batch_id = hits["batch_id"][-1] if hits.height else None
+            seen: set[int] = set()
+            while batch_id is not None and batch_id in links and batch_id not in marked and batch_id not in seen:
+                seen.add(batch_id)
+                epoch, prev = links[batch_id]
+                wanted[batch_id] = epoch
+                batch_id = prev
         redone = []
         for batch_id, epoch in sorted(wanted.items(), key=lambda kv: kv[1]):
-            if batch_id not in marked:
-                self.mark(pipeline, epoch=epoch, batch_id=batch_id)
-                redone.append(batch_id)
+            self.mark(pipeline, epoch=epoch, batch_id=batch_id)
+            redone.append(batch_id)
         return redone
 
 

@@ -40,6 +40,7 @@ def produce_events(brokers: str, topic: str, events: list[dict], partitions: int
                 break
             except BufferError:
                 producer.poll(0.1)
+    assert producer.flush(60) == 0  # room in the local queue, and the events are in before the flush records
     for p in range(partitions):  # one far-future record per partition moves every watermark past the data
         producer.produce(topic, json.dumps({"user": "__flush", "url": "/", "amount": 0, "ts": flush_at}).encode(), b"__flush", partition=p)
     assert producer.flush(60) == 0

@@ -11,10 +11,13 @@ import lockgate as lg
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
 
 
-def _write(state: str, batch_id: int, epoch: int, rows: list[int], *, first: int, commit: bool) -> None:
+def _write(state: str, batch_id: int, epoch: int, rows: list[int], *, first: int, commit: bool, prev: int | None = None) -> None:
     version = SinkTable(state, "t").append(pl.DataFrame({"x": rows}), batch_id=batch_id, epoch=epoch)
     log = CommitLog(state)
-    log.prepare("p", epoch=epoch, batch_id=batch_id, ranges=[PartitionRange("in", 0, first, first + len(rows))], tables={"t": version})
+    log.prepare(
+        "p", epoch=epoch, batch_id=batch_id, ranges=[PartitionRange("in", 0, first, first + len(rows))], tables={"t": version},
+        prev={("in", 0): prev} if prev is not None else None,
+    )
     if commit:
         log.mark("p", epoch=epoch, batch_id=batch_id)
 
@@ -41,6 +44,18 @@ def test_recovery_trusts_the_batch_id_in_the_committed_offset_metadata_over_a_lo
     _write(state_dir, 3, 3, [3], first=2, commit=False)  # committed in Kafka, mark lost
     assert CommitLog(state_dir).recover("p", {("in", 0): (3, 3)}) == [3]
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3], "the aborted look-alike stays invisible"
+
+
+def test_recovery_walks_the_chain_back_and_marks_every_batch_whose_mark_was_lost(state_dir):
+    # marks ride on later appends: a kill after the Kafka commit of batch 5 leaves 3, 4 and 5 unmarked
+    _write(state_dir, 1, 1, [1, 2], first=0, commit=True)
+    _write(state_dir, 3, 3, [3], first=2, commit=False, prev=1)
+    _write(state_dir, 40, 4, [4, 99], first=3, commit=False, prev=3)  # aborted: not on the chain
+    _write(state_dir, 4, 5, [4], first=3, commit=False, prev=3)  # its redo
+    _write(state_dir, 5, 6, [5], first=4, commit=False, prev=4)  # named by the committed offset's metadata
+    _write(state_dir, 60, 7, [6], first=5, commit=False, prev=5)  # prepared ahead, never committed
+    assert CommitLog(state_dir).recover("p", {("in", 0): (5, 5)}) == [3, 4, 5]
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3, 4, 5]
 
 
 def test_without_metadata_recovery_takes_the_latest_lookalike(state_dir):

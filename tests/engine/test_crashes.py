@@ -1,0 +1,141 @@
+"""Exactly once under crashes: real SIGKILLs at every step of the commit, then restarts.
+
+Each test runs a windowed pipeline (tumbling + session windows, into ``to_kafka`` and
+``to_table``) as ``lockgate run`` in a subprocess.  ``LOCKGATE_CRASH_AT`` makes the
+process SIGKILL itself at a step of the commit protocol; the test restarts it until a
+run ends by itself, then compares the read_committed output topics, ``read_table``
+and ``read_state`` with the Polars oracle over the same input.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import lockgate as lg
+from lockgate.engine import faults
+from tests.conftest import same_rows
+from tests.engine.test_windows_on_kafka import (
+    FLUSH_T,
+    SCHEMA,
+    from_kafka,
+    make_events,
+    oracle_minutes,
+    oracle_sessions,
+    produce_events,
+)
+
+pytestmark = pytest.mark.kafka
+
+PIPELINE_FILE = textwrap.dedent(
+    """
+    import os
+    import polars as pl
+    import lockgate as lg
+
+    name = os.environ["T_NAME"]
+    pipe = lg.Pipeline(
+        name, brokers=os.environ["T_BROKERS"], state=os.environ["T_STATE"],
+        batch=lg.BatchPolicy(max_records=int(os.environ.get("T_BATCH", "5000")), max_wait="50ms"),
+        compact_every=int(os.environ.get("T_COMPACT_EVERY", "3")),
+        kafka={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+    )
+    schema = {"user": pl.String, "url": pl.String, "amount": pl.Int64, "ts": pl.Datetime("ms")}
+    events = pipe.source(os.environ["T_SOURCE"], format=lg.JSON(schema=schema), event_time="ts", watermark="5s")
+    per_minute = events.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
+        n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
+    )
+    per_minute.to_kafka(f"{name}-minutes", key="user")
+    per_minute.to_table("per_minute")
+    sessions = events.window(lg.Session("30s"), by="user", name="sessions").agg(
+        clicks=pl.len(), pages=pl.col("url").n_unique()
+    )
+    sessions.to_kafka(f"{name}-sessions", key="user")
+    sessions.to_table("sessions")
+    """
+)
+
+KILLED = -9
+
+
+class Service:
+    """``lockgate run`` of the crash pipeline, started again and again on one input."""
+
+    def __init__(self, brokers: str, topic: str, name: str, tmp_path: Path, **env: str) -> None:
+        self.path = tmp_path / "pipeline.py"
+        self.path.write_text(PIPELINE_FILE)
+        self.state = str(tmp_path / "state")
+        self.name = name
+        self.env = {**os.environ, "T_NAME": name, "T_BROKERS": brokers, "T_STATE": self.state, "T_SOURCE": topic, **env}
+        self.env.pop("LOCKGATE_CRASH_AT", None)
+        self.log: list[tuple[str | None, int]] = []
+
+    def run(self, crash_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """One run until caught up (or until the armed crash point kills it)."""
+        env = dict(self.env)
+        if crash_at is not None:
+            env["LOCKGATE_CRASH_AT"] = crash_at
+        done = subprocess.run(
+            [sys.executable, "-m", "lockgate.cli", "run", str(self.path), "--until", "caught_up"],
+            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        self.log.append((crash_at, done.returncode))
+        assert done.returncode in (0, KILLED), f"run crash_at={crash_at} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        return done
+
+    def until_done(self, max_runs: int = 10) -> None:
+        """Restart without faults until one run ends by itself (caught up)."""
+        for _ in range(max_runs):
+            if self.run().returncode == 0:
+                return
+        raise AssertionError(f"no clean run in {max_runs}: {self.log}")
+
+
+def assert_exact(brokers: str, service: Service, events: list[dict]) -> None:
+    """Outputs, tables and state each equal the Polars oracle: no duplicate, no loss."""
+    minutes, sessions = oracle_minutes(events), oracle_sessions(events)
+    name, state = service.name, service.state
+    got_m = from_kafka(brokers, f"{name}-minutes", dict(minutes.schema)).filter(pl.col("user") != "__flush")
+    got_s = from_kafka(brokers, f"{name}-sessions", dict(sessions.schema)).filter(pl.col("user") != "__flush")
+    assert got_m.height == minutes.height and same_rows(got_m, minutes), f"minutes topic: {got_m.height} rows, oracle {minutes.height}"
+    assert got_s.height == sessions.height and same_rows(got_s, sessions), f"sessions topic: {got_s.height} rows, oracle {sessions.height}"
+    assert same_rows(lg.read_table(state, "per_minute").collect(), minutes)
+    assert same_rows(lg.read_table(state, "sessions").collect(), sessions)
+    # what stays open: the windows of the flush records only (one per partition, same minute)
+    open_minutes = lg.read_state(state, name, "per_minute").collect()
+    assert open_minutes.select("user", "n", "total", "biggest").rows() == [("__flush", 4, 0, 0)], open_minutes
+    open_sessions = lg.read_state(state, name, "sessions").collect()
+    assert open_sessions.select("user", "clicks", "pages").rows() == [("__flush", 4, 1)], open_sessions
+    assert open_sessions["window_start"].to_list()[0].timestamp() * 1000 == FLUSH_T
+
+
+@pytest.fixture(scope="module")
+def crash_input(brokers: str) -> tuple[str, list[dict]]:
+    """100,000 events over 4 partitions, shared by the crash matrix (each run is its own pipeline)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"crash-in-{os.getpid()}-{random.randrange(1 << 30)}"
+    admin = AdminClient({"bootstrap.servers": brokers})
+    admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
+    events = make_events(100_000, seed=4)
+    produce_events(brokers, topic, events)
+    return topic, events
+
+
+@pytest.mark.parametrize("point", faults.POINTS)
+def test_a_kill_at_each_commit_step_then_restart_is_exactly_the_oracle(brokers, crash_input, tmp_path, unique, point):
+    topic, events = crash_input
+    service = Service(brokers, topic, f"crash-{point.replace('_', '-')}-{unique}", tmp_path)
+    # the 4th time: state, tables and commit marks already exist when the kill comes
+    nth = 1 if point == "during_compaction" else 4
+    first = service.run(crash_at=f"{point}:{nth}")
+    assert first.returncode == KILLED, f"{point}:{nth} was never reached:\n{first.stderr[-2000:]}"
+    service.until_done()
+    assert_exact(brokers, service, events)
