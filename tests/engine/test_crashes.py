@@ -23,7 +23,9 @@ import lockgate as lg
 from lockgate.engine import faults
 from tests.conftest import same_rows
 from tests.engine.test_windows_on_kafka import (
+    BASE,
     FLUSH_T,
+    MINUTE,
     SCHEMA,
     from_kafka,
     make_events,
@@ -98,7 +100,7 @@ class Service:
         raise AssertionError(f"no clean run in {max_runs}: {self.log}")
 
 
-def assert_exact(brokers: str, service: Service, events: list[dict]) -> None:
+def assert_exact(brokers: str, service: Service, events: list[dict], flush_at: int = FLUSH_T) -> None:
     """Outputs, tables and state each equal the Polars oracle: no duplicate, no loss."""
     minutes, sessions = oracle_minutes(events), oracle_sessions(events)
     name, state = service.name, service.state
@@ -113,7 +115,7 @@ def assert_exact(brokers: str, service: Service, events: list[dict]) -> None:
     assert open_minutes.select("user", "n", "total", "biggest").rows() == [("__flush", 4, 0, 0)], open_minutes
     open_sessions = lg.read_state(state, name, "sessions").collect()
     assert open_sessions.select("user", "clicks", "pages").rows() == [("__flush", 4, 1)], open_sessions
-    assert open_sessions["window_start"].to_list()[0].timestamp() * 1000 == FLUSH_T
+    assert open_sessions["window_start"].to_list()[0].timestamp() * 1000 == flush_at
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,22 @@ def test_a_kill_at_each_commit_step_then_restart_is_exactly_the_oracle(brokers, 
     assert first.returncode == KILLED, f"{point}:{nth} was never reached:\n{first.stderr[-2000:]}"
     service.until_done()
     assert_exact(brokers, service, events)
+
+
+def test_twenty_random_kills_during_one_run_end_exactly_the_oracle(brokers, make_topic, tmp_path, unique):
+    events = make_events(500_000, seed=7)  # 50 minutes of event time
+    flush_at = BASE + 60 * MINUTE
+    topic = make_topic(f"chaos-in-{unique}", partitions=4)
+    produce_events(brokers, topic, events, flush_at=flush_at)
+    service = Service(brokers, topic, f"chaos-{unique}", tmp_path, T_BATCH="4000")
+    rng = random.Random(unique)
+    kills: dict[str, int] = {}
+    while sum(kills.values()) < 20:
+        point = rng.choice(faults.POINTS)
+        nth = 1 if point == "during_compaction" else rng.randint(1, 3)
+        done = service.run(crash_at=f"{point}:{nth}")
+        assert done.returncode == KILLED, f"the run ended before kill {sum(kills.values()) + 1} ({point}:{nth}): {service.log}"
+        kills[point] = kills.get(point, 0) + 1
+    service.until_done()
+    print(f"\nchaos kills (seed {unique!r}):", dict(sorted(kills.items())))
+    assert_exact(brokers, service, events, flush_at)
