@@ -394,7 +394,15 @@ class Runner:
             future.result()
         except TransactionAborted as exc:
             assert self.source is not None
-            log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
+            if exc.fenced:
+                log.warning(
+                    "fenced: the consumer group gave this instance's partitions to another instance while it was away "
+                    "(paused or cut off); %s. Nothing of the batch is committed; its prepared LanceDB rows are never read. "
+                    "Rejoining the group.", exc,
+                )
+                self.metrics.add("fenced")
+            else:
+                log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
             self.metrics.add("aborts")
             positions = {(r.topic, r.partition): r.first_offset for r in txn.epoch.ranges}
             for r in also_rewind.ranges if also_rewind is not None else ():

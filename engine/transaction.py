@@ -39,6 +39,25 @@ T = TypeVar("T")
 class TransactionAborted(Exception):
     """The Kafka transaction was aborted; the batch must be rewound and redone."""
 
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def fenced(self) -> bool:
+        """True when the group fenced this instance (KIP-447): its partitions moved while it was away."""
+        return self.code in _FENCED_CODES
+
+
+_FENCED_CODES = frozenset(
+    {
+        ck.KafkaError.UNKNOWN_MEMBER_ID,
+        ck.KafkaError.ILLEGAL_GENERATION,
+        ck.KafkaError.FENCED_INSTANCE_ID,
+        ck.KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+
 
 @dataclass(frozen=True)
 class OutgoingTopic:
@@ -266,7 +285,7 @@ class EpochTransaction:
         if err is not None and err.txn_requires_abort() and not err.fatal():
             self._abort_quietly()
             self.state = "aborted"
-            raise TransactionAborted(f"epoch {self.epoch.number}: {err.str()}") from exc
+            raise TransactionAborted(f"epoch {self.epoch.number}: {err.str()}", err.code()) from exc
         self._fail(exc)
         raise CommitError(
             f"epoch {self.epoch.number}: the Kafka transaction of {self.producer.transactional_id!r} failed"

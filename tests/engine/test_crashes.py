@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import polars as pl
@@ -51,6 +53,16 @@ PIPELINE_FILE = textwrap.dedent(
     )
     schema = {"user": pl.String, "url": pl.String, "amount": pl.Int64, "ts": pl.Datetime("ms")}
     events = pipe.source(os.environ["T_SOURCE"], format=lg.JSON(schema=schema), event_time="ts", watermark="5s")
+    if os.environ.get("T_SLOW"):  # the zombie test: a slow step, and a file that says a batch is in it
+        import pathlib, time
+        beat = pathlib.Path(os.environ["T_BEAT"])
+
+        def slowly(df: pl.DataFrame) -> pl.DataFrame:
+            beat.write_text(str(time.monotonic()))
+            time.sleep(float(os.environ["T_SLOW"]))
+            return df
+
+        events = events.map_batches(slowly)
     per_minute = events.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
         n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
     )
@@ -141,6 +153,60 @@ def test_a_kill_at_each_commit_step_then_restart_is_exactly_the_oracle(brokers, 
     assert first.returncode == KILLED, f"{point}:{nth} was never reached:\n{first.stderr[-2000:]}"
     service.until_done()
     assert_exact(brokers, service, events)
+
+
+def test_a_paused_instance_whose_partitions_moved_is_fenced_and_commits_nothing(brokers, crash_input, tmp_path, unique):
+    topic, events = crash_input
+    beat = tmp_path / "beat"
+    service = Service(brokers, topic, f"zombie-{unique}", tmp_path, T_BATCH="2000")
+    zombie_env = {**service.env, "LOCKGATE_INSTANCE": "0", "T_SLOW": "0.3", "T_BEAT": str(beat)}
+    stderr = (tmp_path / "zombie.err").open("w")
+    zombie = subprocess.Popen(
+        [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(service.path)],
+        env=zombie_env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _committed_rows(service.state) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _committed_rows(service.state), "the first instance committed nothing in 120 s"
+        seen = beat.read_text()
+        while beat.read_text() == seen:  # wait for the start of a batch, then freeze the process inside it
+            time.sleep(0.005)
+        zombie.send_signal(signal.SIGSTOP)
+        frozen_at = _committed_rows(service.state)
+
+        # another instance takes the partitions once the frozen one's session (6 s) expires, and finishes
+        done = subprocess.run(
+            [sys.executable, "-m", "lockgate.cli", "run", str(service.path), "--until", "caught_up"],
+            env={**service.env, "LOCKGATE_INSTANCE": "1"}, capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert _committed_rows(service.state) > frozen_at
+        assert_exact(brokers, service, events)
+
+        zombie.send_signal(signal.SIGCONT)  # it wakes up inside a batch of partitions it no longer owns
+        deadline = time.monotonic() + 60
+        while "fenced:" not in (tmp_path / "zombie.err").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # let it go on after the fence (it rejoins the group; nothing is left to read)
+        zombie.send_signal(signal.SIGTERM)
+        assert zombie.wait(60) == 0
+    finally:
+        if zombie.poll() is None:
+            zombie.send_signal(signal.SIGCONT)
+            zombie.kill()
+        stderr.close()
+    report = (tmp_path / "zombie.err").read_text()
+    assert "fenced: the consumer group gave this instance's partitions to another instance" in report, report[-3000:]
+    assert_exact(brokers, service, events)
+
+
+def _committed_rows(state: str) -> int:
+    try:
+        return lg.read_table(state, "per_minute").collect().height
+    except lg.StorageError:
+        return 0
 
 
 def test_twenty_random_kills_during_one_run_end_exactly_the_oracle(brokers, make_topic, tmp_path, unique):
