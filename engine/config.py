@@ -87,6 +87,17 @@ class PipelineConfig(_Options):
     instance: str = Field(default_factory=lambda: os.environ.get("LOCKGATE_INSTANCE", "0"))
     kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
     compact_every: int = Field(50, ge=1, description="compact the LanceDB tables every this many committed batches")
+    commit_timeout: timedelta = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
+
+    @field_validator("commit_timeout", mode="before")
+    @classmethod
+    def _commit_timeout(cls, value: Any) -> timedelta:
+        return parse_duration(value, what="Pipeline(commit_timeout=...)")
+
+    @property
+    def commit_timeout_s(self) -> float:
+        """``commit_timeout`` in seconds."""
+        return self.commit_timeout.total_seconds()
 
     @field_validator("name")
     @classmethod

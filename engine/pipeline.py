@@ -63,6 +63,10 @@ class Pipeline:
         Extra librdkafka options for every client (e.g. ``{"security.protocol": "SSL"}``).
     compact_every
         Compact the LanceDB tables (in the background) every this many committed batches.
+    commit_timeout
+        Timeout of each call of the Kafka commit (``send_offsets_to_transaction``,
+        ``commit_transaction``); a retriable timeout is retried with backoff.  A call
+        that has not returned well past it is taken as hung: the producer is replaced.
     """
 
     def __init__(
@@ -75,9 +79,11 @@ class Pipeline:
         instance: str | None = None,
         kafka: dict[str, Any] | None = None,
         compact_every: int = 50,
+        commit_timeout: Duration = "60s",
     ) -> None:
         options: dict[str, Any] = {
             "name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {}, "compact_every": compact_every,
+            "commit_timeout": commit_timeout,
         }
         if batch is not None:
             options["batch"] = batch

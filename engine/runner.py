@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +42,9 @@ from lockgate.storage.tables import CommitLog, SinkTable
 __all__ = ["Runner", "RunSummary", "Until"]
 
 log = logging.getLogger("lockgate.runner")
+
+#: how long past its own timeout a Kafka commit call may run before it counts as hung
+HANG_GRACE_S = 15.0
 Until = Literal["caught_up"] | None
 
 
@@ -100,6 +103,26 @@ def execute(
         return {}
     frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
+
+
+def _in_thread(fn: Callable[[], None], name: str) -> Future[None]:
+    """Run ``fn`` on a daemon thread; its outcome in a future.
+
+    Not a pool: a thread stuck in a hung librdkafka call must not keep the process
+    from exiting or the next commit from starting.
+    """
+    future: Future[None] = Future()
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _upsert_keys(sink: SinkNode) -> list[str] | None:
@@ -178,7 +201,7 @@ class Runner:
         self.windows = WindowRuntime(config.name, config.state, plan, self.log)
         self.compactor = Compactor(
             lambda: [self.log.uri, *(t.uri for t in self.tables.values()), *(s.uri for s in self.windows.stores.values())],
-            every_batches=config.compact_every, hook=lambda: faults.crash_point("during_compaction"),
+            every_batches=config.compact_every, hook=lambda: faults.crash_point("during_compaction"), commit_log=self.log,
         )
         self.sources_by_topic: dict[str, list[SourceNode]] = {}
         for node in plan.sources:
@@ -187,7 +210,6 @@ class Runner:
         self.source: KafkaSource | None = None
         self.producer: TransactionalProducer | None = None
         self.epoch = 0
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lockgate-commit-{config.name}")
         self.inflight: tuple[EpochTransaction, Future[None]] | None = None
         self.pending_marks: list[Epoch] = []
         # the last batch on each input partition's chain: as committed in Kafka, and as prepared (one ahead)
@@ -198,7 +220,7 @@ class Runner:
     def _open(self) -> None:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
-        self.producer = TransactionalProducer(self.config.producer_options())
+        self.producer = self._new_producer()
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():
             table.bootstrap()
@@ -208,7 +230,6 @@ class Runner:
     def close(self) -> None:
         """Leave the group and drop the clients."""
         self._wait_inflight()
-        self.pool.shutdown(wait=True)
         self.compactor.wait()
         if self.source is not None:
             self.source.close()
@@ -371,14 +392,55 @@ class Runner:
         if not self._settle(also_rewind=epoch):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
         txn.produce()  # the produce calls hold the GIL: on this thread they do not convoy with consume()
-        self.inflight = (txn, self.pool.submit(txn.commit_kafka))
+        self.inflight = (txn, _in_thread(txn.commit_kafka, f"lockgate-commit-{self.config.name}-{epoch.number}"))
         self.metrics.set("last_batch_seconds", time.monotonic() - t0)
         return True
 
+    def _new_producer(self) -> TransactionalProducer:
+        return TransactionalProducer(self.config.producer_options(), call_timeout=self.config.commit_timeout_s)
+
     def _wait_inflight(self) -> None:
-        """Block until the in-flight Kafka commit has finished (its outcome is handled by _settle)."""
-        if self.inflight is not None:
-            wait([self.inflight[1]])
+        """Block until the in-flight Kafka commit has finished (its outcome is handled by _settle).
+
+        A commit call that hangs past its timeout (a librdkafka bug, seen after a
+        broker restart) is cut loose: see :meth:`_replace_hung_producer`.
+        """
+        if self.inflight is None:
+            return
+        txn, future = self.inflight
+        while not wait([future], timeout=1.0).done:
+            call = txn.producer.hung(grace=HANG_GRACE_S)
+            if call is not None:
+                self.inflight = (txn, self._replace_hung_producer(txn, call))
+                return
+
+    def _replace_hung_producer(self, txn: EpochTransaction, call: str) -> Future[None]:
+        """Replace a producer whose ``call`` hangs; return the epoch's outcome as a finished future.
+
+        The new producer has the same ``transactional.id``: its ``init_transactions``
+        fences the hung one and settles the open transaction at the coordinator
+        (aborted, or finished if the commit had already been decided).  Which one it
+        was, the group's committed offsets say: their metadata names the batch that
+        committed last.
+        """
+        number = txn.epoch.number
+        log.warning(
+            "waiting for Kafka: the commit of epoch %d hung in %s, %.0fs past its %.0fs timeout; replacing the "
+            "transactional producer (its init_transactions fences the hung one and settles the open transaction)",
+            number, call, HANG_GRACE_S, self.config.commit_timeout_s,
+        )
+        self.metrics.add("producer_replacements")
+        self.producer = self._new_producer()
+        assert self.source is not None
+        partitions = {(r.topic, r.partition) for r in txn.epoch.ranges}
+        committed = self.source.committed(partitions)
+        outcome: Future[None] = Future()
+        if all(parse_offset_metadata(committed.get(tp, (0, None))[1]) == txn.epoch.batch_id for tp in partitions):
+            log.info("epoch %d had committed before its producer was replaced", number)
+            outcome.set_result(None)
+        else:
+            outcome.set_exception(TransactionAborted(f"epoch {number}: its Kafka commit hung in {call}; the new producer aborted it"))
+        return outcome
 
     def _settle(self, also_rewind: Epoch | None = None) -> bool:
         """Finish the in-flight epoch: count it and queue its mark, or rewind after an abort.
@@ -388,6 +450,7 @@ class Runner:
         """
         if self.inflight is None:
             return True
+        self._wait_inflight()
         txn, future = self.inflight
         self.inflight = None
         try:

@@ -122,26 +122,42 @@ def _kafka_error(exc: BaseException) -> ck.KafkaError | None:
 class TransactionalProducer:
     """The one transactional producer of a pipeline instance (stable ``transactional.id``)."""
 
-    def __init__(self, options: dict[str, Any], *, init_timeout: float = 60.0) -> None:
+    def __init__(self, options: dict[str, Any], *, call_timeout: float = 60.0) -> None:
         self.producer = ck.Producer(options)
         self.transactional_id = options["transactional.id"]
-        self._retry("init_transactions", lambda: self.producer.init_transactions(init_timeout))
+        self.call_timeout = call_timeout
+        self.call: tuple[str, float] | None = None  # the blocking call running now, and since when
+        self._retry("init_transactions", lambda: self.producer.init_transactions(call_timeout))
 
-    def _retry(self, what: str, call: Callable[[], T], attempts: int = 20) -> T:
+    def _retry(self, what: str, call: Callable[[], T], attempts: int = 40) -> T:
         """Run ``call``; retry with backoff while librdkafka says the error is retriable."""
         delay = 0.1
         for attempt in range(attempts):
             try:
+                self.call = (what, time.monotonic())
                 return call()
             except ck.KafkaException as exc:
                 err = _kafka_error(exc)
                 if err is not None and err.retriable() and not err.fatal() and attempt < attempts - 1:
-                    log.warning("%s: %s; retrying in %.1fs", what, err.str(), delay)
+                    log.warning("waiting for Kafka: %s: %s; retrying in %.1fs", what, err.str(), delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
                 raise
+            finally:
+                self.call = None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def hung(self, grace: float) -> str | None:
+        """The blocking call that has run ``grace`` seconds past its own timeout, if any.
+
+        librdkafka does not always honour the timeout: ``send_offsets_to_transaction``
+        can block for good while the group coordinator moves (librdkafka#5456, #5511).
+        """
+        call = self.call
+        if call is not None and time.monotonic() - call[1] > self.call_timeout + grace:
+            return call[0]
+        return None
 
     def produce(self, out: OutgoingTopic) -> None:
         """Queue every record of ``out``; waits for room when the local queue is full."""
@@ -166,7 +182,7 @@ class TransactionalProducer:
     def abort(self) -> None:
         """Abort the open transaction, if any."""
         try:
-            self.producer.abort_transaction(30)
+            self.producer.abort_transaction(self.call_timeout)
         except ck.KafkaException as exc:
             err = _kafka_error(exc)
             if err is not None and err.code() == ck.KafkaError._STATE:
@@ -251,9 +267,10 @@ class EpochTransaction:
         p = self.producer
         offsets = self.epoch.offsets
         with self._kafka_step():
-            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, 60))
+            timeout = p.call_timeout
+            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, timeout))
             faults.crash_point("after_produce")
-            p._retry("commit_transaction", lambda: p.producer.commit_transaction(60))
+            p._retry("commit_transaction", lambda: p.producer.commit_transaction(timeout))
         self.state = "committed"
         faults.crash_point("after_commit")
 

@@ -9,6 +9,13 @@ Cleanup then deletes the files of versions older than ``retain``: readers pin a
 version for the length of one read, and ``as_of`` reads select committed epochs
 from the commit log, not from old versions, so they survive cleanup.
 
+Given the commit log, compaction first deletes the rows of dead batches: prepared,
+never marked, and passed by the committed chain (a marked batch of the same
+pipeline and partition ends at or after their next offset).  Such a batch can never
+commit: a commit starts where the committed offset is, and it is already past them.
+They are what an aborted batch or a fenced zombie left; no reader ever saw them.
+A batch still in flight (ahead of every committed offset) is never touched.
+
 Examples
 --------
 >>> import tempfile, polars as pl
@@ -30,8 +37,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import polars as pl
+
 from lockgate.operators.errors import StorageError
-from lockgate.storage.tables import _open
+from lockgate.storage.tables import CommitLog, _open
 
 __all__ = ["compact", "CompactionReport", "Compactor"]
 
@@ -47,17 +56,48 @@ class CompactionReport:
     fragments_after: int
     versions_removed: int
     seconds: float
+    dead_batches: int = 0
 
 
-def compact(uris: Iterable[str], *, retain: timedelta = timedelta(minutes=10), hook: Callable[[], None] | None = None) -> CompactionReport:
-    """Compact each table at ``uris`` (those that exist) and clean up versions older than ``retain``."""
+def dead_batches(log: pl.DataFrame) -> list[int]:
+    """Ids of prepared batches that can never commit (see the module docstring)."""
+    prepared = log.filter(pl.col("kind") == "prepare")
+    marked = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
+    keys = ["pipeline", "topic", "partition"]
+    passed = (
+        prepared.filter(pl.col("batch_id").is_in(marked)).group_by(keys).agg(pl.col("next_offset").max().alias("passed"))
+    )
+    dead = (
+        prepared.filter(~pl.col("batch_id").is_in(marked))
+        .join(passed, on=keys)
+        .filter(pl.col("next_offset") <= pl.col("passed"))
+    )
+    return sorted(dead["batch_id"].unique().to_list())
+
+
+def compact(
+    uris: Iterable[str], *, retain: timedelta = timedelta(minutes=10), hook: Callable[[], None] | None = None,
+    commit_log: CommitLog | None = None,
+) -> CompactionReport:
+    """Compact each table at ``uris`` (those that exist) and clean up versions older than ``retain``.
+
+    With ``commit_log`` (the commit log of these tables), the rows of dead batches go first.
+    """
     started = time.monotonic()
     tables = before = after = removed = 0
+    dead = dead_batches(commit_log.frame()) if commit_log is not None else []
     for uri in uris:
         ds = _open(uri)
         if ds is None:
             continue
         tables += 1
+        try:
+            if dead:
+                _delete_batches(ds, dead, is_log=commit_log is not None and uri == commit_log.uri)
+                ds = _open(uri)
+                assert ds is not None
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise StorageError(f"removing the rows of dead batches from {uri} failed: {exc}") from exc
         count = len(ds.get_fragments())
         before += count
         try:
@@ -72,7 +112,16 @@ def compact(uris: Iterable[str], *, retain: timedelta = timedelta(minutes=10), h
             raise StorageError(f"compaction of {uri} failed: {exc}") from exc
         removed += stats.old_versions
         after += len(ds.get_fragments())
-    return CompactionReport(tables, before, after, removed, time.monotonic() - started)
+    return CompactionReport(tables, before, after, removed, time.monotonic() - started, len(dead))
+
+
+def _delete_batches(ds: object, batch_ids: list[int], *, is_log: bool) -> None:
+    ids = ", ".join(str(int(b)) for b in batch_ids)
+    column = "batch_id" if is_log else "_lg_batch"
+    if column not in ds.schema.names:  # type: ignore[attr-defined]
+        return
+    where = f"{column} IN ({ids})" + (" AND kind = 'prepare'" if is_log else "")
+    ds.delete(where)  # type: ignore[attr-defined]
 
 
 MIN_RETAIN = timedelta(minutes=1)
@@ -89,9 +138,10 @@ class Compactor:
 
     def __init__(
         self, uris: Callable[[], list[str]], *, every_batches: int = 50, retain: timedelta = timedelta(minutes=10),
-        hook: Callable[[], None] | None = None,
+        hook: Callable[[], None] | None = None, commit_log: CommitLog | None = None,
     ) -> None:
         self.uris = uris
+        self.commit_log = commit_log
         self.every_batches = every_batches
         self.retain = max(retain, MIN_RETAIN)
         self.hook = hook
@@ -110,7 +160,7 @@ class Compactor:
 
     def _run(self) -> None:
         try:
-            self.last = compact(self.uris(), retain=self.retain, hook=self.hook)
+            self.last = compact(self.uris(), retain=self.retain, hook=self.hook, commit_log=self.commit_log)
             log.info("compaction: %s", self.last)
         except BaseException as exc:  # reported by wait(); commits go on meanwhile
             self.error = exc

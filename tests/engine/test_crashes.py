@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,11 +19,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import lance
 import polars as pl
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 import lockgate as lg
 from lockgate.engine import faults
+from lockgate.storage.compaction import compact
+from lockgate.storage.tables import CommitLog
 from tests.conftest import same_rows
 from tests.engine.test_windows_on_kafka import (
     BASE,
@@ -49,7 +54,11 @@ PIPELINE_FILE = textwrap.dedent(
         name, brokers=os.environ["T_BROKERS"], state=os.environ["T_STATE"],
         batch=lg.BatchPolicy(max_records=int(os.environ.get("T_BATCH", "5000")), max_wait="50ms"),
         compact_every=int(os.environ.get("T_COMPACT_EVERY", "3")),
-        kafka={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+        commit_timeout=os.environ.get("T_COMMIT_TIMEOUT", "60s"),
+        kafka={
+            "session.timeout.ms": int(os.environ.get("T_SESSION_MS", "6000")), "heartbeat.interval.ms": 500,
+            **({"debug": os.environ["T_DEBUG"]} if os.environ.get("T_DEBUG") else {}),
+        },
     )
     schema = {"user": pl.String, "url": pl.String, "amount": pl.Int64, "ts": pl.Datetime("ms")}
     events = pipe.source(os.environ["T_SOURCE"], format=lg.JSON(schema=schema), event_time="ts", watermark="5s")
@@ -133,8 +142,6 @@ def assert_exact(brokers: str, service: Service, events: list[dict], flush_at: i
 @pytest.fixture(scope="module")
 def crash_input(brokers: str) -> tuple[str, list[dict]]:
     """100,000 events over 4 partitions, shared by the crash matrix (each run is its own pipeline)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     topic = f"crash-in-{os.getpid()}-{random.randrange(1 << 30)}"
     admin = AdminClient({"bootstrap.servers": brokers})
     admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
@@ -200,6 +207,122 @@ def test_a_paused_instance_whose_partitions_moved_is_fenced_and_commits_nothing(
     report = (tmp_path / "zombie.err").read_text()
     assert "fenced: the consumer group gave this instance's partitions to another instance" in report, report[-3000:]
     assert_exact(brokers, service, events)
+    # the zombie's prepared rows were never read; compaction removes them
+    assert _uncommitted_rows(service.state) > 0, "the zombie wrote rows after it woke up"
+    assert compact(_tables(service.state), commit_log=CommitLog(service.state)).dead_batches > 0
+    assert _uncommitted_rows(service.state) == 0
+    assert_exact(brokers, service, events)
+
+
+def _tables(state: str) -> list[str]:
+    """Every Lance table under the state directory (sinks, window state, the commit log)."""
+    return sorted(str(p) for p in Path(state).rglob("*.lance") if p.is_dir() and (p / "_versions").is_dir())
+
+
+def _uncommitted_rows(state: str) -> int:
+    """Rows in the sink and state tables that belong to no committed batch."""
+    committed = CommitLog(state).committed_batches().implode()
+    count = 0
+    for uri in _tables(state):
+        ds = lance.dataset(uri)
+        if "_lg_batch" in ds.schema.names:
+            raw = pl.from_arrow(ds.to_table(columns=["_lg_batch"]))
+            count += raw.filter(~pl.col("_lg_batch").is_in(committed)).height
+    return count
+
+
+def test_a_broker_stopped_for_20_seconds_mid_run_is_waited_for_and_the_result_is_exact(tmp_path, unique):
+    from lockgate.engine import broker
+
+    data_dir = tmp_path / "kafka"
+    port = broker.free_port()
+    bootstrap = broker.start(data_dir, port).bootstrap
+    try:
+        topic = f"outage-in-{unique}"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
+        events = make_events(100_000, seed=6)
+        produce_events(bootstrap, topic, events)
+        service = Service(
+            bootstrap, topic, f"outage-{unique}", tmp_path, T_BATCH="2000", T_SLOW="0.2", T_BEAT=str(tmp_path / "beat"),
+            T_SESSION_MS="45000", T_COMMIT_TIMEOUT="10s",
+        )
+        err_path = tmp_path / "service.err"
+        with err_path.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(service.path), "--until", "caught_up"],
+                env=service.env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+            )
+            try:
+                deadline = time.monotonic() + 120
+                while _committed_rows(service.state) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert proc.poll() is None, "the run ended before the outage"
+                assert broker.stop(data_dir)
+                time.sleep(20)
+                assert proc.poll() is None, "the pipeline gave up while the broker was away:\n" + err_path.read_text()[-3000:]
+                broker.start(data_dir, port)
+                assert proc.wait(300) == 0, err_path.read_text()[-3000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        report = err_path.read_text()
+        assert "waiting for Kafka" in report, report[-3000:]
+        assert_exact(bootstrap, service, events)
+    finally:
+        broker.stop(data_dir)
+
+
+#: run as ``python -c _AS_NON_ROOT_FILES -m ...``: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the
+#: bounding set, then exec the rest, so that even root obeys file modes (no fork hooks involved)
+_AS_NON_ROOT_FILES = """
+import ctypes, os, sys
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # PR_CAPBSET_DROP of CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def test_a_state_directory_made_read_only_stops_the_pipeline_naming_the_table_and_nothing_half_commits(
+    brokers, crash_input, tmp_path, unique
+):
+    topic, events = crash_input
+    service = Service(brokers, topic, f"readonly-{unique}", tmp_path, T_BATCH="2000", T_SLOW="0.1", T_BEAT=str(tmp_path / "beat"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _AS_NON_ROOT_FILES, "-m", "lockgate.cli", "run", str(service.path), "--until", "caught_up"],
+        env=service.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    state = Path(service.state)
+    try:
+        deadline = time.monotonic() + 120
+        while _committed_rows(service.state) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before the state directory was made read-only"
+        _chmod_tree(state, writable=False)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _chmod_tree(state, writable=True)
+    assert proc.returncode == 2, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert re.search(rf"lockgate: .*cannot write the LanceDB table at {re.escape(str(state))}/\S+\.lance: .*[Pp]ermission denied", message), message
+    # what was committed is consistent, and a restart with a writable directory completes exactly
+    service.until_done()
+    assert_exact(brokers, service, events)
+
+
+def _chmod_tree(root: Path, *, writable: bool) -> None:
+    """Take away (or give back) write permission on ``root`` and everything under it."""
+    for path in [root, *root.rglob("*")]:
+        try:
+            mode = path.stat().st_mode
+            path.chmod(mode | 0o200 if writable else mode & ~0o222)
+        except FileNotFoundError:  # a temporary file the running pipeline just renamed
+            continue
 
 
 def _committed_rows(state: str) -> int:

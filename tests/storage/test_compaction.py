@@ -43,3 +43,27 @@ def test_the_compactor_runs_in_the_background_while_commits_go_on(state_dir):
     assert compactor.error is None
     assert compactor.last is not None and compactor.last.fragments_after < compactor.last.fragments_before
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == sorted([e for e in range(1, 31)] + [-e for e in range(1, 31)])
+
+
+def test_compaction_deletes_the_rows_of_dead_batches_and_keeps_a_batch_in_flight(state_dir):
+    table = SinkTable(state_dir, "t")
+    log = CommitLog(state_dir)
+
+    def prepare(batch_id: int, epoch: int, first: int, next_: int, rows: list[int]) -> None:
+        version = table.append(pl.DataFrame({"x": rows}), batch_id=batch_id, epoch=epoch)
+        log.prepare("p", epoch=epoch, batch_id=batch_id, ranges=[PartitionRange("in", 0, first, next_)], tables={"t": version})
+
+    prepare(1, 1, 0, 10, [1])
+    log.mark("p", epoch=1, batch_id=1)
+    prepare(20, 2, 10, 20, [-2])  # aborted (or a fenced zombie's): redone below
+    prepare(2, 3, 10, 20, [2])
+    log.mark("p", epoch=3, batch_id=2)
+    prepare(30, 4, 20, 30, [3])  # in flight: ahead of the committed offset 20, never touched
+    report = compact([table.uri, log.uri], retain=timedelta(0), commit_log=log)
+    assert report.dead_batches == 1
+    raw = pl.from_arrow(open_table(table.uri).to_table())
+    assert sorted(raw["_lg_batch"].to_list()) == [1, 2, 30], "the dead batch's rows are gone"
+    assert 20 not in log.frame()["batch_id"].to_list(), "and so is its prepare record"
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2]
+    log.mark("p", epoch=4, batch_id=30)  # the in-flight batch commits after all
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3]
