@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,15 @@ import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient, NewTopic
 
 __all__ = [
-    "resolve_brokers",
+    "count_committed",
     "create_topic",
     "delete_topics",
-    "count_committed",
-    "median",
-    "stamp",
     "machine",
-    "write_json",
     "markdown_table",
+    "median",
+    "resolve_brokers",
+    "stamp",
+    "write_json",
 ]
 
 
@@ -35,7 +35,9 @@ def resolve_brokers(brokers: str | None) -> str:
     """``brokers`` as given, else the local broker (started if it is not running)."""
     if brokers:
         return brokers
-    from lockgate.engine import broker  # the local KRaft broker, started once and left running
+    from lockgate.engine import (
+        broker,  # the local KRaft broker, started once and left running
+    )
 
     info = broker.start()
     print(f"# local broker: {info.bootstrap} (pid {info.pid}, {info.data_dir})", file=sys.stderr)
@@ -115,7 +117,7 @@ def median(values: Sequence[float]) -> float:
 
 def stamp() -> str:
     """A UTC timestamp for file and topic names: ``20250101T120000Z``."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def machine() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import confluent_kafka as ck
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
 BASE = 1_900_000_000_000  # far in the future: the window never closes during the benchmark
 

@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
 TOUCH = 10_000
 WINDOW_MS = 60_000

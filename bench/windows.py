@@ -66,15 +66,15 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka as ck
-from confluent_kafka.admin import AdminClient, OffsetSpec
 import numpy as np
 import polars as pl
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
+import _common as common
 
-import lockgate as lg  # noqa: E402
+import lockgate as lg
 
 PARTITIONS = 8
 KEYS = 100_000

@@ -7,7 +7,6 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
-
 from lockgate.operators.errors import BrokerError, PipelineDefinitionError
 
 __all__ = ["ensure_topics", "partition_count"]

@@ -59,15 +59,15 @@ from pathlib import Path
 from lockgate.operators.errors import BrokerError
 
 __all__ = [
-    "KAFKA_VERSION",
     "DEFAULT_PORT",
+    "KAFKA_VERSION",
     "BrokerInfo",
+    "classpath",
     "default_data_dir",
     "free_port",
-    "classpath",
     "start",
-    "stop",
     "status",
+    "stop",
 ]
 
 KAFKA_VERSION = "4.1.1"

@@ -12,7 +12,6 @@ import time
 
 import confluent_kafka as ck
 import polars as pl
-
 from lockgate.engine.plan import TableNode
 from lockgate.operators.errors import BrokerError
 

@@ -16,10 +16,16 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-
 from lockgate.operators.durations import parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = ["BatchPolicy", "PipelineConfig"]
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import confluent_kafka as ck
 import polars as pl
 from confluent_kafka.admin import AdminClient, NewTopic
-
 from lockgate.engine.config import BatchPolicy
 from lockgate.engine.formats import JSON
 from lockgate.engine.pipeline import Pipeline
@@ -67,7 +66,7 @@ def run_demo(brokers: str, state: str, records: int = 50_000) -> pl.DataFrame:
     summary = pipe.run(until="caught_up", timeout=600)
     print(
         f"\ncommitted {summary.batches} micro-batches, {summary.records:,} records in {summary.seconds:.1f}s "
-        f"at {datetime.now(timezone.utc):%H:%M:%S} UTC; metrics: {pipe.metrics()}"
+        f"at {datetime.now(UTC):%H:%M:%S} UTC; metrics: {pipe.metrics()}"
     )
     table = read_table(state, "product_views").collect()
     print(f"\ncommitted rows of table 'product_views' under {state} (lg.read_table):")

@@ -18,7 +18,7 @@ import signal
 
 from lockgate.operators.errors import PipelineDefinitionError
 
-__all__ = ["POINTS", "parse", "crash_point"]
+__all__ = ["POINTS", "crash_point", "parse"]
 
 POINTS = ("after_poll", "after_decode", "after_prepare", "after_produce", "after_commit", "during_compaction")
 

@@ -27,10 +27,9 @@ from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
-
 from lockgate.operators.errors import PipelineDefinitionError
 
-__all__ = ["Format", "JSON", "Raw", "ArrowIPC", "Decoded", "KAFKA_COLUMNS"]
+__all__ = ["JSON", "KAFKA_COLUMNS", "ArrowIPC", "Decoded", "Format", "Raw"]
 
 #: Columns every source frame carries, taken from the Kafka record.
 KAFKA_COLUMNS: dict[str, pl.DataType] = {
@@ -81,7 +80,7 @@ def _dtype(value: Any, column: str) -> pl.DataType:
     try:
         dtype = pl.DataType.from_python(value) if isinstance(value, type) and not issubclass(value, pl.DataType) else value
         return dtype() if isinstance(dtype, type) else dtype
-    except Exception as exc:  # noqa: BLE001 - reworded for the user below
+    except Exception as exc:
         raise PipelineDefinitionError(
             f"lg.JSON: the type {value!r} of column {column!r} is not a Polars data type; use e.g. pl.String, pl.Int64"
         ) from exc

@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-
 from lockgate.engine.config import BatchPolicy, PipelineConfig
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics

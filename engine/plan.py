@@ -30,18 +30,35 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
-
 from lockgate.engine.formats import JSON, KAFKA_COLUMNS, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
 from lockgate.operators.joins import TableJoin
-from lockgate.operators.stateless import Filter, MapBatches, Operator, Select, WithColumns
+from lockgate.operators.stateless import (
+    Filter,
+    MapBatches,
+    Operator,
+    Select,
+    WithColumns,
+)
 from lockgate.operators.windows import WindowKind, WindowSpec
 
 __all__ = [
-    "Node", "SourceNode", "OpNode", "WindowNode", "SinkNode", "DeadLetterNode", "TableNode", "JoinNode", "Plan", "Stream",
-    "WindowedStream", "Table",
-    "DEAD_LETTER_SCHEMA", "TIME_COLUMN", "event_time_ms",
+    "DEAD_LETTER_SCHEMA",
+    "TIME_COLUMN",
+    "DeadLetterNode",
+    "JoinNode",
+    "Node",
+    "OpNode",
+    "Plan",
+    "SinkNode",
+    "SourceNode",
+    "Stream",
+    "Table",
+    "TableNode",
+    "WindowNode",
+    "WindowedStream",
+    "event_time_ms",
 ]
 
 #: Columns of ``stream.dead_letters()`` and of the rows sent to the dead-letter topic.

@@ -16,16 +16,25 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import polars as pl
-
 from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
+from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.formats import ArrowIPC
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.changelog import ChangelogTable
-from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, JoinNode, Node, OpNode, Plan, SinkNode, SourceNode, WindowNode
-from lockgate.engine.stateful import WindowRuntime
+from lockgate.engine.plan import (
+    DEAD_LETTER_SCHEMA,
+    DeadLetterNode,
+    JoinNode,
+    Node,
+    OpNode,
+    Plan,
+    SinkNode,
+    SourceNode,
+    WindowNode,
+)
 from lockgate.engine.source import KafkaSource, RawBatch
+from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.transaction import (
     Epoch,
     EpochTransaction,
@@ -39,7 +48,7 @@ from lockgate.operators.errors import PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, SinkTable
 
-__all__ = ["Runner", "RunSummary", "Until"]
+__all__ = ["RunSummary", "Runner", "Until"]
 
 log = logging.getLogger("lockgate.runner")
 

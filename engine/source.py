@@ -11,16 +11,15 @@ import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable
-from itertools import accumulate
 from dataclasses import dataclass, field
+from itertools import accumulate
 from operator import itemgetter
 
 import confluent_kafka as ck
 import polars as pl
-
 from lockgate.engine.config import BatchPolicy
 
-__all__ = ["RawBatch", "KafkaSource"]
+__all__ = ["KafkaSource", "RawBatch"]
 
 log = logging.getLogger("lockgate.source")
 _M = ck.Message

@@ -12,14 +12,20 @@ import logging
 from dataclasses import dataclass
 
 import polars as pl
-
-from lockgate.engine.plan import DEAD_LETTER_SCHEMA, TIME_COLUMN, Plan, SourceNode, WindowNode, event_time_ms
+from lockgate.engine.plan import (
+    DEAD_LETTER_SCHEMA,
+    TIME_COLUMN,
+    Plan,
+    SourceNode,
+    WindowNode,
+    event_time_ms,
+)
 from lockgate.engine.watermarks import SourceWatermark
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
 from lockgate.storage.tables import CommitLog
 
-__all__ = ["WindowRuntime", "StateDelta"]
+__all__ = ["StateDelta", "WindowRuntime"]
 
 log = logging.getLogger("lockgate.windows")
 _TIME = TIME_COLUMN

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import confluent_kafka as ck
 import polars as pl
-
 from lockgate.engine import faults
 from lockgate.operators.errors import CommitError
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
@@ -30,7 +29,7 @@ from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 if TYPE_CHECKING:
     from lockgate.engine.stateful import StateDelta
 
-__all__ = ["Epoch", "EpochTransaction", "TransactionAborted", "TransactionalProducer", "OutgoingTopic"]
+__all__ = ["Epoch", "EpochTransaction", "OutgoingTopic", "TransactionAborted", "TransactionalProducer"]
 
 log = logging.getLogger("lockgate.commit")
 T = TypeVar("T")
@@ -167,13 +166,13 @@ class TransactionalProducer:
         while i < n:
             try:
                 if headers is not None:
-                    for i in range(i, n):
+                    for i in range(i, n):  # noqa: B020 - resumes at the record that met a full queue
                         produce(topic, values[i], None if keys is None else keys[i], headers=headers[i])
                 elif keys is None:
-                    for i in range(i, n):
+                    for i in range(i, n):  # noqa: B020
                         produce(topic, values[i])
                 else:
-                    for i in range(i, n):
+                    for i in range(i, n):  # noqa: B020
                         produce(topic, values[i], keys[i])
                 i = n
             except BufferError:

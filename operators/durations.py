@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from lockgate.operators.errors import PipelineDefinitionError
 
-__all__ = ["parse_duration", "Duration"]
+__all__ = ["Duration", "parse_duration"]
 
 Duration = str | timedelta
 

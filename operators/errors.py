@@ -14,11 +14,11 @@ True
 from __future__ import annotations
 
 __all__ = [
-    "LockgateError",
-    "PipelineDefinitionError",
-    "DecodeError",
     "BrokerError",
     "CommitError",
+    "DecodeError",
+    "LockgateError",
+    "PipelineDefinitionError",
     "StorageError",
 ]
 

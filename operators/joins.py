@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
-
 from lockgate.operators.errors import PipelineDefinitionError
 
 __all__ = ["TableJoin"]

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-
 from lockgate.operators.errors import PipelineDefinitionError
 
-__all__ = ["Operator", "Filter", "WithColumns", "Select", "MapBatches", "explain_polars_error"]
+__all__ = ["Filter", "MapBatches", "Operator", "Select", "WithColumns", "explain_polars_error"]
 
 _COLUMN_NOT_FOUND = re.compile(r'unable to find column "([^"]+)"|column "?([^"\s]+)"? not found', re.IGNORECASE)
 

@@ -40,25 +40,24 @@ from datetime import timedelta
 from typing import Literal
 
 import polars as pl
-
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
 from lockgate.operators.hotstate import PartialIndex
 
 __all__ = [
-    "Tumbling",
-    "Hopping",
-    "Sliding",
-    "Session",
-    "WindowKind",
     "Agg",
+    "FoldResult",
+    "Hopping",
+    "Session",
+    "Sliding",
+    "Tumbling",
+    "WindowKind",
     "WindowSpec",
     "WindowState",
-    "FoldResult",
-    "fold",
     "classify",
-    "finalize_partials",
     "current_values",
+    "finalize_partials",
+    "fold",
 ]
 
 WS, WE = "window_start", "window_end"

@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import polars as pl
-
 from lockgate.operators.errors import StorageError
 from lockgate.storage.tables import CommitLog, _open
 
-__all__ = ["compact", "CompactionReport", "Compactor"]
+__all__ = ["CompactionReport", "Compactor", "compact"]
 
 log = logging.getLogger("lockgate.compaction")
 

@@ -39,7 +39,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-
 from lockgate.operators.errors import StorageError
 from lockgate.operators.windows import (
     FoldResult,
@@ -53,7 +52,7 @@ from lockgate.operators.windows import (
 )
 from lockgate.storage.tables import CommitLog, _append, _open
 
-__all__ = ["WindowStore", "read_state", "state_uri", "spec_to_json", "spec_from_json"]
+__all__ = ["WindowStore", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
 _META = ("_lg_batch", "_lg_epoch", "_lg_order", "_lg_deleted")
 

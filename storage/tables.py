@@ -26,16 +26,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import lance
 import polars as pl
 import pyarrow as pa
-
 from lockgate.operators.errors import PipelineDefinitionError, StorageError
 
-__all__ = ["CommitLog", "SinkTable", "PartitionRange", "read_table", "table_uri", "list_tables", "INTERNAL_COLUMNS"]
+__all__ = ["INTERNAL_COLUMNS", "CommitLog", "PartitionRange", "SinkTable", "list_tables", "read_table", "table_uri"]
 
 COMMITS_TABLE = "_lockgate_commits"
 INTERNAL_COLUMNS = ("_lg_batch", "_lg_epoch", "_lg_order")
@@ -127,7 +126,7 @@ class CommitLog:
         ``prev`` names, per partition, the batch this one follows on the partition's chain
         (the one whose committed offset it starts from), so recovery can walk the chain back.
         """
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         encoded = json.dumps(dict(tables), sort_keys=True)
         rows = [
             {
@@ -148,7 +147,7 @@ class CommitLog:
         return {
             "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
             "partition": None, "first_offset": None, "next_offset": None, "tables": None,
-            "ts": datetime.now(timezone.utc), "max_event_time": None, "prev_batch_id": None,
+            "ts": datetime.now(UTC), "max_event_time": None, "prev_batch_id": None,
         }
 
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
@@ -169,7 +168,7 @@ class CommitLog:
         log = self.frame() if log is None else log
         marks = log.filter(pl.col("kind") == "commit")
         if isinstance(as_of, datetime):
-            moment = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+            moment = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
             marks = marks.filter(pl.col("ts") <= moment)
         elif isinstance(as_of, int):
             marks = marks.filter(pl.col("epoch") <= as_of)

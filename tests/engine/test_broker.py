@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-
 from lockgate.engine import broker
 from lockgate.operators.errors import BrokerError, LockgateError
 

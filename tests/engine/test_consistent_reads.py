@@ -10,9 +10,9 @@ import time
 
 import polars as pl
 import pytest
+from lockgate.storage.tables import CommitLog
 
 import lockgate as lg
-from lockgate.storage.tables import CommitLog
 from tests.conftest import json_values, produce
 
 pytestmark = pytest.mark.kafka

@@ -19,21 +19,21 @@ import textwrap
 import time
 from pathlib import Path
 
+import confluent_kafka as ck
 import lance
 import polars as pl
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-
-import lockgate as lg
 from lockgate.engine import faults
 from lockgate.storage.compaction import compact
 from lockgate.storage.tables import CommitLog
+
+import lockgate as lg
 from tests.conftest import same_rows
 from tests.engine.test_windows_on_kafka import (
     BASE,
     FLUSH_T,
     MINUTE,
-    SCHEMA,
     from_kafka,
     make_events,
     oracle_minutes,
@@ -308,9 +308,35 @@ def test_a_state_directory_made_read_only_stops_the_pipeline_naming_the_table_an
             proc.kill()
         _chmod_tree(state, writable=True)
     assert proc.returncode == 2, err[-3000:]
-    message = err.strip().splitlines()[-1]
+    message = "\n".join(line for line in err.splitlines() if line.startswith("lockgate: "))
     assert re.search(rf"lockgate: .*cannot write the LanceDB table at {re.escape(str(state))}/\S+\.lance: .*[Pp]ermission denied", message), message
     # what was committed is consistent, and a restart with a writable directory completes exactly
+    service.until_done()
+    assert_exact(brokers, service, events)
+
+
+def test_a_fenced_producer_is_fatal_the_pipeline_stops_saying_so_and_a_restart_is_exact(brokers, crash_input, tmp_path, unique):
+    topic, events = crash_input
+    service = Service(brokers, topic, f"fatal-{unique}", tmp_path, T_BATCH="2000", T_SLOW="0.1", T_BEAT=str(tmp_path / "beat"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lockgate.cli", "run", str(service.path), "--until", "caught_up"],
+        env=service.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _committed_rows(service.state) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before the fence"
+        # another producer with the pipeline's transactional.id: the running one is fenced (a fatal error)
+        intruder = ck.Producer({"bootstrap.servers": brokers, "transactional.id": f"{service.name}-0"})
+        intruder.init_transactions(30)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err[-3000:]
+    message = "\n".join(line for line in err.splitlines() if line.startswith("lockgate: "))
+    assert re.search(rf"lockgate: epoch \d+: the Kafka transaction of '{service.name}-0' failed \(fatal\): .*nothing of this batch is committed", message), message
     service.until_done()
     assert_exact(brokers, service, events)
 

@@ -7,9 +7,9 @@ import io
 import polars as pl
 import pyarrow as pa
 import pytest
+from lockgate.storage.tables import CommitLog
 
 import lockgate as lg
-from lockgate.storage.tables import CommitLog
 from tests.conftest import produce, read_committed, same_rows
 
 pytestmark = pytest.mark.kafka

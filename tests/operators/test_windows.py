@@ -13,10 +13,17 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal
-
 from lockgate.operators.errors import PipelineDefinitionError
-from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling, WindowSpec, WindowState, fold
+from lockgate.operators.windows import (
+    Hopping,
+    Session,
+    Sliding,
+    Tumbling,
+    WindowSpec,
+    WindowState,
+    fold,
+)
+from polars.testing import assert_frame_equal
 
 SCHEMA = pl.Schema({"k": pl.String, "x": pl.Int64, "y": pl.Float64, "t": pl.Int64, "z": pl.String})
 DECOMPOSABLE = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
 
 import lockgate as lg
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
 
 
 def _write(state: str, batch_id: int, epoch: int, rows: list[int], *, first: int, commit: bool, prev: int | None = None) -> None:
@@ -67,7 +67,7 @@ def test_without_metadata_recovery_takes_the_latest_lookalike(state_dir):
 
 def test_as_of_an_epoch_or_a_time_reads_an_earlier_committed_state(state_dir):
     _write(state_dir, 10, 1, [1], first=0, commit=True)
-    between = datetime.now(timezone.utc)
+    between = datetime.now(UTC)
     _write(state_dir, 11, 2, [2], first=1, commit=True)
     assert read_table(state_dir, "t", as_of=1).collect()["x"].to_list() == [1]
     assert read_table(state_dir, "t", as_of=between).collect()["x"].to_list() == [1]

@@ -9,10 +9,18 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling, WindowSpec, WindowState, fold
+from lockgate.operators.windows import (
+    Hopping,
+    Session,
+    Sliding,
+    Tumbling,
+    WindowSpec,
+    WindowState,
+    fold,
+)
 from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec_to_json
 from lockgate.storage.tables import CommitLog
+
 from tests.operators.test_windows import BUFFERED, DECOMPOSABLE, FAR, SCHEMA, scenarios
 
 KINDS = {"tumbling": Tumbling("10s"), "hopping": Hopping("10s", "5s"), "sliding": Sliding("6s"), "session": Session("3s")}
