@@ -305,6 +305,13 @@ class Runner:
             self.windows.assign(partitions, now)
             if not self.windows.loaded:
                 self.windows.load(now)
+                return
+            # Partitions came (back) after the state was loaded: another instance may have
+            # advanced their windows meanwhile.  Settle the in-flight epoch, write its mark,
+            # and load the committed state again.
+            if self._settle():
+                self._flush_marks()
+            self.windows.reload(time.monotonic())
 
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
         assert self.source is not None

@@ -219,6 +219,64 @@ def _tables(state: str) -> list[str]:
     return sorted(str(p) for p in Path(state).rglob("*.lance") if p.is_dir() and (p / "_versions").is_dir())
 
 
+def test_an_instance_that_gets_its_partitions_back_continues_from_the_state_another_instance_committed(
+    brokers, make_topic, tmp_path, unique
+):
+    events = make_events(60_000, seed=8)
+    topic = make_topic(f"handback-in-{unique}", partitions=4)
+    produce_events(brokers, topic, events[:20_000], flush_at=None)
+    service = Service(brokers, topic, f"handback-{unique}", tmp_path)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(service.path)],
+        env={**service.env, "LOCKGATE_INSTANCE": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_until_quiet(service.state)  # the first instance read everything there is and idles
+        first.send_signal(signal.SIGSTOP)
+        produce_events(brokers, topic, events[20_000:40_000], flush_at=None)
+        # meanwhile another instance owns the partitions and moves the windows on
+        done = subprocess.run(
+            [sys.executable, "-m", "lockgate.cli", "run", str(service.path), "--until", "caught_up"],
+            env={**service.env, "LOCKGATE_INSTANCE": "1"}, capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        first.send_signal(signal.SIGCONT)  # its session has expired: it rejoins and gets the partitions back
+        produce_events(brokers, topic, events[40_000:])
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not _only_flush_windows_open(service):
+            time.sleep(0.5)
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err[-3000:]
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+    assert_exact(brokers, service, events)
+
+
+def _wait_until_quiet(state: str, quiet: float = 3.0, timeout: float = 120.0) -> None:
+    """Until the committed rows of ``per_minute`` have not changed for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        rows = _committed_rows(state)
+        if rows != last:
+            last, since = rows, time.monotonic()
+        elif rows > 0 and time.monotonic() - since > quiet:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the pipeline did not settle within {timeout}s")
+
+
+def _only_flush_windows_open(service: Service) -> bool:
+    try:
+        users = lg.read_state(service.state, service.name, "per_minute").collect()["user"].unique().to_list()
+    except lg.StorageError:
+        return False
+    return users == ["__flush"]
+
+
 def _uncommitted_rows(state: str) -> int:
     """Rows in the sink and state tables that belong to no committed batch."""
     committed = CommitLog(state).committed_batches().implode()
