@@ -27,7 +27,7 @@ import confluent_kafka as ck
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
+import _common as common
 
 _OPTIONS = {
     "bootstrap.servers": "127.0.0.1:9",  # discard port: nothing is ever delivered
