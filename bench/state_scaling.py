@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,7 +48,10 @@ def one_size(size: int, batches: int, seed: int) -> dict[str, Any]:
     )
     # the open state: `size` keys in one far-future window (never closes during the run)
     start = 10 * WINDOW_MS
-    keys = pl.Series("user", [f"u{i}" for i in range(size)]) if size <= 1_000_000 else pl.int_range(size, eager=True).cast(pl.String).alias("user")
+    # keys "u0", "u1", ...; the harness keeps no list of them (at 10M it would be ~240 MB of its own):
+    # a batch's touched keys are drawn as numbers and formatted the same way
+    keys = pl.concat_str(pl.lit("u"), pl.int_range(size).cast(pl.String))
+    keys = pl.select(keys.alias("user")).to_series()
     partials = pl.DataFrame(
         {
             "user": keys,
@@ -59,12 +63,13 @@ def one_size(size: int, batches: int, seed: int) -> dict[str, Any]:
         }
     ).cast(dict(spec.partial_schema()))  # type: ignore[arg-type]
     state = WindowState(partials, WindowState.empty(spec).rows, watermark=0, seq=0)
-    del partials  # the state holds it until the first fold moves it into the hot index
+    del partials, keys  # the state holds them until the first fold moves them into the hot index
+    rng = np.random.default_rng(seed)
     state_dir = tempfile.mkdtemp(prefix="lockgate-bench-state-")
     store, log = WindowStore(state_dir, "bench", spec), CommitLog(state_dir)
     fold_ms, prepare_ms = [], []
     for b in range(batches):
-        touched = keys.sample(TOUCH, seed=seed + b, with_replacement=False)
+        touched = pl.select(pl.concat_str(pl.lit("u"), pl.lit(pl.Series(rng.choice(size, TOUCH, replace=False))).cast(pl.String)).alias("user")).to_series()
         batch = pl.DataFrame({"user": touched, "amount": pl.int_range(TOUCH, eager=True), "__lg_t": pl.repeat(start + 1, TOUCH, eager=True)})
         t0 = time.perf_counter()
         result = fold(spec, state, batch, 0)

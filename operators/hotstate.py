@@ -32,6 +32,7 @@ import polars as pl
 
 __all__ = ["PartialIndex"]
 
+_HASH_SLICE = 1 << 20
 _NUMERIC = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Float32, pl.Float64, pl.Boolean)
 
 
@@ -100,10 +101,27 @@ class PartialIndex:
         return np.int64
 
     def _hashes(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        h = frame.select(
-            pl.struct(self.ident).hash(seed=7).alias("h"), (pl.struct(self.ident).hash(seed=1_000_003) // 4_294_967_296).cast(pl.UInt32).alias("c")
+        """Two independent 64- and 32-bit hashes of each row's (keys, window_start).
+
+        Large frames (a state load) go in slices: hashing 10M rows at once left
+        ~550 MB of Polars scratch memory held by its allocator (peak RSS, seen in
+        bench/state_scaling.py); slices reuse a small scratch.  A row's hash does not
+        depend on the other rows, so slicing changes no value.
+        """
+        exprs = (
+            pl.struct(self.ident).hash(seed=7).alias("h"),
+            (pl.struct(self.ident).hash(seed=1_000_003) // 4_294_967_296).cast(pl.UInt32).alias("c"),
         )
-        return h["h"].to_numpy(), h["c"].to_numpy()
+        if frame.height <= _HASH_SLICE:
+            out = frame.select(exprs)
+            return out["h"].to_numpy(), out["c"].to_numpy()
+        h = np.empty(frame.height, dtype=np.uint64)
+        c = np.empty(frame.height, dtype=np.uint32)
+        for offset in range(0, frame.height, _HASH_SLICE):
+            out = frame.slice(offset, _HASH_SLICE).select(exprs)
+            h[offset : offset + out.height] = out["h"].to_numpy()
+            c[offset : offset + out.height] = out["c"].to_numpy()
+        return h, c
 
     def _find(self, h: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Row id of each hash, or -1."""
