@@ -285,9 +285,10 @@ def _directory(sorted_h: np.ndarray) -> tuple[np.ndarray, int]:
     """Where each bucket of hashes (by their top bits, ~8 per bucket) starts in ``sorted_h``: O(n)."""
     bits = int(min(26, max(1, np.ceil(np.log2(len(sorted_h) / 8)))))
     shift = 64 - bits
-    counts = np.bincount((sorted_h >> np.uint64(shift)).astype(np.int64), minlength=1 << bits)
-    starts = np.zeros((1 << bits) + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
+    # searching the bucket boundaries needs no temporary the size of sorted_h (peak RSS at 10M pairs)
+    starts = np.empty((1 << bits) + 1, dtype=np.int64)
+    starts[:-1] = np.searchsorted(sorted_h, np.arange(1 << bits, dtype=np.uint64) << np.uint64(shift))
+    starts[-1] = len(sorted_h)
     return starts, shift
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-
-from lockgate.operators.hotstate import _DIRECTORY_FROM, PartialIndex, _bucket_search, _directory
+from lockgate.operators.hotstate import (
+    _DIRECTORY_FROM,
+    PartialIndex,
+    _bucket_search,
+    _directory,
+)
 
 SCHEMA = pl.Schema({"k": pl.String, "window_start": pl.Int64, "window_end": pl.Int64, "__n_n": pl.Int64})
 MERGE = {"__n_n": pl.col("__n_n").sum()}
