@@ -1,4 +1,4 @@
-"""The ``lockgate`` command: ``broker start|stop|status``, ``run FILE``, ``demo``."""
+"""The ``lockgate`` command: ``broker start|stop|status``, ``run FILE``, ``demo``, ``state list|show|export``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,67 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
+    """The committed rows of a table (``NAME``) or a window's state (``PIPELINE/OPERATOR``)."""
+    from datetime import datetime
+
+    from lockgate.operators.errors import PipelineDefinitionError
+    from lockgate.storage.state import read_state
+    from lockgate.storage.tables import read_table
+
+    as_of: int | datetime | None = None
+    if args.as_of is not None:
+        try:
+            as_of = int(args.as_of)
+        except ValueError:
+            try:
+                as_of = datetime.fromisoformat(args.as_of)
+            except ValueError:
+                raise PipelineDefinitionError(
+                    f"--as-of {args.as_of!r}: give an epoch number (e.g. 42) or an ISO datetime (e.g. 2026-11-25T13:00:00)"
+                ) from None
+    if "/" in args.name:
+        pipeline, operator = args.name.split("/", 1)
+        frame = read_state(args.state, pipeline, operator, as_of=as_of)
+    else:
+        frame = read_table(args.state, args.name, as_of=as_of)
+    if getattr(args, "where", None):
+        try:
+            frame = frame.sql(f"SELECT * FROM self WHERE {args.where}")
+            frame.collect_schema()
+        except Exception as exc:  # noqa: BLE001 - Polars raises several kinds for a bad predicate
+            first = str(exc).strip().splitlines()[0]
+            raise PipelineDefinitionError(
+                f"--where {args.where!r}: {first}; give a SQL predicate, e.g. --where \"page = '/home' AND n > 3\" "
+                "(double-quote a column whose name is an SQL word: \"user\" = 'u1')"
+            ) from None
+    return frame
+
+
+def _state(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from lockgate.storage.state import list_states
+    from lockgate.storage.tables import list_tables
+
+    if args.action == "list":
+        for name in list_tables(args.state):
+            print(f"table  {name}")
+        for pipeline, operator in list_states(args.state):
+            print(f"state  {pipeline}/{operator}")
+        return 0
+    frame = _state_frame(args)
+    if args.action == "export":
+        out = Path(args.out)
+        frame.collect().write_parquet(out)
+        print(f"wrote {out}")
+        return 0
+    shown = frame.head(args.limit).collect()
+    with pl.Config(tbl_rows=args.limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+        print(shown)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lockgate", description="A columnar micro-batch stream engine: Kafka, Polars, LanceDB, exactly once.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
@@ -67,12 +128,30 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, help="client port (default 9092)")
     b.set_defaults(fn=_broker)
 
-    r = sub.add_parser("run", help="run the lg.Pipeline a .py file defines, until SIGTERM/SIGINT")
+    r = sub.add_parser("run", help="run the lg.Pipeline a .py file or a notebook (.ipynb) defines, until SIGTERM/SIGINT")
     r.add_argument("file")
     r.add_argument("--pipeline", help="the pipeline's name, when the file defines several")
     r.add_argument("--until", choices=["caught_up"], help="stop when the lag is 0")
     r.add_argument("--max-batches", type=int)
     r.set_defaults(fn=_run)
+
+    s = sub.add_parser("state", help="list, show or export committed tables and window state")
+    s_sub = s.add_subparsers(dest="action", required=True)
+    s_list = s_sub.add_parser("list", help="the tables and window states under STATE")
+    s_list.add_argument("state", help="the pipeline's state directory or URI")
+    s_show = s_sub.add_parser("show", help="print committed rows of a table NAME or a window state PIPELINE/OPERATOR")
+    s_show.add_argument("state")
+    s_show.add_argument("name", help="a table name, or PIPELINE/OPERATOR for a window's open state")
+    s_show.add_argument("--as-of", help="an epoch number or an ISO datetime: the rows committed by then")
+    s_show.add_argument("--where", help="a SQL predicate, e.g. \"page = '/home' AND n > 3\"")
+    s_show.add_argument("--limit", type=int, default=20)
+    s_export = s_sub.add_parser("export", help="write committed rows of NAME to a Parquet file")
+    s_export.add_argument("state")
+    s_export.add_argument("name")
+    s_export.add_argument("out", help="the .parquet file to write")
+    s_export.add_argument("--as-of")
+    s_export.add_argument("--where")
+    s.set_defaults(fn=_state)
 
     d = sub.add_parser("demo", help="produce a sample clickstream, process it exactly once, print the committed output")
     d.add_argument("--brokers", help="Kafka bootstrap servers (default: start the local broker)")

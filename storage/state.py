@@ -52,7 +52,7 @@ from lockgate.operators.windows import (
 )
 from lockgate.storage.tables import CommitLog, _append, _open
 
-__all__ = ["WindowStore", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
+__all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
 _META = ("_lg_batch", "_lg_epoch", "_lg_order", "_lg_deleted")
 
@@ -209,3 +209,22 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
     spec = spec_from_json(raw.decode())
     return current_values(spec, _load(state, uri, spec, None, as_of)).lazy()
 
+
+
+def list_states(state: str) -> list[tuple[str, str]]:
+    """(pipeline, operator) of every window state table under ``state`` (a directory or ``s3://`` URI)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(str(state).rstrip("/") + "/_lockgate_state")
+    try:
+        pipelines = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except (OSError, FileNotFoundError):
+        return []
+    out = []
+    for p in pipelines:
+        if p.type != pafs.FileType.Directory:
+            continue
+        for op in fs.get_file_info(pafs.FileSelector(p.path)):
+            if op.type == pafs.FileType.Directory and op.base_name.endswith(".lance"):
+                out.append((p.base_name, op.base_name.removesuffix(".lance")))
+    return sorted(out)
