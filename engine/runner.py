@@ -15,6 +15,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
@@ -32,6 +33,7 @@ from lockgate.engine.plan import (
     SinkNode,
     SourceNode,
     WindowNode,
+    event_time_ms,
 )
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
@@ -271,6 +273,7 @@ class Runner:
                     break
                 raw = self.source.poll(self.config.batch, self.stop_event.is_set)
                 self._recover(self.source.take_new_partitions())
+                self.metrics.gauges("lag", self.source.lag())
                 if len(raw):
                     first_record = first_record or self.source.first_record_at
                     faults.crash_point("after_poll")
@@ -399,7 +402,10 @@ class Runner:
         self.epoch += 1  # epoch numbers never repeat, even for a batch that is dropped and redone
         ranges = partition_ranges(meta)
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
-        epoch = Epoch(self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev)
+        epoch = Epoch(
+            self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
+            timestamps_ms=meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=self._event_times_ms(inputs),
+        )
         txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
         txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
         self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
@@ -410,10 +416,24 @@ class Runner:
         txn.produce()  # the produce calls hold the GIL: on this thread they do not convoy with consume()
         self.inflight = (txn, _in_thread(txn.commit_kafka, f"lockgate-commit-{self.config.name}-{epoch.number}"))
         self.metrics.set("last_batch_seconds", time.monotonic() - t0)
+        self.metrics.observe("batch_seconds", time.monotonic() - t0)
+        if self.windows.active:
+            self.metrics.gauges("state_rows", self.windows.open_windows())
+            self.metrics.gauges("state_bytes", self.windows.state_bytes())
         return True
 
     def _new_producer(self) -> TransactionalProducer:
         return TransactionalProducer(self.config.producer_options(), call_timeout=self.config.commit_timeout_s)
+
+    def _event_times_ms(self, inputs: dict[str, pl.DataFrame]) -> np.ndarray | None:
+        """Event times (epoch ms) of the batch's records, from the sources that name an event-time column."""
+        parts = []
+        for nodes in self.sources_by_topic.values():
+            for node in nodes:
+                frame, column = inputs.get(node.name), node.time_column
+                if frame is not None and column is not None and column in frame.columns and frame.height:
+                    parts.append(frame.select(event_time_ms(column, frame.schema[column])).to_series().drop_nulls().to_numpy())
+        return np.concatenate(parts) if parts else None
 
     def _wait_inflight(self) -> None:
         """Block until the in-flight Kafka commit has finished (its outcome is handled by _settle).
@@ -494,6 +514,7 @@ class Runner:
         self.pending_marks.append(txn.epoch)
         self.committed_chain.update({(r.topic, r.partition): txn.epoch.batch_id for r in txn.epoch.ranges})
         self._count(txn.epoch)
+        self._observe_commit(txn)
         self.compactor.committed()
         return True
 
@@ -502,6 +523,14 @@ class Runner:
         for epoch in self.pending_marks:
             self.log.mark(self.config.name, epoch=epoch.number, batch_id=epoch.batch_id)
         self.pending_marks = []
+
+    def _observe_commit(self, txn: EpochTransaction) -> None:
+        if txn.commit_seconds is not None:
+            self.metrics.observe("commit_seconds", txn.commit_seconds)
+        now_ms = time.time() * 1000
+        for name, times in (("latency_seconds", txn.epoch.timestamps_ms), ("event_latency_seconds", txn.epoch.event_times_ms)):
+            if times is not None and len(times):
+                self.metrics.observe(name, np.maximum(now_ms - times, 0) / 1000)
 
     def _count(self, epoch: Epoch) -> None:
         self.metrics.add("batches")

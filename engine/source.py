@@ -167,6 +167,16 @@ class KafkaSource:
                 log.warning("consumer: %s", err)
         return records
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet read per assigned partition, from the last fetch's high watermark (no network)."""
+        owned = sorted(self.assignment.owned)
+        out = {}
+        for tp in self.consumer.position([ck.TopicPartition(t, p) for t, p in owned]) if owned else []:
+            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            if high >= 0 and tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
     def caught_up(self, ask_broker: bool = False) -> bool:
         """True when every assigned partition has been read to its end (lag 0).
 

@@ -155,6 +155,10 @@ class WindowRuntime:
         """Open (key, window) pairs, or kept rows, per operator."""
         return {name: st.open_windows for name, st in self.states.items()}
 
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of hot state per operator."""
+        return {name: st.nbytes for name, st in self.states.items()}
+
 
 def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str) -> pl.DataFrame:
     """Rows that a window could not take, as dead letters (the value is the row as JSON)."""

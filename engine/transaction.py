@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import confluent_kafka as ck
+import numpy as np
 import polars as pl
 from lockgate.engine import faults
 from lockgate.operators.errors import CommitError
@@ -80,6 +81,9 @@ class Epoch:
     event_times: Mapping[tuple[str, int], int] = field(default_factory=dict)
     #: per input partition, the batch this one follows on the partition's chain
     prev: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    #: Kafka timestamps and event times (epoch ms) of the batch's records, for the latency histograms
+    timestamps_ms: np.ndarray | None = None
+    event_times_ms: np.ndarray | None = None
     batch_id: int = field(default_factory=lambda: secrets.randbits(62))
 
     @property
@@ -209,6 +213,7 @@ class EpochTransaction:
         self.group = group
         self.state = "new"
         self.error: BaseException | None = None
+        self.commit_seconds: float | None = None
 
     def _expect(self, *states: str) -> None:
         if self.state == "failed":
@@ -263,6 +268,7 @@ class EpochTransaction:
         nothing else uses the producer until this returns.
         """
         self._expect("producing")
+        started = time.monotonic()
         p = self.producer
         offsets = self.epoch.offsets
         with self._kafka_step():
@@ -271,6 +277,7 @@ class EpochTransaction:
             faults.crash_point("after_produce")
             p._retry("commit_transaction", lambda: p.producer.commit_transaction(timeout))
         self.state = "committed"
+        self.commit_seconds = time.monotonic() - started
         faults.crash_point("after_commit")
 
     def mark(self) -> None:

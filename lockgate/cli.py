@@ -32,10 +32,33 @@ def _broker(args: argparse.Namespace) -> int:
     return 0
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per log event: ``ts``, ``level``, ``logger``, ``message`` (and ``error``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import UTC, datetime
+
+        event = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            event["error"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str)
+
+
 def _run(args: argparse.Namespace) -> int:
     from lockgate.engine.service import load_pipeline, serve
 
     pipe = load_pipeline(args.file, args.pipeline)
+    if args.metrics_port is not None:
+        from lockgate.engine.prometheus import serve_metrics
+
+        serve_metrics(pipe.name, pipe._metrics, args.metrics_port)
+        logging.getLogger("lockgate.service").info("metrics: http://0.0.0.0:%d/metrics", args.metrics_port)
     summary = serve(pipe, until=args.until, max_batches=args.max_batches)
     logging.getLogger("lockgate.service").info("stopped: %s", summary)
     print(f"lockgate run: {summary.batches} batches, {summary.records} records, stopped ({summary.stopped_because})")
@@ -120,6 +143,7 @@ def _state(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lockgate", description="A columnar micro-batch stream engine: Kafka, Polars, LanceDB, exactly once.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("broker", help="start, stop or check the local Kafka broker (KRaft, one node)")
@@ -133,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pipeline", help="the pipeline's name, when the file defines several")
     r.add_argument("--until", choices=["caught_up"], help="stop when the lag is 0")
     r.add_argument("--max-batches", type=int)
+    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
     r.set_defaults(fn=_run)
 
     s = sub.add_parser("state", help="list, show or export committed tables and window state")
@@ -164,7 +189,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lockgate`` command."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines() if args.log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to stderr
     try:
         return args.fn(args)

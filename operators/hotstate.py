@@ -75,6 +75,14 @@ class PartialIndex:
     def __len__(self) -> int:
         return self.live
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays and the key frame."""
+        arrays = [*self.values.values(), *self.valid.values(), self.alive, self.ends, self.check,
+                  self.main_h, self.main_ids, self.recent_h, self.recent_ids]
+        directory = self.main_dir[0].nbytes if self.main_dir is not None else 0
+        return sum(a.nbytes for a in arrays) + directory + self.keys.estimated_size()
+
     def _grow(self, needed: int) -> None:
         if needed <= self.capacity:
             return

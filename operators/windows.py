@@ -350,6 +350,12 @@ class WindowState:
             return self.rows.height
         return len(self.index) if self.index is not None else self.partials.height
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the hot state holds (arrays and frames)."""
+        held = self.partials.estimated_size() + self.rows.estimated_size()
+        return held + (self.index.nbytes if self.index is not None else 0)
+
 
 @dataclass(frozen=True)
 class FoldResult:
