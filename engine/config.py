@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-__all__ = ["BatchPolicy", "PipelineConfig"]
+__all__ = ["BatchPolicy", "PipelineConfig", "is_secret", "overrides"]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -81,6 +83,67 @@ class BatchPolicy(_Options):
         return self.max_wait.total_seconds()
 
 
+#: words that make a Kafka option a secret: its value is a SecretStr, never logged or shown
+_SECRET_WORDS = ("password", "secret", "token", ".pem", "jaas", "credentials")
+#: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
+_TOP_LEVEL = ("brokers", "state", "instance", "compact_every", "commit_timeout")
+
+
+def is_secret(option: str) -> bool:
+    """True for Kafka options whose value must not be shown (``sasl.password``, ``ssl.key.password``, ...).
+
+    >>> is_secret("sasl.password"), is_secret("security.protocol")
+    (True, False)
+    """
+    return any(word in option.lower() for word in _SECRET_WORDS)
+
+
+def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Pipeline options from the TOML file ``$LOCKGATE_CONFIG`` and ``LOCKGATE_*`` variables (these win).
+
+    A service sets them around the very code a notebook runs: ``LOCKGATE_BROKERS``,
+    ``LOCKGATE_STATE``, ``LOCKGATE_INSTANCE``, ``LOCKGATE_COMPACT_EVERY``,
+    ``LOCKGATE_COMMIT_TIMEOUT``, ``LOCKGATE_BATCH__MAX_RECORDS`` (any ``BatchPolicy``
+    field) and ``LOCKGATE_KAFKA__SASL_PASSWORD`` (any librdkafka option: ``_`` becomes
+    ``.``).  The TOML file has the tables ``[pipeline]``, ``[batch]`` and ``[kafka]``.
+
+    >>> overrides({"LOCKGATE_BROKERS": "k1:9092", "LOCKGATE_KAFKA__SECURITY_PROTOCOL": "SSL", "LOCKGATE_BATCH__MAX_RECORDS": "500"})
+    {'brokers': 'k1:9092', 'kafka': {'security.protocol': 'SSL'}, 'batch': {'max_records': '500'}}
+    """
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    path = environ.get("LOCKGATE_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PipelineDefinitionError(f"LOCKGATE_CONFIG={path!r}: cannot read it as TOML: {exc}") from None
+        unknown = set(data) - {"pipeline", "batch", "kafka"}
+        bad = set(data.get("pipeline", {})) - set(_TOP_LEVEL)
+        if unknown or bad:
+            raise PipelineDefinitionError(
+                f"{path}: unknown {'tables ' + str(sorted(unknown)) if unknown else 'options ' + str(sorted(bad))}; "
+                f"use [pipeline] ({', '.join(_TOP_LEVEL)}), [batch] and [kafka]"
+            )
+        out.update(data.get("pipeline", {}))
+        if data.get("batch"):
+            out["batch"] = dict(data["batch"])
+        if data.get("kafka"):
+            out["kafka"] = dict(data["kafka"])
+    for key, value in sorted(environ.items()):
+        if not key.startswith("LOCKGATE_"):
+            continue
+        name = key.removeprefix("LOCKGATE_").lower()
+        if name.startswith("kafka__"):
+            out.setdefault("kafka", {})[name.removeprefix("kafka__").replace("_", ".")] = value
+        elif name.startswith("batch__"):
+            out.setdefault("batch", {})[name.removeprefix("batch__")] = value
+        elif name in _TOP_LEVEL:
+            out[name] = value
+    return out
+
+
 class PipelineConfig(_Options):
     """Validated options of an ``lg.Pipeline``."""
 
@@ -94,6 +157,18 @@ class PipelineConfig(_Options):
     kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
     compact_every: int = Field(50, ge=1, description="compact the LanceDB tables every this many committed batches")
     commit_timeout: timedelta = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
+
+    @field_validator("kafka", mode="after")
+    @classmethod
+    def _secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: (SecretStr(str(v)) if is_secret(k) and not isinstance(v, SecretStr) else v) for k, v in value.items()}
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret option's value replaced by ``***`` (for errors from the clients)."""
+        for option, value in self.kafka.items():
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                text = text.replace(value.get_secret_value(), "***")
+        return text
 
     @field_validator("commit_timeout", mode="before")
     @classmethod

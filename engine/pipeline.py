@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from lockgate.engine.config import BatchPolicy, PipelineConfig
+from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, source_node
@@ -60,6 +60,9 @@ class Pipeline:
         This instance's id (default ``$LOCKGATE_INSTANCE`` or ``0``); stable across restarts.
     kafka
         Extra librdkafka options for every client (e.g. ``{"security.protocol": "SSL"}``).
+        Options that hold secrets (``sasl.password`` ...) become ``SecretStr``: never in
+        logs, reprs or errors.  ``LOCKGATE_*`` variables and ``lockgate run --config
+        FILE.toml`` override every option given here (see ``lockgate.engine.config.overrides``).
     compact_every
         Compact the LanceDB tables (in the background) every this many committed batches.
     commit_timeout
@@ -88,6 +91,13 @@ class Pipeline:
             options["batch"] = batch
         if instance is not None:
             options["instance"] = instance
+        # a service's environment and --config file win over what the code says (see config.overrides)
+        given = overrides()
+        options["kafka"] = {**options["kafka"], **given.pop("kafka", {})}
+        if "batch" in given:
+            base = options["batch"].model_dump() if isinstance(options.get("batch"), BatchPolicy) else {}
+            options["batch"] = BatchPolicy(**{**base, **given.pop("batch")})
+        options.update(given)
         self.config = PipelineConfig(**options)
         self._builder = _Builder()
         self._metrics = Metrics()

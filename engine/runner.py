@@ -15,6 +15,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import confluent_kafka as ck
 import numpy as np
 import polars as pl
 from lockgate.engine import faults
@@ -229,6 +230,13 @@ class Runner:
         self.changelogs: dict[str, ChangelogTable] = {}
 
     def _open(self) -> None:
+        try:
+            self._open_clients()
+        except (ck.KafkaException, ValueError, TypeError) as exc:
+            # librdkafka may quote a value it refuses: never let it be a secret
+            raise PipelineDefinitionError(f"pipeline {self.config.name!r}: the Kafka clients refused their options: {self.config.scrub(str(exc))}") from None
+
+    def _open_clients(self) -> None:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
         self.producer = self._new_producer()

@@ -51,8 +51,14 @@ class JsonLines(logging.Formatter):
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from lockgate.engine.service import load_pipeline, serve
 
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise LockgateError(f"--config {args.config}: no such file")
+        os.environ["LOCKGATE_CONFIG"] = str(Path(args.config).resolve())  # read when the file creates its lg.Pipeline
     pipe = load_pipeline(args.file, args.pipeline)
     if args.metrics_port is not None:
         from lockgate.engine.prometheus import serve_metrics
@@ -158,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--until", choices=["caught_up"], help="stop when the lag is 0")
     r.add_argument("--max-batches", type=int)
     r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
+    r.add_argument("--config", help="a TOML file with [pipeline], [batch] and [kafka] tables; LOCKGATE_* variables win over it")
     r.set_defaults(fn=_run)
 
     s = sub.add_parser("state", help="list, show or export committed tables and window state")

@@ -1,0 +1,76 @@
+"""Configuration: LOCKGATE_* variables and a TOML file override the code's options; secrets never show."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from lockgate.engine.config import overrides
+
+import lockgate as lg
+from tests.conftest import json_values, produce
+from tests.engine.test_service import PIPELINE_FILE
+
+SECRET = "s3cr3t-Pa55-9f1c"
+
+
+def test_environment_variables_win_over_the_toml_file_which_wins_over_the_code(tmp_path, monkeypatch):
+    config = tmp_path / "prod.toml"
+    config.write_text(
+        '[pipeline]\nbrokers = "toml:9092"\nstate = "s3://bucket/state"\ncommit_timeout = "30s"\n'
+        '[batch]\nmax_records = 2000\n[kafka]\n"security.protocol" = "SASL_SSL"\n"sasl.mechanism" = "PLAIN"\n'
+    )
+    monkeypatch.setenv("LOCKGATE_CONFIG", str(config))
+    monkeypatch.setenv("LOCKGATE_BROKERS", "env:9092")
+    monkeypatch.setenv("LOCKGATE_KAFKA__SASL_PASSWORD", SECRET)
+    monkeypatch.setenv("LOCKGATE_BATCH__MAX_WAIT", "250ms")
+    pipe = lg.Pipeline("p", brokers="code:9092", state="./here", batch=lg.BatchPolicy(max_records=10), kafka={"client.id": "mine"})
+    c = pipe.config
+    assert (c.brokers, c.state, c.commit_timeout) == ("env:9092", "s3://bucket/state", timedelta(seconds=30))
+    assert (c.batch.max_records, c.batch.max_wait_s) == (2000, 0.25)
+    options = c.producer_options()
+    assert options["security.protocol"] == "SASL_SSL" and options["client.id"] == "mine"
+    assert options["sasl.password"] == SECRET, "the secret reaches librdkafka"
+    for text in (repr(pipe), repr(c), str(c), str(pipe.plan()), c.model_dump_json()):
+        assert SECRET not in text
+
+
+def test_a_bad_option_from_the_environment_is_a_clear_error_naming_it(monkeypatch):
+    monkeypatch.setenv("LOCKGATE_COMPACT_EVERY", "often")
+    with pytest.raises(lg.PipelineDefinitionError, match="compact_every"):
+        lg.Pipeline("p")
+    assert overrides({"LOCKGATE_TEST_BROKERS": "x", "PATH": "/bin"}) == {}, "other variables are not options"
+
+
+def test_an_unknown_toml_table_or_option_is_a_clear_error(tmp_path, monkeypatch):
+    config = tmp_path / "bad.toml"
+    config.write_text('[pipeline]\nbroker = "typo:9092"\n')
+    monkeypatch.setenv("LOCKGATE_CONFIG", str(config))
+    with pytest.raises(lg.PipelineDefinitionError, match=r"unknown options \['broker'\].*\[pipeline\] \(brokers"):
+        lg.Pipeline("p")
+
+
+@pytest.mark.kafka
+def test_a_secret_in_the_configuration_appears_in_no_log_line_repr_or_error(brokers, make_topic, tmp_path, unique):
+    source = make_topic(f"cfg-in-{unique}", partitions=1)
+    produce(brokers, source, json_values([{"n": i} for i in range(2_000)]))
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE_FILE + "\nprint(repr(pipe), pipe.config)\n")
+    env = {**os.environ, "T_NAME": f"cfg-{unique}", "T_BROKERS": brokers, "T_STATE": str(tmp_path / "state"), "T_SOURCE": source,
+           "T_OUT": f"cfg-out-{unique}", "LOCKGATE_KAFKA__SASL_PASSWORD": SECRET, "LOCKGATE_KAFKA__SASL_USERNAME": "svc"}
+    cli = [sys.executable, "-m", "lockgate.cli", "--log-level", "DEBUG"]
+    ok = subprocess.run([*cli, "run", str(path), "--until", "caught_up"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "SecretStr('**********')" in ok.stdout, "the repr was printed, masked"
+    # a configuration the clients refuse, quoting the value they refuse: it is the secret's value here
+    bad_env = {**env, "LOCKGATE_KAFKA__SECURITY_PROTOCOL": SECRET}
+    plain = tmp_path / "plain.py"  # no repr printed: the refused value sits in a non-secret option here
+    plain.write_text(PIPELINE_FILE)
+    bad = subprocess.run([*cli, "run", str(plain), "--until", "caught_up"], env=bad_env, capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and "the Kafka clients refused their options" in bad.stderr, bad.stderr[-3000:]
+    assert "***" in bad.stderr, "librdkafka quoted the value; lockgate masked it"
+    for output in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
+        assert SECRET not in output
