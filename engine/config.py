@@ -108,7 +108,7 @@ def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     ``.``).  The TOML file has the tables ``[pipeline]``, ``[batch]`` and ``[kafka]``.
 
     >>> overrides({"LOCKGATE_BROKERS": "k1:9092", "LOCKGATE_KAFKA__SECURITY_PROTOCOL": "SSL", "LOCKGATE_BATCH__MAX_RECORDS": "500"})
-    {'brokers': 'k1:9092', 'kafka': {'security.protocol': 'SSL'}, 'batch': {'max_records': '500'}}
+    {'batch': {'max_records': '500'}, 'brokers': 'k1:9092', 'kafka': {'security.protocol': 'SSL'}}
     """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
@@ -165,7 +165,7 @@ class PipelineConfig(_Options):
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret option's value replaced by ``***`` (for errors from the clients)."""
-        for option, value in self.kafka.items():
+        for value in self.kafka.values():
             if isinstance(value, SecretStr) and value.get_secret_value():
                 text = text.replace(value.get_secret_value(), "***")
         return text
