@@ -28,6 +28,7 @@ from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, source_node
+from lockgate.engine.progress import NotebookProgress, in_notebook
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
 from lockgate.operators.errors import PipelineDefinitionError
@@ -166,7 +167,9 @@ class Pipeline:
         """Ask a running ``run`` to stop after the open micro-batch (thread- and signal-safe)."""
         self._stop.set()
 
-    def run(self, until: Until = None, *, max_batches: int | None = None, timeout: float | None = None) -> RunSummary:
+    def run(
+        self, until: Until = None, *, max_batches: int | None = None, timeout: float | None = None, progress: bool | None = None
+    ) -> RunSummary:
         """Process micro-batches exactly once.
 
         Parameters
@@ -178,14 +181,33 @@ class Pipeline:
             Stop after this many committed micro-batches.
         timeout
             Stop after this many seconds.
+        progress
+            Show a live line (records, batches, lag, late, dead letters); default: in a
+            notebook only.
         """
         if not self._running.acquire(blocking=False):
             raise PipelineDefinitionError(f"pipeline {self.name!r} is already running in this process")
+        bar = NotebookProgress(self.name) if (in_notebook() if progress is None else progress) else None
+        summary: RunSummary | None = None
         try:
             self._stop.clear()
-            return Runner(self.config, self.plan(), self._metrics, self._stop).run(until, max_batches, timeout)
+            summary = Runner(self.config, self.plan(), self._metrics, self._stop).run(until, max_batches, timeout, on_batch=bar)
+            return summary
         finally:
             self._running.release()
+            if bar is not None:
+                bar.close(self._metrics.snapshot(), f"stopped ({summary.stopped_because})" if summary else "failed")
+
+    def preview(self, n: int = 10, *, timeout: float = 10.0) -> dict[str, pl.DataFrame]:
+        """What each sink would get from the next ``n`` records; nothing is produced, written or committed.
+
+        Reads from where the pipeline's consumer group stands (with a throwaway consumer
+        that commits nothing); window operators start from the committed state.
+        Returns one frame per sink, keyed by its topic or table name.
+        """
+        from lockgate.engine.preview import preview
+
+        return preview(self.config, self.plan(), n, timeout)
 
     def state(self, name: str, *, as_of: int | datetime | None = None) -> pl.LazyFrame:
         """The committed rows of this pipeline's table ``name`` (see ``lg.read_table``)."""

@@ -45,6 +45,21 @@ class RawBatch:
     def __len__(self) -> int:
         return len(self.values)
 
+    @staticmethod
+    def from_messages(msgs: list[ck.Message], topics: list[str], nbytes: int = 0) -> RawBatch:
+        """The records of ``msgs`` (no error events) as columns: one C-level ``map`` per column."""
+        single = len(topics) == 1
+        return RawBatch(
+            topic=topics[0] if single else None,
+            topics=None if single else list(map(_M.topic, msgs)),
+            partitions=list(map(_M.partition, msgs)),
+            offsets=list(map(_M.offset, msgs)),
+            timestamps=list(map(_second, map(_M.timestamp, msgs))),
+            keys=list(map(_M.key, msgs)),
+            values=list(map(_M.value, msgs)),
+            nbytes=nbytes or sum(map(len, msgs)),
+        )
+
     def metadata(self) -> pl.DataFrame:
         """The Kafka metadata columns of every record."""
         return pl.DataFrame(
@@ -129,17 +144,7 @@ class KafkaSource:
                 break
         if self.assignment.revoked and msgs:
             msgs = [m for m in msgs if (m.topic(), m.partition()) not in self.assignment.revoked]
-        single = len(self.topics) == 1
-        return RawBatch(
-            topic=self.topics[0] if single else None,
-            topics=None if single else list(map(_M.topic, msgs)),
-            partitions=list(map(_M.partition, msgs)),
-            offsets=list(map(_M.offset, msgs)),
-            timestamps=list(map(_second, map(_M.timestamp, msgs))),
-            keys=list(map(_M.key, msgs)),
-            values=list(map(_M.value, msgs)),
-            nbytes=nbytes,
-        )
+        return RawBatch.from_messages(msgs, self.topics, nbytes)
 
     def _trim(self, msgs: list[ck.Message], max_bytes: int) -> tuple[list[ck.Message], int]:
         """Keep the longest prefix within ``max_bytes`` (at least one record); seek back for the rest."""

@@ -89,6 +89,8 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
     """The committed rows of a table (``NAME``) or a window's state (``PIPELINE/OPERATOR``)."""
     from datetime import datetime
 
+    import polars as pl
+
     from lockgate.operators.errors import PipelineDefinitionError
     from lockgate.storage.state import read_state
     from lockgate.storage.tables import read_table
@@ -111,7 +113,7 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
         frame = read_table(args.state, args.name, as_of=as_of)
     if getattr(args, "where", None):
         try:
-            frame = frame.sql(f"SELECT * FROM self WHERE {args.where}")
+            frame = frame.filter(pl.sql_expr(args.where))
             frame.collect_schema()
         except Exception as exc:  # noqa: BLE001 - Polars raises several kinds for a bad predicate
             first = str(exc).strip().splitlines()[0]
@@ -140,7 +142,9 @@ def _state(args: argparse.Namespace) -> int:
         frame.collect().write_parquet(out)
         print(f"wrote {out}")
         return 0
-    shown = frame.head(args.limit).collect()
+    # not frame.head(n): Polars turns filter + head into one Lance head(n, filter=...) call, after which
+    # this process aborts at exit (polars 2.1 + pylance 14, seen here); a full filtered read does not
+    shown = frame.collect().head(args.limit)
     with pl.Config(tbl_rows=args.limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
         print(shown)
     return 0

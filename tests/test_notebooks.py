@@ -21,6 +21,10 @@ def test_the_notebook_runs_top_to_bottom(path: Path, brokers: str, tmp_path: Pat
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
+    html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    if "pipe.run(" in "".join(c.source for c in nb.cells if c.cell_type == "code"):
+        assert any("<progress" in h and "records" in h and "stopped (" in h for h in html), "pipe.run shows its progress line"
+    assert any("<table" in h for h in html), "the pipeline renders its plan as HTML"
 
 
 def test_there_are_notebooks():

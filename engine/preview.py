@@ -1,0 +1,95 @@
+"""``pipe.preview(n)``: the plan over the next ``n`` records, committing nothing.
+
+A throwaway consumer (its own group id; it commits no offset) reads from where the
+pipeline's consumer group stands, the records go through the same decode and
+operators as a micro-batch, window operators start from the committed state
+(read, never written), and the sinks' frames come back as dataframes: nothing is
+produced to Kafka, nothing is written to LanceDB.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import confluent_kafka as ck
+import polars as pl
+from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka.admin import AdminClient
+from lockgate.engine.changelog import ChangelogTable
+from lockgate.engine.config import PipelineConfig
+from lockgate.engine.plan import Plan
+from lockgate.engine.runner import Runner, execute
+from lockgate.engine.source import RawBatch
+
+__all__ = ["preview"]
+
+
+def _start_offsets(config: PipelineConfig, topics: list[str]) -> list[ck.TopicPartition]:
+    """Every partition of ``topics`` at the pipeline group's committed offset (the beginning if none)."""
+    admin = AdminClient(config.admin_options())
+    metadata = admin.list_topics(timeout=30)
+    partitions = []
+    for topic in topics:
+        if topic not in metadata.topics:
+            raise ValueError(f"preview: the source topic {topic!r} does not exist")
+        partitions += [ck.TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
+    request = ConsumerGroupTopicPartitions(config.name, partitions)
+    committed = admin.list_consumer_group_offsets([request])[config.name].result(30)
+    offsets = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions if tp.offset >= 0}
+    return [ck.TopicPartition(tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), ck.OFFSET_BEGINNING)) for tp in partitions]
+
+
+def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -> dict[str, pl.DataFrame]:
+    """The frame each sink would get from the next ``n`` records (fewer if ``timeout`` passes first)."""
+    runner = Runner(config, plan, metrics=_Discard(), stop_event=None)  # type: ignore[arg-type]
+    topics = list(runner.sources_by_topic)
+    options = {**config.consumer_options(), "group.id": f"{config.name}-preview-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+    options.pop("group.instance.id", None)  # not a member of any group: it only reads
+    consumer = ck.Consumer(options)
+    changelogs = {t.name: ChangelogTable(t, config.admin_options()) for t in plan.tables}
+    try:
+        consumer.assign(_start_offsets(config, topics))
+        messages: list[ck.Message] = []
+        deadline = time.monotonic() + timeout
+        while len(messages) < n and time.monotonic() < deadline:
+            got = consumer.consume(min(n - len(messages), 10_000), max(0.0, min(0.5, deadline - time.monotonic())))
+            messages += [m for m in got if m.error() is None]
+        raw = RawBatch.from_messages(messages[:n], topics)
+        for table in changelogs.values():
+            table.bootstrap()
+        meta, inputs, dead = runner._decode(raw)
+        now = time.monotonic()
+        tables = {name: table.frame() for name, table in changelogs.items()}
+        if runner.windows.active:
+            runner.windows.assign({(m.topic(), m.partition()) for m in messages}, now)
+            runner.windows.load(now)
+            runner.windows.observe(inputs, now)
+            decode_dead = dead
+            outputs = execute(
+                plan, inputs, lambda node, frame: runner.windows.step(node, frame, now),
+                lambda: pl.concat([decode_dead, *runner.windows.late], how="vertical_relaxed"), tables,
+            )
+        else:
+            outputs = execute(plan, inputs, dead_letters=lambda: dead, tables=tables)
+        return {sink.target: outputs[sink.name] for sink in plan.sinks}
+    finally:
+        consumer.close()
+        for table in changelogs.values():
+            table.close()
+
+
+class _Discard:
+    """Metrics that a preview does not keep."""
+
+    def add(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def set(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def gauges(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def observe(self, *args: object, **kwargs: object) -> None:
+        pass
