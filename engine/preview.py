@@ -58,7 +58,7 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         raw = RawBatch.from_messages(messages[:n], topics)
         for table in changelogs.values():
             table.bootstrap()
-        meta, inputs, dead = runner._decode(raw)
+        _meta, inputs, dead = runner._decode(raw)
         now = time.monotonic()
         tables = {name: table.frame() for name, table in changelogs.items()}
         if runner.windows.active:
