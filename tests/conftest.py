@@ -116,6 +116,24 @@ def json_frame(messages: Sequence[ck.Message], schema: dict[str, pl.DataType]) -
     return pl.DataFrame([json.loads(m.value()) for m in messages], schema=schema, orient="row")
 
 
+def wait_for_rows(state: str, table: str, more_than: int, timeout: float = 120.0) -> int:
+    """Until the committed table ``table`` has more than ``more_than`` rows (a pipeline runs elsewhere)."""
+    import time
+
+    import lockgate as lg
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            rows = lg.read_table(state, table).collect().height
+        except lg.StorageError:
+            continue  # nothing committed yet
+        if rows > more_than:
+            return rows
+    raise AssertionError(f"table {table!r} under {state} did not get more than {more_than} rows in {timeout}s")
+
+
 def same_rows(left: pl.DataFrame, right: pl.DataFrame) -> bool:
     """Equal as multisets of rows (order ignored, duplicates counted)."""
     if left.columns != right.columns or left.height != right.height:

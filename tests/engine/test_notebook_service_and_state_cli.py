@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +15,13 @@ import pytest
 from lockgate.engine.service import notebook_source
 
 import lockgate as lg
-from tests.conftest import json_frame, json_values, produce, read_committed
+from tests.conftest import (
+    json_frame,
+    json_values,
+    produce,
+    read_committed,
+    wait_for_rows,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -77,14 +82,7 @@ def test_a_notebook_runs_as_a_service_stops_on_sigterm_and_a_restart_is_exact(br
     env = {**os.environ, "T_NAME": f"nb-{unique}", "T_BROKERS": brokers, "T_STATE": state, "T_SOURCE": source, "T_OUT": f"nb-out-{unique}"}
     cli = [sys.executable, "-m", "lockgate.cli"]
     proc = subprocess.Popen([*cli, "--log-level", "INFO", "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            if lg.read_table(state, "odd").collect().height > 2_000:
-                break
-        except lg.StorageError:
-            continue
+    wait_for_rows(state, "odd", 2_000)
     assert proc.poll() is None, "the service stopped by itself: " + (proc.stderr.read() if proc.stderr else "")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

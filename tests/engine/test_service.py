@@ -7,13 +7,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import polars as pl
 import pytest
 
 import lockgate as lg
-from tests.conftest import json_frame, json_values, produce, read_committed
+from tests.conftest import (
+    json_frame,
+    json_values,
+    produce,
+    read_committed,
+    wait_for_rows,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -55,14 +60,7 @@ def test_sigterm_stops_after_the_open_batch_and_a_restart_completes_exactly_once
     env = {**os.environ, "T_NAME": f"svc-{unique}", "T_BROKERS": brokers, "T_STATE": state, "T_SOURCE": source, "T_OUT": f"svc-out-{unique}"}
 
     proc = _cli("--log-level", "INFO", "run", str(path), env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            if lg.read_table(state, "odd").collect().height > 2_000:
-                break
-        except lg.StorageError:
-            continue
+    wait_for_rows(state, "odd", 2_000)
     assert proc.poll() is None, "the service stopped by itself: " + (proc.stderr.read() if proc.stderr else "")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
