@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka as ck
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 __all__ = [
     "count_committed",
@@ -27,6 +27,7 @@ __all__ = [
     "median",
     "resolve_brokers",
     "stamp",
+    "wait_transactions_settled",
     "write_json",
 ]
 
@@ -75,8 +76,32 @@ def delete_topics(brokers: str, topics: Iterable[str]) -> None:
             print(f"# could not delete topic {topic}: {exc}", file=sys.stderr)
 
 
+def wait_transactions_settled(brokers: str, topic: str, *, timeout: float = 60.0) -> int:
+    """Wait until no partition of ``topic`` has an open transaction; returns the partitions still open (0 = settled).
+
+    ``commit_transaction`` returns before the broker has written the commit markers to
+    the data partitions; until it has, a ``read_committed`` consumer hits end-of-partition
+    at the last stable offset and would miss the last transaction.  The LSO (``latest``
+    with READ_COMMITTED) equals the high watermark once every marker is written.
+    """
+    admin = AdminClient({"bootstrap.servers": brokers})
+    partitions = list(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+    tps = [ck.TopicPartition(topic, p) for p in partitions]
+    deadline = time.monotonic() + timeout
+    while True:
+        ends = {}
+        for level in (ck.IsolationLevel.READ_COMMITTED, ck.IsolationLevel.READ_UNCOMMITTED):
+            futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=30)
+            ends[level] = {tp.partition: f.result().offset for tp, f in futures.items()}
+        open_ = sum(ends[ck.IsolationLevel.READ_COMMITTED][p] != ends[ck.IsolationLevel.READ_UNCOMMITTED][p] for p in partitions)
+        if not open_ or time.monotonic() > deadline:
+            return open_
+        time.sleep(0.2)
+
+
 def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
-    """Records of ``topic`` visible to a ``read_committed`` consumer (reads every partition to its end)."""
+    """Records of ``topic`` visible to a ``read_committed`` consumer, once every commit marker is written."""
+    wait_transactions_settled(brokers, topic)
     admin = AdminClient({"bootstrap.servers": brokers})
     partitions = list(admin.list_topics(topic, timeout=30).topics[topic].partitions)
     consumer = ck.Consumer(

@@ -68,7 +68,7 @@ from typing import Any
 import confluent_kafka as ck
 import numpy as np
 import polars as pl
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -197,32 +197,9 @@ def produce(brokers: str, topic: str, events: pl.DataFrame, compression: str) ->
             "value_bytes_mean": round(nbytes / max(events.height, 1), 1)}
 
 
-def wait_transactions_settled(brokers: str, topic: str, *, timeout: float = 60.0) -> int:
-    """Wait until no partition of ``topic`` has an open transaction; returns the partitions still open (0 = settled).
-
-    ``commit_transaction`` returns before the broker has written the commit markers to
-    the data partitions; until it has, a ``read_committed`` consumer hits end-of-partition
-    at the last stable offset and would miss the last transaction.  The LSO (``latest``
-    with READ_COMMITTED) equals the high watermark once every marker is written.
-    """
-    admin = AdminClient({"bootstrap.servers": brokers})
-    partitions = list(admin.list_topics(topic, timeout=30).topics[topic].partitions)
-    tps = [ck.TopicPartition(topic, p) for p in partitions]
-    deadline = time.monotonic() + timeout
-    while True:
-        ends = {}
-        for level in (ck.IsolationLevel.READ_COMMITTED, ck.IsolationLevel.READ_UNCOMMITTED):
-            futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, isolation_level=level, request_timeout=30)
-            ends[level] = {tp.partition: f.result().offset for tp, f in futures.items()}
-        open_ = sum(ends[ck.IsolationLevel.READ_COMMITTED][p] != ends[ck.IsolationLevel.READ_UNCOMMITTED][p] for p in partitions)
-        if not open_ or time.monotonic() > deadline:
-            return open_
-        time.sleep(0.2)
-
-
 def read_committed(brokers: str, topic: str, *, timeout: float = 300.0) -> list[tuple[bytes | None, bytes]]:
     """(key, value) of every record of ``topic`` that a ``read_committed`` consumer sees (after the markers settled)."""
-    still_open = wait_transactions_settled(brokers, topic)
+    still_open = common.wait_transactions_settled(brokers, topic)
     if still_open:
         print(f"# warning: {topic}: {still_open} partitions still have an open transaction", file=sys.stderr)
     admin = AdminClient({"bootstrap.servers": brokers})
@@ -386,8 +363,7 @@ def run_lockgate(brokers: str, topic: str, records: int, run: int, tag: str, sta
 
 
 def check_lockgate(brokers: str, result: dict[str, Any], expected: pl.DataFrame) -> dict[str, Any]:
-    wait_transactions_settled(brokers, result["output_topic"])
-    seen = common.count_committed(brokers, result["output_topic"])
+    seen = common.count_committed(brokers, result["output_topic"])  # waits for the commit markers first
     table = lg.read_table(result["state"], TABLE).collect()
     start = pl.col("window_start")
     got = table.select(
