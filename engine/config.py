@@ -85,6 +85,18 @@ class BatchPolicy(_Options):
 
 #: words that make a Kafka option a secret: its value is a SecretStr, never logged or shown
 _SECRET_WORDS = ("password", "secret", "token", ".pem", "jaas", "credentials")
+#: librdkafka options (or prefixes) that only a consumer / only a producer has
+_CONSUMER_ONLY = (
+    "group.", "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms", "auto.commit", "auto.offset.reset",
+    "enable.auto.", "fetch.", "queued.", "max.partition.fetch.bytes", "isolation.level", "partition.assignment.strategy",
+    "check.crcs", "enable.partition.eof", "coordinator.query.interval.ms", "consume.callback.max.messages",
+    "allow.auto.create.topics",
+)
+_PRODUCER_ONLY = (
+    "transactional.id", "transaction.timeout.ms", "enable.idempotence", "enable.gapless.guarantee", "queue.buffering.",
+    "queuing.strategy", "message.send.max.retries", "retries", "retry.backoff", "compression.", "batch.", "linger.ms",
+    "delivery.", "message.timeout.ms", "request.required.acks", "acks", "partitioner", "sticky.partitioning.linger.ms",
+)
 #: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
 _TOP_LEVEL = ("brokers", "state", "instance", "compact_every", "commit_timeout")
 
@@ -200,8 +212,17 @@ class PipelineConfig(_Options):
         """The dead-letter topic of this pipeline."""
         return f"{self.name}-dlq"
 
-    def _common(self) -> dict[str, Any]:
-        extra = {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in self.kafka.items()}
+    def _common(self, role: str) -> dict[str, Any]:
+        """``kafka=`` options for a client of ``role`` (consumer, producer, admin): each gets the ones it has.
+
+        librdkafka warns (CONFWARN) about every consumer option a producer is given and
+        the other way round; the user gives one dict for all clients.
+        """
+        extra = {
+            k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
+            for k, v in self.kafka.items()
+            if not (role != "consumer" and k.startswith(_CONSUMER_ONLY)) and not (role != "producer" and k.startswith(_PRODUCER_ONLY))
+        }
         return {"bootstrap.servers": self.brokers, **extra}
 
     def consumer_options(self) -> dict[str, Any]:
@@ -219,7 +240,7 @@ class PipelineConfig(_Options):
             "queued.min.messages": 200_000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            **self._common(),
+            **self._common("consumer"),
         }
 
     def producer_options(self) -> dict[str, Any]:
@@ -234,9 +255,9 @@ class PipelineConfig(_Options):
             "queue.buffering.max.kbytes": 1_048_576,
             "transaction.timeout.ms": 60_000,
             "partitioner": "murmur2_random",
-            **self._common(),
+            **self._common("producer"),
         }
 
     def admin_options(self) -> dict[str, Any]:
         """librdkafka options of the admin client."""
-        return self._common()
+        return self._common("admin")

@@ -74,3 +74,32 @@ def test_a_secret_in_the_configuration_appears_in_no_log_line_repr_or_error(brok
     assert "***" in bad.stderr, "librdkafka quoted the value; lockgate masked it"
     for output in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
         assert SECRET not in output
+
+
+def test_each_kafka_client_gets_only_the_options_it_has_so_librdkafka_warns_about_none():
+    import logging
+
+    import confluent_kafka as ck
+    from lockgate.engine.config import PipelineConfig
+
+    config = PipelineConfig(name="x", brokers="127.0.0.1:9", kafka={"session.timeout.ms": 6000, "linger.ms": 10, "client.id": "me"})
+    producer, consumer, admin = config.producer_options(), config.consumer_options(), config.admin_options()
+    assert "session.timeout.ms" not in producer and producer["linger.ms"] == 10 and producer["client.id"] == "me"
+    assert consumer["session.timeout.ms"] == 6000 and "linger.ms" not in consumer and consumer["client.id"] == "me"
+    assert set(admin) == {"bootstrap.servers", "client.id"}
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.rdkafka")
+    logger.addHandler(Collect())
+    logger.setLevel(logging.DEBUG)
+    client = ck.Producer({**producer, "logger": logger})
+    client.poll(0.2)
+    with_everything = ck.Producer({**producer, "session.timeout.ms": 6000, "logger": logger})  # what lockgate used to do
+    with_everything.poll(0.2)
+    assert any("session.timeout.ms" in line for line in lines), "the check can see a CONFWARN"
+    assert sum("consumer property" in line for line in lines) == 1, lines
