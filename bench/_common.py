@@ -10,7 +10,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 __all__ = [
+    "committed_messages",
     "count_committed",
     "create_topic",
     "delete_topics",
@@ -99,9 +100,11 @@ def wait_transactions_settled(brokers: str, topic: str, *, timeout: float = 60.0
         time.sleep(0.2)
 
 
-def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
-    """Records of ``topic`` visible to a ``read_committed`` consumer, once every commit marker is written."""
-    wait_transactions_settled(brokers, topic)
+def committed_messages(brokers: str, topic: str, *, timeout: float = 120.0) -> Iterator[ck.Message]:
+    """Every record of ``topic`` a ``read_committed`` consumer sees, once every commit marker is written."""
+    still_open = wait_transactions_settled(brokers, topic)
+    if still_open:
+        print(f"# warning: {topic}: {still_open} partitions still have an open transaction", file=sys.stderr)
     admin = AdminClient({"bootstrap.servers": brokers})
     partitions = list(admin.list_topics(topic, timeout=30).topics[topic].partitions)
     consumer = ck.Consumer(
@@ -116,7 +119,6 @@ def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
     )
     consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
     at_end: set[int] = set()
-    count = 0
     deadline = time.monotonic() + timeout
     try:
         while len(at_end) < len(partitions):
@@ -125,14 +127,18 @@ def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
             for m in consumer.consume(10_000, 1.0):
                 err = m.error()
                 if err is None:
-                    count += 1
+                    yield m
                 elif err.code() == ck.KafkaError._PARTITION_EOF:
                     at_end.add(m.partition())
                 else:
                     raise ck.KafkaException(err)
     finally:
         consumer.close()
-    return count
+
+
+def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
+    """How many records of ``topic`` a ``read_committed`` consumer sees (see ``committed_messages``)."""
+    return sum(1 for _ in committed_messages(brokers, topic, timeout=timeout))
 
 
 def median(values: Sequence[float]) -> float:

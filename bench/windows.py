@@ -199,34 +199,7 @@ def produce(brokers: str, topic: str, events: pl.DataFrame, compression: str) ->
 
 def read_committed(brokers: str, topic: str, *, timeout: float = 300.0) -> list[tuple[bytes | None, bytes]]:
     """(key, value) of every record of ``topic`` that a ``read_committed`` consumer sees (after the markers settled)."""
-    still_open = common.wait_transactions_settled(brokers, topic)
-    if still_open:
-        print(f"# warning: {topic}: {still_open} partitions still have an open transaction", file=sys.stderr)
-    admin = AdminClient({"bootstrap.servers": brokers})
-    partitions = list(admin.list_topics(topic, timeout=30).topics[topic].partitions)
-    consumer = ck.Consumer({
-        "bootstrap.servers": brokers, "group.id": f"bench-check-{time.time_ns()}", "isolation.level": "read_committed",
-        "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    })
-    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
-    out: list[tuple[bytes | None, bytes]] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_end) < len(partitions):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic!r}: only {len(at_end)}/{len(partitions)} partitions at their end")
-            for m in consumer.consume(10_000, 1.0):
-                err = m.error()
-                if err is None:
-                    out.append((m.key(), m.value()))
-                elif err.code() == ck.KafkaError._PARTITION_EOF:
-                    at_end.add(m.partition())
-                else:
-                    raise ck.KafkaException(err)
-    finally:
-        consumer.close()
-    return out
+    return [(m.key(), m.value()) for m in common.committed_messages(brokers, topic, timeout=timeout)]
 
 
 def compare(got: pl.DataFrame, expected: pl.DataFrame) -> dict[str, Any]:
