@@ -28,6 +28,7 @@ __all__ = [
     "median",
     "resolve_brokers",
     "stamp",
+    "timed_run",
     "wait_transactions_settled",
     "write_json",
 ]
@@ -139,6 +140,34 @@ def committed_messages(brokers: str, topic: str, *, timeout: float = 120.0) -> I
 def count_committed(brokers: str, topic: str, *, timeout: float = 120.0) -> int:
     """How many records of ``topic`` a ``read_committed`` consumer sees (see ``committed_messages``)."""
     return sum(1 for _ in committed_messages(brokers, topic, timeout=timeout))
+
+
+def timed_run(pipe: Any, records: int, run: int, timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run an ``lg.Pipeline`` until caught up; its timings as every benchmark reports them, and its metrics.
+
+    ``steady`` is from the first records a consume returned to the end; ``wall``
+    includes creating the clients and joining the group.
+    """
+    t_start = time.perf_counter()
+    summary = pipe.run(until="caught_up", timeout=timeout)
+    wall = time.perf_counter() - t_start
+    if summary.stopped_because != "caught_up" or summary.records != records:
+        raise RuntimeError(f"lockgate run {run}: {summary} (expected {records} records, caught_up)")
+    assert summary.seconds_from_first_record is not None
+    steady = summary.seconds_from_first_record
+    timings = {
+        "run": run,
+        "pipeline": pipe.name,
+        "records": summary.records,
+        "batches": summary.batches,
+        "steady_seconds": round(steady, 3),
+        "wall_seconds": round(wall, 3),
+        "join_seconds": round(wall - steady, 3),
+        "run_seconds": round(summary.seconds, 3),
+        "steady_rps": round(summary.records / steady),
+        "wall_rps": round(summary.records / wall),
+    }
+    return timings, pipe.metrics()
 
 
 def median(values: Sequence[float]) -> float:

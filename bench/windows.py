@@ -307,31 +307,15 @@ def run_lockgate(brokers: str, topic: str, records: int, run: int, tag: str, sta
     out_topic = f"{name}-out"
     state = state_root / f"lg-r{run}"
     pipe = build_pipeline(name, brokers, str(state), topic, out_topic)
-    t_start = time.perf_counter()
-    summary = pipe.run(until="caught_up", timeout=timeout)
-    t_end = time.perf_counter()
-    if summary.stopped_because != "caught_up" or summary.records != records:
-        raise RuntimeError(f"lockgate run {run}: {summary} (expected {records} records, caught_up)")
-    assert summary.seconds_from_first_record is not None
-    steady = summary.seconds_from_first_record
-    wall = t_end - t_start
-    metrics = pipe.metrics()
+    timings, metrics = common.timed_run(pipe, records, run, timeout)
     return {
-        "run": run,
-        "pipeline": name,
+        **timings,
         "output_topic": out_topic,
         "state": str(state),
-        "records": summary.records,
         "records_out": metrics.get("records_out", {}).get(out_topic, 0),
         "table_rows": metrics.get("table_rows", {}).get(TABLE),
         "late": metrics.get("late"),
         "dead_letters": sum(metrics.get("dlq", {}).values()),
-        "batches": summary.batches,
-        "steady_seconds": round(steady, 3),
-        "wall_seconds": round(wall, 3),
-        "join_seconds": round(wall - steady, 3),
-        "steady_rps": round(summary.records / steady),
-        "wall_rps": round(summary.records / wall),
     }
 
 
