@@ -66,12 +66,13 @@ class ChangelogTable:
             {"__key": pl.Series(keys, dtype=pl.Binary), "__tomb": pl.Series(values, dtype=pl.Binary).is_null()}
         ).with_row_index("__i")
         last = batch.unique("__key", keep="last", maintain_order=True)
-        upserts = last.filter(~pl.col("__tomb"))["__i"].to_list()
-        decoded = self.node.format.decode([values[i] for i in upserts])
-        failed = {keys[upserts[i]] for i, _ in decoded.errors}
+        upserted = last.filter(~pl.col("__tomb"))
+        decoded = self.node.format.decode(pl.Series(values, dtype=pl.Binary).gather(upserted["__i"]).to_list())
+        upserted_keys = upserted["__key"]
+        failed = {upserted_keys[i] for i, _ in decoded.errors}
         for _, error in decoded.errors:
             log.warning("table %s: a record does not decode (%s); its key keeps the previous value", self.node.name, error)
-        new_rows = pl.DataFrame({"__key": pl.Series([keys[upserts[r]] for r in decoded.rows], dtype=pl.Binary)}).hstack(decoded.frame)
+        new_rows = pl.DataFrame({"__key": upserted_keys.gather(decoded.rows)}).hstack(decoded.frame)
         replaced = last.filter(~pl.col("__key").is_in(pl.Series(list(failed), dtype=pl.Binary).implode())).select("__key")
         kept = self.rows.join(replaced, on="__key", how="anti")
         self.rows = pl.concat([kept, new_rows.select(self.rows.columns)], how="vertical_relaxed")
