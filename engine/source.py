@@ -172,15 +172,17 @@ class KafkaSource:
                 log.warning("consumer: %s", err)
         return records
 
+    def _positions(self) -> list[tuple[ck.TopicPartition, int]]:
+        """Each owned partition's position, with the high watermark of its last fetch (no network; -1001 if unknown)."""
+        owned = sorted(self.assignment.owned)
+        if not owned:
+            return []
+        positions = self.consumer.position([ck.TopicPartition(t, p) for t, p in owned])
+        return [(tp, self.consumer.get_watermark_offsets(tp, cached=True)[1]) for tp in positions]
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet read per assigned partition, from the last fetch's high watermark (no network)."""
-        owned = sorted(self.assignment.owned)
-        out = {}
-        for tp in self.consumer.position([ck.TopicPartition(t, p) for t, p in owned]) if owned else []:
-            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-            if high >= 0 and tp.offset >= 0:
-                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        return out
+        return {(tp.topic, tp.partition): max(0, high - tp.offset) for tp, high in self._positions() if high >= 0 and tp.offset >= 0}
 
     def caught_up(self, ask_broker: bool = False) -> bool:
         """True when every assigned partition has been read to its end (lag 0).
@@ -191,14 +193,9 @@ class KafkaSource:
         ``ask_broker`` (after a poll that brought nothing), the broker's last stable
         offset decides for the partitions the fast check left behind.
         """
-        owned = sorted(self.assignment.owned)
-        if not owned:
+        if not self.assignment.owned:
             return False
-        behind = []
-        for tp in self.consumer.position([ck.TopicPartition(t, p) for t, p in owned]):
-            high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
-            if tp.offset < 0 or high < 0 or tp.offset < high:
-                behind.append(tp)
+        behind = [tp for tp, high in self._positions() if tp.offset < 0 or high < 0 or tp.offset < high]
         if not behind:
             return True
         if not ask_broker:
