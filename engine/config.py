@@ -165,7 +165,7 @@ class PipelineConfig(_Options):
     brokers: str = "localhost:9092"
     state: str = "./lockgate-state"
     batch: BatchPolicy = BatchPolicy()
-    instance: str = Field(default_factory=lambda: os.environ.get("LOCKGATE_INSTANCE", "0"))
+    instance: str = "0"  # lg.Pipeline applies $LOCKGATE_INSTANCE through overrides()
     kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
     compact_every: int = Field(50, ge=1, description="compact the LanceDB tables every this many committed batches")
     commit_timeout: timedelta = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")

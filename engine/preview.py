@@ -9,6 +9,7 @@ produced to Kafka, nothing is written to LanceDB.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -18,9 +19,10 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
+from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan
 from lockgate.engine.runner import Runner, execute
-from lockgate.engine.source import RawBatch
+from lockgate.engine.source import RawBatch, records_only
 
 __all__ = ["preview"]
 
@@ -42,7 +44,7 @@ def _start_offsets(config: PipelineConfig, topics: list[str]) -> list[ck.TopicPa
 
 def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -> dict[str, pl.DataFrame]:
     """The frame each sink would get from the next ``n`` records (fewer if ``timeout`` passes first)."""
-    runner = Runner(config, plan, metrics=_Discard(), stop_event=None)  # type: ignore[arg-type]
+    runner = Runner(config, plan, Metrics(), threading.Event())  # its counters are thrown away
     topics = list(runner.sources_by_topic)
     options = {**config.consumer_options(), "group.id": f"{config.name}-preview-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
     options.pop("group.instance.id", None)  # not a member of any group: it only reads
@@ -54,7 +56,7 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         deadline = time.monotonic() + timeout
         while len(messages) < n and time.monotonic() < deadline:
             got = consumer.consume(min(n - len(messages), 10_000), max(0.0, min(0.5, deadline - time.monotonic())))
-            messages += [m for m in got if m.error() is None]
+            messages += records_only(got)
         raw = RawBatch.from_messages(messages[:n], topics)
         for table in changelogs.values():
             table.bootstrap()
@@ -77,19 +79,3 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         consumer.close()
         for table in changelogs.values():
             table.close()
-
-
-class _Discard:
-    """Metrics that a preview does not keep."""
-
-    def add(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def set(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def gauges(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def observe(self, *args: object, **kwargs: object) -> None:
-        pass

@@ -77,6 +77,22 @@ class RawBatch:
         )
 
 
+def records_only(got: list[ck.Message]) -> list[ck.Message]:
+    """The records of a consume; error events out: a fatal one raised, the others logged."""
+    records = []
+    for m in got:  # only when a poll holds an event: rare
+        err = m.error()
+        if err is None:
+            records.append(m)
+        elif err.fatal():
+            raise ck.KafkaException(err)
+        elif err.code() in _UNREACHABLE:
+            log.warning("waiting for Kafka: %s (librdkafka reconnects with backoff)", err.str())
+        else:
+            log.warning("consumer: %s", err)
+    return records
+
+
 @dataclass
 class _Assignment:
     owned: set[tuple[str, int]] = field(default_factory=set)
@@ -127,7 +143,7 @@ class KafkaSource:
                     break
             got = self.consumer.consume(min(policy.max_records - len(msgs), _CONSUME_CHUNK), timeout)
             if got and any(map(_M.error, got)):
-                got = self._errors(got)
+                got = records_only(got)
             if got:
                 if self.first_record_at is None:
                     self.first_record_at = time.monotonic()
@@ -156,21 +172,6 @@ class KafkaSource:
         for (topic, partition), offset in rewind.items():
             self.consumer.seek(ck.TopicPartition(topic, partition, offset))
         return msgs[:keep], sizes[keep - 1]
-
-    def _errors(self, got: list[ck.Message]) -> list[ck.Message]:
-        """Take error events out of a poll's messages: raise a fatal one, log the others."""
-        records = []
-        for m in got:  # only when a poll holds an event: rare
-            err = m.error()
-            if err is None:
-                records.append(m)
-            elif err.fatal():
-                raise ck.KafkaException(err)
-            elif err.code() in _UNREACHABLE:
-                log.warning("waiting for Kafka: %s (librdkafka reconnects with backoff)", err.str())
-            else:
-                log.warning("consumer: %s", err)
-        return records
 
     def _positions(self) -> list[tuple[ck.TopicPartition, int]]:
         """Each owned partition's position, with the high watermark of its last fetch (no network; -1001 if unknown)."""
