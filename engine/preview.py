@@ -21,7 +21,7 @@ from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan
-from lockgate.engine.runner import Runner, execute
+from lockgate.engine.runner import Runner
 from lockgate.engine.source import RawBatch, records_only
 
 __all__ = ["preview"]
@@ -65,15 +65,8 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         tables = {name: table.frame() for name, table in changelogs.items()}
         if runner.windows.active:
             runner.windows.assign({(m.topic(), m.partition()) for m in messages}, now)
-            runner.windows.load(now)
-            runner.windows.observe(inputs, now)
-            decode_dead = dead
-            outputs = execute(
-                plan, inputs, lambda node, frame: runner.windows.step(node, frame, now),
-                lambda: pl.concat([decode_dead, *runner.windows.late], how="vertical_relaxed"), tables,
-            )
-        else:
-            outputs = execute(plan, inputs, dead_letters=lambda: dead, tables=tables)
+            runner.windows.load(now)  # the committed state: folded into, never written back
+        outputs = runner.operate(inputs, dead, tables, now)
         return {sink.target: outputs[sink.name] for sink in plan.sinks}
     finally:
         consumer.close()

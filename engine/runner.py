@@ -376,6 +376,17 @@ class Runner:
             inputs[self.dead_node.name] = dead_frame
         return meta, inputs, dead_frame
 
+    def operate(self, inputs: dict[str, pl.DataFrame], dead: pl.DataFrame, tables: dict[str, pl.DataFrame], now: float) -> dict[str, pl.DataFrame]:
+        """Every operator over one decoded batch; windows fold into the hot state (``windows.take()`` collects their deltas)."""
+        if not self.windows.active:
+            return execute(self.plan, inputs, dead_letters=lambda: dead, tables=tables)
+        self.windows.observe(inputs, now)
+        return execute(
+            self.plan, inputs, lambda node, frame: self.windows.step(node, frame, now),
+            lambda: pl.concat([dead, *self.windows.late], how="vertical_relaxed"),  # windows ran first
+            tables,
+        )
+
     def _process(self, raw: RawBatch) -> bool:
         """Decode, run and commit one batch; False when it was dropped to be redone."""
         assert self.source is not None and self.producer is not None
@@ -388,21 +399,13 @@ class Runner:
         tables = {name: table.frame() for name, table in self.changelogs.items()}
         event_times: dict[tuple[str, int], int] = {}
         deltas: tuple = ()
+        outputs = self.operate(inputs, dead, tables, now)
         if self.windows.active:
-            self.windows.observe(inputs, now)
-            decode_dead = dead
-            outputs = execute(
-                self.plan, inputs, lambda node, frame: self.windows.step(node, frame, now),
-                lambda: pl.concat([decode_dead, *self.windows.late], how="vertical_relaxed"),  # windows ran first
-                tables,
-            )
             deltas, late = self.windows.take()
-            dead = pl.concat([decode_dead, late], how="vertical_relaxed")
+            dead = pl.concat([dead, late], how="vertical_relaxed")
             event_times = self.windows.event_times()
             for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
                 self.metrics.add("late", rows.height, topic=str(operator))
-        else:
-            outputs = execute(self.plan, inputs, dead_letters=lambda: dead, tables=tables)
         outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
