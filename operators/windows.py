@@ -227,6 +227,7 @@ class WindowSpec:
     output_schema: pl.Schema
     row_columns: tuple[str, ...]
     agg_dtypes: Mapping[str, pl.DataType] = field(default_factory=dict)
+    shard: str | None = None  # state keyed by this input column too (the input partition), not in the output
 
     @staticmethod
     def build(
@@ -239,8 +240,15 @@ class WindowSpec:
         time_column: str,
         allowed_lateness: Duration = "0s",
         emit: str = "final",
+        shard: str | None = None,
     ) -> WindowSpec:
-        """Validate a window operator against its input schema (raises PipelineDefinitionError)."""
+        """Validate a window operator against its input schema (raises PipelineDefinitionError).
+
+        ``shard`` names an input column (the engine passes ``_partition``) that also keys
+        the state, so that each input partition's windows can be loaded, dropped and
+        moved on their own; it is not an output column.  Only correct when every key
+        lives in one shard (the input is partitioned by the keys).
+        """
         where = f"window {name!r}"
         if not isinstance(window, (Tumbling, Hopping, Sliding, Session)):
             raise PipelineDefinitionError(f"{where}: give lg.Tumbling, lg.Hopping, lg.Sliding or lg.Session, not {window!r}")
@@ -252,6 +260,8 @@ class WindowSpec:
                 raise PipelineDefinitionError(f"{where}: a key column cannot be called {key!r}; rename it first")
         if emit not in ("final", "update"):
             raise PipelineDefinitionError(f"{where}: emit={emit!r}; use emit='final' or emit='update'")
+        if shard is not None and shard not in schema:
+            raise PipelineDefinitionError(f"{where}: the shard column {shard!r} is not in the input; it has columns {list(schema.names())}")
         if not aggs:
             raise PipelineDefinitionError(f"{where}: .agg() needs at least one named aggregation, e.g. .agg(n=pl.len())")
         clash = set(aggs) & (set(keys) | {WS, WE})
@@ -287,6 +297,7 @@ class WindowSpec:
             name=name, window=window, by=keys, aggs=classified, time_column=time_column,
             allowed_lateness_ms=int(lateness / timedelta(milliseconds=1)), emit=emit,  # type: ignore[arg-type]
             input_schema=schema, output_schema=pl.Schema(out), row_columns=row_columns, agg_dtypes=agg_dtypes,
+            shard=shard,
         )
 
     @property
@@ -296,8 +307,14 @@ class WindowSpec:
 
     @property
     def group_keys(self) -> list[str]:
-        """The key columns (an internal constant for a global window)."""
-        return list(self.by) or [_GLOBAL]
+        """The key columns (an internal constant for a global window), then the shard column."""
+        keys = list(self.by) or [_GLOBAL]
+        return [*keys, self.shard] if self.shard is not None and self.shard not in keys else keys
+
+    @property
+    def row_ids(self) -> list[str]:
+        """What identifies a kept row in the durable state: its arrival number (per shard)."""
+        return ["__seq", self.shard] if self.shard is not None else ["__seq"]
 
     def partial_schema(self) -> pl.Schema:
         """Columns of the partial-aggregate state."""
@@ -313,7 +330,9 @@ class WindowSpec:
         cols = {k: self.input_schema[k] for k in self.by}
         if not self.by:
             cols[_GLOBAL] = pl.Int32()
-        cols.update({c: self.input_schema[c] for c in self.row_columns})
+        if self.shard is not None and self.shard not in cols:
+            cols[self.shard] = self.input_schema[self.shard]
+        cols.update({c: self.input_schema[c] for c in self.row_columns if c != self.shard})
         cols["__t"] = pl.Int64()
         cols["__seq"] = pl.Int64()
         return pl.Schema(cols)
@@ -496,9 +515,10 @@ def _fold_fixed(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, befor
         if spec.emit == "final" and closing.height:
             emitted.append(_aggregate_rows(spec, closing))
         # a row stays while any of its windows is open
-        alive = labelled.filter(~_closed(spec, pl.col(WE), after)).select("__seq").unique()
-        new_rows = rows.join(alive, on="__seq", how="semi")
-        removed = rows.join(alive, on="__seq", how="anti").select("__seq")
+        ids = spec.row_ids  # arrival numbers are unique per shard (shards may come from other instances)
+        alive = labelled.filter(~_closed(spec, pl.col(WE), after)).select(ids).unique()
+        new_rows = rows.join(alive, on=ids, how="semi")
+        removed = rows.join(alive, on=ids, how="anti").select(ids)
         new_state = WindowState(state.partials, new_rows, after, seq)
         out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
         return FoldResult(new_state, out, late.drop("__seq", "__t"), _none(), _none(), added, removed)
@@ -586,11 +606,11 @@ def _fold_session(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
         closing = labelled.filter(_closed(spec, pl.col(WE), after))
         if spec.emit == "final" and closing.height:
             emitted.append(_aggregate_rows(spec, closing))
-        new_rows = rows.join(closing.select("__seq"), on="__seq", how="anti")
+        new_rows = rows.join(closing.select(spec.row_ids), on=spec.row_ids, how="anti")
         out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
         return FoldResult(
             WindowState(state.partials, new_rows, after, seq), out, late.drop("__seq", "__t"), _none(), _none(), added,
-            closing.select("__seq"),
+            closing.select(spec.row_ids),
         )
     partials = state.partials
     changed = partials.clear()
@@ -691,7 +711,7 @@ def _fold_sliding(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, bef
     out = pl.concat(emitted, how="vertical_relaxed") if emitted else _empty_out(spec)
     return FoldResult(
         WindowState(state.partials, rows, after, seq), out, late.drop("__seq", "__t"), _none(), _none(), added,
-        closing.select("__seq"),
+        closing.select(spec.row_ids),
     )
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -84,6 +85,7 @@ def spec_to_json(spec: WindowSpec) -> str:
             "time_column": spec.time_column,
             "allowed_lateness_ms": spec.allowed_lateness_ms,
             "emit": spec.emit,
+            "shard": spec.shard,
             "input_schema": base64.b64encode(sink.getvalue()).decode(),
         }
     )
@@ -103,7 +105,7 @@ def spec_from_json(text: str) -> WindowSpec:
     aggs = {k: pl.Expr.deserialize(io.StringIO(v), format="json") for k, v in d["aggs"].items()}
     return WindowSpec.build(
         d["name"], window, by=d["by"], aggs=aggs, schema=schema, time_column=d["time_column"],
-        allowed_lateness=f"{d['allowed_lateness_ms']}ms", emit=d["emit"],
+        allowed_lateness=f"{d['allowed_lateness_ms']}ms", emit=d["emit"], shard=d.get("shard"),
     )
 
 
@@ -127,7 +129,7 @@ class WindowStore:
         if spec.keeps_rows:
             parts = [result.added_rows.with_columns(pl.lit(False).alias("_lg_deleted"))] if result.added_rows.height else []
             if result.removed_rows.height:
-                parts.append(result.removed_rows.select("__seq").with_columns(pl.lit(True).alias("_lg_deleted")))
+                parts.append(result.removed_rows.select(spec.row_ids).with_columns(pl.lit(True).alias("_lg_deleted")))
         else:
             parts = [result.changed.with_columns(pl.lit(False).alias("_lg_deleted"))] if result.changed.height else []
             if result.closed.height:
@@ -150,20 +152,31 @@ class WindowStore:
         except StorageError as exc:
             raise StorageError(f"window {spec.name!r} state: {exc}") from exc
 
-    def load(self, watermark: int | None, *, as_of: int | datetime | None = None) -> WindowState:
-        """The committed state (latest row per window or kept row, tombstones applied)."""
-        return _load(self.state, self.uri, self.spec, watermark, as_of)
+    def load(
+        self, watermark: int | None, *, as_of: int | datetime | None = None, shards: Collection[int] | None = None
+    ) -> WindowState:
+        """The committed state (latest row per window or kept row, tombstones applied).
+
+        ``shards``: for a sharded operator (``spec.shard``), only the windows of these
+        input partitions (the ones this instance owns); None loads every shard.
+        """
+        return _load(self.state, self.uri, self.spec, watermark, as_of, shards)
 
 
-def _load(state: str, uri: str, spec: WindowSpec, watermark: int | None, as_of: int | datetime | None) -> WindowState:
+def _load(
+    state: str, uri: str, spec: WindowSpec, watermark: int | None, as_of: int | datetime | None,
+    shards: Collection[int] | None = None,
+) -> WindowState:
     empty = WindowState.empty(spec)
     ds = _open(uri)
     if ds is None:
         return WindowState(empty.partials, empty.rows, watermark, 0)
     committed = CommitLog(state).committed_batches(as_of=as_of)
     scan = pl.scan_pyarrow_dataset(ds).filter(pl.col("_lg_batch").is_in(committed.implode()))
+    if shards is not None and spec.shard is not None:
+        scan = scan.filter(pl.col(spec.shard).is_in(pl.Series(sorted(shards), dtype=spec.input_schema[spec.shard]).implode()))
     if spec.keeps_rows:
-        ident = ["__seq"]
+        ident = spec.row_ids
         target = empty.rows
     else:
         ident = [*spec.group_keys, "window_start", "window_end"]

@@ -163,8 +163,15 @@ def _same(got: pl.DataFrame, expected: pl.DataFrame) -> None:
     )
 
 
-def _spec(window, aggs, emit, lateness_ms: int = 0) -> WindowSpec:
-    return WindowSpec.build("w", window, by="k", aggs=aggs, schema=SCHEMA, time_column="t", allowed_lateness=f"{lateness_ms}ms", emit=emit)
+def _spec(window, aggs, emit, lateness_ms: int = 0, schema: pl.Schema = SCHEMA, shard: str | None = None) -> WindowSpec:
+    return WindowSpec.build(
+        "w", window, by="k", aggs=aggs, schema=schema, time_column="t", allowed_lateness=f"{lateness_ms}ms", emit=emit, shard=shard
+    )
+
+
+def with_partition(records: pl.DataFrame) -> pl.DataFrame:
+    """The records as read from a topic keyed by ``k``: keys a and c in partition 0, b in partition 1."""
+    return records.with_columns(p=pl.col("k").replace_strict({"a": 0, "b": 1, "c": 0}, return_dtype=pl.Int32))
 
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -182,6 +189,9 @@ def test_fold_equals_a_polars_batch_computation(kind, aggs, emit, data):
     # sessions: disorder within the watermark delay (no late records); the others may see late records
     records, cuts = data.draw(scenarios(disorder_ms=delay if kind == "session" else 9_000))
     spec = _spec(window, aggs, emit, lateness)
+    if data.draw(st.booleans(), label="state keyed by input partition"):
+        records = with_partition(records)
+        spec = _spec(window, aggs, emit, lateness, schema=records.schema, shard="p")
     emitted, late = run_fold(spec, records, cuts, delay)
     if kind == "session":
         assert late.height == 0

@@ -21,7 +21,7 @@ from lockgate.operators.windows import (
 from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec_to_json
 from lockgate.storage.tables import CommitLog
 
-from tests.operators.test_windows import BUFFERED, DECOMPOSABLE, FAR, SCHEMA, scenarios
+from tests.operators.test_windows import BUFFERED, DECOMPOSABLE, FAR, SCHEMA, scenarios, with_partition
 
 KINDS = {"tumbling": Tumbling("10s"), "hopping": Hopping("10s", "5s"), "sliding": Sliding("6s"), "session": Session("3s")}
 _ids = itertools.count(1)
@@ -82,3 +82,75 @@ def test_the_spec_round_trips_through_json_for_readers_without_the_code():
     back = spec_from_json(spec_to_json(spec))
     assert (back.window, back.by, back.emit, back.output_schema) == (spec.window, spec.by, spec.emit, spec.output_schema)
     assert [a.kind for a in back.aggs] == [a.kind for a in spec.aggs]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("aggs", [DECOMPOSABLE, BUFFERED], ids=["partials", "rows"])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_state_keyed_by_partition_splits_between_two_instances_and_joins_again_exactly(kind, aggs, data):
+    """One instance owns both partitions, then each partition moves to its own instance, then both come back to one.
+
+    Each instance loads only its partitions' windows from LanceDB, numbers its kept
+    rows on its own, and the union of what the three stages emit equals one fold
+    over all the records.
+    """
+    records, cuts = data.draw(scenarios(disorder_ms=2_000))
+    records = with_partition(records)
+    spec = WindowSpec.build("w", KINDS[kind], by="k", aggs=aggs, schema=records.schema, time_column="t", emit="final", shard="p")
+    bounds = [0, *cuts, records.height]
+    batches = [records.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+    split_at = data.draw(st.integers(0, len(batches)))
+    join_at = data.draw(st.integers(split_at, len(batches)))
+    state_dir = tempfile.mkdtemp()
+    log = CommitLog(state_dir)
+    store = WindowStore(state_dir, "p", spec)
+
+    def step(state: WindowState, batch: pl.DataFrame, watermark: int) -> tuple[WindowState, pl.DataFrame]:
+        result = fold(spec, state, batch, watermark)
+        batch_id = next(_ids)
+        store.append(result, batch_id=batch_id, epoch=batch_id)
+        log.mark("p", epoch=batch_id, batch_id=batch_id)
+        return result.state, result.emitted
+
+    out, tops, top = [], [], None
+    for batch in batches:  # the pipeline watermark: every instance sees the same here
+        top = batch["t"].max() if top is None else max(top, batch["t"].max())
+        tops.append(top - 2_000)
+    one = WindowState.empty(spec)
+    for batch, wm in zip(batches[:split_at], tops[:split_at]):
+        one, emitted = step(one, batch, wm)
+        out.append(emitted)
+    halves = {p: store.load(one.watermark, shards=[p]) for p in (0, 1)}
+    for batch, wm in zip(batches[split_at:join_at], tops[split_at:join_at]):
+        for p in (0, 1):
+            halves[p], emitted = step(halves[p], batch.filter(pl.col("p") == p), wm)
+            out.append(emitted)
+    both = store.load(max((h.watermark for h in halves.values() if h.watermark is not None), default=one.watermark), shards=[0, 1])
+    for batch, wm in zip(batches[join_at:], tops[join_at:]):
+        both, emitted = step(both, batch, wm)
+        out.append(emitted)
+    out.append(fold(spec, both, records.clear(), FAR).emitted)
+    got = pl.concat(out, how="vertical_relaxed")
+
+    whole, expected = WindowState.empty(spec), []
+    for batch, wm in zip(batches, tops):
+        result = fold(spec, whole, batch, wm)
+        whole = result.state
+        expected.append(result.emitted)
+    expected.append(fold(spec, whole, records.clear(), FAR).emitted)
+    assert "p" not in got.columns
+    assert _canon(got).equals(_canon(pl.concat(expected, how="vertical_relaxed")))
+
+
+def test_a_load_of_some_partitions_holds_only_their_windows(tmp_path):
+    schema = pl.Schema({**SCHEMA, "p": pl.Int32})
+    spec = WindowSpec.build("w", Tumbling("10s"), by="k", aggs={"n": pl.len()}, schema=schema, time_column="t", shard="p")
+    batch = pl.DataFrame({"k": ["a", "b", "c"], "x": [1, 2, 3], "y": [1.0, 2.0, 3.0], "t": [1_000] * 3, "z": ["a"] * 3, "p": [0, 1, 2]}, schema=schema)
+    store = WindowStore(str(tmp_path), "p", spec)
+    store.append(fold(spec, WindowState.empty(spec), batch, None), batch_id=1, epoch=1)
+    CommitLog(str(tmp_path)).mark("p", epoch=1, batch_id=1)
+    assert sorted(store.load(None, shards=[0, 2]).partials["k"].to_list()) == ["a", "c"]
+    assert sorted(store.load(None).partials["k"].to_list()) == ["a", "b", "c"]
+    assert sorted(read_state(str(tmp_path), "p", "w").collect()["k"].to_list()) == ["a", "b", "c"]
+    assert spec_from_json(spec_to_json(spec)).shard == "p"
