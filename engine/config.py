@@ -192,6 +192,12 @@ class PipelineConfig(_Options):
         """``commit_timeout`` in seconds."""
         return self.commit_timeout.total_seconds()
 
+    @property
+    def session_timeout_s(self) -> float:
+        """The consumer group session timeout in seconds (``kafka={"session.timeout.ms": ...}``, librdkafka's 45 s by default)."""
+        value = self.kafka.get("session.timeout.ms", 45_000)
+        return int(value.get_secret_value() if isinstance(value, SecretStr) else value) / 1000
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +127,7 @@ class Pipeline:
         watermark: Duration | None = None,
         idle_timeout: Duration = "30s",
         name: str | None = None,
+        key: str | Sequence[str] | None = None,
     ) -> Stream:
         """A stream of the records of ``topic``, decoded with ``format``.
 
@@ -137,8 +139,15 @@ class Pipeline:
         ``watermark`` (bounded out-of-orderness) drive windows: a partition's
         watermark is the maximum event time seen minus ``watermark``; the pipeline's
         is the minimum over partitions that had records within ``idle_timeout``.
+
+        ``key`` names the value column(s) the producers key the records by, so that
+        one key's records are all in one partition (as Kafka's default partitioner
+        does).  A window whose ``by`` includes them (or the record key ``_key``)
+        keeps its state per input partition: instances of the pipeline can then
+        share the partitions, and a partition's windows move with it.  Without
+        that, a window needs every partition of its topic in one instance.
         """
-        node = source_node(self._builder, topic, format, event_time, watermark, name, idle_timeout)
+        node = source_node(self._builder, topic, format, event_time, watermark, name, idle_timeout, key)
         return Stream(self._builder, self._builder.add(node))
 
     def table(self, topic: str, *, key: str, format: Format, name: str | None = None) -> Table:

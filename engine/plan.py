@@ -104,6 +104,7 @@ class SourceNode(Node):
     event_time: str | None = None
     watermark: Any = None
     idle_timeout: Any = None
+    key: tuple[str, ...] = ()  # value columns the topic's records are keyed (partitioned) by
 
     kind = "source"
 
@@ -170,6 +171,16 @@ class WindowNode(Node):
     @property
     def time_column(self) -> str | None:
         return "window_end"  # a window's result happens at its end, for a window downstream
+
+    @property
+    def sharded(self) -> bool:
+        """True when the state is kept per input partition (the input is partitioned by the keys)."""
+        return self.spec is not None and self.spec.shard is not None
+
+    @property
+    def state_mode(self) -> str:
+        """How the state is split, for the plan: per partition, or one owner of the whole topic."""
+        return "state per partition" if self.sharded else "state needs all partitions in one instance"
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,13 +268,16 @@ class Plan:
         for node in self.nodes:
             src = ", ".join(p.name for p in node.parents) or "-"
             extra = f" -> {node.target}" if isinstance(node, SinkNode) else (f" <- {node.topic}" if isinstance(node, SourceNode) else "")
+            if isinstance(node, WindowNode):
+                extra = f" [{node.state_mode}]"
             lines.append(f"{node.name:<16} {node.kind:<13} from {src:<14}{extra}  {dict(node.schema)}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>{html.escape(n.name)}</td><td>{html.escape(n.kind)}</td>"
-            f"<td>{html.escape(', '.join(p.name for p in n.parents))}</td>"
+            f"<td>{html.escape(', '.join(p.name for p in n.parents))}"
+            f"{html.escape(' [' + n.state_mode + ']') if isinstance(n, WindowNode) else ''}</td>"
             f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in n.schema.items()))}</td></tr>"
             for n in self.nodes
         )
@@ -482,9 +496,11 @@ class WindowedStream:
                 f"({source.time_column if source else '?'!r}); keep it in select(...)"
             )
         schema = pl.Schema({**dict(parent.schema), _TIME: pl.Int64()})
+        by = (self._by,) if isinstance(self._by, str) else tuple(self._by or ())
         spec = WindowSpec.build(
             node_name, self._window, by=self._by, aggs=aggs, schema=schema, time_column=_TIME,
             allowed_lateness=self._lateness, emit=self._emit,
+            shard=PARTITION if copartitioned(parent, source, by) else None,
         )
         node = WindowNode(node_name, spec.output_schema, parent=parent, spec=spec, source=source)
         return Stream(builder, builder.add(node))
@@ -492,6 +508,54 @@ class WindowedStream:
 
 TIME_COLUMN = "__lg_t"  # event time as Int64 epoch ms, the column a window folds on
 _TIME = TIME_COLUMN
+
+
+PARTITION = "_partition"
+
+
+def copartitioned(node: Node, source: SourceNode, by: Sequence[str]) -> bool:
+    """True when all records of one ``by`` key come from one partition of ``source``.
+
+    That holds when the topic is keyed by columns that ``by`` includes (``pipe.source(...,
+    key=...)`` declares them, and ``_key`` is the record key itself) and no step between
+    the source and ``node`` redefines them or the ``_partition`` column: then a window
+    can keep its state per input partition, and partitions (with their state) can move
+    between instances.  ``map_batches`` may change anything, so after it this is False.
+    """
+    declared = set(source.key)
+    if "_key" in by:
+        declared = {"_key"}
+    if not declared or not declared <= set(by) or PARTITION not in node.schema:
+        return False
+    guarded = declared | {PARTITION}
+    while not isinstance(node, SourceNode):
+        if isinstance(node, OpNode):
+            assert node.op is not None
+            if node.op.kind == "map_batches" or _redefines(node.op, guarded):
+                return False
+        elif not isinstance(node, JoinNode):
+            return False
+        node = node.parents[0]
+    return node is source
+
+
+def _redefines(op: Operator, columns: set[str]) -> bool:
+    """True when a with_columns or select step may compute one of ``columns`` anew (a plain ``pl.col`` keeps it)."""
+
+    def keeps(expr: pl.Expr, name: str) -> bool:
+        return expr.meta.is_column() and expr.meta.output_name() == name
+
+    for name, value in getattr(op, "named", {}).items():
+        if name in columns and not (isinstance(value, pl.Expr) and keeps(value, name)):
+            return True
+    for item in getattr(op, "exprs", ()):
+        for expr in item if isinstance(item, (list, tuple)) else (item,):
+            if not isinstance(expr, pl.Expr):
+                continue  # a column name keeps the column
+            name = expr.meta.output_name(raise_if_undetermined=False)
+            if name is None or (name in columns and not keeps(expr, name)):
+                return True  # pl.all() * 2 and the like may overwrite anything
+    return False
 
 
 def _source_of(node: Node) -> SourceNode | None:
@@ -521,6 +585,7 @@ def source_node(
     watermark: Duration | None,
     name: str | None,
     idle_timeout: Duration = "30s",
+    key: str | Sequence[str] | None = None,
 ) -> SourceNode:
     """Validate a source's options and build its node."""
     if not isinstance(fmt, Format):
@@ -543,5 +608,14 @@ def source_node(
             )
     parsed = None if watermark is None else parse_duration(watermark, what=f"source {topic!r}: watermark")
     idle = parse_duration(idle_timeout, what=f"source {topic!r}: idle_timeout", allow_zero=False)
+    keys = (key,) if isinstance(key, str) else tuple(key or ())
+    for column in keys:
+        if column not in value_schema:
+            raise PipelineDefinitionError(
+                f"source {topic!r}: key={column!r} is not a value column; it has {list(value_schema.names())} "
+                "(name the value columns the producers key the records by)"
+            )
     node_name = builder.name("source", name or topic)
-    return SourceNode(node_name, schema, topic=topic, format=fmt, event_time=event_time, watermark=parsed, idle_timeout=idle)
+    return SourceNode(
+        node_name, schema, topic=topic, format=fmt, event_time=event_time, watermark=parsed, idle_timeout=idle, key=keys
+    )

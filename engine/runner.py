@@ -47,7 +47,7 @@ from lockgate.engine.transaction import (
     parse_offset_metadata,
     partition_ranges,
 )
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.operators.errors import AssignmentError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, SinkTable
 
@@ -115,6 +115,11 @@ def execute(
         return {}
     frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
+
+
+def _first_offsets(raw: RawBatch) -> dict[tuple[str, int], int]:
+    """The first offset of each partition in a polled batch."""
+    return {(r.topic, r.partition): r.first_offset for r in partition_ranges(raw.metadata())} if len(raw) else {}
 
 
 def _in_thread(fn: Callable[[], None], name: str) -> Future[None]:
@@ -228,6 +233,9 @@ class Runner:
         self.committed_chain: dict[tuple[str, int], int] = {}
         self.prepared_chain: dict[tuple[str, int], int] = {}
         self.changelogs: dict[str, ChangelogTable] = {}
+        self.whole_counts: dict[str, int] = {}  # partition counts of the topics an unsharded window needs whole
+        self.short_since: float | None = None  # since when this instance lacks some of them
+        self.short_log = 0.0
 
     def _open(self) -> None:
         try:
@@ -280,7 +288,8 @@ class Runner:
                     reason = "timeout"
                     break
                 raw = self.source.poll(self.config.batch, self.stop_event.is_set)
-                self._recover(self.source.take_new_partitions())
+                if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
+                    continue  # the batch was rewound, to be read again
                 self.metrics.gauges("lag", self.source.lag())
                 if len(raw):
                     first_record = first_record or self.source.first_record_at
@@ -307,22 +316,74 @@ class Runner:
         ended = time.monotonic()
         return RunSummary(batches, records, ended - started, reason, None if first_record is None else ended - first_record)
 
-    def _recover(self, partitions: set[tuple[str, int]]) -> None:
-        if not partitions:
-            return
-        self._recover_marks(partitions)
-        if self.windows.active:
-            now = time.monotonic()
-            self.windows.assign(partitions, now)
-            if not self.windows.loaded:
-                self.windows.load(now)
-                return
-            # Partitions came (back) after the state was loaded: another instance may have
-            # advanced their windows meanwhile.  Settle the in-flight epoch, write its mark,
-            # and load the committed state again.
-            if self._settle():
-                self._flush_marks()
+    def _rebalance(self, raw: RawBatch) -> bool:
+        """Take the partitions assigned and revoked since the last poll: redo lost marks, move window state.
+
+        Returns False when ``raw`` must be read again: the in-flight epoch aborted,
+        and the consumer was rewound to its first offsets and to ``raw``'s.
+        """
+        assert self.source is not None
+        new, gone = self.source.take_new_partitions(), self.source.take_revoked_partitions()
+        if not new and not gone:
+            return True
+        if new:
+            self._recover_marks(new)
+        if not self.windows.active:
+            return True
+        self.whole_counts = {}
+        now = time.monotonic()
+        self.windows.revoke(gone)
+        self.windows.assign(new, now)
+        if not self.windows.loaded:
+            self.windows.load(now)
+            return True
+        # Partitions came (back) after the state was loaded, and another instance may have
+        # advanced their windows meanwhile; or partitions left, and their windows must go.
+        # Settle the in-flight epoch, write its mark, and load the owned state again.
+        settled = self._settle(also_rewind=_first_offsets(raw))
+        if settled:
+            self._flush_marks()
             self.windows.reload(time.monotonic())
+        return settled
+
+    def _owns_whole_topics(self, raw: RawBatch) -> bool:
+        """False (and ``raw`` rewound) while a window that needs all of its topic's partitions lacks some.
+
+        Such a window keeps one state for the whole topic: with two instances each
+        folding their own partitions into it, a key in both would be counted twice
+        or half.  A rebalance can leave an instance short for a moment, so it waits
+        (reading nothing) for twice the session timeout before it gives up.
+        """
+        if not self.windows.active or not self.windows.whole_topics():
+            return True
+        assert self.source is not None
+        if not self.whole_counts:
+            self.whole_counts = self.source.partition_counts(sorted(self.windows.whole_topics()))
+        missing = self.windows.missing_partitions(self.whole_counts)
+        if not missing:
+            self.short_since = None
+            return True
+        now = time.monotonic()
+        if self.short_since is None or now - self.short_log > 5:
+            log.warning(
+                "windows %s need every partition of %s in this instance; %s are with another instance: waiting",
+                self.windows.unsharded(), sorted(missing), missing,
+            )
+            self.short_log = now
+        self.short_since = self.short_since or now
+        if now - self.short_since > 2 * self.config.session_timeout_s:
+            topic = sorted(missing)[0]
+            raise AssignmentError(
+                f"pipeline {self.config.name!r}: windows {self.windows.unsharded()} keep one state for all partitions of "
+                f"{topic!r}, but another instance of the pipeline owns {missing[topic]} of its {self.whole_counts[topic]} "
+                "partitions. Run one instance, or key the topic by the window's `by` columns and say so with "
+                "pipe.source(..., key=[...]) so that the state is kept per partition (keep `_partition` and the key "
+                "columns unchanged up to the window, and no map_batches before it)."
+            )
+        if len(raw):
+            self.source.rewind(_first_offsets(raw))
+        time.sleep(0.2)
+        return False
 
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
         assert self.source is not None
@@ -422,7 +483,7 @@ class Runner:
         self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
         self.pending_marks = []
         faults.crash_point("after_prepare")
-        if not self._settle(also_rewind=epoch):
+        if not self._settle(also_rewind={(r.topic, r.partition): r.first_offset for r in ranges}):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
         txn.produce()  # the produce calls hold the GIL: on this thread they do not convoy with consume()
         self.inflight = (txn, _in_thread(txn.commit_kafka, f"lockgate-commit-{self.config.name}-{epoch.number}"))
@@ -489,7 +550,7 @@ class Runner:
             outcome.set_exception(TransactionAborted(f"epoch {number}: its Kafka commit hung in {call}; the new producer aborted it"))
         return outcome
 
-    def _settle(self, also_rewind: Epoch | None = None) -> bool:
+    def _settle(self, also_rewind: dict[tuple[str, int], int] | None = None) -> bool:
         """Finish the in-flight epoch: count it and queue its mark, or rewind after an abort.
 
         Returns False when the in-flight epoch aborted; the consumer is then rewound
@@ -515,8 +576,8 @@ class Runner:
                 log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
             self.metrics.add("aborts")
             positions = {(r.topic, r.partition): r.first_offset for r in txn.epoch.ranges}
-            for r in also_rewind.ranges if also_rewind is not None else ():
-                positions.setdefault((r.topic, r.partition), r.first_offset)
+            for tp, offset in (also_rewind or {}).items():
+                positions.setdefault(tp, offset)
             self.source.rewind(positions)
             self.prepared_chain = dict(self.committed_chain)  # what was prepared past the abort is dropped
             if self.windows.active:

@@ -118,6 +118,7 @@ class KafkaSource:
         log.info("assigned %s", sorted(got))
         self.assignment.owned |= got
         self.assignment.new |= got
+        self.assignment.revoked -= got
 
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
@@ -214,6 +215,16 @@ class KafkaSource:
         """Partitions assigned since the last call (to recover their state)."""
         new, self.assignment.new = self.assignment.new, set()
         return new
+
+    def take_revoked_partitions(self) -> set[tuple[str, int]]:
+        """Partitions revoked (or lost) since the last call."""
+        gone, self.assignment.revoked = self.assignment.revoked, set()
+        return gone
+
+    def partition_counts(self, topics: list[str], timeout: float = 10.0) -> dict[str, int]:
+        """How many partitions each of ``topics`` has (from the cluster's metadata)."""
+        meta = self.consumer.list_topics(timeout=timeout)
+        return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics and meta.topics[t].error is None}
 
     def committed(self, partitions: set[tuple[str, int]], timeout: float = 30.0) -> dict[tuple[str, int], tuple[int, str | None]]:
         """The group's committed offsets of ``partitions`` (those with one), with their metadata."""

@@ -59,6 +59,7 @@ class WindowRuntime:
         self.pending: dict[str, FoldResult] = {}
         self.late: list[pl.DataFrame] = []
         self.loaded = False
+        self.owned: set[tuple[str, int]] = set()
 
     @property
     def active(self) -> bool:
@@ -69,33 +70,59 @@ class WindowRuntime:
         """New partitions: their watermarks start from the committed maximum event times."""
         if not self.active or not partitions:
             return
+        self.owned |= partitions
         restored = self.log.event_times(self.pipeline)
         for name, src in self.sources.items():
             self.trackers[name].assign([tp for tp in partitions if tp[0] == src.topic], now, restored)
 
     def revoke(self, partitions: set[tuple[str, int]]) -> None:
         """Partitions that left this instance."""
+        self.owned -= partitions
         for tracker in self.trackers.values():
             tracker.revoke(partitions)
 
     def load(self, now: float) -> None:
-        """Load every window operator's committed state (at start, and after an aborted epoch)."""
+        """Load every window operator's committed state (at start, after an aborted epoch, after a rebalance).
+
+        A window whose state is kept per input partition loads only the partitions
+        this instance owns; any other loads the whole state.
+        """
         for w in self.windows:
             assert w.source is not None
             watermark = self.trackers[w.source.name].current(now)
-            self.states[w.name] = self.stores[w.name].load(watermark)
-            log.info("window %s: loaded %d open windows, watermark %s", w.name, self.states[w.name].open_windows, watermark)
+            shards = sorted(p for t, p in self.owned if t == w.source.topic) if w.sharded else None
+            self.states[w.name] = self.stores[w.name].load(watermark, shards=shards)
+            log.info(
+                "window %s: loaded %d open windows%s, watermark %s", w.name, self.states[w.name].open_windows,
+                "" if shards is None else f" of partitions {shards}", watermark,
+            )
         self.pending.clear()
         self.loaded = True
 
     def reload(self, now: float) -> None:
         """Back to the last committed state: watermarks from the commit log, windows from LanceDB."""
-        owned = set()
         for name, tracker in self.trackers.items():
-            owned |= set(tracker.max_event)
             self.trackers[name] = SourceWatermark(tracker.delay_ms, tracker.idle_ms)
+        owned, self.owned = self.owned, set()
         self.assign(owned, now)
         self.load(now)
+
+    def whole_topics(self) -> set[str]:
+        """Topics that a window needs in one instance (its state is not kept per partition)."""
+        return {w.source.topic for w in self.windows if w.source is not None and not w.sharded}
+
+    def missing_partitions(self, counts: dict[str, int]) -> dict[str, int]:
+        """For each whole-topic window source: how many of its ``counts[topic]`` partitions this instance lacks."""
+        out = {}
+        for topic in self.whole_topics():
+            have = sum(1 for t, _ in self.owned if t == topic)
+            if topic in counts and have < counts[topic]:
+                out[topic] = counts[topic] - have
+        return out
+
+    def unsharded(self) -> list[str]:
+        """Names of the window operators whose state needs every partition of their topic."""
+        return [w.name for w in self.windows if not w.sharded]
 
     def observe(self, inputs: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
         """Advance the watermarks with a batch's event times; returns each touched partition's maximum."""

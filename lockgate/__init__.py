@@ -17,6 +17,7 @@ from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.plan import Stream
 from lockgate.engine.runner import RunSummary
 from lockgate.operators.errors import (
+    AssignmentError,
     BrokerError,
     CommitError,
     DecodeError,
@@ -32,6 +33,7 @@ __all__ = [
     "JSON",
     "ArrowIPC",
     "BatchPolicy",
+    "AssignmentError",
     "BrokerError",
     "CommitError",
     "DecodeError",

@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 __all__ = [
+    "AssignmentError",
     "BrokerError",
     "CommitError",
     "DecodeError",
@@ -41,6 +42,10 @@ class BrokerError(RuntimeError, LockgateError):
 
 class CommitError(RuntimeError, LockgateError):
     """A micro-batch could not be committed; nothing of it is visible."""
+
+
+class AssignmentError(RuntimeError, LockgateError):
+    """This instance cannot run on the partitions its consumer group gave it."""
 
 
 class StorageError(OSError, LockgateError):

@@ -21,7 +21,14 @@ from lockgate.operators.windows import (
 from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec_to_json
 from lockgate.storage.tables import CommitLog
 
-from tests.operators.test_windows import BUFFERED, DECOMPOSABLE, FAR, SCHEMA, scenarios, with_partition
+from tests.operators.test_windows import (
+    BUFFERED,
+    DECOMPOSABLE,
+    FAR,
+    SCHEMA,
+    scenarios,
+    with_partition,
+)
 
 KINDS = {"tumbling": Tumbling("10s"), "hopping": Hopping("10s", "5s"), "sliding": Sliding("6s"), "session": Session("3s")}
 _ids = itertools.count(1)
@@ -99,7 +106,7 @@ def test_state_keyed_by_partition_splits_between_two_instances_and_joins_again_e
     records = with_partition(records)
     spec = WindowSpec.build("w", KINDS[kind], by="k", aggs=aggs, schema=records.schema, time_column="t", emit="final", shard="p")
     bounds = [0, *cuts, records.height]
-    batches = [records.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+    batches = [records.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
     split_at = data.draw(st.integers(0, len(batches)))
     join_at = data.draw(st.integers(split_at, len(batches)))
     state_dir = tempfile.mkdtemp()
