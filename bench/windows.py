@@ -11,9 +11,12 @@ count + sum + max of ``amount``, emit each window once when it closes, and write
 it with Kafka transactions (exactly once):
 
 lockgate
-    ``source(JSON, event_time="ts", watermark="5s") -> window(Tumbling("1m"), by="user",
+    ``source(JSON, event_time="ts", watermark="5s", key="user") -> window(Tumbling("1m"), by="user",
     emit="final").agg(count, total, biggest) -> to_kafka(key=user) + to_table``,
     one transaction per micro-batch (``BatchPolicy(max_records=50_000, max_wait="100ms")``).
+    The topic is keyed by user, as the source declares, so the window keeps its state per
+    input partition (as Quix and Kafka Streams do); ``--whole-topic`` leaves ``key=`` out
+    (one state for all partitions, the mode that needs every partition in one instance).
 Quix Streams
     ``tumbling_window(1 min, grace 5 s).agg(Count(), Sum("amount"), Max("amount"))
     .final(closing_strategy="partition") -> to_topic``, ``processing_guarantee="exactly-once"``
@@ -289,10 +292,13 @@ def require_windows() -> None:
         )
 
 
-def build_pipeline(name: str, brokers: str, state: str, topic: str, out_topic: str) -> lg.Pipeline:
+def build_pipeline(name: str, brokers: str, state: str, topic: str, out_topic: str, per_partition: bool = True) -> lg.Pipeline:
     """source JSON -> tumbling 1-minute windows per user, final -> count, sum, max -> to_kafka + to_table."""
     pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=BATCH)
-    ev = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark=f"{WATERMARK_MS // 1000}s")
+    ev = pipe.source(
+        topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark=f"{WATERMARK_MS // 1000}s",
+        key="user" if per_partition else None,
+    )
     w = ev.window(lg.Tumbling("1m"), by="user", emit="final").agg(
         count=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
     )
@@ -301,12 +307,14 @@ def build_pipeline(name: str, brokers: str, state: str, topic: str, out_topic: s
     return pipe
 
 
-def run_lockgate(brokers: str, topic: str, records: int, run: int, tag: str, state_root: Path, timeout: float) -> dict[str, Any]:
+def run_lockgate(
+    brokers: str, topic: str, records: int, run: int, tag: str, state_root: Path, timeout: float, per_partition: bool = True
+) -> dict[str, Any]:
     """A fresh pipeline (fresh group, output topic and state) runs until caught up."""
     name = f"bench-windows-lg-{tag}-r{run}"
     out_topic = f"{name}-out"
     state = state_root / f"lg-r{run}"
-    pipe = build_pipeline(name, brokers, str(state), topic, out_topic)
+    pipe = build_pipeline(name, brokers, str(state), topic, out_topic, per_partition)
     timings, metrics = common.timed_run(pipe, records, run, timeout)
     return {
         **timings,
@@ -360,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-all", action="store_true", help="check the output of every run, not only the first")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the benchmark's topics at the end")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one run may take")
+    parser.add_argument("--whole-topic", action="store_true",
+                        help="lockgate source without key='user': one window state for all partitions")
     args = parser.parse_args(argv)
 
     do_quix = args.only in (None, "quix")
@@ -418,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     checks.append({"run": run, **c})
                     print(f"# check q{run}: {c}", file=sys.stderr)
             if do_lg:
-                b = run_lockgate(brokers, topic, args.records, run, tag, state_root, args.timeout)
+                b = run_lockgate(brokers, topic, args.records, run, tag, state_root, args.timeout, not args.whole_topic)
                 lg_runs.append(b)
                 print(f"# l{run} lockgate: {_rate(b['steady_rps'])} rec/s steady, {_rate(b['wall_rps'])} rec/s wall "
                       f"({b['steady_seconds']}s + join {b['join_seconds']}s, {b['batches']} batches, "
@@ -452,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         "input": {"compression": args.compression, **inputs},
         "oracle": oracles,
         "pipeline": {
-            "lockgate": "source JSON(user, amount: Int64, ts: Datetime(ms)), event_time=ts, watermark 5s -> "
+            "lockgate": "source JSON(user, amount: Int64, ts: Datetime(ms)), event_time=ts, watermark 5s, "
+                        f"{'one state for all partitions' if args.whole_topic else 'key=user (state per partition)'} -> "
                         "window(Tumbling 1m, by user, emit final).agg(count=len, total=sum(amount), biggest=max(amount)) "
                         "-> to_kafka(key=user, JSON) + to_table(per_minute); one Kafka transaction per micro-batch",
             "quix": "app.topic(JSON, timestamp_extractor=value['ts']) -> tumbling_window(1 min, grace 5 s)"
