@@ -98,7 +98,7 @@ _PRODUCER_ONLY = (
     "delivery.", "message.timeout.ms", "request.required.acks", "acks", "partitioner", "sticky.partitioning.linger.ms",
 )
 #: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
-_TOP_LEVEL = ("brokers", "state", "instance", "compact_every", "commit_timeout")
+_TOP_LEVEL = ("brokers", "state", "instance", "compact_every", "commit_timeout", "snapshot_rows", "keep_history")
 
 
 def is_secret(option: str) -> bool:
@@ -169,6 +169,12 @@ class PipelineConfig(_Options):
     kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
     compact_every: int = Field(50, ge=1, description="compact the LanceDB tables every this many committed batches")
     commit_timeout: timedelta = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
+    snapshot_rows: int = Field(
+        1_000_000, ge=1,
+        description="a window writes a full snapshot of its state once the rows appended since the last one exceed "
+        "max(this, 4 x its open windows); the history before a committed snapshot is then deleted",
+    )
+    keep_history: timedelta = Field(timedelta(minutes=10), description="how long the state history before a snapshot stays (as_of reads)")
 
     @field_validator("kafka", mode="after")
     @classmethod
@@ -186,6 +192,11 @@ class PipelineConfig(_Options):
     @classmethod
     def _commit_timeout(cls, value: Any) -> timedelta:
         return parse_duration(value, what="Pipeline(commit_timeout=...)")
+
+    @field_validator("keep_history", mode="before")
+    @classmethod
+    def _keep_history(cls, value: Any) -> timedelta:
+        return parse_duration(value, what="Pipeline(keep_history=...)", allow_zero=True)
 
     @property
     def commit_timeout_s(self) -> float:

@@ -71,6 +71,14 @@ class Pipeline:
         Timeout of each call of the Kafka commit (``send_offsets_to_transaction``,
         ``commit_transaction``); a retriable timeout is retried with backoff.  A call
         that has not returned well past it is taken as hung: the producer is replaced.
+    snapshot_rows
+        A window's state table gets a full snapshot of its open windows (in an
+        epoch's prepare step, like any delta) once the rows appended since the last
+        one exceed ``max(snapshot_rows, 4 x open windows)``; after that epoch commits,
+        the older rows of its partitions are deleted, so a restart reads what is
+        open, not the whole history.
+    keep_history
+        How long the history before a snapshot stays for ``as_of`` reads (10 minutes).
     """
 
     def __init__(
@@ -84,10 +92,12 @@ class Pipeline:
         kafka: dict[str, Any] | None = None,
         compact_every: int = 50,
         commit_timeout: Duration = "60s",
+        snapshot_rows: int = 1_000_000,
+        keep_history: Duration = "10m",
     ) -> None:
         options: dict[str, Any] = {
             "name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {}, "compact_every": compact_every,
-            "commit_timeout": commit_timeout,
+            "commit_timeout": commit_timeout, "snapshot_rows": snapshot_rows, "keep_history": keep_history,
         }
         if batch is not None:
             options["batch"] = batch

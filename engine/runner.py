@@ -215,10 +215,11 @@ class Runner:
         self.tables = {
             s.name: SinkTable(config.state, s.target, upsert_keys=_upsert_keys(s)) for s in plan.sinks if s.sink == "table"
         }
-        self.windows = WindowRuntime(config.name, config.state, plan, self.log)
+        self.windows = WindowRuntime(config.name, config.state, plan, self.log, config.snapshot_rows)
         self.compactor = Compactor(
             lambda: [self.log.uri, *(t.uri for t in self.tables.values()), *(s.uri for s in self.windows.stores.values())],
             every_batches=config.compact_every, hook=lambda: faults.crash_point("during_compaction"), commit_log=self.log,
+            keep_history=config.keep_history,
         )
         self.sources_by_topic: dict[str, list[SourceNode]] = {}
         for node in plan.sources:
@@ -584,6 +585,9 @@ class Runner:
                 self.windows.reload(time.monotonic())  # hot state back to the last committed epoch
             return False
         self.pending_marks.append(txn.epoch)
+        for delta in txn.epoch.states:
+            if delta.snapshot:  # committed: the rows before it are history, deleted after keep_history
+                self.compactor.forget(delta.store, self.config.name, txn.epoch.number, delta.shards)
         self.committed_chain.update({(r.topic, r.partition): txn.epoch.batch_id for r in txn.epoch.ranges})
         self._count(txn.epoch)
         self._observe_commit(txn)

@@ -38,13 +38,16 @@ class StateDelta:
 
     store: WindowStore
     result: FoldResult
+    snapshot: bool = False  # every open window, so the history before this epoch can go once it commits
+    shards: tuple[int, ...] | None = None  # the input partitions the snapshot covers (sharded operators)
 
 
 class WindowRuntime:
     """Hot state and watermarks of every window operator of a plan."""
 
-    def __init__(self, pipeline: str, state: str, plan: Plan, log_: CommitLog) -> None:
+    def __init__(self, pipeline: str, state: str, plan: Plan, log_: CommitLog, snapshot_rows: int = 1_000_000) -> None:
         self.pipeline = pipeline
+        self.snapshot_rows = snapshot_rows
         self.log = log_
         self.windows = [n for n in plan.nodes if isinstance(n, WindowNode)]
         self.sources: dict[str, SourceNode] = {}
@@ -171,12 +174,26 @@ class WindowRuntime:
         return result.emitted
 
     def take(self) -> tuple[tuple[StateDelta, ...], pl.DataFrame]:
-        """The epoch's state deltas and dead letters (late records), then forget them."""
-        deltas = tuple(StateDelta(self.stores[name], result) for name, result in self.pending.items())
+        """The epoch's state deltas and dead letters (late records), then forget them.
+
+        An operator whose table holds much more than its open windows (the rows
+        appended since the last load or snapshot exceed ``max(snapshot_rows, 4 x
+        open)``) writes a snapshot this epoch instead of a plain delta.
+        """
+        deltas = []
+        for name, result in self.pending.items():
+            store = self.stores[name]
+            history = store.loaded_rows + store.appended
+            snapshot = history > max(self.snapshot_rows, 4 * result.state.open_windows)
+            if snapshot:  # counted from now on (an abort reloads, and the load counts again)
+                store.loaded_rows, store.appended = 0, 0
+            node = next(w for w in self.windows if w.name == name)
+            shards = tuple(sorted(p for t, p in self.owned if node.source is not None and t == node.source.topic)) if node.sharded else None
+            deltas.append(StateDelta(store, result, snapshot, shards))
         dead = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
         self.pending = {}
         self.late = []
-        return deltas, dead
+        return tuple(deltas), dead
 
     def open_windows(self) -> dict[str, int]:
         """Open (key, window) pairs, or kept rows, per operator."""

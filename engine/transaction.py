@@ -238,7 +238,9 @@ class EpochTransaction:
                 if frame.height:
                     versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
             for delta in self.epoch.states:
-                version = delta.store.append(delta.result, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
+                version = delta.store.append(
+                    delta.result, batch_id=self.epoch.batch_id, epoch=self.epoch.number, snapshot=delta.snapshot
+                )
                 if version is not None:
                     versions[f"state:{delta.store.spec.name}"] = version
             self.log.prepare(

@@ -35,10 +35,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 from lockgate.operators.errors import StorageError
+from lockgate.storage.state import WindowStore
 from lockgate.storage.tables import CommitLog, _open
 
 __all__ = ["CompactionReport", "Compactor", "compact"]
@@ -138,8 +139,13 @@ class Compactor:
     def __init__(
         self, uris: Callable[[], list[str]], *, every_batches: int = 50, retain: timedelta = timedelta(minutes=10),
         hook: Callable[[], None] | None = None, commit_log: CommitLog | None = None,
+        keep_history: timedelta = timedelta(minutes=10),
     ) -> None:
         self.uris = uris
+        self.keep_history = keep_history
+        #: (due monotonic time, store, pipeline, epoch, shards, commit time): history to delete behind a committed snapshot
+        self.forgets: list[tuple[float, WindowStore, str, int, tuple[int, ...] | None, datetime]] = []
+        self.lock = threading.Lock()
         self.commit_log = commit_log
         self.every_batches = every_batches
         self.retain = max(retain, MIN_RETAIN)
@@ -148,6 +154,24 @@ class Compactor:
         self.thread: threading.Thread | None = None
         self.last: CompactionReport | None = None
         self.error: BaseException | None = None
+
+    def forget(self, store: WindowStore, pipeline: str, epoch: int, shards: tuple[int, ...] | None) -> None:
+        """``epoch`` committed a snapshot of ``store``: delete the rows before it after ``keep_history``."""
+        with self.lock:
+            self.forgets.append((time.monotonic() + self.keep_history.total_seconds(), store, pipeline, epoch, shards, datetime.now(UTC)))
+
+    def _forget_due(self) -> int:
+        """Delete the history that is due (on the compaction thread); returns the rows deleted."""
+        now = time.monotonic()
+        with self.lock:
+            due = [f for f in self.forgets if f[0] <= now]
+            self.forgets = [f for f in self.forgets if f[0] > now]
+        deleted = 0
+        for _, store, pipeline, epoch, shards, moment in due:
+            if self.commit_log is not None:  # first: no as_of read may start on what is about to go
+                self.commit_log.horizon(pipeline, store.spec.name, epoch, moment)
+            deleted += store.forget_before(epoch, shards)
+        return deleted
 
     def committed(self) -> None:
         """Count a committed batch; start a compaction when one is due and none runs."""
@@ -159,6 +183,9 @@ class Compactor:
 
     def _run(self) -> None:
         try:
+            forgotten = self._forget_due()
+            if forgotten:
+                log.info("compaction: deleted %d rows of window state history behind committed snapshots", forgotten)
             self.last = compact(self.uris(), retain=self.retain, hook=self.hook, commit_log=self.commit_log)
             log.info("compaction: %s", self.last)
         except BaseException as exc:  # reported by wait(); commits go on meanwhile

@@ -122,16 +122,26 @@ class WindowStore:
         fields = fields.append(pa.field("_lg_batch", pa.int64())).append(pa.field("_lg_epoch", pa.int64()))
         fields = fields.append(pa.field("_lg_order", pa.int64())).append(pa.field("_lg_deleted", pa.bool_()))
         self.arrow_schema = fields.with_metadata({"lockgate.window_spec": spec_to_json(spec)})
+        self.appended = 0  # rows appended since the last load (for the snapshot decision)
+        self.loaded_rows = 0  # rows the last load scanned
 
-    def append(self, result: FoldResult, *, batch_id: int, epoch: int) -> int | None:
-        """Append what one fold changed (returns the table version, or None when nothing changed)."""
+    def append(self, result: FoldResult, *, batch_id: int, epoch: int, snapshot: bool = False) -> int | None:
+        """Append what one fold changed (returns the table version, or None when nothing changed).
+
+        With ``snapshot``, every open window (or kept row) of ``result.state`` is
+        written, not only the changed ones, with the epoch's tombstones: once the
+        epoch has committed, the rows of earlier epochs of these shards are history
+        that :meth:`forget_before` may delete.
+        """
         spec = self.spec
         if spec.keeps_rows:
-            parts = [result.added_rows.with_columns(pl.lit(False).alias("_lg_deleted"))] if result.added_rows.height else []
+            live = result.state.rows if snapshot else result.added_rows
+            parts = [live.with_columns(pl.lit(False).alias("_lg_deleted"))] if live.height else []
             if result.removed_rows.height:
                 parts.append(result.removed_rows.select(spec.row_ids).with_columns(pl.lit(True).alias("_lg_deleted")))
         else:
-            parts = [result.changed.with_columns(pl.lit(False).alias("_lg_deleted"))] if result.changed.height else []
+            live = result.state.partial_frame() if snapshot else result.changed
+            parts = [live.with_columns(pl.lit(False).alias("_lg_deleted"))] if live.height else []
             if result.closed.height:
                 parts.append(result.closed.with_columns(pl.lit(True).alias("_lg_deleted")))
         if not parts:
@@ -148,9 +158,33 @@ class WindowStore:
             schema=self.arrow_schema,
         )
         try:
+            self.appended += table.num_rows
             return _append(self.uri, table)
         except StorageError as exc:
             raise StorageError(f"window {spec.name!r} state: {exc}") from exc
+
+    def forget_before(self, epoch: int, shards: Collection[int] | None) -> int:
+        """Delete the rows of epochs before ``epoch`` (of ``shards``, for a sharded operator); returns how many.
+
+        Only after ``epoch`` committed a snapshot of those shards: every open window
+        is then in it, and every closed one was closed by a tombstone before.  Reads
+        ``as_of`` an earlier epoch are refused from then on (see :func:`read_state`).
+        """
+        ds = _open(self.uri)
+        if ds is None:
+            return 0
+        where = f"_lg_epoch < {int(epoch)}"
+        if self.spec.shard is not None and shards is not None:
+            if not shards:
+                return 0
+            where += f" AND {self.spec.shard} IN ({', '.join(str(int(s)) for s in sorted(shards))})"
+        before = ds.count_rows()
+        try:
+            ds.delete(where)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise StorageError(f"window {self.spec.name!r} state: deleting the history before epoch {epoch} failed: {exc}") from exc
+        after = _open(self.uri)
+        return before - (after.count_rows() if after is not None else 0)
 
     def load(
         self, watermark: int | None, *, as_of: int | datetime | None = None, shards: Collection[int] | None = None
@@ -160,18 +194,25 @@ class WindowStore:
         ``shards``: for a sharded operator (``spec.shard``), only the windows of these
         input partitions (the ones this instance owns); None loads every shard.
         """
-        return _load(self.state, self.uri, self.spec, watermark, as_of, shards)
+        state, scanned = _load(self.state, self.uri, self.spec, watermark, as_of, shards, self.pipeline)
+        self.loaded_rows, self.appended = scanned, 0
+        return state
 
 
 def _load(
     state: str, uri: str, spec: WindowSpec, watermark: int | None, as_of: int | datetime | None,
-    shards: Collection[int] | None = None,
-) -> WindowState:
+    shards: Collection[int] | None = None, pipeline: str = "",
+) -> tuple[WindowState, int]:
+    """The committed state, and how many committed rows it was taken from."""
     empty = WindowState.empty(spec)
     ds = _open(uri)
     if ds is None:
-        return WindowState(empty.partials, empty.rows, watermark, 0)
-    committed = CommitLog(state).committed_batches(as_of=as_of)
+        return WindowState(empty.partials, empty.rows, watermark, 0), 0
+    log = CommitLog(state)
+    frame = log.frame()
+    if as_of is not None:
+        _check_history(frame, pipeline, spec.name, as_of)
+    committed = log.committed_batches(as_of=as_of, log=frame)
     scan = pl.scan_pyarrow_dataset(ds).filter(pl.col("_lg_batch").is_in(committed.implode()))
     if shards is not None and spec.shard is not None:
         scan = scan.filter(pl.col(spec.shard).is_in(pl.Series(sorted(shards), dtype=spec.input_schema[spec.shard]).implode()))
@@ -181,8 +222,9 @@ def _load(
     else:
         ident = [*spec.group_keys, "window_start", "window_end"]
         target = empty.partials
+    rows = scan.collect()
     latest = (
-        scan.sort("_lg_epoch", "_lg_order")
+        rows.lazy().sort("_lg_epoch", "_lg_order")
         .unique(ident, keep="last", maintain_order=True)
         .filter(~pl.col("_lg_deleted"))
         .drop(_META)
@@ -193,8 +235,27 @@ def _load(
     order_columns = ["__seq"] if spec.keeps_rows else [c for c in latest.columns if c.endswith("_o")]
     newest = max((int(latest[c].max()) for c in order_columns if latest.height and latest[c].max() is not None), default=-1)  # type: ignore[arg-type]
     if spec.keeps_rows:
-        return WindowState(empty.partials, latest.sort("__seq"), watermark, newest + 1)
-    return WindowState(latest, empty.rows, watermark, newest + 1)
+        return WindowState(empty.partials, latest.sort("__seq"), watermark, newest + 1), rows.height
+    return WindowState(latest, empty.rows, watermark, newest + 1), rows.height
+
+
+def _check_history(log: pl.DataFrame, pipeline: str, operator: str, as_of: int | datetime) -> None:
+    """Refuse an ``as_of`` read from before the history a snapshot let go of."""
+    horizons = log.filter((pl.col("kind") == "horizon") & (pl.col("pipeline") == pipeline) & (pl.col("topic") == operator))
+    if horizons.height == 0:
+        return
+    last = horizons.sort("epoch").tail(1)
+    epoch, moment = int(last["epoch"][0]), last["ts"][0]
+    if isinstance(as_of, datetime):
+        too_old = (as_of if as_of.tzinfo else as_of.replace(tzinfo=moment.tzinfo)) < moment
+    else:
+        too_old = as_of < epoch
+    if too_old:
+        raise StorageError(
+            f"window {operator!r} of pipeline {pipeline!r}: as_of={as_of!r} is before epoch {epoch} "
+            f"({moment:%Y-%m-%d %H:%M:%S} UTC), the oldest state still kept; older history goes "
+            "Pipeline(keep_history=...) after a snapshot"
+        )
 
 
 def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime | None = None) -> pl.LazyFrame:
@@ -220,7 +281,7 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
     if raw is None:
         raise StorageError(f"{uri} is not a lockgate window state table")
     spec = spec_from_json(raw.decode())
-    return current_values(spec, _load(state, uri, spec, None, as_of)).lazy()
+    return current_values(spec, _load(state, uri, spec, None, as_of, None, pipeline)[0]).lazy()
 
 
 

@@ -154,6 +154,14 @@ class CommitLog:
         """Mark ``batch_id`` committed: a hint for readers, redone by recovery when missing."""
         self._rows([self._mark_row(pipeline, epoch, batch_id)])
 
+    def horizon(self, pipeline: str, operator: str, epoch: int, moment: datetime) -> None:
+        """Record that the state of ``operator`` before ``epoch`` (committed at ``moment``) is no longer kept."""
+        self._rows([{
+            "pipeline": pipeline, "kind": "horizon", "epoch": epoch, "batch_id": None, "topic": operator,
+            "partition": None, "first_offset": None, "next_offset": None, "tables": None,
+            "ts": moment, "max_event_time": None, "prev_batch_id": None,
+        }])
+
     def frame(self) -> pl.DataFrame:
         """The whole log (one consistent version) as a frame."""
         ds = _open(self.uri)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from datetime import UTC, datetime
 
+import lance
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lockgate.operators.errors import StorageError
 from lockgate.operators.windows import (
     Hopping,
     Session,
@@ -161,3 +164,63 @@ def test_a_load_of_some_partitions_holds_only_their_windows(tmp_path):
     assert sorted(store.load(None).partials["k"].to_list()) == ["a", "b", "c"]
     assert sorted(read_state(str(tmp_path), "p", "w").collect()["k"].to_list()) == ["a", "b", "c"]
     assert spec_from_json(spec_to_json(spec)).shard == "p"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("aggs", [DECOMPOSABLE, BUFFERED], ids=["partials", "rows"])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_snapshots_let_the_history_go_and_a_restart_still_continues_exactly(kind, aggs, data):
+    """Random epochs write a snapshot and then delete every row before it; a restart anywhere is still exact."""
+    records, cuts = data.draw(scenarios(disorder_ms=2_000))
+    records = with_partition(records)
+    spec = WindowSpec.build("w", KINDS[kind], by="k", aggs=aggs, schema=records.schema, time_column="t", emit="final", shard="p")
+    bounds = [0, *cuts, records.height]
+    batches = [records.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
+    snapshots = data.draw(st.sets(st.integers(0, len(batches) - 1), min_size=1))
+    restart_at = data.draw(st.integers(min(snapshots) + 1, len(batches)))  # after a snapshot let history go
+    state_dir = tempfile.mkdtemp()
+    log = CommitLog(state_dir)
+    store = WindowStore(state_dir, "p", spec)
+
+    def run(persist: bool) -> pl.DataFrame:
+        state, out, top = WindowState.empty(spec), [], None
+        for i, batch in enumerate(batches):
+            if persist and i == restart_at:
+                state = store.load(state.watermark)
+            top = batch["t"].max() if top is None else max(top, batch["t"].max())
+            result = fold(spec, state, batch, top - 2_000)
+            if persist:
+                epoch = 100 + i
+                store.append(result, batch_id=epoch, epoch=epoch, snapshot=i in snapshots)
+                log.mark("p", epoch=epoch, batch_id=epoch)
+                if i in snapshots:
+                    store.forget_before(epoch, shards=[0, 1])
+                    left = pl.from_arrow(lance.dataset(store.uri).to_table(columns=["_lg_epoch"]))
+                    assert left.height == 0 or left["_lg_epoch"].min() == epoch  # nothing older is left
+            state = result.state
+            out.append(result.emitted)
+        out.append(fold(spec, state, records.clear(), FAR).emitted)
+        return pl.concat(out, how="vertical_relaxed")
+
+    assert _canon(run(True)).equals(_canon(run(False)))
+
+
+def test_an_as_of_read_from_before_the_kept_history_is_refused_by_name(tmp_path):
+    spec = WindowSpec.build("w", Tumbling("10s"), by="k", aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
+    store = WindowStore(str(tmp_path), "p", spec)
+    log = CommitLog(str(tmp_path))
+    batch = pl.DataFrame({"k": ["a"], "x": [1], "y": [1.0], "t": [1_000], "z": ["a"]}, schema=SCHEMA)
+    one = fold(spec, WindowState.empty(spec), batch, None)
+    store.append(one, batch_id=1, epoch=1)
+    log.mark("p", epoch=1, batch_id=1)
+    two = fold(spec, one.state, batch, None)
+    store.append(two, batch_id=2, epoch=2, snapshot=True)
+    log.mark("p", epoch=2, batch_id=2)
+    assert read_state(str(tmp_path), "p", "w", as_of=1).collect()["n"].to_list() == [1]
+    log.horizon("p", "w", 2, datetime.now(UTC))
+    assert store.forget_before(2, None) == 1
+    assert read_state(str(tmp_path), "p", "w").collect()["n"].to_list() == [2]
+    assert read_state(str(tmp_path), "p", "w", as_of=2).collect()["n"].to_list() == [2]
+    with pytest.raises(StorageError, match=r"as_of=1 is before epoch 2 .*keep_history"):
+        read_state(str(tmp_path), "p", "w", as_of=1)
