@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import confluent_kafka as ck
+import lance
 import polars as pl
 import pytest
+from lockgate.storage.state import state_uri
+from lockgate.storage.tables import CommitLog
 
 import lockgate as lg
 from tests.conftest import read_committed, same_rows
@@ -46,8 +50,8 @@ def produce_events(brokers: str, topic: str, events: list[dict], partitions: int
     assert producer.flush(60) == 0
 
 
-def build(name: str, brokers: str, state: str, topic: str, batch: lg.BatchPolicy | None = None) -> lg.Pipeline:
-    pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=batch)
+def build(name: str, brokers: str, state: str, topic: str, batch: lg.BatchPolicy | None = None, **options: Any) -> lg.Pipeline:
+    pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=batch, **options)
     events = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s")
     per_minute = events.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
         n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
@@ -140,3 +144,31 @@ def test_update_mode_upserts_so_the_table_holds_each_windows_current_value(broke
     pipe.run(until="caught_up", timeout=300)
     table = lg.read_table(state_dir, "live").collect().filter(pl.col("user") != "__flush")
     assert same_rows(table, oracle_minutes(events))
+
+
+def test_snapshots_delete_the_state_history_and_a_restart_after_them_is_still_exact(brokers, make_topic, state_dir, unique):
+    events = make_events(60_000, seed=5)
+    topic = make_topic(f"snap-{unique}", partitions=4)
+    produce_events(brokers, topic, events[:30_000], flush_at=None)
+    name = f"snap-{unique}"
+    options = {"snapshot_rows": 1, "keep_history": "0s", "compact_every": 2}  # a snapshot whenever history > 4 x open
+    small = lg.BatchPolicy(max_records=5_000, max_wait="50ms")
+    build(name, brokers, state_dir, topic, small, **options).run(until="caught_up", timeout=300)
+    produce_events(brokers, topic, events[30_000:])
+    build(name, brokers, state_dir, topic, small, **options).run(until="caught_up", timeout=300)
+
+    minutes, sessions = oracle_minutes(events), oracle_sessions(events)
+    assert same_rows(from_kafka(brokers, f"{name}-minutes", dict(minutes.schema)).filter(pl.col("user") != "__flush"), minutes)
+    assert same_rows(from_kafka(brokers, f"{name}-sessions", dict(sessions.schema)).filter(pl.col("user") != "__flush"), sessions)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), minutes)
+    assert same_rows(lg.read_table(state_dir, "sessions").collect(), sessions)
+    assert lg.read_state(state_dir, name, "per_minute").collect()["user"].unique().to_list() == ["__flush"]
+
+    # the sessions here stay open until the flush (a user clicks every few seconds): their rows are all live
+    horizon = CommitLog(state_dir).frame().filter((pl.col("kind") == "horizon") & (pl.col("topic") == "per_minute"))["epoch"].max()
+    assert horizon is not None, "no snapshot let the history of per_minute go"
+    raw = pl.from_arrow(lance.dataset(state_uri(state_dir, name, "per_minute")).to_table(columns=["_lg_epoch"]))
+    assert raw["_lg_epoch"].min() >= horizon, f"rows older than the snapshot at epoch {horizon} are left"
+    assert raw.height < minutes.height, f"{raw.height} rows for {minutes.height} closed windows: the history stayed"
+    with pytest.raises(lg.StorageError, match="keep_history"):
+        lg.read_state(state_dir, name, "per_minute", as_of=1)
