@@ -85,7 +85,8 @@ def compact(
     """
     started = time.monotonic()
     tables = before = after = removed = 0
-    dead = dead_batches(commit_log.frame()) if commit_log is not None else []
+    frame = commit_log.frame() if commit_log is not None else None
+    dead = dead_batches(frame) if frame is not None else []
     for uri in uris:
         ds = _open(uri)
         if ds is None:
@@ -96,8 +97,12 @@ def compact(
                 _delete_batches(ds, dead, is_log=commit_log is not None and uri == commit_log.uri)
                 ds = _open(uri)
                 assert ds is not None
+            if commit_log is not None and uri == commit_log.uri:
+                commit_log.trim(log=frame)
+                ds = _open(uri)
+                assert ds is not None
         except (OSError, ValueError, RuntimeError) as exc:
-            raise StorageError(f"removing the rows of dead batches from {uri} failed: {exc}") from exc
+            raise StorageError(f"removing the rows of dead batches (or old prepare records) from {uri} failed: {exc}") from exc
         count = len(ds.get_fragments())
         before += count
         try:

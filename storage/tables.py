@@ -162,6 +162,29 @@ class CommitLog:
             "ts": moment, "max_event_time": None, "prev_batch_id": None,
         }])
 
+    def trim(self, keep: int = 100, log: pl.DataFrame | None = None) -> int:
+        """Delete the prepare records of committed batches older than the last ``keep`` on every partition they read.
+
+        Recovery, watermarks and dead-batch cleanup only look at the latest committed
+        batches of a partition and the ones after them; readers need only the marks.
+        A batch is trimmed when it is marked and, on each of its partitions, ``keep``
+        newer marked batches follow.  Returns how many batches were trimmed.
+        """
+        log = self.frame() if log is None else log
+        marked = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
+        ranked = log.filter((pl.col("kind") == "prepare") & pl.col("batch_id").is_in(marked)).with_columns(
+            pl.col("epoch").rank("ordinal", descending=True).over("pipeline", "topic", "partition").alias("__newer")
+        )
+        old = ranked.group_by("batch_id").agg((pl.col("__newer") > keep).all().alias("old")).filter("old")["batch_id"]
+        if old.len() == 0:
+            return 0
+        ds = _open(self.uri)
+        assert ds is not None
+        for start in range(0, old.len(), 1_000):
+            ids = ", ".join(str(int(b)) for b in old.slice(start, 1_000))
+            ds.delete(f"kind = 'prepare' AND batch_id IN ({ids})")
+        return old.len()
+
     def frame(self) -> pl.DataFrame:
         """The whole log (one consistent version) as a frame."""
         ds = _open(self.uri)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from lockgate.storage.compaction import dead_batches
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
 
 import lockgate as lg
@@ -93,3 +94,31 @@ def test_a_failing_write_names_the_table_and_the_path(tmp_path):
     blocker.write_text("a file where the state directory should be")  # fails even for root, unlike chmod
     with pytest.raises(lg.StorageError, match=r"to_table 't'.*not-a-dir/t.lance"):
         SinkTable(str(blocker), "t").append(pl.DataFrame({"x": [1]}), batch_id=1, epoch=1)
+
+
+def test_old_prepare_records_are_trimmed_but_recovery_watermarks_and_reads_stay_the_same(state_dir):
+    """Partition 0 gets 30 committed batches, partition 1 only every tenth; one dead batch and one in flight follow."""
+    log = CommitLog(state_dir)
+    table = SinkTable(state_dir, "t")
+    prev: dict[int, int] = {}
+    for epoch in range(1, 31):
+        parts = [0, 1] if epoch % 10 == 0 else [0]
+        table.append(pl.DataFrame({"x": [epoch]}), batch_id=epoch, epoch=epoch)
+        ranges = [PartitionRange("in", p, (epoch - 1) * 10, epoch * 10) for p in parts]
+        log.prepare("p", epoch=epoch, batch_id=epoch, ranges=ranges, tables={}, event_times={("in", p): epoch * 1000 for p in parts},
+                    prev={("in", p): prev.get(p) for p in parts})
+        log.mark("p", epoch=epoch, batch_id=epoch)
+        prev.update({p: epoch for p in parts})
+    log.prepare("p", epoch=31, batch_id=31, ranges=[PartitionRange("in", 0, 290, 300)], tables={}, prev={("in", 0): 30})  # aborted: passed
+    log.prepare("p", epoch=32, batch_id=32, ranges=[PartitionRange("in", 0, 300, 310)], tables={}, prev={("in", 0): 30})  # in flight
+    before = (log.event_times("p"), log.last_epoch("p"))
+    rows = read_table(state_dir, "t").collect().sort("x")
+
+    assert log.trim(keep=5) == 23  # batches 1..25 of partition 0, but not 10 and 20, which partition 1 still needs
+    prepared = log.frame().filter(pl.col("kind") == "prepare")
+    assert sorted(prepared.filter(pl.col("partition") == 0)["batch_id"].to_list()) == [10, 20, 26, 27, 28, 29, 30, 31, 32]
+    assert sorted(prepared.filter(pl.col("partition") == 1)["batch_id"].to_list()) == [10, 20, 30]
+    assert (log.event_times("p"), log.last_epoch("p")) == before
+    assert read_table(state_dir, "t").collect().sort("x").equals(rows)
+    assert dead_batches(log.frame()) == [31]
+    assert log.recover("p", {("in", 0): (320, 32)}) == [32]  # the batch in flight committed after all
