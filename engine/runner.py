@@ -373,7 +373,7 @@ class Runner:
             self.short_log = now
         self.short_since = self.short_since or now
         if now - self.short_since > 2 * self.config.session_timeout_s:
-            topic = sorted(missing)[0]
+            topic = min(missing)
             raise AssignmentError(
                 f"pipeline {self.config.name!r}: windows {self.windows.unsharded()} keep one state for all partitions of "
                 f"{topic!r}, but another instance of the pipeline owns {missing[topic]} of its {self.whole_counts[topic]} "
