@@ -383,7 +383,7 @@ class Runner:
             )
         if len(raw):
             self.source.rewind(_first_offsets(raw))
-        time.sleep(0.2)
+            time.sleep(0.2)  # the records come back at once otherwise (an empty poll has waited already)
         return False
 
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:

@@ -223,8 +223,12 @@ class KafkaSource:
 
     def partition_counts(self, topics: list[str], timeout: float = 10.0) -> dict[str, int]:
         """How many partitions each of ``topics`` has (from the cluster's metadata)."""
-        meta = self.consumer.list_topics(timeout=timeout)
-        return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics and meta.topics[t].error is None}
+        counts = {}
+        for topic in topics:  # one topic's metadata each: the cluster may hold many topics
+            meta = self.consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            if meta is not None and meta.error is None:
+                counts[topic] = len(meta.partitions)
+        return counts
 
     def committed(self, partitions: set[tuple[str, int]], timeout: float = 30.0) -> dict[tuple[str, int], tuple[int, str | None]]:
         """The group's committed offsets of ``partitions`` (those with one), with their metadata."""

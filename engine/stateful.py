@@ -115,11 +115,11 @@ class WindowRuntime:
         return {w.source.topic for w in self.windows if w.source is not None and not w.sharded}
 
     def missing_partitions(self, counts: dict[str, int]) -> dict[str, int]:
-        """For each whole-topic window source: how many of its ``counts[topic]`` partitions this instance lacks."""
+        """For each whole-topic window source of which this instance owns some partitions: how many it lacks."""
         out = {}
         for topic in self.whole_topics():
             have = sum(1 for t, _ in self.owned if t == topic)
-            if topic in counts and have < counts[topic]:
+            if topic in counts and 0 < have < counts[topic]:  # none: nothing to fold (not assigned yet)
                 out[topic] = counts[topic] - have
         return out
 

@@ -222,21 +222,17 @@ def _load(
     else:
         ident = [*spec.group_keys, "window_start", "window_end"]
         target = empty.partials
-    rows = scan.collect()
-    latest = (
-        rows.lazy().sort("_lg_epoch", "_lg_order")
-        .unique(ident, keep="last", maintain_order=True)
-        .filter(~pl.col("_lg_deleted"))
-        .drop(_META)
-        .collect()
-    )
+    latest, scanned = pl.collect_all([
+        scan.sort("_lg_epoch", "_lg_order").unique(ident, keep="last", maintain_order=True).filter(~pl.col("_lg_deleted")).drop(_META),
+        scan.select(pl.len()),
+    ])
     latest = latest.select(target.columns).cast(dict(target.schema))  # type: ignore[arg-type]
     # arrival order continues after the newest kept row or first/last partial
     order_columns = ["__seq"] if spec.keeps_rows else [c for c in latest.columns if c.endswith("_o")]
     newest = max((int(latest[c].max()) for c in order_columns if latest.height and latest[c].max() is not None), default=-1)  # type: ignore[arg-type]
     if spec.keeps_rows:
-        return WindowState(empty.partials, latest.sort("__seq"), watermark, newest + 1), rows.height
-    return WindowState(latest, empty.rows, watermark, newest + 1), rows.height
+        return WindowState(empty.partials, latest.sort("__seq"), watermark, newest + 1), int(scanned.item())
+    return WindowState(latest, empty.rows, watermark, newest + 1), int(scanned.item())
 
 
 def _check_history(log: pl.DataFrame, pipeline: str, operator: str, as_of: int | datetime) -> None:
