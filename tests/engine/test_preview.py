@@ -12,7 +12,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_preview_shows_what_the_sinks_would_get_and_commits_nothing(brokers, make_topic, state_dir, unique):
-    topic = make_topic(f"pv-in-{unique}", partitions=2)
+    topic = make_topic(f"pv-in-{unique}", partitions=1)  # one partition: "the next n records" is one sequence
     produce(brokers, topic, json_values([{"n": i, "page": f"/p{i % 3}"} for i in range(100)]))
     pipe = lg.Pipeline(f"pv-{unique}", brokers=brokers, state=state_dir)
     src = pipe.source(topic, format=lg.JSON(schema={"n": pl.Int64, "page": pl.String}))
