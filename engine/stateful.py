@@ -21,11 +21,15 @@ from lockgate.engine.plan import (
     event_time_ms,
 )
 from lockgate.engine.watermarks import SourceWatermark
+from lockgate.operators.errors import AssignmentError
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
 from lockgate.storage.tables import CommitLog
 
 __all__ = ["StateDelta", "WindowRuntime"]
+
+#: batches after each load in which a window keeping state per partition checks that no key spans two partitions
+_KEY_CHECKS = 3
 
 log = logging.getLogger("lockgate.windows")
 _TIME = TIME_COLUMN
@@ -62,6 +66,7 @@ class WindowRuntime:
         self.pending: dict[str, FoldResult] = {}
         self.late: list[pl.DataFrame] = []
         self.loaded = False
+        self.key_checks = 0  # batches left in which sharded windows check the declared key (after each load)
         self.owned: set[tuple[str, int]] = set()
 
     @property
@@ -101,6 +106,7 @@ class WindowRuntime:
             )
         self.pending.clear()
         self.loaded = True
+        self.key_checks = _KEY_CHECKS
 
     def reload(self, now: float) -> None:
         """Back to the last committed state: watermarks from the commit log, windows from LanceDB."""
@@ -156,6 +162,8 @@ class WindowRuntime:
         if missing.height:
             self.late.append(_dead(missing, node.name, "event_time", f"window {node.name!r}: the event time {column!r} is missing"))
             timed = timed.filter(pl.col(_TIME).is_not_null())
+        if node.sharded and self.key_checks > 0:
+            self._check_keyed(node, timed)
         watermark = self.trackers[node.source.name].current(now)
         state = self.states[node.name]
         result = fold(node.spec, state, timed.select(node.spec.input_schema.names()), watermark)
@@ -173,6 +181,21 @@ class WindowRuntime:
             )
         return result.emitted
 
+    def _check_keyed(self, node: WindowNode, frame: pl.DataFrame) -> None:
+        """A window keeping state per partition trusts the source's ``key=``: a key on two partitions breaks that."""
+        assert node.spec is not None and node.source is not None
+        keys = list(node.spec.by)
+        seen = frame.select(*keys, "_partition").unique()
+        split = seen.filter(pl.struct(keys).is_duplicated())
+        if split.height:
+            example = split.sort("_partition").group_by(keys, maintain_order=True).agg("_partition").row(0)
+            raise AssignmentError(
+                f"window {node.name!r}: source {node.source.name!r} says its topic {node.source.topic!r} is keyed by "
+                f"{list(node.source.key) or ['_key']}, but {dict(zip(keys, example[:-1], strict=True))} came from partitions "
+                f"{example[-1]} in one batch, so the window's state cannot be kept per partition. Key the producers by "
+                f"{keys}, or leave key= out of pipe.source (the window then needs every partition in one instance)."
+            )
+
     def take(self) -> tuple[tuple[StateDelta, ...], pl.DataFrame]:
         """The epoch's state deltas and dead letters (late records), then forget them.
 
@@ -181,6 +204,7 @@ class WindowRuntime:
         open)``) writes a snapshot this epoch instead of a plain delta.
         """
         deltas = []
+        self.key_checks -= 1
         for name, result in self.pending.items():
             store = self.stores[name]
             history = store.loaded_rows + store.appended

@@ -45,7 +45,12 @@ class CommitError(RuntimeError, LockgateError):
 
 
 class AssignmentError(RuntimeError, LockgateError):
-    """This instance cannot run on the partitions its consumer group gave it."""
+    """The partitions do not fit the pipeline.
+
+    Either the consumer group gave this instance part of a topic that a window
+    needs whole, or a topic declared keyed by a window's key (``pipe.source(...,
+    key=...)``) has one key on several partitions.
+    """
 
 
 class StorageError(OSError, LockgateError):

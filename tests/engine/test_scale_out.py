@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.test_crashes import Service, _only_flush_windows_open, _wait_until_quiet, assert_exact
+from tests.engine.test_crashes import (
+    Service,
+    _only_flush_windows_open,
+    _wait_until_quiet,
+    assert_exact,
+)
 from tests.engine.test_windows_on_kafka import make_events, produce_events
 
 pytestmark = pytest.mark.kafka
@@ -66,7 +71,7 @@ def test_a_second_instance_takes_half_the_partitions_with_their_windows_and_give
         time.sleep(2)
         _wait_until_quiet(service.state)
         _stop(second, logs[1])  # static membership: its partitions go back after the 6 s session timeout
-        produce_events(brokers, topic, events[40_000:])
+        produce_events(brokers, topic, events[40_000:], flush_per_partition=True)  # keyed by user, as declared
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not _only_flush_windows_open(service):
             time.sleep(0.5)

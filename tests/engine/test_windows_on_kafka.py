@@ -35,7 +35,15 @@ def make_events(count: int, seed: int = 1) -> list[dict]:
     return events
 
 
-def produce_events(brokers: str, topic: str, events: list[dict], partitions: int = 4, flush_at: int | None = FLUSH_T) -> None:
+def produce_events(
+    brokers: str, topic: str, events: list[dict], partitions: int = 4, flush_at: int | None = FLUSH_T, flush_per_partition: bool = False
+) -> None:
+    """Produce ``events`` keyed by user, then one far-future flush record per partition.
+
+    The flush records are all of user ``__flush`` (one key on every partition), or,
+    with ``flush_per_partition``, of ``__flush0``, ``__flush1``, ...: a topic truly keyed
+    by user, as a source with ``key="user"`` declares.
+    """
     producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "partitioner": "murmur2_random"})
     for e in events:
         while True:
@@ -46,7 +54,8 @@ def produce_events(brokers: str, topic: str, events: list[dict], partitions: int
                 producer.poll(0.1)
     assert producer.flush(60) == 0  # room in the local queue, and the events are in before the flush records
     for p in range(partitions if flush_at is not None else 0):  # one far-future record per partition moves every watermark past the data
-        producer.produce(topic, json.dumps({"user": "__flush", "url": "/", "amount": 0, "ts": flush_at}).encode(), b"__flush", partition=p)
+        user = f"__flush{p}" if flush_per_partition else "__flush"
+        producer.produce(topic, json.dumps({"user": user, "url": "/", "amount": 0, "ts": flush_at}).encode(), user.encode(), partition=p)
     assert producer.flush(60) == 0
 
 
