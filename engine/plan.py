@@ -496,11 +496,10 @@ class WindowedStream:
                 f"({source.time_column if source else '?'!r}); keep it in select(...)"
             )
         schema = pl.Schema({**dict(parent.schema), _TIME: pl.Int64()})
-        by = (self._by,) if isinstance(self._by, str) else tuple(self._by or ())
         spec = WindowSpec.build(
             node_name, self._window, by=self._by, aggs=aggs, schema=schema, time_column=_TIME,
             allowed_lateness=self._lateness, emit=self._emit,
-            shard=PARTITION if copartitioned(parent, source, by) else None,
+            shard=PARTITION if copartitioned(parent, source, _names(self._by)) else None,
         )
         node = WindowNode(node_name, spec.output_schema, parent=parent, spec=spec, source=source)
         return Stream(builder, builder.add(node))
@@ -511,6 +510,11 @@ _TIME = TIME_COLUMN
 
 
 PARTITION = "_partition"
+
+
+def _names(columns: str | Sequence[str] | None) -> tuple[str, ...]:
+    """One column name, several, or none, as a tuple (as ``by=`` and ``key=`` take them)."""
+    return (columns,) if isinstance(columns, str) else tuple(columns or ())
 
 
 def copartitioned(node: Node, source: SourceNode, by: Sequence[str]) -> bool:
@@ -608,7 +612,7 @@ def source_node(
             )
     parsed = None if watermark is None else parse_duration(watermark, what=f"source {topic!r}: watermark")
     idle = parse_duration(idle_timeout, what=f"source {topic!r}: idle_timeout", allow_zero=False)
-    keys = (key,) if isinstance(key, str) else tuple(key or ())
+    keys = _names(key)
     for column in keys:
         if column not in value_schema:
             raise PipelineDefinitionError(

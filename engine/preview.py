@@ -64,7 +64,7 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         now = time.monotonic()
         tables = {name: table.frame() for name, table in changelogs.items()}
         if runner.windows.active:
-            runner.windows.assign({(m.topic(), m.partition()) for m in messages}, now)
+            runner.windows.assign(set(zip(map(ck.Message.topic, messages), map(ck.Message.partition, messages), strict=True)), now)
             runner.windows.load(now)  # the committed state: folded into, never written back
         outputs = runner.operate(inputs, dead, tables, now)
         return {sink.target: outputs[sink.name] for sink in plan.sinks}

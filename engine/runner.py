@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,7 +49,7 @@ from lockgate.engine.transaction import (
 )
 from lockgate.operators.errors import AssignmentError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
-from lockgate.storage.tables import CommitLog, SinkTable
+from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 
 __all__ = ["RunSummary", "Runner", "Until"]
 
@@ -117,9 +117,14 @@ def execute(
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
 
 
-def _first_offsets(raw: RawBatch) -> dict[tuple[str, int], int]:
+def _first_offsets(ranges: Iterable[PartitionRange]) -> dict[tuple[str, int], int]:
+    """Where each partition of a batch starts: the positions to rewind to."""
+    return {(r.topic, r.partition): r.first_offset for r in ranges}
+
+
+def _polled_from(raw: RawBatch) -> dict[tuple[str, int], int]:
     """The first offset of each partition in a polled batch."""
-    return {(r.topic, r.partition): r.first_offset for r in partition_ranges(raw.metadata())} if len(raw) else {}
+    return _first_offsets(partition_ranges(raw.metadata())) if len(raw) else {}
 
 
 def _in_thread(fn: Callable[[], None], name: str) -> Future[None]:
@@ -341,7 +346,7 @@ class Runner:
         # Partitions came (back) after the state was loaded, and another instance may have
         # advanced their windows meanwhile; or partitions left, and their windows must go.
         # Settle the in-flight epoch, write its mark, and load the owned state again.
-        settled = self._settle(also_rewind=_first_offsets(raw))
+        settled = self._settle(also_rewind=_polled_from(raw))
         if settled:
             self._flush_marks()
             self.windows.reload(time.monotonic())
@@ -355,11 +360,11 @@ class Runner:
         or half.  A rebalance can leave an instance short for a moment, so it waits
         (reading nothing) for twice the session timeout before it gives up.
         """
-        if not self.windows.active or not self.windows.whole_topics():
+        if not self.windows.whole_topics:
             return True
         assert self.source is not None
         if not self.whole_counts:
-            self.whole_counts = self.source.partition_counts(sorted(self.windows.whole_topics()))
+            self.whole_counts = self.source.partition_counts(sorted(self.windows.whole_topics))
         missing = self.windows.missing_partitions(self.whole_counts)
         if not missing:
             self.short_since = None
@@ -368,21 +373,21 @@ class Runner:
         if self.short_since is None or now - self.short_log > 5:
             log.warning(
                 "windows %s need every partition of %s in this instance; %s are with another instance: waiting",
-                self.windows.unsharded(), sorted(missing), missing,
+                self.windows.unsharded, sorted(missing), missing,
             )
             self.short_log = now
         self.short_since = self.short_since or now
         if now - self.short_since > 2 * self.config.session_timeout_s:
             topic = min(missing)
             raise AssignmentError(
-                f"pipeline {self.config.name!r}: windows {self.windows.unsharded()} keep one state for all partitions of "
+                f"pipeline {self.config.name!r}: windows {self.windows.unsharded} keep one state for all partitions of "
                 f"{topic!r}, but another instance of the pipeline owns {missing[topic]} of its {self.whole_counts[topic]} "
                 "partitions. Run one instance, or key the topic by the window's `by` columns and say so with "
                 "pipe.source(..., key=[...]) so that the state is kept per partition (keep `_partition` and the key "
                 "columns unchanged up to the window, and no map_batches before it)."
             )
         if len(raw):
-            self.source.rewind(_first_offsets(raw))
+            self.source.rewind(_polled_from(raw))
             time.sleep(0.2)  # the records come back at once otherwise (an empty poll has waited already)
         return False
 
@@ -484,7 +489,7 @@ class Runner:
         self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
         self.pending_marks = []
         faults.crash_point("after_prepare")
-        if not self._settle(also_rewind={(r.topic, r.partition): r.first_offset for r in ranges}):
+        if not self._settle(also_rewind=_first_offsets(ranges)):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
         txn.produce()  # the produce calls hold the GIL: on this thread they do not convoy with consume()
         self.inflight = (txn, _in_thread(txn.commit_kafka, f"lockgate-commit-{self.config.name}-{epoch.number}"))
@@ -576,7 +581,7 @@ class Runner:
             else:
                 log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
             self.metrics.add("aborts")
-            positions = {(r.topic, r.partition): r.first_offset for r in txn.epoch.ranges}
+            positions = _first_offsets(txn.epoch.ranges)
             for tp, offset in (also_rewind or {}).items():
                 positions.setdefault(tp, offset)
             self.source.rewind(positions)

@@ -54,6 +54,10 @@ class WindowRuntime:
         self.snapshot_rows = snapshot_rows
         self.log = log_
         self.windows = [n for n in plan.nodes if isinstance(n, WindowNode)]
+        self.by_name = {w.name: w for w in self.windows}
+        #: the window operators whose state needs every partition of their topic, and those topics
+        self.unsharded = [w.name for w in self.windows if not w.sharded]
+        self.whole_topics = {w.source.topic for w in self.windows if w.source is not None and not w.sharded}
         self.sources: dict[str, SourceNode] = {}
         for w in self.windows:
             assert w.source is not None
@@ -98,11 +102,11 @@ class WindowRuntime:
         for w in self.windows:
             assert w.source is not None
             watermark = self.trackers[w.source.name].current(now)
-            shards = sorted(p for t, p in self.owned if t == w.source.topic) if w.sharded else None
+            shards = self._shards(w)
             self.states[w.name] = self.stores[w.name].load(watermark, shards=shards)
             log.info(
                 "window %s: loaded %d open windows%s, watermark %s", w.name, self.states[w.name].open_windows,
-                "" if shards is None else f" of partitions {shards}", watermark,
+                "" if shards is None else f" of partitions {list(shards)}", watermark,
             )
         self.pending.clear()
         self.loaded = True
@@ -116,22 +120,20 @@ class WindowRuntime:
         self.assign(owned, now)
         self.load(now)
 
-    def whole_topics(self) -> set[str]:
-        """Topics that a window needs in one instance (its state is not kept per partition)."""
-        return {w.source.topic for w in self.windows if w.source is not None and not w.sharded}
+    def _shards(self, node: WindowNode) -> tuple[int, ...] | None:
+        """The owned partitions of a sharded window's topic (None for a window that keeps one state)."""
+        if not node.sharded or node.source is None:
+            return None
+        return tuple(sorted(p for t, p in self.owned if t == node.source.topic))
 
     def missing_partitions(self, counts: dict[str, int]) -> dict[str, int]:
         """For each whole-topic window source of which this instance owns some partitions: how many it lacks."""
         out = {}
-        for topic in self.whole_topics():
+        for topic in self.whole_topics:
             have = sum(1 for t, _ in self.owned if t == topic)
             if topic in counts and 0 < have < counts[topic]:  # none: nothing to fold (not assigned yet)
                 out[topic] = counts[topic] - have
         return out
-
-    def unsharded(self) -> list[str]:
-        """Names of the window operators whose state needs every partition of their topic."""
-        return [w.name for w in self.windows if not w.sharded]
 
     def observe(self, inputs: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
         """Advance the watermarks with a batch's event times; returns each touched partition's maximum."""
@@ -211,9 +213,7 @@ class WindowRuntime:
             snapshot = history > max(self.snapshot_rows, 4 * result.state.open_windows)
             if snapshot:  # counted from now on (an abort reloads, and the load counts again)
                 store.loaded_rows, store.appended = 0, 0
-            node = next(w for w in self.windows if w.name == name)
-            shards = tuple(sorted(p for t, p in self.owned if node.source is not None and t == node.source.topic)) if node.sharded else None
-            deltas.append(StateDelta(store, result, snapshot, shards))
+            deltas.append(StateDelta(store, result, snapshot, self._shards(self.by_name[name])))
         dead = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
         self.pending = {}
         self.late = []
