@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from lockgate.operators.errors import StorageError
 from lockgate.storage.state import WindowStore
-from lockgate.storage.tables import CommitLog, _open
+from lockgate.storage.tables import CommitLog, _open, sql_list
 
 __all__ = ["CompactionReport", "Compactor", "compact"]
 
@@ -92,12 +92,14 @@ def compact(
         if ds is None:
             continue
         tables += 1
+        is_log = commit_log is not None and uri == commit_log.uri
         try:
             if dead:
-                _delete_batches(ds, dead, is_log=commit_log is not None and uri == commit_log.uri)
+                _delete_batches(ds, dead, is_log=is_log)
                 ds = _open(uri)
                 assert ds is not None
-            if commit_log is not None and uri == commit_log.uri:
+            if is_log:
+                assert commit_log is not None
                 commit_log.trim(log=frame)
                 ds = _open(uri)
                 assert ds is not None
@@ -121,7 +123,7 @@ def compact(
 
 
 def _delete_batches(ds: object, batch_ids: list[int], *, is_log: bool) -> None:
-    ids = ", ".join(str(int(b)) for b in batch_ids)
+    ids = sql_list(batch_ids)
     column = "batch_id" if is_log else "_lg_batch"
     if column not in ds.schema.names:  # type: ignore[attr-defined]
         return

@@ -51,7 +51,7 @@ from lockgate.operators.windows import (
     WindowState,
     current_values,
 )
-from lockgate.storage.tables import CommitLog, _append, _open
+from lockgate.storage.tables import CommitLog, _append, _open, sql_list
 
 __all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
@@ -158,10 +158,11 @@ class WindowStore:
             schema=self.arrow_schema,
         )
         try:
-            self.appended += table.num_rows
-            return _append(self.uri, table)
+            version = _append(self.uri, table)
         except StorageError as exc:
             raise StorageError(f"window {spec.name!r} state: {exc}") from exc
+        self.appended += table.num_rows
+        return version
 
     def forget_before(self, epoch: int, shards: Collection[int] | None) -> int:
         """Delete the rows of epochs before ``epoch`` (of ``shards``, for a sharded operator); returns how many.
@@ -177,7 +178,7 @@ class WindowStore:
         if self.spec.shard is not None and shards is not None:
             if not shards:
                 return 0
-            where += f" AND {self.spec.shard} IN ({', '.join(str(int(s)) for s in sorted(shards))})"
+            where += f" AND {self.spec.shard} IN ({sql_list(sorted(shards))})"
         before = ds.count_rows()
         try:
             ds.delete(where)

@@ -62,6 +62,11 @@ def table_uri(state: str, name: str) -> str:
     return f"{str(state).rstrip('/')}/{name}.lance"
 
 
+def sql_list(values: Iterable[int]) -> str:
+    """Integers as the inside of an SQL ``IN (...)`` for a Lance delete filter."""
+    return ", ".join(str(int(v)) for v in values)
+
+
 def _open(uri: str, version: int | None = None) -> lance.LanceDataset | None:
     try:
         return lance.dataset(uri, version=version)
@@ -105,6 +110,7 @@ class CommitLog:
         self.uri = table_uri(self.state, COMMITS_TABLE)
 
     def _rows(self, rows: list[dict[str, Any]]) -> None:
+        """Append log rows; the columns a row leaves out are null (a mark has no offsets, for one)."""
         _append(self.uri, pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA))
 
     def prepare(
@@ -144,11 +150,7 @@ class CommitLog:
 
     @staticmethod
     def _mark_row(pipeline: str, epoch: int, batch_id: int) -> dict[str, Any]:
-        return {
-            "pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "topic": None,
-            "partition": None, "first_offset": None, "next_offset": None, "tables": None,
-            "ts": datetime.now(UTC), "max_event_time": None, "prev_batch_id": None,
-        }
+        return {"pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "ts": datetime.now(UTC)}
 
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
         """Mark ``batch_id`` committed: a hint for readers, redone by recovery when missing."""
@@ -156,11 +158,7 @@ class CommitLog:
 
     def horizon(self, pipeline: str, operator: str, epoch: int, moment: datetime) -> None:
         """Record that the state of ``operator`` before ``epoch`` (committed at ``moment``) is no longer kept."""
-        self._rows([{
-            "pipeline": pipeline, "kind": "horizon", "epoch": epoch, "batch_id": None, "topic": operator,
-            "partition": None, "first_offset": None, "next_offset": None, "tables": None,
-            "ts": moment, "max_event_time": None, "prev_batch_id": None,
-        }])
+        self._rows([{"pipeline": pipeline, "kind": "horizon", "epoch": epoch, "topic": operator, "ts": moment}])
 
     def trim(self, keep: int = 100, log: pl.DataFrame | None = None) -> int:
         """Delete the prepare records of committed batches older than the last ``keep`` on every partition they read.
@@ -181,8 +179,7 @@ class CommitLog:
         ds = _open(self.uri)
         assert ds is not None
         for start in range(0, old.len(), 1_000):
-            ids = ", ".join(str(int(b)) for b in old.slice(start, 1_000))
-            ds.delete(f"kind = 'prepare' AND batch_id IN ({ids})")
+            ds.delete(f"kind = 'prepare' AND batch_id IN ({sql_list(old.slice(start, 1_000))})")
         return old.len()
 
     def frame(self) -> pl.DataFrame:
