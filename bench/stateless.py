@@ -7,7 +7,8 @@ N JSON records (~120 bytes) in 8 partitions are read end to end
 (b) by a lockgate pipeline ``filter`` (keeps 85 %) + ``with_columns`` (2 columns) +
     ``to_kafka`` with transactions (exactly once, one transaction per micro-batch).
 
-Runs are interleaved (a1 b1 a2 b2 ...) so that noise hits both.  Two rates per run:
+Runs are interleaved (a1 c1 b1 a2 c2 b2 ...) so that noise hits all, each in a fresh
+process (``_common.isolated``).  Two rates per run:
 
 steady
     records / seconds from the moment the first records came back from ``consume``
@@ -306,15 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         copies: list[dict[str, Any]] = []
         checks: list[dict[str, Any]] = []
         for run in range(1, args.runs + 1):
-            a = run_baseline(brokers, topic, args.records, run, args.timeout)
+            a = common.isolated(run_baseline, brokers, topic, args.records, run, args.timeout)
             baseline.append(a)
             print(f"# a{run} bare consumer: {_rate(a['steady_rps'])} rec/s steady, {_rate(a['wall_rps'])} rec/s wall "
                   f"({a['steady_seconds']}s + join {a['join_seconds']}s)", file=sys.stderr)
-            c = run_copy(brokers, topic, args.records, run, args.timeout)
+            c = common.isolated(run_copy, brokers, topic, args.records, run, args.timeout)
             copies.append(c)
             created.append(c["output_topic"])
             print(f"# c{run} bare EOS copy: {_rate(c['steady_rps'])} rec/s steady", file=sys.stderr)
-            b = run_lockgate(brokers, topic, args.records, run, tag, state_root, args.timeout)
+            b = common.isolated(run_lockgate, brokers, topic, args.records, run, tag, state_root, args.timeout)
             lockgate_runs.append(b)
             created += [b["output_topic"], f"{b['pipeline']}-dlq"]
             print(f"# b{run} lockgate:      {_rate(b['steady_rps'])} rec/s steady, {_rate(b['wall_rps'])} rec/s wall "

@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     checks.append({"run": run, **c})
                     print(f"# check q{run}: {c}", file=sys.stderr)
             if do_lg:
-                b = run_lockgate(brokers, topic, args.records, run, tag, state_root, args.timeout, not args.whole_topic)
+                b = common.isolated(run_lockgate, brokers, topic, args.records, run, tag, state_root, args.timeout, not args.whole_topic)
                 lg_runs.append(b)
                 print(f"# l{run} lockgate: {_rate(b['steady_rps'])} rec/s steady, {_rate(b['wall_rps'])} rec/s wall "
                       f"({b['steady_seconds']}s + join {b['join_seconds']}s, {b['batches']} batches, "

@@ -25,11 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 from lockgate.operators.errors import PipelineDefinitionError
 
-__all__ = ["JSON", "KAFKA_COLUMNS", "ArrowIPC", "Decoded", "Format", "Raw"]
+__all__ = ["JSON", "KAFKA_COLUMNS", "ArrowIPC", "Decoded", "Format", "Raw", "concat_decoded"]
 
 #: Columns every source frame carries, taken from the Kafka record.
 KAFKA_COLUMNS: dict[str, pl.DataType] = {
@@ -54,8 +55,27 @@ class Decoded:
     """
 
     frame: pl.DataFrame
-    rows: list[int]
+    rows: Sequence[int]
     errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
+    """One batch's decoded chunks as one: ``(index of the chunk's first value, decoded)`` in order.
+
+    >>> fmt = JSON(schema={"n": pl.Int64})
+    >>> whole = concat_decoded([(0, fmt.decode([b'{"n": 1}', b'x'])), (2, fmt.decode([b'{"n": 3}']))])
+    >>> whole.frame["n"].to_list(), list(whole.rows), [i for i, _ in whole.errors]
+    ([1, 3], [0, 2], [1])
+    """
+    if len(parts) == 1 and parts[0][0] == 0:
+        return parts[0][1]
+    frame = pl.concat([d.frame for _, d in parts], how="vertical") if parts else pl.DataFrame()
+    errors = [(start + i, message) for start, d in parts for i, message in d.errors]
+    if all(isinstance(d.rows, range) and d.rows == range(len(d.rows)) and not d.errors for _, d in parts):
+        rows: Sequence[int] = range(frame.height)  # every chunk clean: no list per record
+    else:
+        rows = [start + i for start, d in parts for i in d.rows]
+    return Decoded(frame, rows, errors)
 
 
 class Format:
@@ -128,6 +148,10 @@ class JSON(Format):
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
         wire = self._wire_schema()
+        clean = _read_ndjson_clean(values, wire)
+        if clean is not None:
+            frame, rows, errors = self._finish(clean, range(len(values)))
+            return Decoded(frame, rows, errors)
         candidates, errors = _prefilter(values)
         chunks: list[tuple[list[int], pl.DataFrame]] = []
         _read_ndjson_bisect(values, candidates, wire, chunks, errors)
@@ -141,11 +165,10 @@ class JSON(Format):
         errors.sort()
         return Decoded(frame, rows, errors)
 
-    def _finish(self, frame: pl.DataFrame, rows: list[int]) -> tuple[pl.DataFrame, list[int], list[tuple[int, str]]]:
+    def _finish(self, frame: pl.DataFrame, rows: Sequence[int]) -> tuple[pl.DataFrame, Sequence[int], list[tuple[int, str]]]:
         """Parse temporal text, then check required columns, for the whole frame at once."""
         schema = self.value_schema()
-        exprs = [_temporal_expr(name, dtype) for name, dtype in schema.items() if isinstance(dtype, _TEMPORAL)]
-        parsed = frame.with_columns(exprs) if exprs else frame
+        parsed = _parse_temporal(frame, schema)
         problems: list[pl.Expr] = []
         for name, dtype in schema.items():
             if parsed[name].null_count() == 0:
@@ -191,22 +214,45 @@ class JSON(Format):
             )
 
 
+def _parse_temporal(frame: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """The temporal columns parsed from their text.
+
+    Integer epochs, the common case, take one cheap pass; only a column where some
+    value is not one tries every accepted form (each a parse of the whole column).
+    """
+    columns = [(name, dtype) for name, dtype in schema.items() if isinstance(dtype, _TEMPORAL)]
+    if not columns:
+        return frame
+    epochs = frame.select([_with_zone(_epoch(pl.col(name), dtype), dtype).alias(name) for name, dtype in columns])
+    return frame.with_columns(
+        [epochs[name] if epochs[name].null_count() == frame[name].null_count() else _temporal_expr(name, dtype) for name, dtype in columns]
+    )
+
+
+def _epoch(text: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """An integer epoch: days for a Date, the column's time unit for a Datetime."""
+    target = pl.Date() if isinstance(dtype, pl.Date) else pl.Datetime(dtype.time_unit or "us")  # type: ignore[attr-defined]
+    return text.str.to_integer(strict=False).cast(target)
+
+
+def _with_zone(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A naive UTC datetime in the column's time zone, if it has one."""
+    tz = getattr(dtype, "time_zone", None)
+    return expr.dt.replace_time_zone("UTC").dt.convert_time_zone(tz) if tz is not None else expr
+
+
 def _temporal_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     text = pl.col(name)
     if isinstance(dtype, pl.Date):
-        return pl.coalesce(text.str.to_date("%Y-%m-%d", strict=False), text.str.to_integer(strict=False).cast(pl.Date)).alias(name)
+        return pl.coalesce(text.str.to_date("%Y-%m-%d", strict=False), _epoch(text, dtype)).alias(name)
     unit = dtype.time_unit or "us"
-    tz = dtype.time_zone
-    parsed = [text.str.to_integer(strict=False).cast(pl.Datetime(unit))]
+    parsed = [_epoch(text, dtype)]
     for fmt in _ISO_FORMATS:
         candidate = text.str.to_datetime(fmt, time_unit=unit, strict=False)
         if fmt.endswith("%#z"):
             candidate = candidate.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
         parsed.append(candidate)
-    out = pl.coalesce(parsed)
-    if tz is not None:
-        out = out.dt.replace_time_zone("UTC").dt.convert_time_zone(tz)
-    return out.alias(name)
+    return _with_zone(pl.coalesce(parsed), dtype).alias(name)
 
 
 def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[int, str]]]:
@@ -218,6 +264,28 @@ def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[in
         return list(range(len(values))), []
     errors = [(i, "the value is null (a tombstone)" if v is None else "the value is empty") for i, v in enumerate(values) if not v]
     return [i for i, v in enumerate(values) if v], errors
+
+
+def _read_ndjson_clean(values: Sequence[bytes | None], wire: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """The common case in one read: every value one line and one JSON object of the schema; else None.
+
+    Rows and values line up when the joined text has exactly ``n - 1`` newlines (no
+    value holds one) and the read returns ``n`` rows (no value was blank).  A null
+    value fails the join, a bad one the read: the caller then decodes value by value.
+    """
+    if not values:
+        return None
+    try:
+        joined = b"\n".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a null value (tombstone)
+        return None
+    if int(np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == 10)) != len(values) - 1:
+        return None
+    try:
+        frame = pl.read_ndjson(io.BytesIO(joined), schema=wire)
+    except (pl.exceptions.PolarsError, ValueError, OSError):
+        return None
+    return frame if frame.height == len(values) else None
 
 
 def _read_ndjson_bisect(
@@ -293,7 +361,7 @@ class Raw(Format):
                 rows = [i for i in range(len(values)) if i not in skip]
                 text = pl.Series(self.column, [values[i] for i in rows], dtype=pl.Binary).cast(pl.String)
                 return Decoded(text.to_frame(), rows, errors)
-        return Decoded(series.to_frame(), list(range(len(values))), errors)
+        return Decoded(series.to_frame(), range(len(values)), errors)
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
         if frame.width != 1:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,8 +21,9 @@ import polars as pl
 from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
 from lockgate.engine.changelog import ChangelogTable
+from lockgate.engine.collector import BatchCollector
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.formats import ArrowIPC
+from lockgate.engine.formats import ArrowIPC, Decoded, concat_decoded
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
@@ -242,6 +243,8 @@ class Runner:
         self.whole_counts: dict[str, int] = {}  # partition counts of the topics an unsharded window needs whole
         self.short_since: float | None = None  # since when this instance lacks some of them
         self.short_log = 0.0
+        # one source topic: each consume call's records are decoded on this thread while the next are read
+        self.decoder: ThreadPoolExecutor | None = None
 
     def _open(self) -> None:
         try:
@@ -258,6 +261,8 @@ class Runner:
         for table in self.changelogs.values():
             table.bootstrap()
         self.source = KafkaSource(self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight)
+        if len(self.sources_by_topic) == 1:
+            self.decoder = ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-decode-{self.config.name}")
         self.epoch = self.log.last_epoch(self.config.name)
 
     def close(self) -> None:
@@ -271,6 +276,9 @@ class Runner:
             table.close()
         self.changelogs = {}
         self.producer = None
+        if self.decoder is not None:
+            self.decoder.shutdown(wait=True, cancel_futures=True)
+            self.decoder = None
 
     def run(
         self, until: Until = None, max_batches: int | None = None, timeout: float | None = None,
@@ -286,37 +294,39 @@ class Runner:
         self._open()
         assert self.source is not None
         try:
-            while True:
-                if self.stop_event.is_set():
-                    reason = "stop requested"
-                    break
-                if timeout is not None and time.monotonic() - started > timeout:
-                    reason = "timeout"
-                    break
-                raw = self.source.poll(self.config.batch, self.stop_event.is_set)
-                if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
-                    continue  # the batch was rewound, to be read again
-                self.metrics.gauges("lag", self.source.lag())
-                if len(raw):
-                    first_record = first_record or self.source.first_record_at
-                    faults.crash_point("after_poll")
-                    if self._process(raw):
-                        batches += 1
-                        records += len(raw)
-                    if on_batch is not None:
-                        on_batch(self.metrics.snapshot())
-                else:
-                    self.metrics.add("empty_polls")
-                    self._settle()
-                    self._flush_marks()
-                if max_batches is not None and batches >= max_batches:
-                    reason = "max_batches"
-                    break
-                if until == "caught_up" and self.source.caught_up(ask_broker=not len(raw)):
-                    reason = "caught_up"
-                    break
-            self._settle()
-            self._flush_marks()
+            with BatchCollector() as collector:
+                while True:
+                    if self.stop_event.is_set():
+                        reason = "stop requested"
+                        break
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        reason = "timeout"
+                        break
+                    raw = self.source.poll(self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None)
+                    if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
+                        continue  # the batch was rewound, to be read again
+                    self.metrics.gauges("lag", self.source.lag())
+                    if len(raw):
+                        first_record = first_record or self.source.first_record_at
+                        faults.crash_point("after_poll")
+                        if self._process(raw):
+                            batches += 1
+                            records += len(raw)
+                        if on_batch is not None:
+                            on_batch(self.metrics.snapshot())
+                    else:
+                        self.metrics.add("empty_polls")
+                        self._settle()
+                        self._flush_marks()
+                    if max_batches is not None and batches >= max_batches:
+                        reason = "max_batches"
+                        break
+                    if until == "caught_up" and self.source.caught_up(ask_broker=not len(raw)):
+                        reason = "caught_up"
+                        break
+                    collector.after_batch()
+                self._settle()
+                self._flush_marks()
         finally:
             self.close()
         ended = time.monotonic()
@@ -405,6 +415,21 @@ class Runner:
             log.info("recovery: redid the commit marks of batches %s", redone)
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
 
+    def _start_decoding(self, chunk: RawBatch) -> dict[str, Future[Decoded]]:
+        """Decode one consume call's records on the decode thread (one source topic) while the poll reads on.
+
+        Polars parses without the GIL, so the parse of a chunk overlaps the reading of
+        the next one (bench/stateless.py).
+        """
+        assert self.decoder is not None
+        return {node.name: self.decoder.submit(node.format.decode, chunk.values) for nodes in self.sources_by_topic.values() for node in nodes}
+
+    def _decoded(self, raw: RawBatch, node: SourceNode, values: list[bytes | None]) -> Decoded:
+        """``node``'s decoding of ``values``: the chunks decoded during the poll, joined, when the poll prepared them."""
+        if raw.prepared is not None and raw.topic is not None:
+            return concat_decoded([(start, futures[node.name].result()) for start, futures in raw.prepared])
+        return node.format.decode(values)
+
     def _decode(self, raw: RawBatch) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], pl.DataFrame]:
         """Decode each source's records; collect the ones that fail as dead letters."""
         meta = raw.metadata()
@@ -420,12 +445,12 @@ class Runner:
                 idx = mask.arg_true().to_list()
                 values = [raw.values[i] for i in idx]
             for node in nodes:
-                decoded = node.format.decode(values)
+                decoded = self._decoded(raw, node, values) if single else node.format.decode(values)
                 rows = decoded.rows if idx is None else [idx[r] for r in decoded.rows]
                 if len(rows) == len(raw.values):
                     base = meta
                 else:
-                    base = meta[rows]
+                    base = meta[list(rows)]
                 inputs[node.name] = pl.concat([base, decoded.frame], how="horizontal")
                 self.metrics.add("records_in", len(values), topic=topic)
                 if decoded.errors:

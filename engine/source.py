@@ -2,7 +2,9 @@
 
 A poll returns the records as columns (Python lists built by C-level ``map`` over the
 messages, the one unavoidable step per record with confluent-kafka), ready to
-become one Arrow/Polars batch.
+become one Arrow/Polars batch.  A batch is read in chunks of one ``consume`` call
+each; the runner may start work on a chunk (decoding it on another thread) while
+the next one is read.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import itemgetter
+from typing import Any
 
 import confluent_kafka as ck
 import polars as pl
@@ -41,9 +44,44 @@ class RawBatch:
     keys: list[bytes | None]
     values: list[bytes | None]
     nbytes: int = 0
+    #: what ``poll(on_chunk=...)`` returned for each chunk, with the chunk's first index;
+    #: None when the batch is not the plain sequence of those chunks (records were dropped)
+    prepared: list[tuple[int, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.values)
+
+    @staticmethod
+    def concat(parts: list[RawBatch], topics: list[str]) -> RawBatch:
+        """The chunks of one poll as one batch (C-level list concatenation)."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return RawBatch.from_messages([], topics)
+
+        def cat(column: str) -> list:
+            return list(chain.from_iterable(getattr(p, column) for p in parts))
+
+        single = len(topics) == 1
+        return RawBatch(
+            topic=topics[0] if single else None, topics=None if single else cat("topics"),
+            partitions=cat("partitions"), offsets=cat("offsets"), timestamps=cat("timestamps"),
+            keys=cat("keys"), values=cat("values"), nbytes=sum(p.nbytes for p in parts),
+        )
+
+    def without(self, dropped: set[tuple[str, int]]) -> RawBatch:
+        """The records not of the ``dropped`` partitions (after a revocation: the rare path)."""
+        topics = self.topics if self.topics is not None else [self.topic] * len(self.values)
+        keep = [i for i, tp in enumerate(zip(topics, self.partitions, strict=True)) if tp not in dropped]
+
+        def pick(column: list) -> list:
+            return [column[i] for i in keep]
+
+        return RawBatch(
+            topic=self.topic, topics=None if self.topics is None else pick(self.topics),
+            partitions=pick(self.partitions), offsets=pick(self.offsets), timestamps=pick(self.timestamps),
+            keys=pick(self.keys), values=pick(self.values), nbytes=sum(len(v or b"") for v in pick(self.values)),
+        )
 
     @staticmethod
     def from_messages(msgs: list[ck.Message], topics: list[str], nbytes: int = 0) -> RawBatch:
@@ -128,13 +166,21 @@ class KafkaSource:
         self.assignment.new -= lost
         self.assignment.revoked |= lost
 
-    def poll(self, policy: BatchPolicy, should_stop: Callable[[], bool] = lambda: False) -> RawBatch:
-        """Records until ``max_records``, ``max_bytes`` or ``max_wait`` (counted from the first record)."""
-        msgs: list[ck.Message] = []
-        nbytes = 0
+    def poll(
+        self, policy: BatchPolicy, should_stop: Callable[[], bool] = lambda: False,
+        on_chunk: Callable[[RawBatch], Any] | None = None,
+    ) -> RawBatch:
+        """Records until ``max_records``, ``max_bytes`` or ``max_wait`` (counted from the first record).
+
+        ``on_chunk`` is called with the records of each ``consume`` call as soon as they
+        are read; what it returns travels with the batch in ``prepared``.
+        """
+        parts: list[RawBatch] = []
+        prepared: list[tuple[int, Any]] = []
+        count = nbytes = 0
         deadline: float | None = None
         self.assignment.revoked.clear()
-        while len(msgs) < policy.max_records and nbytes < policy.max_bytes:
+        while count < policy.max_records and nbytes < policy.max_bytes:
             now = time.monotonic()
             if deadline is None:
                 timeout = policy.max_wait_s
@@ -142,37 +188,49 @@ class KafkaSource:
                 timeout = deadline - now
                 if timeout <= 0:
                     break
-            got = self.consumer.consume(min(policy.max_records - len(msgs), _CONSUME_CHUNK), timeout)
+            got = self.consumer.consume(min(policy.max_records - count, _CONSUME_CHUNK), timeout)
             if got and any(map(_M.error, got)):
                 got = records_only(got)
             if got:
                 if self.first_record_at is None:
                     self.first_record_at = time.monotonic()
-                msgs.extend(got)
-                nbytes += sum(map(len, got))
                 if deadline is None:
                     deadline = now + policy.max_wait_s
-                if nbytes > policy.max_bytes and len(msgs) > 1:
-                    msgs, nbytes = self._trim(msgs, policy.max_bytes)
+                size = sum(map(len, got))
+                full = nbytes + size > policy.max_bytes and count + len(got) > 1
+                if full:
+                    got, size = self._trim(got, policy.max_bytes - nbytes, keep_one=count == 0)
+                if got:
+                    part = RawBatch.from_messages(got, self.topics, size)
+                    if on_chunk is not None:
+                        prepared.append((count, on_chunk(part)))
+                    parts.append(part)
+                    count += len(got)
+                    nbytes += size
+                if full:
                     break
             elif deadline is None:
                 break  # nothing arrived within max_wait: an empty batch
             if should_stop() or self.caught_up():
                 break
-        if self.assignment.revoked and msgs:
-            msgs = [m for m in msgs if (m.topic(), m.partition()) not in self.assignment.revoked]
-        return RawBatch.from_messages(msgs, self.topics, nbytes)
+        raw = RawBatch.concat(parts, self.topics)
+        if self.assignment.revoked and count:
+            return raw.without(self.assignment.revoked)
+        raw.prepared = prepared if on_chunk is not None else None
+        return raw
 
-    def _trim(self, msgs: list[ck.Message], max_bytes: int) -> tuple[list[ck.Message], int]:
-        """Keep the longest prefix within ``max_bytes`` (at least one record); seek back for the rest."""
+    def _trim(self, msgs: list[ck.Message], budget: int, keep_one: bool) -> tuple[list[ck.Message], int]:
+        """The longest prefix of ``msgs`` within ``budget`` bytes (one record at least if ``keep_one``); seek back for the rest."""
         sizes = list(accumulate(map(len, msgs)))
-        keep = max(1, bisect_right(sizes, max_bytes))
+        keep = bisect_right(sizes, budget)
+        if keep_one:
+            keep = max(keep, 1)
         rewind: dict[tuple[str, int], int] = {}
         for m in msgs[keep:]:  # the overshoot of one consume call, not the batch
             rewind.setdefault((m.topic(), m.partition()), m.offset())
         for (topic, partition), offset in rewind.items():
             self.consumer.seek(ck.TopicPartition(topic, partition, offset))
-        return msgs[:keep], sizes[keep - 1]
+        return msgs[:keep], sizes[keep - 1] if keep else 0
 
     def _positions(self) -> list[tuple[ck.TopicPartition, int]]:
         """Each owned partition's position, with the high watermark of its last fetch (no network; -1001 if unknown)."""

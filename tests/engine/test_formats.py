@@ -20,7 +20,7 @@ def test_json_decodes_a_clean_batch_with_one_read_and_keeps_input_order():
     values = [json.dumps({"user": f"u{i}", "n": i, "x": i / 2, "ts": 1_700_000_000_000 + i}).encode() for i in range(1000)]
     out = lg.JSON(schema=SCHEMA).decode(values)
     assert out.errors == []
-    assert out.rows == list(range(1000))
+    assert list(out.rows) == list(range(1000))
     assert out.frame["n"].to_list() == list(range(1000))
     assert out.frame.schema == pl.Schema(SCHEMA)
 
@@ -89,7 +89,7 @@ def test_json_bisection_finds_exactly_the_bad_values_in_any_mix(items):
         else:
             values.append(b"{" + payload)  # never a JSON object
     out = lg.JSON(schema={"n": pl.Int64}).decode(values)
-    assert out.rows == expected_good
+    assert list(out.rows) == expected_good
     assert sorted(i for i, _ in out.errors) == [i for i in range(len(values)) if i not in expected_good]
     assert out.frame["n"].to_list() == [items[i][1] for i in expected_good]
 
@@ -150,3 +150,52 @@ def test_arrow_ipc_sink_keeps_messages_under_the_byte_limit():
     assert len(values) > 1
     assert max(len(v) for v in values) <= 600_000  # the estimate plus IPC framing
     assert sum(pl.read_ipc_stream(v).height for v in values) == 20_000
+
+
+def test_json_never_pairs_rows_with_the_wrong_values_when_a_value_holds_two_lines_and_another_none():
+    # one value holds two objects on two lines and another is blank: the joined text
+    # has as many lines as values, so only the newline count tells that they do not line up
+    values = [b'{"n": 1}', b'{"n": 2}\n{"n": 3}', b"  ", b'{"n": 4}']
+    out = lg.JSON(schema={"n": pl.Int64}).decode(values)
+    assert dict(zip(out.rows, out.frame["n"].to_list(), strict=True)) == {0: 1, 3: 4}
+    assert sorted(i for i, _ in out.errors) == [1, 2]
+
+
+def test_json_parses_integer_epochs_in_one_pass_and_other_forms_only_when_a_value_needs_them(monkeypatch):
+    calls = []
+    real = pl.Expr.str
+
+    class Spy:
+        def __init__(self, expr):
+            self.ns = real.__get__(expr)
+
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(self.ns, name)
+
+    monkeypatch.setattr(pl.Expr, "str", property(Spy))
+    fmt = lg.JSON(schema={"ts": pl.Datetime("ms", "Europe/Berlin"), "day": pl.Date})
+    out = fmt.decode([b'{"ts": 1700000000123, "day": 19000}', b'{"ts": 0, "day": 1}'])
+    assert "to_datetime" not in calls and "to_date" not in calls
+    assert out.frame["ts"].to_list()[1] == datetime(1970, 1, 1, 1, tzinfo=out.frame["ts"].to_list()[1].tzinfo)
+    assert out.frame["day"].to_list() == [datetime(2022, 1, 8).date(), datetime(1970, 1, 2).date()]
+    calls.clear()
+    out = fmt.decode([b'{"ts": 1700000000123, "day": "2024-02-29"}', b'{"ts": "1970-01-01T00:00:00Z", "day": 1}'])
+    assert out.errors == []
+    assert "to_datetime" in calls and "to_date" in calls
+    assert out.frame["day"].to_list() == [datetime(2024, 2, 29).date(), datetime(1970, 1, 2).date()]
+    assert out.frame["ts"].dt.replace_time_zone(None).to_list()[1] == datetime(1970, 1, 1, 1)
+
+
+def test_decoded_chunks_join_into_the_decoding_of_the_whole_batch():
+    from lockgate.engine.formats import concat_decoded
+
+    fmt = lg.JSON(schema={"n": pl.Int64})
+    values = [json.dumps({"n": i}).encode() if i % 7 else b"bad" for i in range(50)]
+    whole = fmt.decode(values)
+    for size in (1, 9, 25, 50):
+        parts = [(start, fmt.decode(values[start:start + size])) for start in range(0, 50, size)]
+        joined = concat_decoded(parts)
+        assert list(joined.rows) == list(whole.rows)
+        assert joined.errors == whole.errors
+        assert joined.frame.equals(whole.frame)

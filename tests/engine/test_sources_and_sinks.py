@@ -41,6 +41,37 @@ def test_a_micro_batch_never_exceeds_max_records_or_max_bytes(brokers, make_topi
     assert sorted(lg.read_table(state_dir, "t").collect()["n"].to_list()) == list(range(5_000))
 
 
+def test_a_poll_hands_out_each_consume_call_as_a_chunk_that_lines_up_with_the_batch(brokers, make_topic, unique, monkeypatch):
+    from lockgate.engine import source as source_module
+    from lockgate.engine.config import PipelineConfig
+
+    monkeypatch.setattr(source_module, "_CONSUME_CHUNK", 64)  # many chunks per batch, one cut by max_bytes
+    topic = make_topic(f"chunks-{unique}", partitions=3)
+    values = [b"%06d" % i + b"x" * 94 for i in range(3_000)]
+    produce(brokers, topic, values)
+    config = PipelineConfig(name=f"chunks-{unique}", brokers=brokers)
+    source = source_module.KafkaSource(config.consumer_options(), [topic])
+    policy = lg.BatchPolicy(max_records=1_000, max_bytes=25_050, max_wait="300ms")
+    seen: list[bytes] = []
+    try:
+        for _ in range(200):
+            raw = source.poll(policy, on_chunk=lambda chunk: chunk)
+            assert raw.nbytes <= 25_050 and len(raw) <= 1_000
+            assert raw.prepared is not None
+            starts = [start for start, _ in raw.prepared]
+            assert starts == sorted(starts) and (not starts or starts[0] == 0)
+            for start, chunk in raw.prepared:
+                assert raw.values[start:start + len(chunk)] == chunk.values
+                assert raw.offsets[start:start + len(chunk)] == chunk.offsets
+            assert sum(len(chunk) for _, chunk in raw.prepared) == len(raw)
+            seen += raw.values
+            if len(seen) >= len(values):
+                break
+    finally:
+        source.close()
+    assert sorted(seen) == values, "every record once: none lost or read twice at a cut"
+
+
 def _ipc(frame: pl.DataFrame) -> bytes:
     sink = io.BytesIO()
     frame.write_ipc_stream(sink)
