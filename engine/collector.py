@@ -35,6 +35,7 @@ import gc
 import threading
 import time
 from types import TracebackType
+from typing import Self
 
 __all__ = ["BatchCollector"]
 
@@ -50,7 +51,7 @@ class BatchCollector:
         self.full_every_s = full_every_s
         self._last_full = time.monotonic()
 
-    def __enter__(self) -> BatchCollector:
+    def __enter__(self) -> Self:
         global _active, _was_enabled
         with _lock:
             if _active == 0:
