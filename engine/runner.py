@@ -148,6 +148,19 @@ def _in_thread(fn: Callable[[], None], name: str) -> Future[None]:
     return future
 
 
+def _commit_epoch(txn: EpochTransaction) -> None:
+    """An epoch's commit in protocol order, on its own thread while the runner reads and folds the next batch.
+
+    Prepare (LanceDB appends: the thread waits on Lance, not on the GIL), then begin
+    the Kafka transaction and produce, then send the offsets and commit.  The runner
+    starts it only after the previous epoch settled, so epochs commit one at a time.
+    """
+    txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
+    faults.crash_point("after_prepare")
+    txn.produce()
+    txn.commit_kafka()
+
+
 def _upsert_keys(sink: SinkNode) -> list[str] | None:
     """(keys, window_start) when a table sink is fed by an update-mode window that still has them."""
     node = sink.parent
@@ -303,25 +316,27 @@ class Runner:
                         reason = "timeout"
                         break
                     raw = self.source.poll(self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None)
+                    n = len(raw)
                     if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
                         continue  # the batch was rewound, to be read again
                     self.metrics.gauges("lag", self.source.lag())
-                    if len(raw):
+                    if n:
                         first_record = first_record or self.source.first_record_at
                         faults.crash_point("after_poll")
                         if self._process(raw):
                             batches += 1
-                            records += len(raw)
+                            records += n
                         if on_batch is not None:
                             on_batch(self.metrics.snapshot())
                     else:
                         self.metrics.add("empty_polls")
                         self._settle()
                         self._flush_marks()
+                    del raw  # the collection below need not walk its columns
                     if max_batches is not None and batches >= max_batches:
                         reason = "max_batches"
                         break
-                    if until == "caught_up" and self.source.caught_up(ask_broker=not len(raw)):
+                    if until == "caught_up" and self.source.caught_up(ask_broker=not n):
                         reason = "caught_up"
                         break
                     collector.after_batch()
@@ -509,15 +524,12 @@ class Runner:
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
             timestamps_ms=meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=self._event_times_ms(inputs),
         )
-        txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
-        txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
-        self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
-        self.pending_marks = []
-        faults.crash_point("after_prepare")
         if not self._settle(also_rewind=_first_offsets(ranges)):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
-        txn.produce()  # the produce calls hold the GIL: on this thread they do not convoy with consume()
-        self.inflight = (txn, _in_thread(txn.commit_kafka, f"lockgate-commit-{self.config.name}-{epoch.number}"))
+        txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
+        self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
+        self.pending_marks = []
+        self.inflight = (txn, _in_thread(lambda: _commit_epoch(txn), f"lockgate-commit-{self.config.name}-{epoch.number}"))
         self.metrics.set("last_batch_seconds", time.monotonic() - t0)
         self.metrics.observe("batch_seconds", time.monotonic() - t0)
         if self.windows.active:

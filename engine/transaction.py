@@ -332,10 +332,11 @@ class EpochTransaction:
            it from the group's committed offsets and their metadata if the process
            dies first.
 
-        The runner pipelines these steps: it runs step 3 on its commit thread while
-        it polls, decodes and prepares the next batch, never begins the next Kafka
-        transaction before this one is settled, and writes this epoch's mark in a
-        later epoch's step-1 append (or alone when no batch follows).
+        The runner pipelines epochs, not these steps: it runs steps 1-3 in order on
+        the epoch's commit thread while it polls, decodes and folds the next batch,
+        starts an epoch's commit only after the previous one settled, and writes
+        this epoch's mark in a later epoch's step-1 append (or alone when no batch
+        follows).
         This method runs the four steps in order on the calling thread.
         """
         self.prepare()
