@@ -288,11 +288,27 @@ class KafkaSource:
                 counts[topic] = len(meta.partitions)
         return counts
 
-    def committed(self, partitions: set[tuple[str, int]], timeout: float = 30.0) -> dict[tuple[str, int], tuple[int, str | None]]:
-        """The group's committed offsets of ``partitions`` (those with one), with their metadata."""
+    def committed(
+        self, partitions: set[tuple[str, int]], timeout: float = 30.0, attempts: int = 10,
+    ) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """The group's committed offsets of ``partitions`` (those with one), with their metadata.
+
+        Asks again while the answer times out or is retriable: right after a broker
+        restart the group coordinator may take a while to answer.
+        """
         if not partitions:
             return {}
-        tps = self.consumer.committed([ck.TopicPartition(t, p) for t, p in sorted(partitions)], timeout=timeout)
+        wanted = [ck.TopicPartition(t, p) for t, p in sorted(partitions)]
+        for attempt in range(attempts):
+            try:
+                tps = self.consumer.committed(wanted, timeout=timeout)
+                break
+            except ck.KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
+                waiting = err is not None and not err.fatal() and (err.retriable() or err.code() == ck.KafkaError._TIMED_OUT)
+                if not waiting or attempt == attempts - 1:
+                    raise
+                log.warning("waiting for Kafka: the group's committed offsets: %s; asking again", err.str())
         return {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in tps if tp.offset >= 0}
 
     def rewind(self, positions: dict[tuple[str, int], int]) -> None:

@@ -1,0 +1,45 @@
+"""The source asks Kafka again while an answer times out, and gives up at once on a fatal error."""
+
+from __future__ import annotations
+
+import confluent_kafka as ck
+import pytest
+from lockgate.engine.source import KafkaSource
+
+
+class _Coordinator:
+    """Stands in for the consumer's ``committed``: times out ``failures`` times, then answers."""
+
+    def __init__(self, failures: int, error: ck.KafkaError) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    def committed(self, tps: list[ck.TopicPartition], timeout: float) -> list[ck.TopicPartition]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ck.KafkaException(self.error)
+        return [ck.TopicPartition(tp.topic, tp.partition, 7, metadata="lockgate:1:1") for tp in tps]
+
+
+def _source(coordinator: _Coordinator) -> KafkaSource:
+    source = KafkaSource.__new__(KafkaSource)  # no broker: only committed() is exercised
+    source.consumer = coordinator  # type: ignore[assignment]
+    return source
+
+
+def test_committed_offsets_are_asked_again_while_the_coordinator_times_out():
+    coordinator = _Coordinator(2, ck.KafkaError(ck.KafkaError._TIMED_OUT))
+    assert _source(coordinator).committed({("t", 0), ("t", 1)}) == {("t", 0): (7, "lockgate:1:1"), ("t", 1): (7, "lockgate:1:1")}
+    assert coordinator.calls == 3
+
+
+def test_committed_offsets_give_up_at_once_on_a_fatal_error_and_after_the_last_attempt():
+    fatal = _Coordinator(1, ck.KafkaError(ck.KafkaError._FATAL, fatal=True))
+    with pytest.raises(ck.KafkaException):
+        _source(fatal).committed({("t", 0)})
+    assert fatal.calls == 1
+    stuck = _Coordinator(99, ck.KafkaError(ck.KafkaError._TIMED_OUT))
+    with pytest.raises(ck.KafkaException):
+        _source(stuck).committed({("t", 0)}, attempts=3)
+    assert stuck.calls == 3
