@@ -440,8 +440,11 @@ class Runner:
         return {node.name: self.decoder.submit(node.format.decode, chunk.values) for nodes in self.sources_by_topic.values() for node in nodes}
 
     def _decoded(self, raw: RawBatch, node: SourceNode, values: list[bytes | None]) -> Decoded:
-        """``node``'s decoding of ``values``: the chunks decoded during the poll, joined, when the poll prepared them."""
-        if raw.prepared is not None and raw.topic is not None:
+        """``node``'s decoding of ``values``: the chunks decoded during the poll, joined, when the poll prepared them.
+
+        Only a runner with one source topic has a decode thread, so only its polls prepare chunks.
+        """
+        if raw.prepared is not None:
             return concat_decoded([(start, futures[node.name].result()) for start, futures in raw.prepared])
         return node.format.decode(values)
 
@@ -460,7 +463,7 @@ class Runner:
                 idx = mask.arg_true().to_list()
                 values = [raw.values[i] for i in idx]
             for node in nodes:
-                decoded = self._decoded(raw, node, values) if single else node.format.decode(values)
+                decoded = self._decoded(raw, node, values)
                 rows = decoded.rows if idx is None else [idx[r] for r in decoded.rows]
                 if len(rows) == len(raw.values):
                     base = meta

@@ -77,10 +77,11 @@ class RawBatch:
         def pick(column: list) -> list:
             return [column[i] for i in keep]
 
+        values = pick(self.values)
         return RawBatch(
             topic=self.topic, topics=None if self.topics is None else pick(self.topics),
             partitions=pick(self.partitions), offsets=pick(self.offsets), timestamps=pick(self.timestamps),
-            keys=pick(self.keys), values=pick(self.values), nbytes=sum(len(v or b"") for v in pick(self.values)),
+            keys=pick(self.keys), values=values, nbytes=sum(len(v or b"") for v in values),
         )
 
     @staticmethod
