@@ -134,6 +134,7 @@ class JSON(Format):
             )
         object.__setattr__(self, "schema", resolved)
         object.__setattr__(self, "nullable", frozenset(nullable))
+        object.__setattr__(self, "_epochs", _EpochHint())
 
     def __hash__(self) -> int:
         return hash((tuple((self.schema or {}).items()), self.nullable))
@@ -143,12 +144,29 @@ class JSON(Format):
             raise PipelineDefinitionError("lg.JSON: a source needs schema={column: type, ...} to decode values")
         return dict(self.schema)
 
-    def _wire_schema(self) -> dict[str, pl.DataType]:
-        return {k: (pl.String() if isinstance(v, _TEMPORAL) else v) for k, v in self.value_schema().items()}
+    def _wire_schema(self, temporal: pl.DataType = pl.String()) -> dict[str, pl.DataType]:
+        """The types ``read_ndjson`` reads: temporal columns as ``temporal`` (text, or Int64 epochs), parsed after."""
+        return {k: (temporal if isinstance(v, _TEMPORAL) else v) for k, v in self.value_schema().items()}
+
+    def _clean_wires(self) -> list[dict[str, pl.DataType]]:
+        """The wire schemas a clean batch is read with, in order: integer epochs first while they keep working.
+
+        Reading an epoch as Int64 saves formatting the number as text and parsing it
+        back; a batch where some value is ISO text fails that read (Polars refuses a
+        string for Int64) and is read as text instead.  After such a batch the next
+        ``_EpochHint.TEXT_FOR`` batches are read as text at once, then epochs are tried again.
+        """
+        text = self._wire_schema()
+        if not any(isinstance(v, _TEMPORAL) for v in self.value_schema().values()) or not self._epochs.worth_trying():
+            return [text]
+        return [self._wire_schema(pl.Int64()), text]
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
         wire = self._wire_schema()
-        clean = _read_ndjson_clean(values, wire)
+        wires = self._clean_wires()
+        clean, used = _read_ndjson_clean(values, wires)
+        if len(wires) > 1 and used is not None:
+            self._epochs.outcome(used == 0)
         if clean is not None:
             frame, rows, errors = self._finish(clean, range(len(values)))
             return Decoded(frame, rows, errors)
@@ -223,16 +241,16 @@ def _parse_temporal(frame: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> p
     columns = [(name, dtype) for name, dtype in schema.items() if isinstance(dtype, _TEMPORAL)]
     if not columns:
         return frame
-    epochs = frame.select([_with_zone(_epoch(pl.col(name), dtype), dtype).alias(name) for name, dtype in columns])
+    epochs = frame.select([_with_zone(_epoch(pl.col(name), dtype, frame.schema[name]), dtype).alias(name) for name, dtype in columns])
     return frame.with_columns(
         [epochs[name] if epochs[name].null_count() == frame[name].null_count() else _temporal_expr(name, dtype) for name, dtype in columns]
     )
 
 
-def _epoch(text: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """An integer epoch: days for a Date, the column's time unit for a Datetime."""
+def _epoch(text: pl.Expr, dtype: pl.DataType, wire: pl.DataType = pl.String()) -> pl.Expr:
+    """An integer epoch: days for a Date, the column's time unit for a Datetime (``wire``: read as text or Int64)."""
     target = pl.Date() if isinstance(dtype, pl.Date) else pl.Datetime(dtype.time_unit or "us")  # type: ignore[attr-defined]
-    return text.str.to_integer(strict=False).cast(target)
+    return (text if wire.is_integer() else text.str.to_integer(strict=False)).cast(target)
 
 
 def _with_zone(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -266,26 +284,50 @@ def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[in
     return [i for i, v in enumerate(values) if v], errors
 
 
-def _read_ndjson_clean(values: Sequence[bytes | None], wire: dict[str, pl.DataType]) -> pl.DataFrame | None:
-    """The common case in one read: every value one line and one JSON object of the schema; else None.
+class _EpochHint:
+    """Whether a JSON source's temporal columns are worth reading as integer epochs (see ``JSON._clean_wires``)."""
 
+    TEXT_FOR = 100
+
+    def __init__(self) -> None:
+        self.text_left = 0  # batches still to read as text before epochs are tried again
+
+    def worth_trying(self) -> bool:
+        if self.text_left > 0:
+            self.text_left -= 1
+            return False
+        return True
+
+    def outcome(self, epochs_worked: bool) -> None:
+        self.text_left = 0 if epochs_worked else self.TEXT_FOR
+
+
+def _read_ndjson_clean(
+    values: Sequence[bytes | None], wires: Sequence[dict[str, pl.DataType]]
+) -> tuple[pl.DataFrame | None, int | None]:
+    """The common case in one read: every value one line and one JSON object of the schema.
+
+    Returns the frame and the index of the wire schema that read it, or ``(None, None)``.
     Rows and values line up when the joined text has exactly ``n - 1`` newlines (no
     value holds one) and the read returns ``n`` rows (no value was blank).  A null
-    value fails the join, a bad one the read: the caller then decodes value by value.
+    value fails the join, a bad one the read of every wire schema: the caller then
+    decodes value by value.
     """
     if not values:
-        return None
+        return None, None
     try:
         joined = b"\n".join(values)  # type: ignore[arg-type]
     except TypeError:  # a null value (tombstone)
-        return None
+        return None, None
     if int(np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == 10)) != len(values) - 1:
-        return None
-    try:
-        frame = pl.read_ndjson(io.BytesIO(joined), schema=wire)
-    except (pl.exceptions.PolarsError, ValueError, OSError):
-        return None
-    return frame if frame.height == len(values) else None
+        return None, None
+    for used, wire in enumerate(wires):
+        try:
+            frame = pl.read_ndjson(io.BytesIO(joined), schema=wire)
+        except (pl.exceptions.PolarsError, ValueError, OSError):
+            continue
+        return (frame, used) if frame.height == len(values) else (None, None)
+    return None, None
 
 
 def _read_ndjson_bisect(

@@ -199,3 +199,57 @@ def test_decoded_chunks_join_into_the_decoding_of_the_whole_batch():
         assert list(joined.rows) == list(whole.rows)
         assert joined.errors == whole.errors
         assert joined.frame.equals(whole.frame)
+
+
+def _spy_reads(monkeypatch) -> list[dict]:
+    """The schemas of every pl.read_ndjson call from now on."""
+    schemas: list[dict] = []
+    real = pl.read_ndjson
+
+    def spying(source, **kw):
+        schemas.append(dict(kw["schema"]))
+        return real(source, **kw)
+
+    monkeypatch.setattr(pl, "read_ndjson", spying)
+    return schemas
+
+
+def test_json_reads_integer_epochs_as_integers_without_a_text_pass(monkeypatch):
+    schemas = _spy_reads(monkeypatch)
+    values = [json.dumps({"user": "a", "n": i, "x": 0.5, "ts": 1_700_000_000_000 + i}).encode() for i in range(100)]
+    out = lg.JSON(schema=SCHEMA).decode(values)
+    assert [s["ts"] for s in schemas] == [pl.Int64]  # one read, the epochs as numbers: no formatting them as text
+    assert out.frame["ts"].dt.epoch("ms").to_list() == [1_700_000_000_000 + i for i in range(100)]
+    assert out.frame.schema == pl.Schema(SCHEMA)
+
+
+def test_json_reads_iso_batches_as_text_and_tries_integer_epochs_again_later(monkeypatch):
+    from lockgate.engine.formats import _EpochHint
+
+    schemas = _spy_reads(monkeypatch)
+    fmt = lg.JSON(schema={"ts": pl.Datetime("ms")})
+    iso = [b'{"ts": "2024-01-01T00:00:00Z"}', b'{"ts": 5}']
+    assert fmt.decode(iso).frame["ts"].to_list() == [datetime(2024, 1, 1), datetime(1970, 1, 1, 0, 0, 0, 5000)]
+    assert [s["ts"] for s in schemas] == [pl.Int64, pl.String]  # the epoch read refused the text, the text read took it
+    schemas.clear()
+    for _ in range(_EpochHint.TEXT_FOR):
+        fmt.decode(iso)
+    assert [s["ts"] for s in schemas] == [pl.String] * _EpochHint.TEXT_FOR  # no wasted epoch read for a while
+    schemas.clear()
+    assert fmt.decode([b'{"ts": 7}']).frame["ts"].dt.epoch("ms").to_list() == [7]
+    assert [s["ts"] for s in schemas] == [pl.Int64]  # then epochs again
+
+
+@pytest.mark.parametrize("ts", [b'"12"', b"1e3", b"true", b"1.5", b"[1]", b"99999999999999999999", b"null"])
+def test_json_decodes_any_time_value_as_the_text_reading_does(ts):
+    from lockgate.engine.formats import _EpochHint
+
+    fmt = lg.JSON(schema={"ts": pl.Datetime("ms")})
+    text_only = lg.JSON(schema={"ts": pl.Datetime("ms")})
+    text_only._epochs.outcome(False)  # reads as text for the next batches
+    values = [b'{"ts": 1}', b'{"ts": ' + ts + b"}"]
+    got, expected = fmt.decode(values), text_only.decode(values)
+    assert text_only._epochs.text_left == _EpochHint.TEXT_FOR - 1
+    assert got.frame.equals(expected.frame)
+    assert list(got.rows) == list(expected.rows)
+    assert got.errors == expected.errors
