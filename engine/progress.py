@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import html as _html
+import sys
 import time
 from typing import Any
 
@@ -20,12 +21,15 @@ __all__ = ["NotebookProgress", "in_notebook", "render"]
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel (where HTML displays update in place)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
+    """True inside a Jupyter kernel (where HTML displays update in place).
+
+    A kernel has imported IPython long before any cell runs; a script has not, and
+    importing it here only to learn that would cost every ``run()`` most of a second.
+    """
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
         return False
-    shell = get_ipython()
+    shell = ipython.get_ipython()
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
