@@ -11,6 +11,7 @@ import platform
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 __all__ = [
+    "BASELINE_CONSUMER",
+    "bare_consume",
     "committed_messages",
     "count_committed",
     "create_topic",
@@ -34,6 +37,16 @@ __all__ = [
     "wait_transactions_settled",
     "write_json",
 ]
+
+#: the bare consumer's options: read_committed, fetches as large as lockgate's
+BASELINE_CONSUMER = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "isolation.level": "read_committed",
+    "queued.min.messages": 200_000,
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 8 * 1024 * 1024,
+}
 
 
 def resolve_brokers(brokers: str | None) -> str:
@@ -172,6 +185,58 @@ def timed_run(pipe: Any, records: int, run: int, timeout: float) -> tuple[dict[s
     return timings, pipe.metrics()
 
 
+def bare_consume(brokers: str, topic: str, records: int, run: int, timeout: float) -> dict[str, Any]:
+    """The client floor: a fresh group reads every record of ``topic``; ``total += len(value)`` for each.
+
+    Nothing is decoded, produced or committed: no pipeline on this client reads faster.
+    ``steady`` runs from the first records a consume returned to the last one read.
+    """
+    t_start = time.perf_counter()
+    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}-r{run}", **BASELINE_CONSUMER})
+    consumer.subscribe([topic])
+    consume = consumer.consume
+    n = total = 0
+    t_first: float | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while n < records:
+            msgs = consume(10_000, 1.0)
+            if not msgs:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"bare consume: read {n} of {records} records in {timeout}s")
+                continue
+            if t_first is None:
+                t_first = time.perf_counter()
+            for m in msgs:
+                v = m.value()
+                if v is None:  # an error event: not a record
+                    err = m.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise ck.KafkaException(err)
+                        continue
+                else:
+                    total += len(v)
+                n += 1
+        t_last = time.perf_counter()
+    finally:
+        consumer.close()
+    t_end = time.perf_counter()
+    assert t_first is not None
+    steady = t_last - t_first
+    wall = t_end - t_start
+    return {
+        "run": run,
+        "records": n,
+        "value_bytes": total,
+        "steady_seconds": round(steady, 3),
+        "wall_seconds": round(wall, 3),
+        "join_seconds": round(t_first - t_start, 3),
+        "steady_rps": round(n / steady),
+        "wall_rps": round(n / wall),
+    }
+
+
 
 def isolated(fn: Any, *args: Any) -> Any:
     """``fn(*args)`` in a fresh interpreter (spawned, no fork), its result returned.
@@ -205,7 +270,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "confluent_kafka": ck.version()[0],
+        "confluent_kafka": ck.__version__,
         "librdkafka": ck.libversion()[0],
         "polars": pl.__version__,
     }

@@ -63,14 +63,6 @@ COPY_PRODUCER = {
     "queue.buffering.max.kbytes": 1_048_576,
     "partitioner": "murmur2_random",
 }
-BASELINE_CONSUMER = {
-    "enable.auto.commit": False,
-    "auto.offset.reset": "earliest",
-    "isolation.level": "read_committed",
-    "queued.min.messages": 200_000,
-    "fetch.max.bytes": 64 * 1024 * 1024,
-    "max.partition.fetch.bytes": 8 * 1024 * 1024,
-}
 
 SCHEMA = {"user": pl.String, "url": pl.String, "n": pl.Int64, "ts": pl.Int64, "ref": pl.String}
 KEEP_FROM = 150  # filter n >= 150, n uniform in 0..999: keeps 85 %
@@ -134,54 +126,6 @@ def setup(brokers: str, topic: str, records: int, compression: str) -> dict[str,
     }
 
 
-def run_baseline(brokers: str, topic: str, records: int, run: int, timeout: float) -> dict[str, Any]:
-    """(a): a fresh group reads every record; ``total += len(value)`` for each."""
-    t_start = time.perf_counter()
-    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}-r{run}", **BASELINE_CONSUMER})
-    consumer.subscribe([topic])
-    consume = consumer.consume
-    n = total = 0
-    t_first: float | None = None
-    deadline = time.monotonic() + timeout
-    try:
-        while n < records:
-            msgs = consume(10_000, 1.0)
-            if not msgs:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"baseline: read {n} of {records} records in {timeout}s")
-                continue
-            if t_first is None:
-                t_first = time.perf_counter()
-            for m in msgs:
-                v = m.value()
-                if v is None:  # an error event: not a record
-                    err = m.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise ck.KafkaException(err)
-                        continue
-                else:
-                    total += len(v)
-                n += 1
-        t_last = time.perf_counter()
-    finally:
-        consumer.close()
-    t_end = time.perf_counter()
-    assert t_first is not None
-    steady = t_last - t_first
-    wall = t_end - t_start
-    return {
-        "run": run,
-        "records": n,
-        "value_bytes": total,
-        "steady_seconds": round(steady, 3),
-        "wall_seconds": round(wall, 3),
-        "join_seconds": round(t_first - t_start, 3),
-        "steady_rps": round(n / steady),
-        "wall_rps": round(n / wall),
-    }
-
-
 def run_copy(brokers: str, topic: str, records: int, run: int, timeout: float) -> dict[str, Any]:
     """(c): the client's ceiling for any exactly-once pipeline with Kafka output: no decoding at all.
 
@@ -194,7 +138,7 @@ def run_copy(brokers: str, topic: str, records: int, run: int, timeout: float) -
     admin = AdminClient({"bootstrap.servers": brokers})
     admin.create_topics([NewTopic(out_topic, num_partitions=8, replication_factor=1)])[out_topic].result(30)
     t_start = time.perf_counter()
-    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": group, **BASELINE_CONSUMER})
+    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": group, **common.BASELINE_CONSUMER})
     producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": group, **COPY_PRODUCER})
     producer.init_transactions(60)
     consumer.subscribe([topic])
@@ -307,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         copies: list[dict[str, Any]] = []
         checks: list[dict[str, Any]] = []
         for run in range(1, args.runs + 1):
-            a = common.isolated(run_baseline, brokers, topic, args.records, run, args.timeout)
+            a = common.isolated(common.bare_consume, brokers, topic, args.records, run, args.timeout)
             baseline.append(a)
             print(f"# a{run} bare consumer: {_rate(a['steady_rps'])} rec/s steady, {_rate(a['wall_rps'])} rec/s wall "
                   f"({a['steady_seconds']}s + join {a['join_seconds']}s)", file=sys.stderr)
@@ -350,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": "source JSON(user, url, n, ts: Int64, ref) -> filter(n >= 150) -> "
                     "with_columns(url_len, minute) -> to_kafka(key=user, JSON), transactional",
         "batch_policy": {"max_records": BATCH.max_records, "max_wait_s": BATCH.max_wait_s},
-        "baseline_consumer": BASELINE_CONSUMER,
+        "baseline_consumer": common.BASELINE_CONSUMER,
         "brokers": brokers,
         "machine": common.machine(),
         "baseline": {"steady_rps_median": a_steady, "wall_rps_median": a_wall, "per_run": baseline},

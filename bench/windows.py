@@ -41,8 +41,15 @@ steady
 wall
     including creating the clients and joining the group.
 
-Runs are interleaved (q1 l1 q2 l2 ...).  Headline: the medians of 3 steady rates and their
-ratio; targets: lockgate >= 10x Quix Streams and >= 500,000 records/s.  If Quix on all N
+Runs are interleaved (q1 a1 l1 q2 a2 l2 ...).  Headline: the medians of 3 steady rates and their
+ratio; targets: lockgate >= 10x Quix Streams and >= 500,000 records/s.
+
+Baseline (a), measured in the same run because the shared machines vary from day to day
+(the same code ran 403k records/s one day and 185k another): a bare confluent-kafka
+``consume`` loop over the same input topic that touches every value and does nothing
+else (``_common.bare_consume``, the client's floor).  ``lockgate / bare`` is the share of
+the client's own speed that the whole pipeline keeps; it travels across machines where
+the absolute rates do not.  If Quix on all N
 records takes too long, ``--quix-records M`` runs it on M events from the same generator
 (same users, same 10 minutes of event time) in their own topic; the JSON and the table say so.
 
@@ -396,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     oracles: dict[str, Any] = {}
     quix_runs: list[dict[str, Any]] = []
     lg_runs: list[dict[str, Any]] = []
+    bare_runs: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     try:
         t0_ms = event_time_origin()
@@ -428,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                     checks.append({"run": run, **c})
                     print(f"# check q{run}: {c}", file=sys.stderr)
             if do_lg:
+                a = common.isolated(common.bare_consume, brokers, topic, args.records, run, args.timeout)
+                bare_runs.append(a)
+                print(f"# a{run} bare consume: {_rate(a['steady_rps'])} rec/s steady", file=sys.stderr)
                 b = common.isolated(run_lockgate, brokers, topic, args.records, run, tag, state_root, args.timeout, not args.whole_topic)
                 lg_runs.append(b)
                 print(f"# l{run} lockgate: {_rate(b['steady_rps'])} rec/s steady, {_rate(b['wall_rps'])} rec/s wall "
@@ -445,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
 
     q_steady, q_wall = _median(quix_runs, "steady_rps"), _median(quix_runs, "wall_rps")
     l_steady, l_wall = _median(lg_runs, "steady_rps"), _median(lg_runs, "wall_rps")
+    a_steady = _median(bare_runs, "steady_rps")
     ratio = l_steady / q_steady if q_steady and l_steady else None
+    of_bare = l_steady / a_steady if a_steady and l_steady else None
     ratio_wall = l_wall / q_wall if q_wall and l_wall else None
     quix_note = "" if quix_records == args.records else f" (Quix on {quix_records:,} events)"
     result = {
@@ -477,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         "lockgate_client": {"confluent_kafka": ck.__version__, "librdkafka": ck.libversion()[0]},
         "quix": {"python": python, "steady_rps_median": q_steady, "wall_rps_median": q_wall, "per_run": quix_runs},
         "lockgate": {"steady_rps_median": l_steady, "wall_rps_median": l_wall, "per_run": lg_runs},
+        "bare_consume": {"steady_rps_median": a_steady, "per_run": bare_runs,
+                         "what": "consume + len(value) per record over the same input topic, nothing else (the client floor)"},
+        "lockgate_of_bare": None if of_bare is None else round(of_bare, 3),
         "ratio": None if ratio is None else round(ratio, 2),
         "ratio_wall": None if ratio_wall is None else round(ratio_wall, 2),
         "target": {"ratio": TARGET_RATIO, "lockgate_rps": TARGET_RPS},
@@ -505,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
              "-" if ratio is None else f"{ratio:.1f}x", verdict()],
             [f"windows (incl. group join){quix_note}", f"{args.records:,}", _rate(q_wall), _rate(l_wall),
              "-" if ratio_wall is None else f"{ratio_wall:.1f}x", "-"],
+            *([[f"(a) bare consume of the same topic, median of {len(bare_runs)}", f"{args.records:,}", "-", _rate(a_steady),
+                "-" if of_bare is None else f"lockgate / bare = {of_bare:.2f}", "baseline, same run"]] if bare_runs else []),
         ],
     ))
     print(f"\n# written to {path}", file=sys.stderr)
