@@ -30,7 +30,11 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-__all__ = ["PartialIndex"]
+__all__ = ["Merge", "PartialIndex"]
+
+#: How one partial column of a pair combines with the batch's partial, element-wise:
+#: ``("add", None)``, ``("min", None)``, ``("max", None)``, or ``("first" | "last", order_column)``.
+Merge = tuple[str, str | None]
 
 _HASH_SLICE = 1 << 20
 #: the main index gets a bucket directory from this many pairs on (below, it fits the caches anyway)
@@ -190,8 +194,16 @@ class PartialIndex:
             self.values[name][ids] = filled.to_numpy()
             self.valid[name][ids] = valid
 
-    def upsert(self, partials: pl.DataFrame, merges: Mapping[str, pl.Expr]) -> pl.DataFrame:
-        """Merge a batch's partials (one row per pair) into the state; returns the pairs' new rows."""
+    def upsert(
+        self, partials: pl.DataFrame, merges: Mapping[str, pl.Expr], horizontal: Mapping[str, Merge] | None = None
+    ) -> pl.DataFrame:
+        """Merge a batch's partials (one row per pair) into the state; returns the pairs' new rows.
+
+        ``merges`` combine the old and the new partial of a pair as a Polars group
+        aggregation; ``horizontal``, when given (see :data:`Merge`), says the same per
+        column as element-wise NumPy operations, which update the arrays in place
+        without building, grouping and sorting a frame of old and new rows.
+        """
         if partials.height == 0:
             return partials.select(self.schema.names())
         h, c = self._hashes(partials)
@@ -201,23 +213,58 @@ class PartialIndex:
         if found.any():
             old_ids = ids[found]
             new = partials.filter(pl.Series(found))
-            old = self._gather(old_ids, keys=new)  # the batch has the keys: no random reads of the key column
-            merged = (
-                pl.concat([old.with_row_index("__r"), new.select(self.schema.names()).with_row_index("__r")], how="vertical_relaxed")
-                .group_by("__r", maintain_order=True)
-                .agg(*[pl.col(k).first() for k in self.key_frame_columns], **merges)
-                .sort("__r")
-                .drop("__r")
-                .select(self.schema.names())
-                .cast(dict(self.schema))  # type: ignore[arg-type]
-            )
-            self._scatter(old_ids, merged)
+            if horizontal is not None:
+                self._merge_in_place(old_ids, new, horizontal)
+                merged = self._gather(old_ids, keys=new)
+            else:
+                old = self._gather(old_ids, keys=new)  # the batch has the keys: no random reads of the key column
+                merged = (
+                    pl.concat([old.with_row_index("__r"), new.select(self.schema.names()).with_row_index("__r")], how="vertical_relaxed")
+                    .group_by("__r", maintain_order=True)
+                    .agg(*[pl.col(k).first() for k in self.key_frame_columns], **merges)
+                    .sort("__r")
+                    .drop("__r")
+                    .select(self.schema.names())
+                    .cast(dict(self.schema))  # type: ignore[arg-type]
+                )
+                self._scatter(old_ids, merged)
             out_parts.append(merged)
         if (~found).any():
             fresh = partials.filter(pl.Series(~found)).select(self.schema.names()).cast(dict(self.schema))  # type: ignore[arg-type]
             self._insert(fresh, h[~found], c[~found])
             out_parts.append(fresh)
         return pl.concat(out_parts, how="vertical_relaxed") if len(out_parts) > 1 else out_parts[0]
+
+    def _merge_in_place(self, ids: np.ndarray, new: pl.DataFrame, how: Mapping[str, Merge]) -> None:
+        """Combine rows ``ids`` with ``new``'s partials (same order), column by column (see :data:`Merge`).
+
+        Nulls count as Polars' aggregations count them: a sum skips them (and is 0
+        when both are null), min and max take the other value, first and last take
+        the value of the earlier or later arrival order, null or not.
+        """
+        old = {name: (self.values[name][ids], self.valid[name][ids]) for name in self.value_columns}
+        incoming = {}
+        for name in self.value_columns:
+            series = new[name]
+            valid = series.is_not_null().to_numpy()
+            filled = series.fill_null(False if isinstance(series.dtype, pl.Boolean) else 0).to_physical()
+            incoming[name] = (filled.to_numpy(), valid)
+        for name in self.value_columns:
+            kind, order = how[name]
+            (a, a_ok), (b, b_ok) = old[name], incoming[name]
+            if kind == "add":
+                values, valid = np.where(a_ok, a, 0) + np.where(b_ok, b, 0), np.ones(len(a), dtype=bool)
+            elif kind in ("min", "max"):
+                pick = (np.fmin if kind == "min" else np.fmax) if a.dtype.kind == "f" else (np.minimum if kind == "min" else np.maximum)
+                values = np.where(a_ok & b_ok, pick(a, b), np.where(a_ok, a, b))
+                valid = a_ok | b_ok
+            else:  # first / last: the value of the partial with the earlier / later arrival order
+                assert order is not None
+                a_order, b_order = old[order][0], incoming[order][0]
+                take_old = a_order <= b_order if kind == "first" else a_order >= b_order
+                values, valid = np.where(take_old, a, b), np.where(take_old, a_ok, b_ok)
+            self.values[name][ids] = values
+            self.valid[name][ids] = valid
 
     def _insert(self, fresh: pl.DataFrame, h: np.ndarray, c: np.ndarray) -> None:
         start, count = self.size, fresh.height

@@ -177,6 +177,26 @@ class Agg:
         # Chan et al.: M2 = sum(M2_i + n_i * (mean_i - mean)^2), evaluated per group; empty partials count nothing
         return {f"{p}_n": total, f"{p}_m": mean, f"{p}_q": pl.when(n > 0).then(q + n * (m - mean) ** 2).sum()}
 
+    def horizontal(self, schema: pl.Schema) -> dict[str, tuple[str, str | None]] | None:
+        """The element-wise form of :meth:`merges` (see ``hotstate.Merge``), or None where there is none.
+
+        Sums are element-wise only in 64 bits (Polars adds narrower integers and
+        Float32 in their own width); var and std merge with Chan's formula, kept in Polars.
+        """
+        p = f"__{self.name}"
+        wide = (pl.Int64, pl.UInt64, pl.Float64)
+        if self.kind in ("len", "count"):
+            return {f"{p}_n": ("add", None)}
+        if self.kind == "sum":
+            return {f"{p}_s": ("add", None)} if isinstance(schema[f"{p}_s"], wide) else None
+        if self.kind in ("min", "max"):
+            return {f"{p}_v": (self.kind, None)}
+        if self.kind in ("first", "last"):
+            return {f"{p}_v": (self.kind, f"{p}_o"), f"{p}_o": ("min" if self.kind == "first" else "max", None)}
+        if self.kind == "mean":
+            return {f"{p}_s": ("add", None), f"{p}_n": ("add", None)}
+        return None
+
     def final(self) -> pl.Expr:
         """The aggregate from merged partials."""
         p = f"__{self.name}"
@@ -419,6 +439,17 @@ def _partials(spec: WindowSpec, pairs: pl.DataFrame, keys: list[str]) -> pl.Data
     return pairs.group_by(keys, maintain_order=True).agg(**exprs)
 
 
+def _horizontal(spec: WindowSpec, schema: pl.Schema) -> dict[str, tuple[str, str | None]] | None:
+    """Every partial column's element-wise merge, or None when one aggregation has none."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for agg in spec.aggs:
+        how = agg.horizontal(schema)
+        if how is None:
+            return None
+        out.update(how)
+    return out
+
+
 def _merge(spec: WindowSpec, frames: list[pl.DataFrame], keys: list[str]) -> pl.DataFrame:
     exprs = {k: v for a in spec.aggs for k, v in a.merges().items()}
     return pl.concat(frames, how="vertical_relaxed").group_by(keys, maintain_order=True).agg(**exprs)
@@ -528,7 +559,7 @@ def _fold_fixed(spec: WindowSpec, state: WindowState, frame: pl.DataFrame, befor
         index = state.index if state.index is not None else PartialIndex.from_frame(state.partials, spec.group_keys)
         changed = state.partials.clear()
         if on_time.height:
-            changed = index.upsert(_partials(spec, on_time, keys), merges)
+            changed = index.upsert(_partials(spec, on_time, keys), merges, _horizontal(spec, state.partials.schema))
             if spec.emit == "update":
                 emitted.append(finalize_partials(spec, changed))
         closing = index.close_until(after - spec.allowed_lateness_ms) if after is not None else changed.clear()
