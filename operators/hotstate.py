@@ -186,13 +186,7 @@ class PartialIndex:
 
     def _scatter(self, ids: np.ndarray, frame: pl.DataFrame) -> None:
         for name in self.value_columns:
-            series = frame[name]
-            valid = series.is_not_null().to_numpy()
-            filled = series.fill_null(0) if not isinstance(series.dtype, pl.Boolean) else series.fill_null(False)
-            if isinstance(series.dtype, (pl.Datetime, pl.Date, pl.Duration)):
-                filled = filled.to_physical()
-            self.values[name][ids] = filled.to_numpy()
-            self.valid[name][ids] = valid
+            self.values[name][ids], self.valid[name][ids] = _arrays(frame[name])
 
     def upsert(
         self, partials: pl.DataFrame, merges: Mapping[str, pl.Expr], horizontal: Mapping[str, Merge] | None = None
@@ -243,12 +237,7 @@ class PartialIndex:
         the value of the earlier or later arrival order, null or not.
         """
         old = {name: (self.values[name][ids], self.valid[name][ids]) for name in self.value_columns}
-        incoming = {}
-        for name in self.value_columns:
-            series = new[name]
-            valid = series.is_not_null().to_numpy()
-            filled = series.fill_null(False if isinstance(series.dtype, pl.Boolean) else 0).to_physical()
-            incoming[name] = (filled.to_numpy(), valid)
+        incoming = {name: _arrays(new[name]) for name in self.value_columns}
         for name in self.value_columns:
             kind, order = how[name]
             (a, a_ok), (b, b_ok) = old[name], incoming[name]
@@ -334,6 +323,15 @@ class PartialIndex:
             h, c = index._hashes(frame)
             index._insert_bulk(frame, h, c)
         return index
+
+
+def _arrays(series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A partial column as the index keeps it: values (nulls as 0 or False, times as their integers) and validity."""
+    valid = series.is_not_null().to_numpy()
+    filled = series.fill_null(False if isinstance(series.dtype, pl.Boolean) else 0)
+    if isinstance(series.dtype, (pl.Datetime, pl.Date, pl.Duration)):
+        filled = filled.to_physical()
+    return filled.to_numpy(), valid
 
 
 def _directory(sorted_h: np.ndarray) -> tuple[np.ndarray, int]:

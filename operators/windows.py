@@ -42,7 +42,7 @@ from typing import Literal
 import polars as pl
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
-from lockgate.operators.hotstate import PartialIndex
+from lockgate.operators.hotstate import Merge, PartialIndex
 
 __all__ = [
     "Agg",
@@ -177,7 +177,7 @@ class Agg:
         # Chan et al.: M2 = sum(M2_i + n_i * (mean_i - mean)^2), evaluated per group; empty partials count nothing
         return {f"{p}_n": total, f"{p}_m": mean, f"{p}_q": pl.when(n > 0).then(q + n * (m - mean) ** 2).sum()}
 
-    def horizontal(self, schema: pl.Schema) -> dict[str, tuple[str, str | None]] | None:
+    def horizontal(self, schema: pl.Schema) -> dict[str, Merge] | None:
         """The element-wise form of :meth:`merges` (see ``hotstate.Merge``), or None where there is none.
 
         Sums are element-wise only in 64 bits (Polars adds narrower integers and
@@ -439,9 +439,9 @@ def _partials(spec: WindowSpec, pairs: pl.DataFrame, keys: list[str]) -> pl.Data
     return pairs.group_by(keys, maintain_order=True).agg(**exprs)
 
 
-def _horizontal(spec: WindowSpec, schema: pl.Schema) -> dict[str, tuple[str, str | None]] | None:
+def _horizontal(spec: WindowSpec, schema: pl.Schema) -> dict[str, Merge] | None:
     """Every partial column's element-wise merge, or None when one aggregation has none."""
-    out: dict[str, tuple[str, str | None]] = {}
+    out: dict[str, Merge] = {}
     for agg in spec.aggs:
         how = agg.horizontal(schema)
         if how is None:
