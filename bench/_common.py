@@ -31,6 +31,7 @@ __all__ = [
     "machine",
     "markdown_table",
     "median",
+    "rates",
     "resolve_brokers",
     "stamp",
     "timed_run",
@@ -223,17 +224,18 @@ def bare_consume(brokers: str, topic: str, records: int, run: int, timeout: floa
         consumer.close()
     t_end = time.perf_counter()
     assert t_first is not None
-    steady = t_last - t_first
-    wall = t_end - t_start
+    return {"run": run, "records": n, "value_bytes": total, **rates(n, t_start, t_first, t_last, t_end)}
+
+
+def rates(records: int, t_start: float, t_first: float, t_last: float, t_end: float) -> dict[str, Any]:
+    """A client loop's timings as every benchmark reports them: steady from the first records to the last, wall from the start to the end."""
+    steady, wall = t_last - t_first, t_end - t_start
     return {
-        "run": run,
-        "records": n,
-        "value_bytes": total,
         "steady_seconds": round(steady, 3),
         "wall_seconds": round(wall, 3),
         "join_seconds": round(t_first - t_start, 3),
-        "steady_rps": round(n / steady),
-        "wall_rps": round(n / wall),
+        "steady_rps": round(records / steady),
+        "wall_rps": round(records / wall),
     }
 
 

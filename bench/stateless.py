@@ -180,16 +180,7 @@ def run_copy(brokers: str, topic: str, records: int, run: int, timeout: float) -
         consumer.close()
     t_end = time.perf_counter()
     assert t_first is not None
-    steady = t_last - t_first
-    return {
-        "run": run,
-        "records": n,
-        "output_topic": out_topic,
-        "steady_seconds": round(steady, 3),
-        "wall_seconds": round(t_end - t_start, 3),
-        "steady_rps": round(n / steady),
-        "wall_rps": round(n / (t_end - t_start)),
-    }
+    return {"run": run, "records": n, "output_topic": out_topic, **common.rates(n, t_start, t_first, t_last, t_end)}
 
 
 def build_pipeline(name: str, brokers: str, state: str, topic: str, out_topic: str) -> lg.Pipeline:
