@@ -149,7 +149,7 @@ class JSON(Format):
         return {k: (temporal if isinstance(v, _TEMPORAL) else v) for k, v in self.value_schema().items()}
 
     def _clean_wires(self) -> list[dict[str, pl.DataType]]:
-        """The wire schemas a clean batch is read with, in order: integer epochs first while they keep working.
+        """The wire schemas a clean batch is read with, in order: integer epochs first while they keep working, text always last.
 
         Reading an epoch as Int64 saves formatting the number as text and parsing it
         back; a batch where some value is ISO text fails that read (Polars refuses a
@@ -162,8 +162,8 @@ class JSON(Format):
         return [self._wire_schema(pl.Int64()), text]
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
-        wire = self._wire_schema()
         wires = self._clean_wires()
+        wire = wires[-1]  # the text wire: the fallback of a clean read and the one the bisection uses
         clean, used = _read_ndjson_clean(values, wires)
         if len(wires) > 1 and used is not None:
             self._epochs.outcome(used == 0)
