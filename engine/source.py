@@ -21,6 +21,7 @@ from typing import Any
 import confluent_kafka as ck
 import polars as pl
 from lockgate.engine.config import BatchPolicy
+from lockgate.engine.transaction import is_fatal
 
 __all__ = ["KafkaSource", "RawBatch"]
 
@@ -123,7 +124,7 @@ def records_only(got: list[ck.Message]) -> list[ck.Message]:
         err = m.error()
         if err is None:
             records.append(m)
-        elif err.fatal():
+        elif is_fatal(err):
             raise ck.KafkaException(err)
         elif err.code() in _UNREACHABLE:
             log.warning("waiting for Kafka: %s (librdkafka reconnects with backoff)", err.str())
@@ -306,7 +307,7 @@ class KafkaSource:
                 break
             except ck.KafkaException as exc:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
-                waiting = err is not None and not err.fatal() and (err.retriable() or err.code() == ck.KafkaError._TIMED_OUT)
+                waiting = err is not None and not is_fatal(err) and (err.retriable() or err.code() == ck.KafkaError._TIMED_OUT)
                 if not waiting or attempt == attempts - 1:
                     raise
                 log.warning("waiting for Kafka: the group's committed offsets: %s; asking again", err.str())

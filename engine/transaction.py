@@ -6,8 +6,8 @@ method checks the state it is called in; an error in the middle of a commit is
 never swallowed.
 
 Errors are classified as librdkafka classifies them: ``retriable()`` -> retry the
-same call, ``txn_requires_abort()`` -> abort and redo the batch, ``fatal()`` (or
-anything else) -> fail: the pipeline stops and nothing of the batch is committed.
+same call, ``txn_requires_abort()`` -> abort and redo the batch, fatal (``is_fatal``) or
+anything else -> fail: the pipeline stops and nothing of the batch is committed.
 """
 
 from __future__ import annotations
@@ -116,6 +116,21 @@ def parse_offset_metadata(text: str | None) -> int | None:
     return None
 
 
+def is_fatal(err: ck.KafkaError | None) -> bool:
+    """Whether librdkafka says the client is dead: ``fatal()``, or the code ``_FATAL``.
+
+    Once a transactional producer is fenced, the commit call raises an error with
+    ``fatal()`` set, but ``produce()`` raises ``_FATAL`` ("Local: Fatal error")
+    with ``fatal()`` unset: both mean the same.
+
+    >>> is_fatal(ck.KafkaError(ck.KafkaError._FATAL))
+    True
+    >>> is_fatal(ck.KafkaError(ck.KafkaError._TIMED_OUT)), is_fatal(None)
+    (False, False)
+    """
+    return err is not None and (err.fatal() or err.code() == ck.KafkaError._FATAL)
+
+
 def _kafka_error(exc: BaseException) -> ck.KafkaError | None:
     if isinstance(exc, ck.KafkaException) and exc.args and isinstance(exc.args[0], ck.KafkaError):
         return exc.args[0]
@@ -141,7 +156,7 @@ class TransactionalProducer:
                 return call()
             except ck.KafkaException as exc:
                 err = _kafka_error(exc)
-                if err is not None and err.retriable() and not err.fatal() and attempt < attempts - 1:
+                if err is not None and err.retriable() and not is_fatal(err) and attempt < attempts - 1:
                     log.warning("waiting for Kafka: %s: %s; retrying in %.1fs", what, err.str(), delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
@@ -307,14 +322,14 @@ class EpochTransaction:
 
     def _on_kafka_error(self, exc: ck.KafkaException) -> None:
         err = _kafka_error(exc)
-        if err is not None and err.txn_requires_abort() and not err.fatal():
+        if err is not None and err.txn_requires_abort() and not is_fatal(err):
             self._abort_quietly()
             self.state = "aborted"
             raise TransactionAborted(f"epoch {self.epoch.number}: {err.str()}", err.code()) from exc
         self._fail(exc)
         raise CommitError(
             f"epoch {self.epoch.number}: the Kafka transaction of {self.producer.transactional_id!r} failed"
-            f" ({'fatal' if err is not None and err.fatal() else 'not retriable'}): {exc}; nothing of this batch is committed"
+            f" ({'fatal' if is_fatal(err) else 'not retriable'}): {exc}; nothing of this batch is committed"
         ) from exc
 
     def commit(self) -> None:
