@@ -273,7 +273,10 @@ class Runner:
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():
             table.bootstrap()
-        self.source = KafkaSource(self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight)
+        self.source = KafkaSource(
+            self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight,
+            admin_options=self.config.admin_options(),
+        )
         if len(self.sources_by_topic) == 1:
             self.decoder = ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-decode-{self.config.name}")
         self.epoch = self.log.last_epoch(self.config.name)
@@ -490,6 +493,8 @@ class Runner:
         """Every operator over one decoded batch; windows fold into the hot state (``windows.take()`` collects their deltas)."""
         if not self.windows.active:
             return execute(self.plan, inputs, dead_letters=lambda: dead, tables=tables)
+        if self.source is not None:
+            self.windows.backlog(self.source.backlog())
         self.windows.observe(inputs, now)
         return execute(
             self.plan, inputs, lambda node, frame: self.windows.step(node, frame, now),

@@ -143,14 +143,22 @@ class _Assignment:
 class KafkaSource:
     """The consumer of a pipeline: subscribes, tracks assignment and end-of-partition."""
 
-    def __init__(self, options: dict, topics: list[str], before_revoke: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, options: dict, topics: list[str], before_revoke: Callable[[], None] = lambda: None,
+        admin_options: dict | None = None,
+    ) -> None:
         # No partition-EOF events: with them on, consume() ran at half speed here
         # (bench: 0.53M vs 1.1M records/s); caught_up() compares positions instead.
         self.consumer = ck.Consumer({**options, "enable.partition.eof": False})
         self.topics = topics
         self.before_revoke = before_revoke
+        self.group = str(options.get("group.id", ""))
+        #: options of a fresh admin client that asks for the committed offsets when the consumer keeps timing out
+        self.admin_options = admin_options
         self.first_record_at: float | None = None  # monotonic time a consume first returned records
         self.assignment = _Assignment()
+        #: where each partition starts (its committed offset; None: from its first offset), as last asked
+        self.starts: dict[tuple[str, int], int | None] = {}
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
@@ -234,17 +242,36 @@ class KafkaSource:
             self.consumer.seek(ck.TopicPartition(topic, partition, offset))
         return msgs[:keep], sizes[keep - 1] if keep else 0
 
-    def _positions(self) -> list[tuple[ck.TopicPartition, int]]:
-        """Each owned partition's position, with the high watermark of its last fetch (no network; -1001 if unknown)."""
+    def _positions(self) -> list[tuple[ck.TopicPartition, int, int]]:
+        """Each owned partition's position, with the low and high watermarks of its last fetch (no network; -1001 if unknown)."""
         owned = sorted(self.assignment.owned)
         if not owned:
             return []
         positions = self.consumer.position([ck.TopicPartition(t, p) for t, p in owned])
-        return [(tp, self.consumer.get_watermark_offsets(tp, cached=True)[1]) for tp in positions]
+        return [(tp, *self.consumer.get_watermark_offsets(tp, cached=True)) for tp in positions]  # per partition
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet read per assigned partition, from the last fetch's high watermark (no network)."""
-        return {(tp.topic, tp.partition): max(0, high - tp.offset) for tp, high in self._positions() if high >= 0 and tp.offset >= 0}
+        return {(tp.topic, tp.partition): max(0, high - tp.offset) for tp, _, high in self._positions() if high >= 0 and tp.offset >= 0}
+
+    def backlog(self) -> set[tuple[str, int]]:
+        """The owned partitions that hold records not read yet, or whose end is not known yet (no network).
+
+        Such a partition is never idle for the watermarks, however long it waits for
+        its turn in the consumer's fetch queue.  Before a partition returns its first
+        record, its position is where it starts: the group's committed offset (see
+        :meth:`committed`), else the partition's first offset.  Under ``read_committed``
+        a partition whose last records are an open transaction stays in the backlog
+        until that transaction ends.
+        """
+        out = set()
+        for tp, low, high in self._positions():
+            key = (tp.topic, tp.partition)
+            start = self.starts.get(key)
+            position = tp.offset if tp.offset >= 0 else (start if start is not None else low)
+            if high < 0 or position < 0 or position < high:
+                out.add(key)
+        return out
 
     def caught_up(self, ask_broker: bool = False) -> bool:
         """True when every assigned partition has been read to its end (lag 0).
@@ -257,7 +284,7 @@ class KafkaSource:
         """
         if not self.assignment.owned:
             return False
-        behind = [tp for tp, high in self._positions() if tp.offset < 0 or high < 0 or tp.offset < high]
+        behind = [tp for tp, _, high in self._positions() if tp.offset < 0 or high < 0 or tp.offset < high]
         if not behind:
             return True
         if not ask_broker:
@@ -296,7 +323,10 @@ class KafkaSource:
         """The group's committed offsets of ``partitions`` (those with one), with their metadata.
 
         Asks again while the answer times out or is retriable: right after a broker
-        restart the group coordinator may take a while to answer.
+        restart the group coordinator may take a while to answer.  From the second
+        timeout on, a fresh admin client asks too (``admin_options``): after a
+        broker restart the consumer's own requests were seen to time out for good
+        (CI: ten times 30 s) while the broker answered new clients at once.
         """
         if not partitions:
             return {}
@@ -311,7 +341,32 @@ class KafkaSource:
                 if not waiting or attempt == attempts - 1:
                     raise
                 log.warning("waiting for Kafka: the group's committed offsets: %s; asking again", err.str())
+                if attempt >= 1 and self.admin_options is not None:
+                    fresh = self._committed_by_admin(wanted, timeout)
+                    if fresh is not None:
+                        tps = fresh
+                        break
+        for tp in tps:
+            self.starts[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in tps if tp.offset >= 0}
+
+    def _committed_by_admin(self, wanted: list[ck.TopicPartition], timeout: float) -> list[ck.TopicPartition] | None:
+        """The committed offsets through a new admin client (stable offsets only, as the consumer asks); None if it fails too."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({**(self.admin_options or {}), "log_level": 4})
+        try:
+            request = [ck.ConsumerGroupTopicPartitions(self.group, wanted)]
+            future = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=timeout)[self.group]
+            got = future.result(timeout + 5)
+        except (ck.KafkaException, TimeoutError) as exc:
+            log.warning("waiting for Kafka: the group's committed offsets, asked by a new client: %s", exc)
+            return None
+        if any(tp.error is not None for tp in got.topic_partitions):
+            log.warning("waiting for Kafka: the group's committed offsets, asked by a new client: %s", [tp.error for tp in got.topic_partitions])
+            return None
+        log.info("the group's committed offsets came through a new client")
+        return list(got.topic_partitions)
 
     def rewind(self, positions: dict[tuple[str, int], int]) -> None:
         """Seek partitions back to ``positions`` (after an aborted transaction)."""

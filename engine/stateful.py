@@ -135,6 +135,11 @@ class WindowRuntime:
                 out[topic] = counts[topic] - have
         return out
 
+    def backlog(self, partitions: set[tuple[str, int]]) -> None:
+        """The owned partitions that still hold records not read: none of them counts as idle."""
+        for tracker in self.trackers.values():
+            tracker.backlog = partitions
+
     def observe(self, inputs: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
         """Advance the watermarks with a batch's event times; returns each touched partition's maximum."""
         touched: dict[tuple[str, int], int] = {}

@@ -2,9 +2,12 @@
 
 A partition's watermark is the maximum event time seen in it minus the source's
 ``watermark`` delay.  A source's watermark is the minimum over its assigned
-partitions that had records within ``idle_timeout`` (processing time): a silent
-partition does not hold windows open forever.  When every partition is idle, the
-source's watermark is the maximum over them.  Watermarks never go back.
+partitions that had records within ``idle_timeout`` (processing time), or that
+still hold records not read (the *backlog*, from the consumer's positions): a
+silent partition does not hold windows open forever, but one that waits for its
+turn in the consumer's fetch queue is not silent, and its records are not made
+late by the others.  When every partition is idle, the source's watermark is the
+maximum over them.  Watermarks never go back.
 
 Examples
 --------
@@ -16,6 +19,10 @@ Examples
 [(('clicks', 0), 60000), (('clicks', 1), 50000)]
 >>> wm.current(now=2.0)        # min(60 s, 50 s) - 5 s
 45000
+>>> wm.backlog = {("clicks", 1)}
+>>> wm.current(now=40.0)       # partition 1 still has records to read: it holds the watermark
+45000
+>>> wm.backlog = set()
 >>> wm.current(now=40.0)       # both idle: the maximum
 55000
 """
@@ -38,6 +45,8 @@ class SourceWatermark:
         self.max_event: dict[tuple[str, int], int | None] = {}
         self.last_seen: dict[tuple[str, int], float] = {}
         self._emitted: int | None = None
+        #: partitions with records not read yet (set before each batch): never idle
+        self.backlog: set[tuple[str, int]] = set()
 
     def assign(self, partitions: Iterable[tuple[str, int]], now: float, restored: Mapping[tuple[str, int], int] | None = None) -> None:
         """Partitions this instance now owns, with their restored maximum event times."""
@@ -70,7 +79,8 @@ class SourceWatermark:
 
     def current(self, now: float) -> int | None:
         """The source's watermark in epoch ms, or None while a live partition has no event time yet."""
-        live = [tp for tp in self.max_event if (now - self.last_seen.get(tp, now)) * 1000 < self.idle_ms]
+        backlog = self.backlog
+        live = [tp for tp in self.max_event if tp in backlog or (now - self.last_seen.get(tp, now)) * 1000 < self.idle_ms]
         if live:
             values = [self.max_event[tp] for tp in live]
             if any(v is None for v in values):

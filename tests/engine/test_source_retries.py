@@ -25,6 +25,7 @@ class _Coordinator:
 def _source(coordinator: _Coordinator) -> KafkaSource:
     source = KafkaSource.__new__(KafkaSource)  # no broker: only committed() is exercised
     source.consumer = coordinator  # type: ignore[assignment]
+    source.starts, source.admin_options = {}, None
     return source
 
 
@@ -43,3 +44,17 @@ def test_committed_offsets_give_up_at_once_on_a_fatal_error_and_after_the_last_a
     with pytest.raises(ck.KafkaException):
         _source(stuck).committed({("t", 0)}, attempts=3)
     assert stuck.calls == 3
+
+
+@pytest.mark.kafka
+def test_committed_offsets_come_through_a_new_client_when_the_consumer_keeps_timing_out(brokers, make_topic, unique):
+    topic, group = make_topic(f"offsets-{unique}", partitions=2), f"offsets-{unique}"
+    committer = ck.Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    committer.commit(offsets=[ck.TopicPartition(topic, 0, 5, metadata="lockgate:9:3")], asynchronous=False)
+    committer.close()
+    stuck = _Coordinator(99, ck.KafkaError(ck.KafkaError._TIMED_OUT))  # as seen after a broker restart in CI
+    source = _source(stuck)
+    source.group, source.admin_options = group, {"bootstrap.servers": brokers}
+    assert source.committed({(topic, 0), (topic, 1)}, timeout=5) == {(topic, 0): (5, "lockgate:9:3")}
+    assert stuck.calls == 2  # the consumer twice, then the new client
+    assert source.starts == {(topic, 0): 5, (topic, 1): None}

@@ -141,6 +141,59 @@ def test_tumbling_and_session_windows_equal_the_oracle_through_a_restart(brokers
     assert same_rows(lg.read_table(state_dir, "per_minute").collect(), minutes)
 
 
+def test_a_partition_that_waits_for_its_turn_in_the_fetch_queue_is_not_idle_and_none_of_its_records_turn_late(
+    brokers, make_topic, state_dir, unique
+):
+    # idle after 1 ms: every partition that a batch lacks would count as idle, and the others'
+    # watermark would close its windows before its records are read (seen in CI: a slow run read
+    # one partition's backlog for longer than the 30 s default)
+    events = make_events(20_000, seed=11)
+    topic = make_topic(f"backlog-{unique}", partitions=4)
+    produce_events(brokers, topic, events)
+    pipe = lg.Pipeline(f"backlog-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=500, max_wait="50ms"))
+    src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", idle_timeout="1ms")
+    src.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
+        n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
+    ).to_table("per_minute")
+    pipe.run(until="caught_up", timeout=300)
+    assert pipe.metrics()["late"] == {} or sum(pipe.metrics()["late"].values()) == 0, pipe.metrics()["late"]
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
+
+
+def test_a_read_out_partition_goes_idle_after_a_restart_so_the_other_closes_its_windows_alone(brokers, make_topic, state_dir, unique):
+    topic = make_topic(f"idle-{unique}", partitions=2)
+    rng = random.Random(3)
+
+    def events(partition: int, start: int, end: int, n: int) -> list[dict]:
+        ts = sorted(rng.randrange(start, end) for _ in range(n))
+        return [{"user": f"u{partition}-{rng.randrange(20)}", "url": "/", "amount": rng.randrange(9), "ts": t, "p": partition} for t in ts]
+
+    def send(batch: list[dict]) -> None:
+        producer = ck.Producer({"bootstrap.servers": brokers})
+        for e in batch:
+            producer.produce(topic, json.dumps(e).encode(), e["user"].encode(), partition=e["p"])
+        assert producer.flush(30) == 0
+
+    first = events(0, BASE, BASE + 2 * MINUTE, 300) + events(1, BASE, BASE + 2 * MINUTE, 300)
+    later = events(0, BASE + 2 * MINUTE, BASE + 6 * MINUTE, 600)
+    flush = [{"user": "__flush", "url": "/", "amount": 0, "ts": BASE + 10 * MINUTE, "p": 0}]
+
+    def run() -> None:
+        pipe = lg.Pipeline(f"idle-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=200, max_wait="50ms"))
+        src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", idle_timeout="1ms")
+        src.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
+            n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
+        ).to_table("per_minute")
+        pipe.run(until="caught_up", timeout=300)
+
+    send(first)
+    run()
+    send(later + flush)  # partition 1 stays silent: read to its end before this run started, it returns no record
+    run()
+    table = lg.read_table(state_dir, "per_minute").collect()
+    assert same_rows(table, oracle_minutes([{k: v for k, v in e.items() if k != "p"} for e in first + later]))
+
+
 def test_update_mode_upserts_so_the_table_holds_each_windows_current_value(brokers, make_topic, state_dir, unique):
     events = make_events(30_000, seed=9)
     topic = make_topic(f"upd-{unique}", partitions=2)
