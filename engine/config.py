@@ -172,9 +172,12 @@ class PipelineConfig(_Options):
     snapshot_rows: int = Field(
         1_000_000, ge=1,
         description="a window writes a full snapshot of its state once the rows appended since the last one exceed "
-        "max(this, 4 x its open windows); the history before a committed snapshot is then deleted",
+        "max(this, 4 x its open windows); the history before a committed snapshot is then deleted. An update-mode "
+        "table past max(this, 4 x its rows after the last prune) loses the rows later updates superseded",
     )
-    keep_history: timedelta = Field(timedelta(minutes=10), description="how long the state history before a snapshot stays (as_of reads)")
+    keep_history: timedelta = Field(
+        timedelta(minutes=10), description="how long the state history before a snapshot, or superseded table rows, stay (as_of reads)"
+    )
 
     @field_validator("kafka", mode="after")
     @classmethod

@@ -76,9 +76,12 @@ class Pipeline:
         epoch's prepare step, like any delta) once the rows appended since the last
         one exceed ``max(snapshot_rows, 4 x open windows)``; after that epoch commits,
         the older rows of its partitions are deleted, so a restart reads what is
-        open, not the whole history.
+        open, not the whole history.  Likewise, once an update-mode window's
+        ``to_table`` holds more than ``max(snapshot_rows, 4 x its rows after the
+        last prune)`` rows, the rows that later updates superseded are deleted.
     keep_history
-        How long the history before a snapshot stays for ``as_of`` reads (10 minutes).
+        How long the history before a snapshot, or superseded rows of an update-mode
+        table, stay for ``as_of`` reads (10 minutes).
     """
 
     def __init__(

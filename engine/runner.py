@@ -638,6 +638,9 @@ class Runner:
         for delta in txn.epoch.states:
             if delta.snapshot:  # committed: the rows before it are history, deleted after keep_history
                 self.compactor.forget(delta.store, self.config.name, txn.epoch.number, delta.shards)
+        for table in self.tables.values():  # an update-mode table that grew past 4 x its live rows: prune it
+            if table.prune_due(self.config.snapshot_rows):
+                self.compactor.prune(table, self.config.name, txn.epoch.number)
         self.committed_chain.update({(r.topic, r.partition): txn.epoch.batch_id for r in txn.epoch.ranges})
         self._count(txn.epoch)
         self._observe_commit(txn)

@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from lockgate.operators.errors import StorageError
 from lockgate.storage.state import WindowStore
-from lockgate.storage.tables import CommitLog, _open, sql_list
+from lockgate.storage.tables import CommitLog, SinkTable, _open, sql_list, table_horizon
 
 __all__ = ["CompactionReport", "Compactor", "compact"]
 
@@ -152,6 +152,8 @@ class Compactor:
         self.keep_history = keep_history
         #: (due monotonic time, store, pipeline, epoch, shards, commit time): history to delete behind a committed snapshot
         self.forgets: list[tuple[float, WindowStore, str, int, tuple[int, ...] | None, datetime]] = []
+        #: (due monotonic time, table, pipeline, epoch): superseded rows of an update-mode table to delete
+        self.prunes: list[tuple[float, SinkTable, str, int]] = []
         self.lock = threading.Lock()
         self.commit_log = commit_log
         self.every_batches = every_batches
@@ -166,6 +168,40 @@ class Compactor:
         """``epoch`` committed a snapshot of ``store``: delete the rows before it after ``keep_history``."""
         with self.lock:
             self.forgets.append((time.monotonic() + self.keep_history.total_seconds(), store, pipeline, epoch, shards, datetime.now(UTC)))
+
+    def prune(self, table: SinkTable, pipeline: str, epoch: int) -> None:
+        """``epoch`` committed: after ``keep_history``, delete the rows of ``table`` that the epoch's state supersedes."""
+        table.prune_pending = True
+        with self.lock:
+            self.prunes.append((time.monotonic() + self.keep_history.total_seconds(), table, pipeline, epoch))
+
+    def _prune_due(self) -> int:
+        """Prune the update-mode tables that are due (on the compaction thread); returns the rows deleted.
+
+        The horizon goes to the commit log first, so that no ``as_of`` read from
+        before the epoch starts on rows that are about to go.  A prune whose epoch
+        has no commit mark yet waits for the next run.
+        """
+        now = time.monotonic()
+        with self.lock:
+            due = [p for p in self.prunes if p[0] <= now]
+            self.prunes = [p for p in self.prunes if p[0] > now]
+        if not due or self.commit_log is None:
+            return 0
+        frame = self.commit_log.frame()
+        deleted = 0
+        for entry in due:
+            _, table, pipeline, epoch = entry
+            settled = self.commit_log.settled(pipeline, epoch, log=frame)
+            if settled is None:
+                with self.lock:
+                    self.prunes.append(entry)
+                continue
+            ids, moment = settled
+            self.commit_log.horizon(pipeline, table_horizon(table.name), epoch, moment)
+            deleted += table.prune(ids)
+            table.prune_pending = False
+        return deleted
 
     def _forget_due(self) -> int:
         """Delete the history that is due (on the compaction thread); returns the rows deleted."""
@@ -193,6 +229,9 @@ class Compactor:
             forgotten = self._forget_due()
             if forgotten:
                 log.info("compaction: deleted %d rows of window state history behind committed snapshots", forgotten)
+            pruned = self._prune_due()
+            if pruned:
+                log.info("compaction: deleted %d rows of update-mode tables that later updates superseded", pruned)
             self.last = compact(self.uris(), retain=self.retain, hook=self.hook, commit_log=self.commit_log)
             log.info("compaction: %s", self.last)
         except BaseException as exc:  # reported by wait(); commits go on meanwhile

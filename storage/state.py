@@ -51,7 +51,7 @@ from lockgate.operators.windows import (
     WindowState,
     current_values,
 )
-from lockgate.storage.tables import CommitLog, _append, _open, sql_list
+from lockgate.storage.tables import CommitLog, _append, _open, check_history, sql_list
 
 __all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
@@ -212,7 +212,7 @@ def _load(
     log = CommitLog(state)
     frame = log.frame()
     if as_of is not None:
-        _check_history(frame, pipeline, spec.name, as_of)
+        check_history(frame, pipeline, spec.name, as_of, f"window {spec.name!r} of pipeline {pipeline!r}")
     committed = log.committed_batches(as_of=as_of, log=frame)
     scan = pl.scan_pyarrow_dataset(ds).filter(pl.col("_lg_batch").is_in(committed.implode()))
     if shards is not None and spec.shard is not None:
@@ -234,25 +234,6 @@ def _load(
     if spec.keeps_rows:
         return WindowState(empty.partials, latest.sort("__seq"), watermark, newest + 1), int(scanned.item())
     return WindowState(latest, empty.rows, watermark, newest + 1), int(scanned.item())
-
-
-def _check_history(log: pl.DataFrame, pipeline: str, operator: str, as_of: int | datetime) -> None:
-    """Refuse an ``as_of`` read from before the history a snapshot let go of."""
-    horizons = log.filter((pl.col("kind") == "horizon") & (pl.col("pipeline") == pipeline) & (pl.col("topic") == operator))
-    if horizons.height == 0:
-        return
-    last = horizons.sort("epoch").tail(1)
-    epoch, moment = int(last["epoch"][0]), last["ts"][0]
-    if isinstance(as_of, datetime):
-        too_old = (as_of if as_of.tzinfo else as_of.replace(tzinfo=moment.tzinfo)) < moment
-    else:
-        too_old = as_of < epoch
-    if too_old:
-        raise StorageError(
-            f"window {operator!r} of pipeline {pipeline!r}: as_of={as_of!r} is before epoch {epoch} "
-            f"({moment:%Y-%m-%d %H:%M:%S} UTC), the oldest state still kept; older history goes "
-            "Pipeline(keep_history=...) after a snapshot"
-        )
 
 
 def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime | None = None) -> pl.LazyFrame:

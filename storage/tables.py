@@ -34,7 +34,10 @@ import polars as pl
 import pyarrow as pa
 from lockgate.operators.errors import PipelineDefinitionError, StorageError
 
-__all__ = ["INTERNAL_COLUMNS", "CommitLog", "PartitionRange", "SinkTable", "list_tables", "read_table", "table_uri"]
+__all__ = [
+    "INTERNAL_COLUMNS", "CommitLog", "PartitionRange", "SinkTable", "check_history", "list_tables", "read_table", "table_horizon",
+    "table_uri",
+]
 
 COMMITS_TABLE = "_lockgate_commits"
 INTERNAL_COLUMNS = ("_lg_batch", "_lg_epoch", "_lg_order")
@@ -160,6 +163,23 @@ class CommitLog:
         """Record that the state of ``operator`` before ``epoch`` (committed at ``moment``) is no longer kept."""
         self._rows([{"pipeline": pipeline, "kind": "horizon", "epoch": epoch, "topic": operator, "ts": moment}])
 
+    def settled(self, pipeline: str, epoch: int, log: pl.DataFrame | None = None) -> tuple[pl.Series, datetime] | None:
+        """The batches every read ``as_of`` ``epoch`` or later sees, and the moment ``epoch`` was marked.
+
+        None while ``epoch`` of ``pipeline`` has no commit mark yet.  The batches are
+        those marked with an epoch up to ``epoch`` and by that moment, so a read
+        ``as_of`` that epoch or later, or that moment or later, reads all of them.
+        """
+        log = self.frame() if log is None else log
+        marks = log.filter(pl.col("kind") == "commit")
+        own = marks.filter((pl.col("pipeline") == pipeline) & (pl.col("epoch") == epoch))
+        if own.height == 0:
+            return None
+        moment = own["ts"].max()
+        assert isinstance(moment, datetime)
+        ids = marks.filter((pl.col("epoch") <= epoch) & (pl.col("ts") <= moment))["batch_id"].unique()
+        return ids, moment
+
     def trim(self, keep: int = 100, log: pl.DataFrame | None = None) -> int:
         """Delete the prepare records of committed batches older than the last ``keep`` on every partition they read.
 
@@ -266,6 +286,8 @@ class SinkTable:
 
     With ``upsert_keys`` (an update-mode window stream), readers see only the
     latest row of each key, so the table holds the current value of each window.
+    The rows that later committed rows supersede are deleted by :meth:`prune`,
+    so such a table does not keep every update it ever had.
     """
 
     def __init__(self, state: str, name: str, upsert_keys: Iterable[str] | None = None) -> None:
@@ -275,6 +297,11 @@ class SinkTable:
         self.name = name
         self.uri = table_uri(self.state, name)
         self.upsert_keys = None if upsert_keys is None else list(upsert_keys)
+        #: rows in the table (counted once, then kept up to date; an estimate while a prune runs)
+        self.rows: int | None = None
+        #: rows left by the last prune (0 before one ran) and whether one is scheduled
+        self.live = 0
+        self.prune_pending = False
 
     def append(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> int:
         """Append a batch's rows tagged with its batch id; return the table version."""
@@ -287,9 +314,91 @@ class SinkTable:
         if self.upsert_keys is not None:
             data = data.replace_schema_metadata({"lockgate.upsert_keys": json.dumps(self.upsert_keys)})
         try:
-            return _append(self.uri, data)
+            version = _append(self.uri, data)
         except StorageError as exc:
             raise StorageError(f"to_table {self.name!r}: {exc}") from exc
+        if self.rows is not None:
+            self.rows += frame.height
+        return version
+
+    def prune_due(self, floor: int) -> bool:
+        """Whether an update-mode table holds more than ``max(floor, 4 x live)`` rows and no prune is scheduled."""
+        if self.upsert_keys is None or self.prune_pending:
+            return False
+        if self.rows is None:
+            ds = _open(self.uri)
+            self.rows = 0 if ds is None else ds.count_rows()
+        return self.rows > max(floor, 4 * self.live)
+
+    def prune(self, committed: pl.Series) -> int:
+        """Delete the rows that a later row of the same key among the ``committed`` batches supersedes.
+
+        ``committed``: ids of committed batches (an epoch's and everything marked
+        before it).  A key's latest row among them stays, unless it retracts the
+        window, which then has no row left to hide.  Rows of other batches (in
+        flight, later, or never committed) are not touched.  Every read that sees
+        all of ``committed`` (``as_of`` at or after them, see ``CommitLog.horizon``)
+        reads the same as before.  Returns how many rows were deleted.
+        """
+        keys = self.upsert_keys
+        ds = _open(self.uri)
+        if keys is None or ds is None:
+            return 0
+        retracts = "retracted" in ds.schema.names
+        columns = [*keys, *INTERNAL_COLUMNS, *(["retracted"] if retracts else [])]
+        rows = (
+            pl.scan_pyarrow_dataset(ds)
+            .select(columns)
+            .filter(pl.col("_lg_batch").is_in(committed.implode()))
+            .sort("_lg_epoch", "_lg_order")
+            .collect()
+        )
+        latest = pl.struct(keys).is_last_distinct()
+        gone = rows.filter((~latest | pl.col("retracted")) if retracts else ~latest).select("_lg_batch", "_lg_order")
+        deleted = 0
+        try:
+            for chunk in gone.sort("_lg_batch", "_lg_order").iter_slices(50_000):
+                where = " OR ".join(
+                    f"(_lg_batch = {batch} AND _lg_order IN ({sql_list(orders)}))"
+                    for batch, orders in chunk.group_by("_lg_batch", maintain_order=True).agg("_lg_order").iter_rows()
+                )  # per batch of a chunk: the rows are named by value, so a concurrent compaction cannot move them
+                ds.delete(where)
+                deleted += chunk.height
+                ds = _open(self.uri)
+                assert ds is not None
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise StorageError(f"to_table {self.name!r}: deleting the rows that later updates superseded failed: {exc}") from exc
+        self.rows = self.live = ds.count_rows()
+        return deleted
+
+
+def check_history(log: pl.DataFrame, pipeline: str | None, operator: str, as_of: int | datetime, what: str) -> None:
+    """Refuse an ``as_of`` read from before the history that ``operator`` let go of (its last horizon).
+
+    ``pipeline`` None: a horizon of any pipeline counts.  ``what`` names the
+    operator in the error, e.g. ``"window 'per_minute' of pipeline 'clicks'"``.
+    """
+    horizons = log.filter((pl.col("kind") == "horizon") & (pl.col("topic") == operator))
+    if pipeline is not None:
+        horizons = horizons.filter(pl.col("pipeline") == pipeline)
+    if horizons.height == 0:
+        return
+    last = horizons.sort("epoch").tail(1)
+    epoch, moment = int(last["epoch"][0]), last["ts"][0]
+    if isinstance(as_of, datetime):
+        too_old = (as_of if as_of.tzinfo else as_of.replace(tzinfo=moment.tzinfo)) < moment
+    else:
+        too_old = as_of < epoch
+    if too_old:
+        raise StorageError(
+            f"{what}: as_of={as_of!r} is before epoch {epoch} ({moment:%Y-%m-%d %H:%M:%S} UTC), the oldest state "
+            "still kept; history is deleted Pipeline(keep_history=...) after a snapshot or a later update supersedes it"
+        )
+
+
+def table_horizon(name: str) -> str:
+    """The commit-log key (``topic`` of a horizon row) of table sink ``name``."""
+    return f"table:{name}"
 
 
 def list_tables(state: str) -> list[str]:
@@ -321,7 +430,10 @@ def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl
         An epoch number or a datetime: only batches committed by then.
     """
     log = CommitLog(state)
-    ids = log.committed_batches(as_of=as_of)  # read the log first: every committed row is then in the table
+    frame = log.frame()  # read the log first: every committed row is then in the table
+    if as_of is not None:
+        check_history(frame, None, table_horizon(name), as_of, f"table {name!r}")
+    ids = log.committed_batches(as_of=as_of, log=frame)
     ds = _open(table_uri(state, name))
     if ds is None:
         raise StorageError(f"no table {name!r} under {state}; the tables there are {list_tables(state)}")

@@ -11,7 +11,7 @@ import lance
 import polars as pl
 import pytest
 from lockgate.storage.state import state_uri
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.tables import CommitLog, table_uri
 
 import lockgate as lg
 from tests.conftest import read_committed, same_rows
@@ -194,11 +194,17 @@ def test_a_read_out_partition_goes_idle_after_a_restart_so_the_other_closes_its_
     assert same_rows(table, oracle_minutes([{k: v for k, v in e.items() if k != "p"} for e in first + later]))
 
 
-def test_update_mode_upserts_so_the_table_holds_each_windows_current_value(brokers, make_topic, state_dir, unique):
+def test_update_mode_upserts_so_the_table_holds_each_windows_current_value_and_superseded_rows_go(
+    brokers, make_topic, state_dir, unique
+):
     events = make_events(30_000, seed=9)
     topic = make_topic(f"upd-{unique}", partitions=2)
     produce_events(brokers, topic, events, partitions=2)
-    pipe = lg.Pipeline(f"upd-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=3_000, max_wait="50ms"))
+    # a prune whenever the table holds more than 4 x the rows the last one left, at once
+    pipe = lg.Pipeline(
+        f"upd-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=1_500, max_wait="50ms"),
+        snapshot_rows=1, keep_history="0s", compact_every=2,
+    )
     src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s")
     src.window(lg.Tumbling("1m"), by="user", emit="update").agg(
         n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
@@ -206,6 +212,16 @@ def test_update_mode_upserts_so_the_table_holds_each_windows_current_value(broke
     pipe.run(until="caught_up", timeout=300)
     table = lg.read_table(state_dir, "live").collect().filter(pl.col("user") != "__flush")
     assert same_rows(table, oracle_minutes(events))
+
+    # a window spans several batches, so it was updated several times; up to the last horizon one row each is left
+    log = CommitLog(state_dir).frame()
+    horizon = log.filter((pl.col("kind") == "horizon") & (pl.col("topic") == "table:live"))["epoch"].max()
+    assert isinstance(horizon, int) and horizon > 1, "no prune ran"
+    raw = pl.from_arrow(lance.dataset(table_uri(state_dir, "live")).to_table(columns=["user", "window_start", "_lg_epoch"]))
+    pruned = raw.filter(pl.col("_lg_epoch") <= horizon)
+    assert pruned.select(pl.struct("user", "window_start").is_unique().all()).item(), "superseded rows are left"
+    with pytest.raises(lg.StorageError, match=r"table 'live': as_of=1 is before epoch"):
+        lg.read_table(state_dir, "live", as_of=1)
 
 
 def test_snapshots_delete_the_state_history_and_a_restart_after_them_is_still_exact(brokers, make_topic, state_dir, unique):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import lance
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lockgate.operators.errors import StorageError
 from lockgate.storage.compaction import dead_batches
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
+from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table, table_horizon
 
 import lockgate as lg
 
@@ -122,3 +128,67 @@ def test_old_prepare_records_are_trimmed_but_recovery_watermarks_and_reads_stay_
     assert read_table(state_dir, "t").collect().sort("x").equals(rows)
     assert dead_batches(log.frame()) == [31]
     assert log.recover("p", {("in", 0): (320, 32)}) == [32]  # the batch in flight committed after all
+
+
+def _upsert_history(state: str, data: st.DataObject) -> tuple[SinkTable, list[int], dict[int, int]]:
+    """Random epochs of an update-mode table (keys k, w; a value; some retractions), some never committed."""
+    table = SinkTable(state, "live", upsert_keys=["k", "w"])
+    log = CommitLog(state)
+    epochs = data.draw(st.integers(2, 7), label="epochs")
+    committed, sizes = [], {}
+    for epoch in range(1, epochs + 1):
+        n = data.draw(st.integers(1, 12), label="rows")
+        rows = pl.DataFrame(
+            {
+                "k": data.draw(st.lists(st.sampled_from("abc"), min_size=n, max_size=n), label="k"),
+                "w": data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n), label="w"),
+                "v": list(range(epoch * 100, epoch * 100 + n)),
+                "retracted": data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="retracted"),
+            }
+        )
+        version = table.append(rows, batch_id=epoch, epoch=epoch)
+        sizes[epoch] = n
+        log.prepare("p", epoch=epoch, batch_id=epoch, ranges=[PartitionRange("in", 0, epoch, epoch + 1)], tables={"live": version})
+        if epoch == 1 or data.draw(st.booleans(), label="commit"):  # an unmarked batch: aborted, or a zombie's
+            log.mark("p", epoch=epoch, batch_id=epoch)
+            committed.append(epoch)
+    return table, committed, sizes
+
+
+def _sorted(frame: pl.DataFrame) -> list[tuple]:
+    return sorted(frame.rows())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_pruning_an_update_mode_table_deletes_superseded_rows_and_every_read_from_its_horizon_on_stays_the_same(state_dir, data):
+    state = tempfile.mkdtemp(prefix="state-", dir=Path(state_dir).parent)  # one per example
+    table, committed, sizes = _upsert_history(state, data)
+    horizon = data.draw(st.sampled_from(committed), label="horizon")
+    log = CommitLog(state)
+    epochs = range(horizon, max(committed) + 1)
+    before = {e: _sorted(read_table(state, "live", as_of=e).collect()) for e in epochs}
+    latest = _sorted(read_table(state, "live").collect())
+    rows_before = lance.dataset(table.uri).count_rows()
+
+    settled = log.settled("p", horizon)
+    assert settled is not None
+    ids, moment = settled
+    log.horizon("p", table_horizon("live"), horizon, moment)
+    deleted = table.prune(ids)
+
+    raw = pl.from_arrow(lance.dataset(table.uri).to_table())
+    assert raw.height == rows_before - deleted == table.rows == table.live
+    assert {e: _sorted(read_table(state, "live", as_of=e).collect()) for e in epochs} == before
+    assert _sorted(read_table(state, "live").collect()) == latest
+    assert _sorted(read_table(state, "live", as_of=moment).collect()) == before[horizon]
+    # what is left of the horizon's batches is one live row per key: nothing it supersedes, no retraction
+    old = raw.filter(pl.col("_lg_batch").is_in(ids.implode()))
+    assert not old["retracted"].any()
+    assert old.select(pl.struct("k", "w").is_unique().all()).item()
+    # every batch that never committed keeps all its rows
+    unmarked = {e: n for e, n in sizes.items() if e not in committed}
+    assert dict(raw.filter(~pl.col("_lg_batch").is_in(committed)).group_by("_lg_batch").len().iter_rows()) == unmarked
+    if horizon > 1:
+        with pytest.raises(StorageError, match=rf"table 'live': as_of={horizon - 1} is before epoch {horizon} .*keep_history"):
+            read_table(state, "live", as_of=horizon - 1)
