@@ -198,9 +198,13 @@ class Compactor:
                     self.prunes.append(entry)
                 continue
             ids, moment = settled
-            self.commit_log.horizon(pipeline, table_horizon(table.name), epoch, moment)
-            deleted += table.prune(ids)
-            table.prune_pending = False
+            try:
+                self.commit_log.horizon(pipeline, table_horizon(table.name), epoch, moment)
+                deleted += table.prune(ids)
+            except (StorageError, OSError, ValueError, RuntimeError) as exc:  # e.g. another instance pruned at the same time
+                log.error("compaction: pruning table %r failed (a later epoch tries again): %s", table.name, exc)
+            finally:
+                table.prune_pending = False
         return deleted
 
     def _forget_due(self) -> int:

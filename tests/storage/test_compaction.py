@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import polars as pl
+from lockgate.operators.errors import StorageError
 from lockgate.storage.compaction import Compactor, compact
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
 from lockgate.storage.tables import _open as open_table
@@ -66,3 +67,40 @@ def test_compaction_deletes_the_rows_of_dead_batches_and_keeps_a_batch_in_flight
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2]
     log.mark("p", epoch=4, batch_id=30)  # the in-flight batch commits after all
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2, 3]
+
+
+def test_a_prune_waits_for_its_epochs_mark_then_writes_the_horizon_and_deletes_the_superseded_rows(state_dir):
+    table = SinkTable(state_dir, "live", upsert_keys=["k"])
+    log = CommitLog(state_dir)
+    for epoch in (1, 2, 3):
+        version = table.append(pl.DataFrame({"k": ["a", "b"], "v": [epoch, epoch]}), batch_id=epoch, epoch=epoch)
+        log.prepare("p", epoch=epoch, batch_id=epoch, ranges=[PartitionRange("in", 0, epoch, epoch + 1)], tables={"live": version})
+        if epoch < 3:
+            log.mark("p", epoch=epoch, batch_id=epoch)
+    assert table.prune_due(floor=1)
+    compactor = Compactor(lambda: [table.uri], commit_log=log, keep_history=timedelta(0))
+    compactor.prune(table, "p", 3)
+    assert not table.prune_due(floor=1), "one prune at a time"
+    assert compactor._prune_due() == 0 and compactor.prunes, "epoch 3 has no mark yet: the prune waits"
+    log.mark("p", epoch=3, batch_id=3)
+    assert compactor._prune_due() == 4  # epochs 1 and 2 of both keys
+    assert not compactor.prunes and not table.prune_pending
+    assert sorted(read_table(state_dir, "live").collect().rows()) == [("a", 3), ("b", 3)]
+    assert table.live == table.rows == 2 and not table.prune_due(floor=1)  # 2 rows: not more than 4 x 2
+
+
+def test_a_failed_prune_is_logged_and_a_later_epoch_may_prune_again(state_dir, monkeypatch):
+    table = SinkTable(state_dir, "live", upsert_keys=["k"])
+    log = CommitLog(state_dir)
+    version = table.append(pl.DataFrame({"k": ["a", "a"], "v": [1, 2]}), batch_id=1, epoch=1)
+    log.prepare("p", epoch=1, batch_id=1, ranges=[PartitionRange("in", 0, 0, 1)], tables={"live": version})
+    log.mark("p", epoch=1, batch_id=1)
+
+    def broken(committed: pl.Series) -> int:
+        raise StorageError("to_table 'live': the disk is gone")
+
+    monkeypatch.setattr(table, "prune", broken)
+    compactor = Compactor(lambda: [table.uri], commit_log=log, keep_history=timedelta(0))
+    compactor.prune(table, "p", 1)
+    assert compactor._prune_due() == 0
+    assert not table.prune_pending and table.prune_due(floor=1)
