@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lockgate.operators import hotstate
 from lockgate.operators.hotstate import (
     _DIRECTORY_FROM,
     PartialIndex,
@@ -28,7 +30,11 @@ def test_the_bucket_search_finds_what_searchsorted_finds_including_misses_and_th
         assert np.array_equal(_bucket_search(h, _directory(h), needles), np.searchsorted(h, needles))
 
 
-def test_a_large_index_updates_existing_pairs_and_adds_new_ones_exactly():
+@pytest.mark.parametrize("sort", ["numpy", "polars"])
+def test_a_large_index_updates_existing_pairs_and_adds_new_ones_exactly(sort, monkeypatch):
+    # inserts sort their hashes with NumPy, or with Polars above _PARALLEL_SORT pairs (a state load): both paths, also
+    # for the new pairs of an upsert, whose ids start after the loaded ones
+    monkeypatch.setattr(hotstate, "_PARALLEL_SORT", 0 if sort == "polars" else 10**9)
     n = 3 * _DIRECTORY_FROM  # large enough for the bucket directory
     keys = [f"u{i}" for i in range(n)]
     frame = pl.DataFrame({"k": keys, "window_start": [0] * n, "window_end": [60] * n, "__n_n": [1] * n}, schema=SCHEMA)
@@ -45,6 +51,11 @@ def test_a_large_index_updates_existing_pairs_and_adds_new_ones_exactly():
     assert all(counts[k] == 3 for k in touched[:5_000])
     assert all(counts[f"new{i}"] == 2 for i in range(1_000))
     assert sum(v == 1 for v in counts.values()) == n - 5_000
+    # the new pairs are found again: their ids in the index point at their rows
+    again = [f"new{i}" for i in range(1_000)]
+    index.upsert(pl.DataFrame({"k": again, "window_start": [0] * 1_000, "window_end": [60] * 1_000, "__n_n": [5] * 1_000}, schema=SCHEMA), MERGE)
+    counts = dict(zip(*index.frame().select("k", "__n_n").to_dict(as_series=False).values(), strict=True))
+    assert len(counts) == n + 1_000 and all(counts[k] == 7 for k in again)
 
 
 PARTIALS = pl.Schema({
