@@ -151,7 +151,9 @@ class Pipeline:
         ``event_time`` (a Datetime or integer epoch-ms column, or ``"kafka"``) and
         ``watermark`` (bounded out-of-orderness) drive windows: a partition's
         watermark is the maximum event time seen minus ``watermark``; the pipeline's
-        is the minimum over partitions that had records within ``idle_timeout``.
+        is the minimum over partitions that had records within ``idle_timeout``, or
+        that still hold records not read yet (a partition waiting for its turn in
+        the consumer's fetch queue is never idle).
 
         ``key`` names the value column(s) the producers key the records by, so that
         one key's records are all in one partition (as Kafka's default partitioner
