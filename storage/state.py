@@ -51,7 +51,7 @@ from lockgate.operators.windows import (
     WindowState,
     current_values,
 )
-from lockgate.storage.tables import CommitLog, _append, _open, check_history, sql_list
+from lockgate.storage.tables import CommitLog, _append, _open, check_history, latest_rows, sql_list
 
 __all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
@@ -224,7 +224,7 @@ def _load(
         ident = [*spec.group_keys, "window_start", "window_end"]
         target = empty.partials
     latest, scanned = pl.collect_all([
-        scan.sort("_lg_epoch", "_lg_order").unique(ident, keep="last", maintain_order=True).filter(~pl.col("_lg_deleted")).drop(_META),
+        latest_rows(scan, ident).filter(~pl.col("_lg_deleted")).drop(_META),
         scan.select(pl.len()),
     ])
     latest = latest.select(target.columns).cast(dict(target.schema))  # type: ignore[arg-type]
