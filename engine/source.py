@@ -155,6 +155,7 @@ class KafkaSource:
         self.group = str(options.get("group.id", ""))
         #: options of a fresh admin client that asks for the committed offsets when the consumer keeps timing out
         self.admin_options = admin_options
+        self.admin: Any = None
         self.first_record_at: float | None = None  # monotonic time a consume first returned records
         self.assignment = _Assignment()
         #: where each partition starts (its committed offset; None: from its first offset), as last asked
@@ -308,11 +309,26 @@ class KafkaSource:
         gone, self.assignment.revoked = self.assignment.revoked, set()
         return gone
 
+    def _admin(self) -> Any:
+        """An admin client for metadata and offset questions (made once), or the consumer without ``admin_options``.
+
+        The consumer's own metadata requests wait behind its long-poll fetch on the
+        same connection: ``list_topics`` took 0.47-0.50 s there, 3 ms on an admin client.
+        """
+        if self.admin_options is None:
+            return self.consumer
+        if self.admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self.admin = AdminClient({**self.admin_options, "log_level": 4})
+        return self.admin
+
     def partition_counts(self, topics: list[str], timeout: float = 10.0) -> dict[str, int]:
         """How many partitions each of ``topics`` has (from the cluster's metadata)."""
         counts = {}
+        client = self._admin()
         for topic in topics:  # one topic's metadata each: the cluster may hold many topics
-            meta = self.consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            meta = client.list_topics(topic, timeout=timeout).topics.get(topic)
             if meta is not None and meta.error is None:
                 counts[topic] = len(meta.partitions)
         return counts
@@ -354,7 +370,7 @@ class KafkaSource:
         """The committed offsets through a new admin client (stable offsets only, as the consumer asks); None if it fails too."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({**(self.admin_options or {}), "log_level": 4})
+        admin = AdminClient({**(self.admin_options or {}), "log_level": 4})  # a new one: a long-lived client may be stuck too
         try:
             request = [ck.ConsumerGroupTopicPartitions(self.group, wanted)]
             future = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=timeout)[self.group]

@@ -25,7 +25,7 @@ class _Coordinator:
 def _source(coordinator: _Coordinator) -> KafkaSource:
     source = KafkaSource.__new__(KafkaSource)  # no broker: only committed() is exercised
     source.consumer = coordinator  # type: ignore[assignment]
-    source.starts, source.admin_options = {}, None
+    source.starts, source.admin_options, source.admin = {}, None, None
     return source
 
 
