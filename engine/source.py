@@ -310,7 +310,7 @@ class KafkaSource:
         return gone
 
     def _admin(self) -> Any:
-        """An admin client for metadata and offset questions (made once), or the consumer without ``admin_options``.
+        """An admin client for metadata questions (made once), or the consumer without ``admin_options``.
 
         The consumer's own metadata requests wait behind its long-poll fetch on the
         same connection: ``list_topics`` took 0.47-0.50 s there, 3 ms on an admin client.
