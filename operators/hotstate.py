@@ -283,10 +283,14 @@ class PartialIndex:
         new_ids = (order + start).astype(np.int32, copy=False)  # the new ids are the range start, start + 1, ...
         self.recent_h, self.recent_ids = _merge_sorted(self.recent_h, self.recent_ids, sorted_h, new_ids)
         if len(self.recent_h) > 65_536:
-            self._set_main(*_merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids))
-            self.recent_h = np.zeros(0, dtype=np.uint64)
-            self.recent_ids = np.zeros(0, dtype=np.int32)
+            self._flush_recent()
         self.live += count
+
+    def _flush_recent(self) -> None:
+        """Merge the recent hashes into the main index (with its bucket directory) and start a new recent run."""
+        self._set_main(*_merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids))
+        self.recent_h = np.zeros(0, dtype=np.uint64)
+        self.recent_ids = np.zeros(0, dtype=np.int32)
 
     def close_until(self, limit: int) -> pl.DataFrame:
         """Remove and return the pairs whose ``window_end <= limit``."""
@@ -317,9 +321,7 @@ class PartialIndex:
     def _insert_bulk(self, frame: pl.DataFrame, h: np.ndarray, c: np.ndarray) -> None:
         self._insert(frame, h, c)
         if len(self.recent_h):  # else _insert moved them to main already
-            self._set_main(*_merge_sorted(self.main_h, self.main_ids, self.recent_h, self.recent_ids))
-            self.recent_h = np.zeros(0, dtype=np.uint64)
-            self.recent_ids = np.zeros(0, dtype=np.int32)
+            self._flush_recent()
 
     def frame(self) -> pl.DataFrame:
         """Every open pair (O(n): for reads and tests, not for the batch path)."""
