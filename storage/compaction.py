@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import polars as pl
 from lockgate.operators.errors import StorageError
@@ -45,6 +46,7 @@ from lockgate.storage.tables import CommitLog, SinkTable, _open, sql_list, table
 __all__ = ["CompactionReport", "Compactor", "compact"]
 
 log = logging.getLogger("lockgate.compaction")
+T = TypeVar("T", bound=tuple)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,12 @@ def _delete_batches(ds: object, batch_ids: list[int], *, is_log: bool) -> None:
     ds.delete(where)  # type: ignore[attr-defined]
 
 
+def _split_due(entries: list[T]) -> tuple[list[T], list[T]]:
+    """Scheduled entries (due monotonic time first) split into those due now and the rest."""
+    now = time.monotonic()
+    return [e for e in entries if e[0] <= now], [e for e in entries if e[0] > now]
+
+
 MIN_RETAIN = timedelta(minutes=1)
 
 
@@ -182,10 +190,8 @@ class Compactor:
         before the epoch starts on rows that are about to go.  A prune whose epoch
         has no commit mark yet waits for the next run.
         """
-        now = time.monotonic()
         with self.lock:
-            due = [p for p in self.prunes if p[0] <= now]
-            self.prunes = [p for p in self.prunes if p[0] > now]
+            due, self.prunes = _split_due(self.prunes)
         if not due or self.commit_log is None:
             return 0
         frame = self.commit_log.frame()
@@ -209,10 +215,8 @@ class Compactor:
 
     def _forget_due(self) -> int:
         """Delete the history that is due (on the compaction thread); returns the rows deleted."""
-        now = time.monotonic()
         with self.lock:
-            due = [f for f in self.forgets if f[0] <= now]
-            self.forgets = [f for f in self.forgets if f[0] > now]
+            due, self.forgets = _split_due(self.forgets)
         deleted = 0
         for _, store, pipeline, epoch, shards, moment in due:
             if self.commit_log is not None:  # first: no as_of read may start on what is about to go
