@@ -346,15 +346,12 @@ class SinkTable:
             return 0
         retracts = "retracted" in ds.schema.names
         columns = [*keys, *INTERNAL_COLUMNS, *(["retracted"] if retracts else [])]
-        rows = (
-            pl.scan_pyarrow_dataset(ds)
-            .select(columns)
-            .filter(pl.col("_lg_batch").is_in(committed.implode()))
-            .sort("_lg_epoch", "_lg_order")
-            .collect()
-        )
-        latest = pl.struct(keys).is_last_distinct()
-        gone = rows.filter((~latest | pl.col("retracted")) if retracts else ~latest).select("_lg_batch", "_lg_order")
+        rows = pl.scan_pyarrow_dataset(ds).select(columns).filter(pl.col("_lg_batch").is_in(committed.implode()))
+        kept = latest_rows(rows, keys)  # the rule every reader applies
+        if retracts:
+            kept = kept.filter(~pl.col("retracted").fill_null(False))
+        row_id = ["_lg_batch", "_lg_order"]
+        gone = rows.select(row_id).join(kept.select(row_id), on=row_id, how="anti").collect()
         deleted = 0
         try:
             for chunk in gone.sort("_lg_batch", "_lg_order").iter_slices(50_000):
