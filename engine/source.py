@@ -153,7 +153,7 @@ class KafkaSource:
         self.topics = topics
         self.before_revoke = before_revoke
         self.group = str(options.get("group.id", ""))
-        #: options of a fresh admin client that asks for the committed offsets when the consumer keeps timing out
+        #: admin client options: metadata questions (see _admin), and the committed offsets when the consumer keeps timing out
         self.admin_options = admin_options
         self.admin: Any = None
         self.first_record_at: float | None = None  # monotonic time a consume first returned records
