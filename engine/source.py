@@ -251,28 +251,34 @@ class KafkaSource:
         positions = self.consumer.position([ck.TopicPartition(t, p) for t, p in owned])
         return [(tp, *self.consumer.get_watermark_offsets(tp, cached=True)) for tp in positions]  # per partition
 
+    def _read_to(self) -> list[tuple[tuple[str, int], int, int]]:
+        """Each owned partition with where it is read to and its high watermark (no network; -1001 if unknown).
+
+        Before a partition returns its first record, ``position()`` is unknown: it is
+        read to where it starts, the group's committed offset (see :meth:`committed`),
+        else the partition's first offset.
+        """
+        out = []
+        for tp, low, high in self._positions():
+            key = (tp.topic, tp.partition)
+            start = self.starts.get(key)
+            out.append((key, tp.offset if tp.offset >= 0 else (start if start is not None else low), high))
+        return out
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records not yet read per assigned partition, from the last fetch's high watermark (no network)."""
-        return {(tp.topic, tp.partition): max(0, high - tp.offset) for tp, _, high in self._positions() if high >= 0 and tp.offset >= 0}
+        return {key: max(0, high - position) for key, position, high in self._read_to() if high >= 0 and position >= 0}
 
     def backlog(self) -> set[tuple[str, int]]:
         """The owned partitions that hold records not read yet, or whose end is not known yet (no network).
 
         Such a partition is never idle for the watermarks, however long it waits for
-        its turn in the consumer's fetch queue.  Before a partition returns its first
-        record, its position is where it starts: the group's committed offset (see
-        :meth:`committed`), else the partition's first offset.  Under ``read_committed``
-        a partition whose last records are an open transaction stays in the backlog
-        until that transaction ends.
+        its turn in the consumer's fetch queue (see :meth:`_read_to` for a partition
+        that has returned no record yet).  Under ``read_committed`` a partition whose
+        last records are an open transaction stays in the backlog until that
+        transaction ends.
         """
-        out = set()
-        for tp, low, high in self._positions():
-            key = (tp.topic, tp.partition)
-            start = self.starts.get(key)
-            position = tp.offset if tp.offset >= 0 else (start if start is not None else low)
-            if high < 0 or position < 0 or position < high:
-                out.add(key)
-        return out
+        return {key for key, position, high in self._read_to() if high < 0 or position < 0 or position < high}
 
     def caught_up(self, ask_broker: bool = False) -> bool:
         """True when every assigned partition has been read to its end (lag 0).

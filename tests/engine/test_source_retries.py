@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import confluent_kafka as ck
 import pytest
-from lockgate.engine.source import KafkaSource
+from lockgate.engine.source import KafkaSource, _Assignment
 
 
 class _Coordinator:
@@ -22,10 +22,11 @@ class _Coordinator:
         return [ck.TopicPartition(tp.topic, tp.partition, 7, metadata="lockgate:1:1") for tp in tps]
 
 
-def _source(coordinator: _Coordinator) -> KafkaSource:
-    source = KafkaSource.__new__(KafkaSource)  # no broker: only committed() is exercised
+def _source(coordinator: object) -> KafkaSource:
+    source = KafkaSource.__new__(KafkaSource)  # no broker: only what the stand-in consumer answers is exercised
     source.consumer = coordinator  # type: ignore[assignment]
     source.starts, source.admin_options, source.admin = {}, None, None
+    source.assignment = _Assignment()
     return source
 
 
@@ -58,3 +59,23 @@ def test_committed_offsets_come_through_a_new_client_when_the_consumer_keeps_tim
     assert source.committed({(topic, 0), (topic, 1)}, timeout=5) == {(topic, 0): (5, "lockgate:9:3")}
     assert stuck.calls == 2  # the consumer twice, then the new client
     assert source.starts == {(topic, 0): 5, (topic, 1): None}
+
+
+class _Positions:
+    """Stands in for the consumer's positions and cached watermarks: nothing returned yet from partition 0."""
+
+    def position(self, tps: list[ck.TopicPartition]) -> list[ck.TopicPartition]:
+        return [ck.TopicPartition(tp.topic, tp.partition, {0: -1001, 1: 80, 2: -1001}[tp.partition]) for tp in tps]
+
+    def get_watermark_offsets(self, tp: ck.TopicPartition, cached: bool = False) -> tuple[int, int]:
+        return (10, 100)
+
+
+def test_a_partition_that_returned_no_record_yet_is_read_to_its_committed_offset_else_its_first_one():
+    source = _source(_Positions())
+    source.assignment.owned = {("t", 0), ("t", 1), ("t", 2)}
+    source.starts = {("t", 0): 40, ("t", 2): None}
+    assert source.lag() == {("t", 0): 60, ("t", 1): 20, ("t", 2): 90}  # none left out while it waits for its first fetch
+    assert source.backlog() == {("t", 0), ("t", 1), ("t", 2)}
+    source.starts = {("t", 0): 100, ("t", 2): 100}
+    assert source.backlog() == {("t", 1)}
