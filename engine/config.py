@@ -15,21 +15,33 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 from lockgate.operators.durations import parse_duration
 from lockgate.operators.errors import PipelineDefinitionError
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
 )
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
-__all__ = ["BatchPolicy", "PipelineConfig", "is_secret", "overrides"]
+__all__ = ["BatchPolicy", "PipelineConfig", "Settings", "is_secret", "overrides"]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -43,6 +55,18 @@ def explain_validation(owner: str, exc: ValidationError) -> PipelineDefinitionEr
     return PipelineDefinitionError(f"{owner}: " + "; ".join(parts))
 
 
+def _duration(what: str) -> Any:
+    """A ``timedelta`` field that also takes ``"250ms"``, ``"5s"``, ``"1m"`` ... (``what`` names it in errors)."""
+    return Annotated[timedelta, BeforeValidator(lambda value: parse_duration(value, what=what))]
+
+
+#: a count of at least 1
+_Count = Annotated[int, Field(ge=1)]
+_MaxWait = _duration("BatchPolicy(max_wait=...)")
+_CommitTimeout = _duration("Pipeline(commit_timeout=...)")
+_KeepHistory = _duration("Pipeline(keep_history=...)")
+
+
 class _Options(BaseModel):
     """Options that raise PipelineDefinitionError (a ValueError) naming the option."""
 
@@ -53,7 +77,17 @@ class _Options(BaseModel):
             raise explain_validation(f"lg.{type(self).__name__}", exc) from None
 
 
-class BatchPolicy(_Options):
+class _Batch(BaseModel):
+    """The fields of a ``BatchPolicy``, validated the pydantic way (``Settings.batch``: a nested model raises ValidationError)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_records: _Count = 50_000
+    max_bytes: _Count = 64 * 1024 * 1024
+    max_wait: _MaxWait = timedelta(milliseconds=100)
+
+
+class BatchPolicy(_Options, _Batch):
     """When a micro-batch is closed: whichever limit is reached first.
 
     Parameters
@@ -65,17 +99,6 @@ class BatchPolicy(_Options):
     max_wait
         How long to wait for more records before closing a non-empty batch.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_records: int = Field(50_000, ge=1)
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1)
-    max_wait: timedelta = timedelta(milliseconds=100)
-
-    @field_validator("max_wait", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value, what="BatchPolicy(max_wait=...)")
 
     @property
     def max_wait_s(self) -> float:
@@ -97,10 +120,6 @@ _PRODUCER_ONLY = (
     "queuing.strategy", "message.send.max.retries", "retries", "retry.backoff", "compression.", "batch.", "linger.ms",
     "delivery.", "message.timeout.ms", "request.required.acks", "acks", "partitioner", "sticky.partitioning.linger.ms",
 )
-#: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
-_TOP_LEVEL = ("brokers", "state", "instance", "compact_every", "commit_timeout", "snapshot_rows", "keep_history")
-
-
 def is_secret(option: str) -> bool:
     """True for Kafka options whose value must not be shown (``sasl.password``, ``ssl.key.password``, ...).
 
@@ -110,27 +129,45 @@ def is_secret(option: str) -> bool:
     return any(word in option.lower() for word in _SECRET_WORDS)
 
 
-def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Pipeline options from the TOML file ``$LOCKGATE_CONFIG`` and ``LOCKGATE_*`` variables (these win).
+def _mask_secrets(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: (SecretStr(str(v)) if is_secret(k) and not isinstance(v, SecretStr) else v) for k, v in options.items()}
 
-    A service sets them around the very code a notebook runs: ``LOCKGATE_BROKERS``,
-    ``LOCKGATE_STATE``, ``LOCKGATE_INSTANCE``, ``LOCKGATE_COMPACT_EVERY``,
-    ``LOCKGATE_COMMIT_TIMEOUT``, ``LOCKGATE_BATCH__MAX_RECORDS`` (any ``BatchPolicy``
-    field) and ``LOCKGATE_KAFKA__SASL_PASSWORD`` (any librdkafka option: ``_`` becomes
-    ``.``).  The TOML file has the tables ``[pipeline]``, ``[batch]`` and ``[kafka]``.
 
-    >>> overrides({"LOCKGATE_BROKERS": "k1:9092", "LOCKGATE_KAFKA__SECURITY_PROTOCOL": "SSL", "LOCKGATE_BATCH__MAX_RECORDS": "500"})
-    {'batch': {'max_records': '500'}, 'brokers': 'k1:9092', 'kafka': {'security.protocol': 'SSL'}}
-    """
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    path = environ.get("LOCKGATE_CONFIG")
-    if path:
+#: librdkafka options for every client; the values of secret ones become SecretStr
+_KafkaOptions = Annotated[dict[str, str | int | float | bool | SecretStr], AfterValidator(_mask_secrets)]
+
+#: the environment a Settings() reads (overrides(environ) sets it; os.environ otherwise)
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("lockgate_environ", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """``LOCKGATE_*`` variables; in ``LOCKGATE_KAFKA__SASL_PASSWORD`` each ``_`` of the option is a ``.``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        # pydantic-settings reads os.environ; overrides(environ) gives another mapping (case-insensitive names too)
+        self.env_vars = {name.lower(): value for name, value in environ.items()}
+
+    def __call__(self) -> dict[str, Any]:
+        found = super().__call__()
+        if isinstance(found.get("kafka"), dict):
+            found["kafka"] = {option.replace("_", "."): value for option, value in found["kafka"].items()}
+        return found
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file ``$LOCKGATE_CONFIG``: its ``[pipeline]`` options are top-level settings, ``[batch]`` and ``[kafka]`` nested ones."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        if path and not Path(path).is_file():
+            raise PipelineDefinitionError(f"LOCKGATE_CONFIG={path!r}: cannot read it as TOML: no such file")
+        super().__init__(settings_cls, toml_file=path or None)
+
+    def _read_file(self, path: Path) -> dict[str, Any]:
         try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
+            data = super()._read_file(path)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise PipelineDefinitionError(f"LOCKGATE_CONFIG={path!r}: cannot read it as TOML: {exc}") from None
+            raise PipelineDefinitionError(f"LOCKGATE_CONFIG={str(path)!r}: cannot read it as TOML: {exc}") from None
         unknown = set(data) - {"pipeline", "batch", "kafka"}
         bad = set(data.get("pipeline", {})) - set(_TOP_LEVEL)
         if unknown or bad:
@@ -138,22 +175,102 @@ def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                 f"{path}: unknown {'tables ' + str(sorted(unknown)) if unknown else 'options ' + str(sorted(bad))}; "
                 f"use [pipeline] ({', '.join(_TOP_LEVEL)}), [batch] and [kafka]"
             )
-        out.update(data.get("pipeline", {}))
-        if data.get("batch"):
-            out["batch"] = dict(data["batch"])
-        if data.get("kafka"):
-            out["kafka"] = dict(data["kafka"])
-    for key, value in sorted(environ.items()):
-        if not key.startswith("LOCKGATE_"):
-            continue
-        name = key.removeprefix("LOCKGATE_").lower()
-        if name.startswith("kafka__"):
-            out.setdefault("kafka", {})[name.removeprefix("kafka__").replace("_", ".")] = value
-        elif name.startswith("batch__"):
-            out.setdefault("batch", {})[name.removeprefix("batch__")] = value
-        elif name in _TOP_LEVEL:
-            out[name] = value
-    return out
+        return {**data.get("pipeline", {}), **{table: data[table] for table in ("batch", "kafka") if data.get(table)}}
+
+
+class Settings(BaseSettings):
+    """What a service sets around the very code a notebook runs: ``LOCKGATE_*`` variables, then the TOML file ``$LOCKGATE_CONFIG``.
+
+    ``LOCKGATE_BROKERS``, ``LOCKGATE_STATE``, ``LOCKGATE_INSTANCE``,
+    ``LOCKGATE_COMPACT_EVERY``, ``LOCKGATE_COMMIT_TIMEOUT``, ``LOCKGATE_SNAPSHOT_ROWS``,
+    ``LOCKGATE_KEEP_HISTORY``, ``LOCKGATE_BATCH__MAX_RECORDS`` (any ``BatchPolicy``
+    field) and ``LOCKGATE_KAFKA__SASL_PASSWORD`` (any librdkafka option: ``_`` becomes
+    ``.``).  The TOML file (``lockgate run --config FILE``) has the tables
+    ``[pipeline]``, ``[batch]`` and ``[kafka]``; a variable wins over the file.  An
+    option neither sets is ``None`` (unset): the code's value stays.  Secret Kafka
+    options are ``SecretStr``.
+
+    >>> import os
+    >>> os.environ["LOCKGATE_BATCH__MAX_RECORDS"] = "500"
+    >>> Settings().batch.max_records
+    500
+    >>> del os.environ["LOCKGATE_BATCH__MAX_RECORDS"]
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOCKGATE_", env_nested_delimiter="__", case_sensitive=False, extra="forbid", frozen=True,
+        hide_input_in_errors=True,  # an error never quotes a value: it may be a secret
+    )
+
+    brokers: str | None = None
+    state: str | None = None
+    instance: str | None = None
+    compact_every: _Count | None = None
+    commit_timeout: _CommitTimeout | None = None
+    snapshot_rows: _Count | None = None
+    keep_history: _KeepHistory | None = None
+    batch: _Batch | None = None
+    kafka: _KafkaOptions = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource, file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then ``LOCKGATE_*`` variables, then the TOML file ``$LOCKGATE_CONFIG`` (no .env, no secrets dir)."""
+        environ = _ENVIRON.get()
+        environ = os.environ if environ is None else environ
+        return init_settings, _Environment(settings_cls, environ), _TomlFile(settings_cls, environ.get("LOCKGATE_CONFIG"))
+
+
+#: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
+_TOP_LEVEL = tuple(name for name in Settings.model_fields if name not in ("batch", "kafka"))
+
+
+def _explain_settings(exc: ValidationError, environ: Mapping[str, str]) -> PipelineDefinitionError:
+    """A settings error as one line per wrong option, naming the variable or the TOML table that set it."""
+    variables = {name.upper() for name in environ}
+    parts = []
+    for err in exc.errors(include_input=False):
+        loc = [str(p) for p in err["loc"]]
+        variable = "LOCKGATE_" + "__".join(p.replace(".", "_") for p in loc).upper()
+        table, key = (loc[0], ".".join(loc[1:])) if len(loc) > 1 else ("pipeline", loc[0])
+        if variable in variables:
+            where = f"{variable} ({'.'.join(loc)})"
+        else:
+            where = f"[{table}] {key} of {environ.get('LOCKGATE_CONFIG')}" if environ.get("LOCKGATE_CONFIG") else ".".join(loc)
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return PipelineDefinitionError("lockgate settings: " + "; ".join(parts))
+
+
+def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The options ``Settings`` reads from ``environ`` (default ``os.environ``): only those set, validated.
+
+    ``lg.Pipeline`` lays them over the options its code gives.
+
+    >>> overrides({"LOCKGATE_BROKERS": "k1:9092", "LOCKGATE_KAFKA__SECURITY_PROTOCOL": "SSL", "LOCKGATE_BATCH__MAX_RECORDS": "500"})
+    {'brokers': 'k1:9092', 'batch': {'max_records': 500}, 'kafka': {'security.protocol': 'SSL'}}
+    >>> overrides({"LOCKGATE_BATCH__MAX_RECORDS": "lots"})
+    Traceback (most recent call last):
+    ...
+    lockgate.operators.errors.PipelineDefinitionError: lockgate settings: LOCKGATE_BATCH__MAX_RECORDS (batch.max_records): Input should be a valid integer, unable to parse string as an integer
+
+    Raises
+    ------
+    PipelineDefinitionError
+        Naming each variable or TOML option of the wrong type, and the unknown ones of the TOML file.
+    """
+    environ = os.environ if environ is None else environ
+    token = _ENVIRON.set(environ)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise _explain_settings(exc, environ) from None
+    except SettingsError as exc:  # a LOCKGATE_BATCH or LOCKGATE_KAFKA that is not JSON
+        raise PipelineDefinitionError(f"lockgate settings: {exc}; set one option per variable, e.g. LOCKGATE_BATCH__MAX_RECORDS") from None
+    finally:
+        _ENVIRON.reset(token)
+    return settings.model_dump(exclude_unset=True)
 
 
 class PipelineConfig(_Options):
@@ -166,23 +283,18 @@ class PipelineConfig(_Options):
     state: str = "./lockgate-state"
     batch: BatchPolicy = BatchPolicy()
     instance: str = "0"  # lg.Pipeline applies $LOCKGATE_INSTANCE through overrides()
-    kafka: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
-    compact_every: int = Field(50, ge=1, description="compact the LanceDB tables every this many committed batches")
-    commit_timeout: timedelta = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
-    snapshot_rows: int = Field(
-        1_000_000, ge=1,
+    kafka: _KafkaOptions = Field(default_factory=dict)
+    compact_every: _Count = Field(50, description="compact the LanceDB tables every this many committed batches")
+    commit_timeout: _CommitTimeout = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
+    snapshot_rows: _Count = Field(
+        1_000_000,
         description="a window writes a full snapshot of its state once the rows appended since the last one exceed "
         "max(this, 4 x its open windows); the history before a committed snapshot is then deleted. An update-mode "
         "table past max(this, 4 x its rows after the last prune) loses the rows later updates superseded",
     )
-    keep_history: timedelta = Field(
+    keep_history: _KeepHistory = Field(
         timedelta(minutes=10), description="how long the state history before a snapshot, or superseded table rows, stay (as_of reads)"
     )
-
-    @field_validator("kafka", mode="after")
-    @classmethod
-    def _secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return {k: (SecretStr(str(v)) if is_secret(k) and not isinstance(v, SecretStr) else v) for k, v in value.items()}
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret option's value replaced by ``***`` (for errors from the clients)."""
@@ -190,16 +302,6 @@ class PipelineConfig(_Options):
             if isinstance(value, SecretStr) and value.get_secret_value():
                 text = text.replace(value.get_secret_value(), "***")
         return text
-
-    @field_validator("commit_timeout", mode="before")
-    @classmethod
-    def _commit_timeout(cls, value: Any) -> timedelta:
-        return parse_duration(value, what="Pipeline(commit_timeout=...)")
-
-    @field_validator("keep_history", mode="before")
-    @classmethod
-    def _keep_history(cls, value: Any) -> timedelta:
-        return parse_duration(value, what="Pipeline(keep_history=...)", allow_zero=True)
 
     @property
     def commit_timeout_s(self) -> float:

@@ -8,7 +8,8 @@ import sys
 from datetime import timedelta
 
 import pytest
-from lockgate.engine.config import overrides
+from lockgate.engine.config import Settings, overrides
+from pydantic import SecretStr
 
 import lockgate as lg
 from tests.conftest import json_values, produce
@@ -43,6 +44,35 @@ def test_a_bad_option_from_the_environment_is_a_clear_error_naming_it(monkeypatc
     with pytest.raises(lg.PipelineDefinitionError, match="compact_every"):
         lg.Pipeline("p")
     assert overrides({"LOCKGATE_TEST_BROKERS": "x", "PATH": "/bin"}) == {}, "other variables are not options"
+
+
+def test_the_settings_model_reads_the_environment_and_a_wrong_type_is_pydantics_error_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCKGATE_BATCH__MAX_RECORDS", "500")
+    monkeypatch.setenv("LOCKGATE_COMMIT_TIMEOUT", "30s")
+    settings = Settings()
+    assert (settings.batch.max_records, settings.commit_timeout, settings.brokers) == (500, timedelta(seconds=30), None)
+    assert lg.Pipeline("p").config.batch.max_records == 500
+
+    monkeypatch.setenv("LOCKGATE_BATCH__MAX_RECORDS", "lots")
+    with pytest.raises(lg.PipelineDefinitionError, match=r"LOCKGATE_BATCH__MAX_RECORDS \(batch\.max_records\): Input should be a valid integer"):
+        lg.Pipeline("p")
+    monkeypatch.delenv("LOCKGATE_BATCH__MAX_RECORDS")
+    config = tmp_path / "bad.toml"
+    config.write_text('[batch]\nmax_records = "lots"\n')
+    monkeypatch.setenv("LOCKGATE_CONFIG", str(config))
+    with pytest.raises(lg.PipelineDefinitionError, match=rf"\[batch\] max_records of {config}: Input should be a valid integer"):
+        lg.Pipeline("p")
+
+
+def test_a_secret_read_from_the_environment_is_a_secretstr_from_the_start_and_no_error_quotes_it(monkeypatch):
+    monkeypatch.setenv("LOCKGATE_KAFKA__SASL_PASSWORD", SECRET)
+    given = overrides()
+    assert isinstance(given["kafka"]["sasl.password"], SecretStr) and given["kafka"]["sasl.password"].get_secret_value() == SECRET
+    assert SECRET not in repr(given) and SECRET not in repr(Settings()) and SECRET not in str(Settings())
+    monkeypatch.setenv("LOCKGATE_SNAPSHOT_ROWS", SECRET)  # a secret pasted into the wrong variable
+    with pytest.raises(lg.PipelineDefinitionError, match="LOCKGATE_SNAPSHOT_ROWS") as err:
+        lg.Pipeline("p")
+    assert SECRET not in str(err.value) and SECRET not in repr(err.value)
 
 
 def test_an_unknown_toml_table_or_option_is_a_clear_error(tmp_path, monkeypatch):
