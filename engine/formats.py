@@ -16,6 +16,17 @@ Examples
 ([{'user': 'a', 'n': 1}], [0])
 >>> [index for index, _ in out.errors]
 [1, 2]
+
+Schema columns are nullable: a JSON ``null`` or a missing key is a null value,
+unless ``required=`` names the column.  The event-time column of a source
+(``decode(..., event_time=)``) is always required; its failures are kept apart:
+
+>>> fmt = JSON(schema={"id": pl.Int64, "country": pl.String, "ts": pl.Datetime("ms")}, required=["id"])
+>>> out = fmt.decode([b'{"id": 1, "country": null, "ts": 5}', b'{"id": 2, "ts": 6}', b'{"ts": 7}', b'{"id": 4}'], event_time="ts")
+>>> out.frame["country"].to_list(), list(out.rows)
+([None, None], [0, 1])
+>>> out.errors, out.bad_times
+([(2, "column 'id' is missing or null, and lg.JSON(required=...) lists it")], [(3, "event time column 'ts' is missing or null")])
 """
 
 from __future__ import annotations
@@ -51,12 +62,15 @@ class Decoded:
 
     ``frame`` holds the rows that decoded, in input order; ``rows[i]`` is the input
     index of ``frame``'s row ``i``; ``errors`` lists ``(input index, message)`` for
-    every value that did not decode.
+    every value that did not decode (dead letters with reason ``decode``), and
+    ``bad_times`` for every value whose event time is missing, null or not a time
+    (reason ``event_time``).
     """
 
     frame: pl.DataFrame
     rows: Sequence[int]
     errors: list[tuple[int, str]] = field(default_factory=list)
+    bad_times: list[tuple[int, str]] = field(default_factory=list)
 
 
 def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
@@ -71,11 +85,12 @@ def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
         return parts[0][1]
     frame = pl.concat([d.frame for _, d in parts], how="vertical") if parts else pl.DataFrame()
     errors = [(start + i, message) for start, d in parts for i, message in d.errors]
-    if all(isinstance(d.rows, range) and d.rows == range(len(d.rows)) and not d.errors for _, d in parts):
+    bad_times = [(start + i, message) for start, d in parts for i, message in d.bad_times]
+    if all(isinstance(d.rows, range) and d.rows == range(len(d.rows)) and not d.errors and not d.bad_times for _, d in parts):
         rows: Sequence[int] = range(frame.height)  # every chunk clean: no list per record
     else:
         rows = [start + i for start, d in parts for i in d.rows]
-    return Decoded(frame, rows, errors)
+    return Decoded(frame, rows, errors, bad_times)
 
 
 class Format:
@@ -87,8 +102,13 @@ class Format:
         """The columns that decoded values contribute."""
         raise NotImplementedError
 
-    def decode(self, values: Sequence[bytes | None]) -> Decoded:
-        """Decode a whole batch of values."""
+    def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
+        """Decode a whole batch of values.
+
+        ``event_time`` names the source's event-time column (one of the value
+        columns): a row where it is missing, null or not a time goes to
+        ``Decoded.bad_times``, never into the frame.
+        """
         raise NotImplementedError
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
@@ -115,61 +135,108 @@ class JSON(Format):
     schema
         Column name to Polars type.  Required for a source; a sink may leave it out.
         Datetime columns accept integer epochs (in the column's time unit) and
-        ISO-8601 text; text columns take any JSON scalar as its text.
-    nullable
-        Columns that may be missing or null.  Every other schema column is required:
-        a record without it goes to the dead-letter topic.
+        ISO-8601 text; text columns take any JSON scalar as its text.  Every column
+        is nullable: a JSON ``null`` or a missing key is a null value.
+    required
+        Columns a record must have, present and not null: a record without one goes
+        to the dead-letter topic with reason ``decode``, its ``lockgate.error``
+        header naming the column.  A source's event-time column
+        (``pipe.source(..., event_time=...)``) is always required, whether listed
+        or not: a record whose event time is missing, null or not a time goes to
+        the dead-letter topic with reason ``event_time``.
+
+    ``nullable=`` was removed: columns are nullable by default, and ``required=``
+    names the ones that are not.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import lockgate as lg
+    >>> orders = lg.JSON(schema={"id": pl.Int64, "country": pl.String}, required=["id"])
+    >>> out = orders.decode([b'{"id": 1, "country": null}', b'{"id": 2}', b'{"country": "NO"}'])
+    >>> out.frame.to_dicts()
+    [{'id': 1, 'country': None}, {'id': 2, 'country': None}]
+    >>> out.errors
+    [(2, "column 'id' is missing or null, and lg.JSON(required=...) lists it")]
     """
 
     name: ClassVar[str] = "json"
     schema: Mapping[str, pl.DataType] | None
-    nullable: frozenset[str]
+    required: frozenset[str]
 
-    def __init__(self, schema: Mapping[str, Any] | None = None, *, nullable: Sequence[str] = ()) -> None:
+    def __init__(self, schema: Mapping[str, Any] | None = None, *, required: str | Sequence[str] = (), **removed: Any) -> None:
         resolved = None if schema is None else {str(k): _dtype(v, str(k)) for k, v in dict(schema).items()}
-        unknown = set(nullable) - set(resolved or {})
-        if unknown:
+        if "nullable" in removed:
+            optional = removed.pop("nullable")
+            optional = [optional] if isinstance(optional, str) else list(optional or ())
+            keep = [name for name in resolved or {} if name not in optional]
             raise PipelineDefinitionError(
-                f"lg.JSON: nullable names {sorted(unknown)} that are not in the schema {sorted(resolved or {})}"
+                f"lg.JSON: nullable= was removed; every schema column is nullable now (a JSON null or a missing key "
+                f"is a null value). Name the columns a record must have with required= instead: "
+                f"lg.JSON(schema=..., required={keep!r}) keeps what nullable={optional!r} meant"
             )
+        if removed:
+            raise TypeError(f"lg.JSON() got an unexpected keyword argument {next(iter(removed))!r}")
+        names = [required] if isinstance(required, str) else list(required)
+        for column in names:
+            if column not in (resolved or {}):
+                raise PipelineDefinitionError(
+                    f"lg.JSON: required= names {column!r}, which is not a schema column; the schema has "
+                    f"{list(resolved or {})}. Add {column!r} to schema= or leave it out of required="
+                )
         object.__setattr__(self, "schema", resolved)
-        object.__setattr__(self, "nullable", frozenset(nullable))
+        object.__setattr__(self, "required", frozenset(names))
         object.__setattr__(self, "_epochs", _EpochHint())
 
     def __hash__(self) -> int:
-        return hash((tuple((self.schema or {}).items()), self.nullable))
+        return hash((tuple((self.schema or {}).items()), self.required))
 
     def value_schema(self) -> dict[str, pl.DataType]:
         if self.schema is None:
             raise PipelineDefinitionError("lg.JSON: a source needs schema={column: type, ...} to decode values")
         return dict(self.schema)
 
-    def _wire_schema(self, temporal: pl.DataType = pl.String()) -> dict[str, pl.DataType]:
-        """The types ``read_ndjson`` reads: temporal columns as ``temporal`` (text, or Int64 epochs), parsed after."""
-        return {k: (temporal if isinstance(v, _TEMPORAL) else v) for k, v in self.value_schema().items()}
+    def _wire_schema(self, event_time: str | None, *, text: bool = True) -> dict[str, pl.DataType]:
+        """The types ``read_ndjson`` reads, parsed after (``_parse_wire``).
 
-    def _clean_wires(self) -> list[dict[str, pl.DataType]]:
+        Temporal columns are read as text (``text``) or as Int64 epochs.  An integer
+        event-time column is read as text on the text wire too, so that a value that
+        is not a number is its event time's fault (reason ``event_time``), found by
+        one parse of the column rather than by bisecting the batch.
+        """
+        out = {}
+        for name, dtype in self.value_schema().items():
+            if isinstance(dtype, _TEMPORAL):
+                out[name] = pl.String() if text else pl.Int64()
+            elif text and name == event_time and dtype.is_integer():
+                out[name] = pl.String()
+            else:
+                out[name] = dtype
+        return out
+
+    def _clean_wires(self, event_time: str | None) -> list[dict[str, pl.DataType]]:
         """The wire schemas a clean batch is read with, in order: integer epochs first while they keep working, text always last.
 
         Reading an epoch as Int64 saves formatting the number as text and parsing it
-        back; a batch where some value is ISO text fails that read (Polars refuses a
-        string for Int64) and is read as text instead.  After such a batch the next
-        ``_EpochHint.TEXT_FOR`` batches are read as text at once, then epochs are tried again.
+        back; a batch where some value is ISO text (or an event time is not a number)
+        fails that read (Polars refuses a string for Int64) and is read as text
+        instead.  After such a batch the next ``_EpochHint.TEXT_FOR`` batches are read
+        as text at once, then epochs are tried again.
         """
-        text = self._wire_schema()
-        if not any(isinstance(v, _TEMPORAL) for v in self.value_schema().values()) or not self._epochs.worth_trying():
+        text = self._wire_schema(event_time)
+        numbers = self._wire_schema(event_time, text=False)
+        if numbers == text or not self._epochs.worth_trying():
             return [text]
-        return [self._wire_schema(pl.Int64()), text]
+        return [numbers, text]
 
-    def decode(self, values: Sequence[bytes | None]) -> Decoded:
-        wires = self._clean_wires()
+    def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
+        wires = self._clean_wires(event_time)
         wire = wires[-1]  # the text wire: the fallback of a clean read and the one the bisection uses
         clean, used = _read_ndjson_clean(values, wires)
         if len(wires) > 1 and used is not None:
             self._epochs.outcome(used == 0)
         if clean is not None:
-            frame, rows, errors = self._finish(clean, range(len(values)))
-            return Decoded(frame, rows, errors)
+            return self._finish(clean, range(len(values)), [], event_time)
         candidates, errors = _prefilter(values)
         chunks: list[tuple[list[int], pl.DataFrame]] = []
         _read_ndjson_bisect(values, candidates, wire, chunks, errors)
@@ -178,42 +245,55 @@ class JSON(Format):
             rows = [i for c in chunks for i in c[0]]
         else:
             frame, rows = pl.DataFrame(schema=wire), []
-        frame, rows, more = self._finish(frame, rows)
-        errors.extend(more)
-        errors.sort()
-        return Decoded(frame, rows, errors)
+        out = self._finish(frame, rows, errors, event_time)
+        out.errors.sort()
+        return out
 
-    def _finish(self, frame: pl.DataFrame, rows: Sequence[int]) -> tuple[pl.DataFrame, Sequence[int], list[tuple[int, str]]]:
-        """Parse temporal text, then check required columns, for the whole frame at once."""
+    def _finish(self, frame: pl.DataFrame, rows: Sequence[int], errors: list[tuple[int, str]], event_time: str | None) -> Decoded:
+        """Parse what was read as text, then check the required columns and the event time, for the whole frame at once.
+
+        A row with several faults is a ``decode`` error first: its event time is only
+        judged in a record of the schema.
+        """
         schema = self.value_schema()
-        parsed = _parse_temporal(frame, schema)
+        parsed = _parse_wire(frame, schema, event_time)
         problems: list[pl.Expr] = []
+        time_problems: list[pl.Expr] = []
         for name, dtype in schema.items():
-            if parsed[name].null_count() == 0:
+            nulls = parsed[name].null_count()
+            if nulls == 0:
                 continue  # null counts are metadata: a clean column costs nothing to check
-            if isinstance(dtype, _TEMPORAL) and parsed[name].null_count() > frame[name].null_count():
-                problems.append(
+            is_time = name == event_time
+            if nulls > frame[name].null_count():  # some text did not parse
+                what = f"event time column {name!r}" if is_time else f"column {name!r}"
+                (time_problems if is_time else problems).append(
                     pl.when(pl.col(name).is_null() & frame[name].is_not_null())
-                    .then(pl.lit(f"column {name!r}: cannot parse ") + frame[name] + pl.lit(f" as {dtype}"))
+                    .then(pl.lit(f"{what}: cannot parse ") + frame[name].cast(pl.String) + pl.lit(f" as {dtype}"))
                 )
-            if name not in self.nullable:
+            if is_time:
+                time_problems.append(pl.when(pl.col(name).is_null()).then(pl.lit(f"event time column {name!r} is missing or null")))
+            elif name in self.required:
                 problems.append(
                     pl.when(pl.col(name).is_null()).then(
-                        pl.lit(f"column {name!r} is missing or null; the schema requires it (or list it in nullable=)")
+                        pl.lit(f"column {name!r} is missing or null, and lg.JSON(required=...) lists it")
                     )
                 )
-        if not problems or parsed.height == 0:
-            return parsed, rows, []
-        reason = parsed.select(pl.coalesce(problems).alias("r"))["r"]
-        bad = reason.is_not_null()
+        if (not problems and not time_problems) or parsed.height == 0:
+            return Decoded(parsed, rows, errors)
+        reasons = parsed.select(
+            pl.coalesce(problems).alias("decode") if problems else pl.lit(None, pl.String).alias("decode"),
+            pl.coalesce(time_problems).alias("time") if time_problems else pl.lit(None, pl.String).alias("time"),
+        ).with_columns(time=pl.when(pl.col("decode").is_null()).then(pl.col("time")))
+        bad = reasons["decode"].is_not_null() | reasons["time"].is_not_null()
         if not bad.any():
-            return parsed, rows, []
-        bad_idx = bad.arg_true().to_list()
-        messages = reason.filter(bad).to_list()
-        errors = [(rows[i], m) for i, m in zip(bad_idx, messages, strict=True)]
+            return Decoded(parsed, rows, errors)
+        index = pl.Series("i", rows, dtype=pl.Int64)
+        found = []
+        for column in ("decode", "time"):
+            failed = reasons[column].is_not_null()
+            found.append(list(zip(index.filter(failed).to_list(), reasons[column].filter(failed).to_list(), strict=True)))
         keep = ~bad
-        kept_rows = pl.Series(rows).filter(keep).to_list()
-        return parsed.filter(keep), kept_rows, errors
+        return Decoded(parsed.filter(keep), index.filter(keep).to_list(), errors + found[0], found[1])
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
         if frame.height == 0 or frame.width == 0:
@@ -232,18 +312,22 @@ class JSON(Format):
             )
 
 
-def _parse_temporal(frame: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """The temporal columns parsed from their text.
+def _parse_wire(frame: pl.DataFrame, schema: Mapping[str, pl.DataType], event_time: str | None = None) -> pl.DataFrame:
+    """The temporal columns parsed from their text (or epochs), and an integer event time read as text parsed as a number.
 
     Integer epochs, the common case, take one cheap pass; only a column where some
     value is not one tries every accepted form (each a parse of the whole column).
     """
     columns = [(name, dtype) for name, dtype in schema.items() if isinstance(dtype, _TEMPORAL)]
+    numbers = []
+    if event_time is not None and schema[event_time].is_integer() and frame.schema[event_time] == pl.String:
+        numbers.append(pl.col(event_time).str.to_integer(strict=False).cast(schema[event_time], strict=False))
     if not columns:
-        return frame
+        return frame.with_columns(numbers) if numbers else frame
     epochs = frame.select([_with_zone(_epoch(pl.col(name), dtype, frame.schema[name]), dtype).alias(name) for name, dtype in columns])
     return frame.with_columns(
         [epochs[name] if epochs[name].null_count() == frame[name].null_count() else _temporal_expr(name, dtype) for name, dtype in columns]
+        + numbers
     )
 
 
@@ -271,6 +355,30 @@ def _temporal_expr(name: str, dtype: pl.DataType) -> pl.Expr:
             candidate = candidate.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
         parsed.append(candidate)
     return _with_zone(pl.coalesce(parsed), dtype).alias(name)
+
+
+def _split_times(decoded: Decoded, event_time: str | None) -> Decoded:
+    """``decoded`` without the values that hold a null event time: those become ``bad_times``.
+
+    A Kafka value is the unit of dead letters: one holding many rows (Arrow IPC)
+    goes whole to the dead-letter topic when any of its rows has no event time.
+    A clean column costs one null count.
+    """
+    if event_time is None or decoded.frame[event_time].null_count() == 0:
+        return decoded
+    index = pl.Series("i", decoded.rows, dtype=pl.Int64)
+    bad = (
+        pl.DataFrame({"i": index, "null": decoded.frame[event_time].is_null()})
+        .group_by("i", maintain_order=True)
+        .agg(pl.len().alias("rows"), pl.col("null").sum())
+        .filter(pl.col("null") > 0)
+    )
+    bad_times = [
+        (i, f"event time column {event_time!r} is " + ("missing or null" if rows == 1 else f"null in {nulls} of the value's {rows} rows"))
+        for i, rows, nulls in bad.iter_rows()
+    ]
+    keep = ~index.is_in(bad["i"].implode())
+    return Decoded(decoded.frame.filter(keep), index.filter(keep).to_list(), decoded.errors, bad_times)
 
 
 def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[int, str]]]:
@@ -390,7 +498,10 @@ class Raw(Format):
     def value_schema(self) -> dict[str, pl.DataType]:
         return {self.column: pl.String() if self.as_text else pl.Binary()}
 
-    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+    def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
+        return _split_times(self._decode(values), event_time)
+
+    def _decode(self, values: Sequence[bytes | None]) -> Decoded:
         series = pl.Series(self.column, values, dtype=pl.Binary)
         errors: list[tuple[int, str]] = []
         if self.as_text:
@@ -458,7 +569,10 @@ class ArrowIPC(Format):
             raise PipelineDefinitionError("lg.ArrowIPC: a source needs schema={column: type, ...}")
         return dict(self.schema)
 
-    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+    def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
+        return _split_times(self._decode(values), event_time)
+
+    def _decode(self, values: Sequence[bytes | None]) -> Decoded:
         target = pl.Schema(self.value_schema())
         frames: list[pl.DataFrame] = []
         rows: list[int] = []

@@ -146,7 +146,9 @@ class Pipeline:
 
         Every batch has the Kafka columns ``_topic``, ``_partition``, ``_offset``,
         ``_timestamp``, ``_key`` and the decoded value columns.  Records that do not
-        decode go to the dead-letter topic ``<pipeline>-dlq``.
+        decode go to the dead-letter topic ``<pipeline>-dlq`` (reason ``decode``), and
+        so do records whose event time is missing, null or not a time (reason
+        ``event_time``): those never reach an operator or a window.
 
         ``event_time`` (a Datetime or integer epoch-ms column, or ``"kafka"``) and
         ``watermark`` (bounded out-of-orderness) drive windows: a partition's

@@ -115,6 +115,11 @@ class SourceNode(Node):
         return "_timestamp" if self.event_time == "kafka" else self.event_time
 
     @property
+    def value_time_column(self) -> str | None:
+        """The event-time column the format decodes (``format.decode(..., event_time=)``); None for ``"kafka"``."""
+        return None if self.event_time in (None, "kafka") else self.event_time
+
+    @property
     def delay_ms(self) -> int:
         """The watermark's bounded out-of-orderness in milliseconds."""
         return 0 if self.watermark is None else int(self.watermark.total_seconds() * 1000)

@@ -440,7 +440,10 @@ class Runner:
         the next one (bench/stateless.py).
         """
         assert self.decoder is not None
-        return {node.name: self.decoder.submit(node.format.decode, chunk.values) for nodes in self.sources_by_topic.values() for node in nodes}
+        return {
+            node.name: self.decoder.submit(node.format.decode, chunk.values, event_time=node.value_time_column)
+            for nodes in self.sources_by_topic.values() for node in nodes
+        }
 
     def _decoded(self, raw: RawBatch, node: SourceNode, values: list[bytes | None]) -> Decoded:
         """``node``'s decoding of ``values``: the chunks decoded during the poll, joined, when the poll prepared them.
@@ -449,10 +452,10 @@ class Runner:
         """
         if raw.prepared is not None:
             return concat_decoded([(start, futures[node.name].result()) for start, futures in raw.prepared])
-        return node.format.decode(values)
+        return node.format.decode(values, event_time=node.value_time_column)
 
     def _decode(self, raw: RawBatch) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], pl.DataFrame]:
-        """Decode each source's records; collect the ones that fail as dead letters."""
+        """Decode each source's records; collect the ones that fail as dead letters (reason ``decode``, or ``event_time``)."""
         meta = raw.metadata()
         inputs: dict[str, pl.DataFrame] = {}
         dead: list[pl.DataFrame] = []
@@ -474,13 +477,15 @@ class Runner:
                     base = meta[list(rows)]
                 inputs[node.name] = pl.concat([base, decoded.frame], how="horizontal")
                 self.metrics.add("records_in", len(values), topic=topic)
-                if decoded.errors:
-                    where = [e[0] if idx is None else idx[e[0]] for e in decoded.errors]
+                for reason, errors in (("decode", decoded.errors), ("event_time", decoded.bad_times)):
+                    if not errors:
+                        continue
+                    where = [e[0] if idx is None else idx[e[0]] for e in errors]
                     dead.append(
                         meta[where].with_columns(
                             value=pl.Series([raw.values[i] for i in where], dtype=pl.Binary),
-                            reason=pl.lit("decode"),
-                            error=pl.Series([e[1] for e in decoded.errors], dtype=pl.String),
+                            reason=pl.lit(reason),
+                            error=pl.Series([e[1] for e in errors], dtype=pl.String),
                             operator=pl.lit(node.name),
                         )
                     )

@@ -41,7 +41,7 @@ def test_json_decodes_a_clean_batch_with_one_read_and_keeps_input_order():
 )
 def test_json_sends_each_bad_value_to_the_errors_with_a_reason(value, fragment):
     good = b'{"user": "a", "n": 1, "x": 1.0, "ts": 1700000000000}'
-    out = lg.JSON(schema=SCHEMA).decode([good, value, good])
+    out = lg.JSON(schema=SCHEMA, required=["n"]).decode([good, value, good])
     assert out.rows == [0, 2]
     assert [i for i, _ in out.errors] == [1]
     assert fragment in out.errors[0][1]
@@ -65,11 +65,131 @@ def test_json_reads_integer_epochs_and_iso_text_for_datetimes():
     ]
 
 
-def test_json_nullable_columns_may_be_missing_and_others_may_not():
-    fmt = lg.JSON(schema={"user": pl.String, "note": pl.String}, nullable=["note"])
-    out = fmt.decode([b'{"user": "a"}', b'{"note": "x"}'])
-    assert out.frame.to_dicts() == [{"user": "a", "note": None}]
-    assert out.errors[0][0] == 1
+def test_json_null_and_missing_keys_are_null_values_in_every_column_type():
+    schema = {"user": pl.String, "n": pl.Int64, "x": pl.Float64, "ts": pl.Datetime("ms"), "day": pl.Date}
+    values = [
+        b'{"user": null, "n": null, "x": null, "ts": null, "day": null}',
+        b"{}",
+        b'{"user": "a", "n": 1, "x": 0.5, "ts": 7, "day": 1}',
+        b'{"user": "b", "ts": "2024-01-01T00:00:00Z"}',
+    ]
+    out = lg.JSON(schema=schema).decode(values)
+    assert out.errors == [] and out.bad_times == []
+    assert list(out.rows) == [0, 1, 2, 3]
+    assert out.frame.schema == pl.Schema(schema)
+    assert out.frame.select("user", "n", "x").rows() == [(None, None, None), (None, None, None), ("a", 1, 0.5), ("b", None, None)]
+    assert out.frame["ts"].null_count() == 2 and out.frame["day"].null_count() == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "id": st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+                "country": st.one_of(st.none(), st.sampled_from(["NO", "SE", ""])),
+                "amount": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+            },
+        ),
+        max_size=40,
+    )
+)
+def test_json_decodes_records_with_any_nulls_as_polars_does_and_dead_letters_only_those_without_a_required_id(records):
+    schema = {"id": pl.Int64, "country": pl.String, "amount": pl.Float64}
+    out = lg.JSON(schema=schema, required=["id"]).decode([json.dumps(r).encode() for r in records])
+    oracle = pl.DataFrame([{k: r.get(k) for k in schema} for r in records], schema=schema)  # a Polars batch read
+    keep = [i for i, r in enumerate(records) if r.get("id") is not None]
+    assert list(out.rows) == keep
+    assert out.frame.equals(oracle[keep])
+    assert [i for i, _ in out.errors] == [i for i in range(len(records)) if i not in keep]
+    assert all(m == "column 'id' is missing or null, and lg.JSON(required=...) lists it" for _, m in out.errors)
+
+
+def test_json_required_columns_must_be_present_and_not_null_and_the_error_names_the_column():
+    fmt = lg.JSON(schema={"id": pl.Int64, "user": pl.String, "note": pl.String}, required=["id", "user"])
+    out = fmt.decode([b'{"id": 1, "user": "a"}', b'{"user": "b", "note": "x"}', b'{"id": 3, "user": null}', b'{"id": 4, "user": "d", "note": null}'])
+    assert out.frame.to_dicts() == [{"id": 1, "user": "a", "note": None}, {"id": 4, "user": "d", "note": None}]
+    assert out.errors == [
+        (1, "column 'id' is missing or null, and lg.JSON(required=...) lists it"),
+        (2, "column 'user' is missing or null, and lg.JSON(required=...) lists it"),
+    ]
+    assert lg.JSON(schema={"id": pl.Int64}, required="id").required == frozenset({"id"}), "one name as a string"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "ts", "fragment"),
+    [
+        (pl.Datetime("ms"), b"null", "event time column 'ts' is missing or null"),
+        (pl.Datetime("ms"), None, "event time column 'ts' is missing or null"),
+        (pl.Datetime("ms"), b'"noon"', "event time column 'ts': cannot parse noon as Datetime"),
+        (pl.Datetime("ms", "Europe/Oslo"), b'"noon"', "event time column 'ts': cannot parse noon as Datetime"),
+        (pl.Int64, b"null", "event time column 'ts' is missing or null"),
+        (pl.Int64, None, "event time column 'ts' is missing or null"),
+        (pl.Int64, b'"noon"', "event time column 'ts': cannot parse noon as Int64"),
+        (pl.Int64, b"1.5", "event time column 'ts': cannot parse 1.5 as Int64"),
+    ],
+)
+@pytest.mark.parametrize("listed", [False, True])
+def test_json_a_missing_null_or_unparsable_event_time_is_a_bad_time_and_never_a_row(dtype, ts, fragment, listed):
+    fmt = lg.JSON(schema={"id": pl.Int64, "ts": dtype}, required=["ts"] if listed else [])
+    bad = b'{"id": 2}' if ts is None else b'{"id": 2, "ts": ' + ts + b"}"
+    for _ in range(2):  # an integer-epoch read first, then (after a batch that needed text) a text read
+        out = fmt.decode([b'{"id": 1, "ts": 1700000000000}', bad, b'{"id": 3, "ts": 1700000000001}'], event_time="ts")
+        assert out.frame["id"].to_list() == [1, 3] and list(out.rows) == [0, 2]
+        assert out.errors == []
+        assert [i for i, _ in out.bad_times] == [1]
+        assert fragment in out.bad_times[0][1]
+        assert out.frame.schema["ts"] == dtype
+
+
+def test_json_a_record_that_does_not_decode_is_a_decode_error_even_when_its_event_time_is_also_bad():
+    fmt = lg.JSON(schema={"id": pl.Int64, "ts": pl.Datetime("ms")}, required=["id"])
+    out = fmt.decode([b'{"ts": null}', b'{"id": "x", "ts": "noon"}', b'{"id": 3}', b"oops"], event_time="ts")
+    assert [i for i, _ in out.errors] == [0, 1, 3]
+    assert out.bad_times == [(2, "event time column 'ts' is missing or null")]
+    assert out.frame.height == 0
+
+
+def test_json_an_event_time_column_without_event_time_given_is_an_ordinary_nullable_column():
+    out = lg.JSON(schema={"id": pl.Int64, "ts": pl.Int64}).decode([b'{"id": 1}', b'{"id": 2, "ts": null}'])
+    assert out.frame["ts"].to_list() == [None, None] and out.errors == [] and out.bad_times == []
+
+
+def test_json_reads_a_clean_batch_with_an_integer_event_time_in_one_read_of_its_integers(monkeypatch):
+    schemas = _spy_reads(monkeypatch)
+    values = [json.dumps({"id": i, "ts": 1_700_000_000_000 + i}).encode() for i in range(1000)]
+    out = lg.JSON(schema={"id": pl.Int64, "ts": pl.Int64}).decode(values, event_time="ts")
+    assert [s["ts"] for s in schemas] == [pl.Int64], "no text read, no parse: a clean batch costs what it did"
+    assert out.frame["ts"].to_list() == [1_700_000_000_000 + i for i in range(1000)]
+    assert out.bad_times == [] and isinstance(out.rows, range)
+
+
+def test_arrow_ipc_a_value_with_a_row_without_event_time_goes_whole_to_the_bad_times():
+    schema = {"x": pl.Int64, "ts": pl.Datetime("ms")}
+    fmt = lg.ArrowIPC(schema=schema, rows_per_message=2)
+    values = fmt.encode(pl.DataFrame({"x": [1, 2, 3, 4, 5], "ts": [1, None, 3, 4, None]}, schema=schema))
+    out = fmt.decode(values, event_time="ts")
+    assert out.frame["x"].to_list() == [3, 4] and out.rows == [1, 1]
+    assert out.bad_times == [
+        (0, "event time column 'ts' is null in 1 of the value's 2 rows"),
+        (2, "event time column 'ts' is missing or null"),
+    ]
+    assert fmt.decode(values).frame.height == 5, "without an event time every row is kept"
+
+
+def test_passing_nullable_is_a_definition_error_that_names_required_as_the_fix():
+    with pytest.raises(lg.PipelineDefinitionError, match=r"nullable= was removed.*required=\['id', 'user'\]\) keeps what nullable=\['note'\] meant"):
+        lg.JSON(schema={"id": pl.Int64, "user": pl.String, "note": pl.String}, nullable=["note"])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'requierd'"):
+        lg.JSON(schema={"id": pl.Int64}, requierd=["id"])
+
+
+def test_required_naming_a_column_not_in_the_schema_is_a_definition_error_naming_it():
+    with pytest.raises(lg.PipelineDefinitionError, match=r"required= names 'idd', which is not a schema column; the schema has \['id'\]"):
+        lg.JSON(schema={"id": pl.Int64}, required=["id", "idd"])
+    with pytest.raises(lg.PipelineDefinitionError, match="required= names 'id'"):
+        lg.JSON(required=["id"])
 
 
 def test_json_treats_a_raw_newline_inside_a_value_as_white_space():
@@ -190,14 +310,16 @@ def test_json_parses_integer_epochs_in_one_pass_and_other_forms_only_when_a_valu
 def test_decoded_chunks_join_into_the_decoding_of_the_whole_batch():
     from lockgate.engine.formats import concat_decoded
 
-    fmt = lg.JSON(schema={"n": pl.Int64})
-    values = [json.dumps({"n": i}).encode() if i % 7 else b"bad" for i in range(50)]
-    whole = fmt.decode(values)
+    fmt = lg.JSON(schema={"n": pl.Int64, "ts": pl.Int64})
+    values = [(json.dumps({"n": i, "ts": i if i % 5 else None}).encode() if i % 7 else b"bad") for i in range(50)]
+    whole = fmt.decode(values, event_time="ts")
+    assert whole.errors and whole.bad_times
     for size in (1, 9, 25, 50):
-        parts = [(start, fmt.decode(values[start:start + size])) for start in range(0, 50, size)]
+        parts = [(start, fmt.decode(values[start:start + size], event_time="ts")) for start in range(0, 50, size)]
         joined = concat_decoded(parts)
         assert list(joined.rows) == list(whole.rows)
         assert joined.errors == whole.errors
+        assert joined.bad_times == whole.bad_times
         assert joined.frame.equals(whole.frame)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import random
 
 import polars as pl
 import pyarrow as pa
@@ -115,3 +117,85 @@ def test_raw_text_values_pass_through_with_kafka_metadata_columns(brokers, make_
     table = lg.read_table(state_dir, "lines").collect().sort("offset")
     assert table["key"].to_list() == [f"k{i}" for i in range(100)]
     assert table["offset"].to_list() == list(range(100))
+
+
+def test_null_and_missing_optional_fields_reach_the_output_and_records_without_id_or_event_time_reach_the_dlq_none_lost(
+    brokers, make_topic, state_dir, unique
+):
+    rng = random.Random(3)
+    base = 1_700_000_040_000  # a minute boundary: every record falls in one 1-minute window per shop
+    kinds = rng.choices(
+        ["ok", "null_country", "missing_optional", "missing_id", "null_id", "null_ts", "missing_ts", "bad_ts"],
+        weights=[55, 15, 15, 3, 3, 3, 3, 3],
+        k=2_400,
+    )
+    records: list[dict] = []
+    for i, kind in enumerate(kinds):
+        r: dict = {"id": i, "shop": f"s{i % 4}", "country": rng.choice(["NO", "SE"]), "amount": float(i % 13), "ts": base + i * 10}
+        if kind == "null_country":
+            r["country"] = None
+        elif kind == "missing_optional":
+            del r["country"], r["amount"]
+        elif kind == "missing_id":
+            del r["id"]
+        elif kind == "null_id":
+            r["id"] = None
+        elif kind == "null_ts":
+            r["ts"] = None
+        elif kind == "missing_ts":
+            del r["ts"]
+        elif kind == "bad_ts":
+            r["ts"] = "noon"
+        records.append(r)
+    values = [json.dumps(r).encode() for r in records]
+    keys = [f"k{i}".encode() for i in range(len(values))]
+    source = make_topic(f"orders-{unique}", partitions=3)
+    produce(brokers, source, values, keys)
+    where = {m.key(): (m.partition(), m.offset()) for m in read_committed(brokers, source)}
+    position = [where[k] for k in keys]
+
+    name = f"nulls-{unique}"
+    pipe = lg.Pipeline(name, brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=500, max_wait="50ms"))
+    schema = {"id": pl.Int64, "shop": pl.String, "country": pl.String, "amount": pl.Float64, "ts": pl.Datetime("ms")}
+    orders = pipe.source(source, format=lg.JSON(schema=schema, required=["id"]), event_time="ts", watermark="1s", name="orders")
+    orders.select("id", "country", "amount", partition="_partition", offset="_offset").to_kafka(f"{name}-out")
+    orders.window(lg.Tumbling("1m"), by="shop", emit="update", name="per_shop").agg(n=pl.len(), total=pl.col("amount").sum()).to_table(
+        "per_shop"
+    )
+    pipe.run(until="caught_up", timeout=300)
+
+    good = [i for i, k in enumerate(kinds) if k in ("ok", "null_country", "missing_optional")]
+    out = read_committed(brokers, f"{name}-out")
+    dead = read_committed(brokers, f"{name}-dlq")
+    out_at = {(d["partition"], d["offset"]): d for d in map(json.loads, (m.value() for m in out))}
+    dead_at = {(int(dict(m.headers())["lockgate.partition"]), int(dict(m.headers())["lockgate.offset"])): m for m in dead}
+    assert len(out_at) == len(out) and len(dead_at) == len(dead), "no record twice"
+    assert set(out_at) | set(dead_at) == set(position) and not set(out_at) & set(dead_at), "every input offset is in the output or the DLQ"
+
+    for i in good:  # nulls are values: the records reach the output with their nulls
+        assert out_at[position[i]] == {"id": i, "country": records[i].get("country"), "amount": records[i].get("amount"),
+                                       "partition": position[i][0], "offset": position[i][1]}
+    for i, kind in enumerate(kinds):
+        if i in good:
+            continue
+        m = dead_at[position[i]]
+        headers = dict(m.headers())
+        assert m.value() == values[i] and headers["lockgate.operator"] == b"orders"
+        if kind in ("missing_id", "null_id"):
+            assert headers["lockgate.reason"] == b"decode"
+            assert headers["lockgate.error"] == b"column 'id' is missing or null, and lg.JSON(required=...) lists it"
+        else:
+            assert headers["lockgate.reason"] == b"event_time"
+            expected = b"event time column 'ts': cannot parse noon" if kind == "bad_ts" else b"event time column 'ts' is missing or null"
+            assert headers["lockgate.error"].startswith(expected)
+    assert pipe.metrics()["dlq"][f"{name}-dlq"] == len(kinds) - len(good)
+
+    # the window counted exactly the records with an event time: none without one reached it, none was late
+    oracle = (
+        pl.DataFrame([records[i] for i in good], schema={**schema, "ts": pl.Int64})
+        .group_by("shop").agg(n=pl.len(), total=pl.col("amount").sum())
+    )
+    table = lg.read_table(state_dir, "per_shop").collect()
+    assert table["window_start"].dt.epoch("ms").unique().to_list() == [base]
+    assert same_rows(table.select("shop", "n", "total"), oracle.with_columns(pl.col("n").cast(table.schema["n"])))
+    assert pipe.metrics()["late"] == {}

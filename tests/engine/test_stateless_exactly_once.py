@@ -38,7 +38,7 @@ def oracle(rows: list[dict]) -> pl.DataFrame:
 
 def build(name: str, brokers: str, state: str, source: str, out: str, batch: lg.BatchPolicy | None = None) -> lg.Pipeline:
     pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=batch)
-    pages = pipe.source(source, format=lg.JSON(schema=SCHEMA)).filter(KEEP).with_columns(**DERIVED)
+    pages = pipe.source(source, format=lg.JSON(schema=SCHEMA, required=["n"])).filter(KEEP).with_columns(**DERIVED)
     pages.to_kafka(out, key="user")
     pages.to_table("pages")
     return pipe
