@@ -214,26 +214,30 @@ class JSON(Format):
                 out[name] = dtype
         return out
 
-    def _clean_wires(self, event_time: str | None) -> list[dict[str, pl.DataType]]:
+    def _clean_wires(self, event_time: str | None) -> tuple[list[dict[str, pl.DataType]], bool]:
         """The wire schemas a clean batch is read with, in order: integer epochs first while they keep working, text always last.
 
         Reading an epoch as Int64 saves formatting the number as text and parsing it
-        back; a batch where some value is ISO text (or an event time is not a number)
-        fails that read (Polars refuses a string for Int64) and is read as text
-        instead.  After such a batch the next ``_EpochHint.TEXT_FOR`` batches are read
-        as text at once, then epochs are tried again.
+        back; a batch where some value is ISO text fails that read (Polars refuses a
+        string for Int64) and is read as text instead.  After such a batch the next
+        ``_EpochHint.TEXT_FOR`` batches are read as text at once, then epochs are
+        tried again.  An integer event time alone never earns that: a value of it
+        that is not a number is a bad record, not a stream of text.  Returns the
+        wires and whether the hint chose them (then it learns from the read).
         """
         text = self._wire_schema(event_time)
         numbers = self._wire_schema(event_time, text=False)
-        if numbers == text or not self._epochs.worth_trying():
-            return [text]
-        return [numbers, text]
+        if numbers == text:
+            return [text], False
+        if not any(isinstance(v, _TEMPORAL) for v in self.value_schema().values()):
+            return [numbers, text], False
+        return ([numbers, text], True) if self._epochs.worth_trying() else ([text], False)
 
     def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
-        wires = self._clean_wires(event_time)
+        wires, hinted = self._clean_wires(event_time)
         wire = wires[-1]  # the text wire: the fallback of a clean read and the one the bisection uses
         clean, used = _read_ndjson_clean(values, wires)
-        if len(wires) > 1 and used is not None:
+        if hinted and used is not None:
             self._epochs.outcome(used == 0)
         if clean is not None:
             return self._finish(clean, range(len(values)), [], event_time)

@@ -134,7 +134,7 @@ def test_json_required_columns_must_be_present_and_not_null_and_the_error_names_
 def test_json_a_missing_null_or_unparsable_event_time_is_a_bad_time_and_never_a_row(dtype, ts, fragment, listed):
     fmt = lg.JSON(schema={"id": pl.Int64, "ts": dtype}, required=["ts"] if listed else [])
     bad = b'{"id": 2}' if ts is None else b'{"id": 2, "ts": ' + ts + b"}"
-    for _ in range(2):  # an integer-epoch read first, then (after a batch that needed text) a text read
+    for _ in range(2):  # a Datetime is read as integer epochs first, then (after a batch that needed text) as text
         out = fmt.decode([b'{"id": 1, "ts": 1700000000000}', bad, b'{"id": 3, "ts": 1700000000001}'], event_time="ts")
         assert out.frame["id"].to_list() == [1, 3] and list(out.rows) == [0, 2]
         assert out.errors == []
@@ -163,6 +163,15 @@ def test_json_reads_a_clean_batch_with_an_integer_event_time_in_one_read_of_its_
     assert [s["ts"] for s in schemas] == [pl.Int64], "no text read, no parse: a clean batch costs what it did"
     assert out.frame["ts"].to_list() == [1_700_000_000_000 + i for i in range(1000)]
     assert out.bad_times == [] and isinstance(out.rows, range)
+
+
+def test_json_a_bad_integer_event_time_leaves_the_next_clean_batches_read_as_integers(monkeypatch):
+    fmt = lg.JSON(schema={"id": pl.Int64, "ts": pl.Int64})
+    bad = fmt.decode([b'{"id": 1, "ts": "noon"}', b'{"id": 2, "ts": 5}'], event_time="ts")
+    assert [i for i, _ in bad.bad_times] == [0]
+    schemas = _spy_reads(monkeypatch)
+    fmt.decode([b'{"id": 3, "ts": 6}'], event_time="ts")
+    assert [s["ts"] for s in schemas] == [pl.Int64], "a bad record is not a stream of text: no text reads for a while"
 
 
 def test_arrow_ipc_a_value_with_a_row_without_event_time_goes_whole_to_the_bad_times():
