@@ -10,6 +10,11 @@ Examples
 >>> m.observe("commit_seconds", 0.03)
 >>> m.snapshot()["histograms"]["commit_seconds"]["count"]
 1
+>>> import numpy as np
+>>> m.observe("latency_seconds", np.arange(1, 1001) / 1000)   # one batch: 1 ms ... 1 s
+>>> q = m.snapshot()["histograms"]["latency_seconds"]
+>>> abs(q["p50"] - 0.5) <= 0.005, abs(q["p99"] - 0.99) <= 0.0099   # within 1 %
+(True, True)
 """
 
 from __future__ import annotations
@@ -28,18 +33,37 @@ _PER_LABEL = ("records_in", "records_out", "dlq", "table_rows", "late")
 _TOTALS = ("batches", "commits", "aborts", "empty_polls")
 #: histogram bucket bounds, in seconds
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
+#: the percentiles ``snapshot()`` reports per histogram, as ``p50`` and ``p99``
+QUANTILES = (0.5, 0.99)
+# Percentiles come from a second, fine histogram: logarithmic buckets 2 % wide from 1 us to
+# about 28 hours (1,281 counts), so a percentile is within 1 % of the value it stands for
+# (the Prometheus buckets above are a factor 2-2.5 apart). Fixed memory, one bincount per batch.
+_FINE_MIN = 1e-6
+_FINE_GROWTH = 1.02
+_FINE_LOG = float(np.log(_FINE_GROWTH))
+_FINE_N = int(np.ceil(np.log(1e5 / _FINE_MIN) / _FINE_LOG)) + 1
+
+
+def _fine_index(values: np.ndarray) -> np.ndarray:
+    scaled = np.log(np.maximum(values, _FINE_MIN) / _FINE_MIN) / _FINE_LOG
+    return np.minimum(scaled.astype(np.int64), _FINE_N - 1)
 
 
 class _Histogram:
     def __init__(self) -> None:
         self.counts = [0] * len(BUCKETS)
+        self.fine = np.zeros(_FINE_N, dtype=np.int64)
         self.sum = 0.0
         self.count = 0
+        self.min = float("inf")
+        self.max = 0.0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(BUCKETS, value)] += 1
+        self.fine[_fine_index(np.asarray(value, dtype=np.float64))] += 1
         self.sum += value
         self.count += 1
+        self.min, self.max = min(self.min, value), max(self.max, value)
 
     def observe_many(self, values: np.ndarray) -> None:
         """A whole batch's values at once (vectorised: one per record is fine)."""
@@ -48,11 +72,24 @@ class _Histogram:
         idx = np.searchsorted(np.asarray(BUCKETS), values, side="left")
         for i, n in enumerate(np.bincount(idx, minlength=len(BUCKETS))[: len(BUCKETS)]):
             self.counts[i] += int(n)
+        self.fine += np.bincount(_fine_index(values), minlength=_FINE_N)
         self.sum += float(values.sum())
         self.count += len(values)
+        self.min, self.max = min(self.min, float(values.min())), max(self.max, float(values.max()))
+
+    def quantile(self, q: float) -> float | None:
+        """The value below which a fraction ``q`` of the observations lie (within 1 %); None before any."""
+        if self.count == 0:
+            return None
+        rank = max(1, int(np.ceil(q * self.count)))  # the rank-th smallest observation (nearest rank)
+        i = int(np.searchsorted(np.cumsum(self.fine), rank, side="left"))
+        middle = _FINE_MIN * _FINE_GROWTH ** (i + 0.5)  # geometric middle of its bucket
+        return min(max(middle, self.min), self.max)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"buckets": list(zip(BUCKETS, self.counts, strict=True)), "sum": self.sum, "count": self.count}
+        out: dict[str, Any] = {"buckets": list(zip(BUCKETS, self.counts, strict=True)), "sum": self.sum, "count": self.count}
+        out.update({f"p{round(q * 100)}": self.quantile(q) for q in QUANTILES})
+        return out
 
 
 class Metrics:
@@ -93,7 +130,7 @@ class Metrics:
                 self._histograms[name].observe(value)
 
     def snapshot(self) -> dict[str, Any]:
-        """A copy of every counter, gauge and histogram."""
+        """A copy of every counter, gauge and histogram (each with its ``p50`` and ``p99``, in seconds)."""
         with self._lock:
             out: dict[str, Any] = {k: dict(v) for k, v in self._labelled.items()}
             out.update(self._totals)

@@ -29,7 +29,7 @@ from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, source_node
-from lockgate.engine.progress import NotebookProgress, in_notebook
+from lockgate.engine.progress import progress_display
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
 from lockgate.operators.errors import PipelineDefinitionError
@@ -208,12 +208,13 @@ class Pipeline:
         timeout
             Stop after this many seconds.
         progress
-            Show a live line (records, batches, lag, late, dead letters); default: in a
-            notebook only.
+            Show the live progress (records, rate, lag, batches, late, dead letters).
+            Default: an HTML line in a notebook, a bar when stderr is a terminal, and
+            nothing elsewhere (a service, CI, output piped to a file: plain logs).
         """
         if not self._running.acquire(blocking=False):
             raise PipelineDefinitionError(f"pipeline {self.name!r} is already running in this process")
-        bar = NotebookProgress(self.name) if (in_notebook() if progress is None else progress) else None
+        bar = progress_display(self.name, progress)
         summary: RunSummary | None = None
         try:
             self._stop.clear()
