@@ -1,4 +1,11 @@
-"""Topic checks and creation before a pipeline reads anything."""
+"""Topic checks and creation before a pipeline reads anything.
+
+Examples
+--------
+>>> from lockgate.engine.admin import missing_topic_message
+>>> print(missing_topic_message(["clicks"], "localhost:9092", ["orders"]))
+source topic 'clicks' does not exist on localhost:9092 (its topics: ['orders']). Create it and produce records to it; for sample clicks (the README's example reads them) run `lockgate sample clicks --brokers localhost:9092`
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from lockgate.operators.errors import BrokerError, PipelineDefinitionError
 
-__all__ = ["ensure_topics", "partition_count"]
+__all__ = ["create_topic", "ensure_topics", "missing_topic_message", "partition_count"]
 
 log = logging.getLogger("lockgate.admin")
 
@@ -31,16 +38,41 @@ def partition_count(options: dict[str, Any], topic: str) -> int | None:
     return None if t is None or t.error is not None else len(t.partitions)
 
 
+def create_topic(options: dict[str, Any], topic: str, partitions: int) -> bool:
+    """Create ``topic`` with ``partitions`` partitions unless it exists; True if this call created it."""
+    admin = AdminClient({**options, "log_level": 4})
+    if topic in _metadata(admin, options["bootstrap.servers"]).topics:
+        return False
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)], operation_timeout=30)[topic].result()
+    except KafkaException as exc:
+        if exc.args and exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS: created meanwhile
+            return False
+        raise BrokerError(f"cannot create the topic {topic!r}: {exc}") from exc
+    log.info("created topic %s with %d partitions", topic, partitions)
+    return True
+
+
+def missing_topic_message(missing: list[str], brokers: str, topics: list[str]) -> str:
+    """What a pipeline says when its source topics do not exist: which, where, and how to fill one."""
+    names = f"topic {missing[0]!r} does" if len(missing) == 1 else f"topics {missing} do"
+    topic = "" if missing[0] == "clicks" else f" --topic {missing[0]}"
+    there = f"its topics: {sorted(topics)[:20]}" if topics else "it has no topics yet"
+    return (
+        f"source {names} not exist on {brokers} ({there}). Create {'it' if len(missing) == 1 else 'them'} "
+        f"and produce records to {'it' if len(missing) == 1 else 'them'}; for sample clicks (the README's example reads them) "
+        f"run `lockgate sample clicks{topic} --brokers {brokers}`"
+    )
+
+
 def ensure_topics(options: dict[str, Any], sources: list[str], sinks: list[str]) -> None:
     """Check the source topics exist; create missing sink topics with as many partitions as the widest source."""
     admin = AdminClient({**options, "log_level": 4})
     md = _metadata(admin, options["bootstrap.servers"])
     missing = [t for t in sources if t not in md.topics or md.topics[t].error is not None]
     if missing:
-        raise PipelineDefinitionError(
-            f"source topic(s) {missing} do not exist on {options['bootstrap.servers']}; create them first "
-            f"(the topics there are {sorted(t for t in md.topics if not t.startswith('__'))[:20]})"
-        )
+        existing = [t for t in md.topics if not t.startswith("__")]
+        raise PipelineDefinitionError(missing_topic_message(missing, options["bootstrap.servers"], existing))
     width = max(len(md.topics[t].partitions) for t in sources)
     new = [NewTopic(t, num_partitions=width, replication_factor=-1) for t in dict.fromkeys(sinks) if t not in md.topics]
     if not new:

@@ -1,7 +1,27 @@
-"""``lockgate demo``: a clickstream through a filter/project pipeline into a topic and a table.
+"""``lockgate demo`` and ``lockgate sample clicks``: sample clickstreams and a pipeline over them.
 
-Starts the local broker unless ``brokers`` is given, produces a sample clickstream,
-runs the pipeline until it has caught up, and prints the committed output.
+``lockgate demo`` starts the local broker unless ``brokers`` is given, produces a sample
+clickstream, runs a filter/project pipeline into a topic and a table until it has caught up,
+prints the committed output and ends with a short summary (:func:`summarize`).
+``lockgate sample clicks`` only creates and fills a topic (``clicks`` by default: the input
+of the README's example).
+
+Examples
+--------
+>>> from lockgate.engine.demo import summarize
+>>> from lockgate.engine.runner import RunSummary
+>>> metrics = {"records_in": {"clicks": 5000}, "records_out": {"views": 4625}, "table_rows": {"views": 4625},
+...            "dlq": {}, "late": {}, "batches": 2, "aborts": 0,
+...            "histograms": {"commit_seconds": {"p50": 0.012, "p99": 0.0405},
+...                           "latency_seconds": {"p50": 0.35, "p99": 1.2}}}
+>>> print(summarize("demo", RunSummary(2, 5000, 1.93, "caught_up"), metrics))
+demo: caught up in 1.9 s
+  records in     5,000 from clicks
+  records out    4,625 to topic views; 4,625 rows to table views
+  batches        2 committed, 0 aborted
+  dead letters   0
+  commit         p50 12 ms, p99 40 ms
+  end to end     p50 350 ms, p99 1.20 s (from a record's Kafka timestamp to its batch's commit)
 """
 
 from __future__ import annotations
@@ -9,38 +29,95 @@ from __future__ import annotations
 import json
 import random
 import time
-from datetime import UTC, datetime
+from typing import Any
 
 import confluent_kafka as ck
 import polars as pl
-from confluent_kafka.admin import AdminClient, NewTopic
+from lockgate.engine.admin import create_topic
 from lockgate.engine.config import BatchPolicy
 from lockgate.engine.formats import JSON
 from lockgate.engine.pipeline import Pipeline
+from lockgate.engine.runner import RunSummary
+from lockgate.operators.errors import BrokerError
 from lockgate.storage.tables import read_table
 
-__all__ = ["run_demo"]
+__all__ = ["build_demo_pipeline", "produce_clicks", "run_demo", "summarize"]
 
 CLICKS = "lockgate-demo-clicks"
 PAGES = "lockgate-demo-pages"
 SCHEMA = {"user": pl.String, "url": pl.String, "ms_on_page": pl.Int64, "ts": pl.Datetime("ms")}
+#: the topic ``lockgate sample clicks`` fills by default: the source of the README's example
+SAMPLE_TOPIC = "clicks"
 
 
-def _produce_clicks(brokers: str, count: int) -> None:
-    admin = AdminClient({"bootstrap.servers": brokers})
-    if CLICKS not in admin.list_topics(timeout=30).topics:
-        admin.create_topics([NewTopic(CLICKS, num_partitions=4, replication_factor=1)])[CLICKS].result(30)
+def produce_clicks(brokers: str, count: int, topic: str = CLICKS, *, partitions: int = 4) -> None:
+    """Create ``topic`` if it does not exist and produce ``count`` sample clicks to it, keyed by user.
+
+    Each value is a JSON object with ``user`` (``user-0`` ... ``user-199``), ``url`` (``/``,
+    ``/search``, ``/cart`` or a product page ``/p/0`` ... ``/p/39``), ``ms_on_page`` and ``ts``
+    (epoch milliseconds, 10 ms apart, ending now): the columns of :data:`SCHEMA`, and of the
+    README's example (which reads ``user``, ``url`` and ``ts``).
+    """
+    create_topic({"bootstrap.servers": brokers}, topic, partitions)
     producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20})
     rng = random.Random()
     now = int(time.time() * 1000)
     urls = ["/", "/search", "/cart"] + [f"/p/{i}" for i in range(40)]
-    for i in range(count):  # sample data for the demo, not the engine's hot path
+    for i in range(count):  # sample data, not the engine's hot path
         user = f"user-{rng.randrange(200)}"
         click = {"user": user, "url": rng.choice(urls), "ms_on_page": rng.randrange(100, 60_000), "ts": now - (count - i) * 10}
-        producer.produce(CLICKS, json.dumps(click).encode(), user.encode())
+        while True:
+            try:
+                producer.produce(topic, json.dumps(click).encode(), user.encode())
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.1)
         if i % 10_000 == 0:
             producer.poll(0)
-    producer.flush(60)
+    left = producer.flush(60)
+    if left:
+        raise BrokerError(f"{left:,} of {count:,} sample clicks to {topic!r} were not delivered in 60 s; is the broker at {brokers} up?")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def _percentiles(metrics: dict[str, Any], name: str) -> str:
+    hist = metrics.get("histograms", {}).get(name) or {}
+    if hist.get("p50") is None:
+        return "no commits yet"
+    return f"p50 {_duration(hist['p50'])}, p99 {_duration(hist['p99'])}"
+
+
+def summarize(pipeline: str, summary: RunSummary, metrics: dict[str, Any]) -> str:
+    """A few lines a person reads after a run: records, batches, dead letters, latency percentiles.
+
+    ``metrics`` is ``pipe.metrics()`` after ``summary = pipe.run(...)``.
+    """
+
+    def per(counts: dict[str, int], what: str) -> str:
+        return "; ".join(f"{n:,} {what} {label}" for label, n in sorted(counts.items())) or "0"
+
+    dlq, late = sum(metrics.get("dlq", {}).values()), sum(metrics.get("late", {}).values())
+    records_out = {t: n for t, n in metrics.get("records_out", {}).items() if t not in metrics.get("dlq", {})}
+    outputs = "; ".join(x for x in (per(records_out, "to topic"), per(metrics.get("table_rows", {}), "rows to table")) if x != "0")
+    lines = [
+        f"{pipeline}: {summary.stopped_because.replace('_', ' ')} in {summary.seconds:.1f} s",
+        f"  records in     {per(metrics.get('records_in', {}), 'from')}",
+        f"  records out    {outputs or '0'}",
+        f"  batches        {int(metrics.get('batches', 0)):,} committed, {int(metrics.get('aborts', 0)):,} aborted",
+        f"  dead letters   {dlq:,}" + (f" ({late:,} of them late)" if late else ""),
+        f"  commit         {_percentiles(metrics, 'commit_seconds')}",
+        f"  end to end     {_percentiles(metrics, 'latency_seconds')} (from a record's Kafka timestamp to its batch's commit)",
+    ]
+    return "\n".join(lines)
 
 
 def build_demo_pipeline(brokers: str, state: str) -> Pipeline:
@@ -58,19 +135,17 @@ def build_demo_pipeline(brokers: str, state: str) -> Pipeline:
 
 
 def run_demo(brokers: str, state: str, records: int = 50_000) -> pl.DataFrame:
-    """Produce ``records`` clicks, process them exactly once, return the committed table."""
+    """Produce ``records`` clicks, process them exactly once, print the output and a summary; return the table."""
     print(f"producing {records:,} sample clicks to {CLICKS!r} on {brokers} ...")
-    _produce_clicks(brokers, records)
+    produce_clicks(brokers, records)
     pipe = build_demo_pipeline(brokers, state)
     print(pipe.plan().explain())
     summary = pipe.run(until="caught_up", timeout=600)
-    print(
-        f"\ncommitted {summary.batches} micro-batches, {summary.records:,} records in {summary.seconds:.1f}s "
-        f"at {datetime.now(UTC):%H:%M:%S} UTC; metrics: {pipe.metrics()}"
-    )
     table = read_table(state, "product_views").collect()
     print(f"\ncommitted rows of table 'product_views' under {state} (lg.read_table):")
     print(table.sort("ts", descending=True).head(10))
     print("\ntop products by views:")
     print(table.group_by("product").agg(views=pl.len(), avg_seconds=pl.col("seconds").mean().round(1)).sort("views", descending=True).head(5))
+    print()
+    print(summarize(pipe.name, summary, pipe.metrics()))
     return table

@@ -262,6 +262,8 @@ class Runner:
     def _open(self) -> None:
         try:
             self._open_clients()
+        except PipelineDefinitionError:
+            raise  # lockgate's own message (a missing source topic ...): not the clients refusing an option
         except (ck.KafkaException, ValueError, TypeError) as exc:
             # librdkafka may quote a value it refuses: never let it be a secret
             raise PipelineDefinitionError(f"pipeline {self.config.name!r}: the Kafka clients refused their options: {self.config.scrub(str(exc))}") from None
