@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
+from lockgate.engine.kafka_log import kafka_logger
 from lockgate.operators.errors import BrokerError, PipelineDefinitionError
 
 __all__ = ["create_topic", "ensure_topics", "missing_topic_message", "partition_count"]
@@ -29,18 +30,20 @@ def _metadata(admin: AdminClient, brokers: str, timeout: float = 30.0) -> Any:
             f"cannot reach Kafka at {brokers} ({exc.args[0].str() if exc.args else exc}); "
             "start a local broker with `lockgate broker start` or pass brokers=..."
         ) from exc
+    finally:
+        admin.poll(0)  # an admin client's log lines (lockgate.kafka.admin) come out only through poll()
 
 
 def partition_count(options: dict[str, Any], topic: str) -> int | None:
     """Partitions of ``topic``, or None when it does not exist."""
-    md = _metadata(AdminClient({**options, "log_level": 4}), options["bootstrap.servers"])
+    md = _metadata(AdminClient({**options, "log_level": 4, "logger": kafka_logger("admin")}), options["bootstrap.servers"])
     t = md.topics.get(topic)
     return None if t is None or t.error is not None else len(t.partitions)
 
 
 def create_topic(options: dict[str, Any], topic: str, partitions: int) -> bool:
     """Create ``topic`` with ``partitions`` partitions unless it exists; True if this call created it."""
-    admin = AdminClient({**options, "log_level": 4})
+    admin = AdminClient({**options, "log_level": 4, "logger": kafka_logger("admin")})
     if topic in _metadata(admin, options["bootstrap.servers"]).topics:
         return False
     try:
@@ -67,7 +70,7 @@ def missing_topic_message(missing: list[str], brokers: str, topics: list[str]) -
 
 def ensure_topics(options: dict[str, Any], sources: list[str], sinks: list[str]) -> None:
     """Check the source topics exist; create missing sink topics with as many partitions as the widest source."""
-    admin = AdminClient({**options, "log_level": 4})
+    admin = AdminClient({**options, "log_level": 4, "logger": kafka_logger("admin")})
     md = _metadata(admin, options["bootstrap.servers"])
     missing = [t for t in sources if t not in md.topics or md.topics[t].error is not None]
     if missing:

@@ -472,6 +472,7 @@ def _wait_ready(info: BrokerInfo, timeout: float) -> None:
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
+    from lockgate.engine.kafka_log import kafka_logger
 
     deadline = time.monotonic() + timeout
     admin = None
@@ -489,7 +490,7 @@ def _wait_ready(info: BrokerInfo, timeout: float) -> None:
             )
         if _accepts(info.port):
             if admin is None:
-                admin = AdminClient({"bootstrap.servers": info.bootstrap})
+                admin = AdminClient({"bootstrap.servers": info.bootstrap, "logger": kafka_logger("admin")})
             wait = min(2.0, max(remaining, 0.1))
             try:
                 admin.list_topics(timeout=wait)

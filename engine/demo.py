@@ -36,6 +36,7 @@ import polars as pl
 from lockgate.engine.admin import create_topic
 from lockgate.engine.config import BatchPolicy
 from lockgate.engine.formats import JSON
+from lockgate.engine.kafka_log import kafka_logger
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.runner import RunSummary
 from lockgate.operators.errors import BrokerError
@@ -59,7 +60,7 @@ def produce_clicks(brokers: str, count: int, topic: str = CLICKS, *, partitions:
     README's example (which reads ``user``, ``url`` and ``ts``).
     """
     create_topic({"bootstrap.servers": brokers}, topic, partitions)
-    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20})
+    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "logger": kafka_logger("producer")})
     rng = random.Random()
     now = int(time.time() * 1000)
     urls = ["/", "/search", "/cart"] + [f"/p/{i}" for i in range(40)]
