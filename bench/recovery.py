@@ -83,7 +83,7 @@ print(json.dumps({"child_start": t0, "imports_s": t_import - t0, "end": t_end, "
 
 
 def _produce(brokers: str, topic: str, start: int, count: int) -> None:
-    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4"})
+    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4", "enable.idempotence": True})
     for i in range(start, start + count):  # setup data, not timed
         while True:
             try:

@@ -92,7 +92,7 @@ def setup(brokers: str, topic: str, records: int, compression: str) -> dict[str,
             "compression.type": compression,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
-            "enable.idempotence": False,
+            "enable.idempotence": True,  # a retried request never lands after later ones (the oracle assumes write order)
             "acks": "all",
         }
     )

@@ -177,7 +177,7 @@ def produce(brokers: str, topic: str, events: pl.DataFrame, compression: str) ->
             "compression.type": compression,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
-            "enable.idempotence": False,
+            "enable.idempotence": True,  # a retried request never lands after later ones (the oracle assumes write order)
             "acks": "all",
         }
     )

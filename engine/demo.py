@@ -60,7 +60,10 @@ def produce_clicks(brokers: str, count: int, topic: str = CLICKS, *, partitions:
     README's example (which reads ``user``, ``url`` and ``ts``).
     """
     create_topic({"bootstrap.servers": brokers}, topic, partitions)
-    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "logger": kafka_logger("producer")})
+    # Idempotent, so each partition keeps the order it was written in: librdkafka's default is
+    # off, and a plain producer's retried request (e.g. "Not leader for partition" on a topic just
+    # made) lands after the ones behind it, which a windowed reader rightly counts late.
+    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True, "logger": kafka_logger("producer")})
     rng = random.Random()
     now = int(time.time() * 1000)
     urls = ["/", "/search", "/cart"] + [f"/p/{i}" for i in range(40)]

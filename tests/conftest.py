@@ -55,9 +55,20 @@ def make_topic(brokers: str) -> Callable[..., str]:
     return make
 
 
+def ordered_producer(brokers: str, options: dict | None = None) -> ck.Producer:
+    """A producer that keeps each partition in the order it was written (idempotent).
+
+    librdkafka's default is not idempotent: a request that fails with a retriable
+    error (``Not leader for partition`` on a fresh broker's new topic) is retried
+    after the requests behind it were stored, so a partition's first records can land
+    after later ones.  Event-time windows then rightly count them late.
+    """
+    return ck.Producer({"bootstrap.servers": brokers, **(options or {}), "enable.idempotence": True})
+
+
 def produce(brokers: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | str | None] | None = None) -> None:
     """Produce values (and keys) to ``topic``, non-transactionally, and wait for delivery."""
-    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "partitioner": "murmur2_random"})
+    producer = ordered_producer(brokers, {"linger.ms": 20, "partitioner": "murmur2_random"})
     for i, value in enumerate(values):
         while True:
             try:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import confluent_kafka as ck
 import polars as pl
 import pytest
 
 import lockgate as lg
-from tests.conftest import json_values, produce
+from tests.conftest import json_values, ordered_producer, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -18,7 +17,7 @@ PAYMENTS = {"card": pl.String, "amount": pl.Int64}
 
 
 def _limits(brokers: str, topic: str, rows: list[tuple[str, int | None]]) -> None:
-    producer = ck.Producer({"bootstrap.servers": brokers})
+    producer = ordered_producer(brokers)  # the latest value per key is the last one written
     for card, limit in rows:  # None: a tombstone
         producer.produce(topic, None if limit is None else json.dumps({"card": card, "limit": limit}).encode(), card.encode())
     assert producer.flush(30) == 0

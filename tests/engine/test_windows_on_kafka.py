@@ -6,7 +6,6 @@ import json
 import random
 from typing import Any
 
-import confluent_kafka as ck
 import lance
 import polars as pl
 import pytest
@@ -14,7 +13,7 @@ from lockgate.storage.state import state_uri
 from lockgate.storage.tables import CommitLog, table_uri
 
 import lockgate as lg
-from tests.conftest import read_committed, same_rows
+from tests.conftest import ordered_producer, read_committed, same_rows
 
 pytestmark = pytest.mark.kafka
 
@@ -44,7 +43,7 @@ def produce_events(
     with ``flush_per_partition``, of ``__flush0``, ``__flush1``, ...: a topic truly keyed
     by user, as a source with ``key="user"`` declares.
     """
-    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "partitioner": "murmur2_random"})
+    producer = ordered_producer(brokers, {"linger.ms": 20, "partitioner": "murmur2_random"})
     for e in events:
         while True:
             try:
@@ -175,7 +174,7 @@ def test_a_read_out_partition_goes_idle_after_a_restart_so_the_other_closes_its_
         return [{"user": f"u{partition}-{rng.randrange(20)}", "url": "/", "amount": rng.randrange(9), "ts": t, "p": partition} for t in ts]
 
     def send(batch: list[dict]) -> None:
-        producer = ck.Producer({"bootstrap.servers": brokers})
+        producer = ordered_producer(brokers)
         for e in batch:
             producer.produce(topic, json.dumps(e).encode(), e["user"].encode(), partition=e["p"])
         assert producer.flush(30) == 0
