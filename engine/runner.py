@@ -331,12 +331,12 @@ class Runner:
                         if self._process(raw):
                             batches += 1
                             records += n
-                        if on_batch is not None:
-                            on_batch(self.metrics.snapshot())
                     else:
                         self.metrics.add("empty_polls")
                         self._settle()
                         self._flush_marks()
+                    if on_batch is not None:  # after empty polls too: a progress display's clock and rate move on
+                        on_batch(self.metrics.snapshot())
                     del raw  # the collection below need not walk its columns
                     if max_batches is not None and batches >= max_batches:
                         reason = "max_batches"

@@ -172,3 +172,21 @@ def test_a_run_in_a_terminal_shows_the_bar_and_a_piped_one_shows_none(brokers, m
     out, err = _run_in(tmp_path, brokers, source, f"progress-pipe-{unique}", terminal=False)
     assert "ran 20000 isatty False" in out
     assert "records/s" not in err and "\r" not in err and "%|" not in err, err
+
+
+@pytest.mark.kafka
+def test_the_display_is_called_after_empty_polls_too_so_its_clock_moves_while_nothing_arrives(brokers, make_topic, tmp_path, unique):
+    import threading
+
+    import polars as pl
+    from lockgate.engine.runner import Runner
+
+    import lockgate as lg
+
+    source = make_topic(f"quiet-{unique}", partitions=1)
+    pipe = lg.Pipeline(f"quiet-{unique}", brokers=brokers, state=str(tmp_path / "state"), batch=lg.BatchPolicy(max_wait="50ms"))
+    pipe.source(source, format=lg.JSON(schema={"n": pl.Int64})).to_table("numbers")
+    calls: list[dict] = []
+    summary = Runner(pipe.config, pipe.plan(), pipe._metrics, threading.Event()).run(timeout=3.0, on_batch=calls.append)
+    assert summary.records == 0 and summary.stopped_because == "timeout"
+    assert len(calls) >= 3, f"{len(calls)} display updates in 3 s of empty polls"
