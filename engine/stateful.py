@@ -177,16 +177,60 @@ class WindowRuntime:
         self.states[node.name] = result.state
         self.pending[node.name] = result
         if result.late.height:
-            self.late.append(
-                _dead(
-                    result.late,
-                    node.name,
-                    "late",
-                    f"window {node.name!r}: the record's windows closed at watermark {watermark} ms "
-                    f"(allowed lateness {node.spec.allowed_lateness_ms} ms)",
-                )
-            )
+            self.late.append(self._late_letters(node, result.late, watermark))
         return result.emitted
+
+    def _late_letters(self, node: WindowNode, late: pl.DataFrame, watermark: int | None) -> pl.DataFrame:
+        """Late rows as dead letters, each saying why: its own partition's disorder, or the others' watermark.
+
+        A record that lies more than the watermark delay behind its own partition's
+        latest event time is late on its partition alone: the partition is out of order
+        by more than ``watermark=`` (a producer without ``enable.idempotence=true``
+        stores a retried request after the ones behind it).  Otherwise its partition had
+        counted as idle while the other partitions moved the watermark past it.  The
+        first case is also logged once per batch and partition, as a WARNING.
+        """
+        assert node.spec is not None and node.source is not None
+        head = (
+            f"window {node.name!r}: the record's windows closed at watermark {watermark} ms "
+            f"(allowed lateness {node.spec.allowed_lateness_ms} ms)"
+        )
+        if not {"_topic", "_partition"} <= set(late.columns):  # a select before the window dropped them
+            return _dead(late, node.name, "late", head)
+        tracker = self.trackers[node.source.name]
+        delay = tracker.delay_ms
+        known = [(tp, v) for tp, v in tracker.max_event.items() if v is not None]
+        latest = pl.DataFrame(
+            {"_topic": [tp[0] for tp, _ in known], "_partition": [tp[1] for tp, _ in known], "__lg_latest": [v for _, v in known]},
+            schema={"_topic": pl.String, "_partition": pl.Int32, "__lg_latest": pl.Int64},
+        )
+        rows = late.join(latest.cast({"_partition": late.schema["_partition"]}), on=["_topic", "_partition"], how="left")
+        behind = (pl.col("__lg_latest") - pl.col(_TIME)).alias("__lg_behind")
+        rows = rows.with_columns(behind)
+        message = rows.select(
+            pl.when(pl.col("__lg_behind") > delay)
+            .then(pl.format(
+                head + "; its own partition had already delivered event time {} ms, {} ms after this record: the partition "
+                f"is out of order by more than watermark={delay} ms (is the producer idempotent?)",
+                pl.col("__lg_latest"), pl.col("__lg_behind"),
+            ))
+            .otherwise(pl.lit(head + "; its partition had counted as idle (no records to read for idle_timeout) "
+                                     "while the other partitions moved the watermark past it"))
+        ).to_series()
+        disorder = (
+            rows.filter(pl.col("__lg_behind") > delay)
+            .group_by("_topic", "_partition").agg(pl.len(), pl.col("__lg_behind").max())
+            .sort("_topic", "_partition")
+        )
+        for topic, partition, count, most in disorder.iter_rows():  # one line per partition, not per record
+            log.warning(
+                "window %s: %d records of %s[%d] came up to %d ms behind that partition's latest event time, more than "
+                "its watermark delay of %d ms, so they are late (dead letters, reason 'late'). A producer without "
+                "enable.idempotence=true can store a retried request after later ones; if the disorder is real, raise "
+                "watermark= on pipe.source or allowed_lateness= on the window.",
+                node.name, count, topic, partition, most, delay,
+            )
+        return _dead(late, node.name, "late", message)
 
     def _check_keyed(self, node: WindowNode, frame: pl.DataFrame) -> None:
         """A window keeping state per partition trusts the source's ``key=``: a key on two partitions breaks that."""
@@ -233,8 +277,8 @@ class WindowRuntime:
         return {name: st.nbytes for name, st in self.states.items()}
 
 
-def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str) -> pl.DataFrame:
-    """Rows that a window could not take, as dead letters (the value is the row as JSON)."""
+def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str | pl.Series) -> pl.DataFrame:
+    """Rows that a window could not take, as dead letters (the value is the row as JSON; one message, or one per row)."""
     meta = {c: rows[c] for c in _META if c in rows.columns}
     payload_cols = [c for c in rows.columns if c not in _META and not c.startswith("__") and "Binary" not in str(rows.schema[c])]
     value = (
@@ -246,6 +290,7 @@ def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str) -> pl.Da
         **{c: meta.get(c, pl.Series(c, [None] * rows.height, dtype=DEAD_LETTER_SCHEMA[c])) for c in _META},
         "value": value,
     })
+    error = pl.lit(message) if isinstance(message, str) else pl.lit(message.alias("error"))
     return out.with_columns(
-        pl.lit(reason).alias("reason"), pl.lit(message).alias("error"), pl.lit(operator).alias("operator")
+        pl.lit(reason).alias("reason"), error.alias("error"), pl.lit(operator).alias("operator")
     ).select(list(DEAD_LETTER_SCHEMA)).cast(DEAD_LETTER_SCHEMA)  # type: ignore[arg-type]
