@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 import polars as pl
 import pytest
 from lockgate.engine import broker
+from lockgate.engine.kafka_log import kafka_logger
 from lockgate.engine.source import KafkaSource
 from lockgate.engine.transaction import EpochTransaction, TransactionAborted
 
@@ -161,7 +162,7 @@ def test_on_a_freshly_formatted_broker_every_run_from_scratch_is_exact_also_when
         for run in range(3):
             events = make_events(60_000, seed=40 + run)
             topic = f"fresh-{run}-{unique}"
-            admin = AdminClient({"bootstrap.servers": bootstrap})
+            admin = AdminClient({"bootstrap.servers": bootstrap, "logger": kafka_logger("admin")})  # alive through the kill
             admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
             produce_events(bootstrap, topic, events)
             state = str(tmp_path / f"state-{run}")
