@@ -36,19 +36,10 @@ from tests.engine.test_windows_on_kafka import (
     oracle_minutes,
     oracle_sessions,
     produce_events,
+    quickly_idle_minutes,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-def minutes_quickly_idle(name: str, brokers: str, state: str, topic: str) -> lg.Pipeline:
-    """Per-minute windows from a source whose partitions count as idle after 300 ms without records."""
-    pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=500, max_wait="40ms"))
-    src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", idle_timeout="300ms")
-    src.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
-        n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
-    ).to_table("per_minute")
-    return pipe
 
 
 def test_a_partition_paused_for_seconds_holds_the_watermark_back_through_an_aborted_first_epoch(
@@ -93,7 +84,7 @@ def test_a_partition_paused_for_seconds_holds_the_watermark_back_through_an_abor
     monkeypatch.setattr(KafkaSource, "poll", poll)
     monkeypatch.setattr(EpochTransaction, "commit_kafka", commit_kafka)
 
-    pipe = minutes_quickly_idle(f"paused-{unique}", brokers, state_dir, topic)
+    pipe = quickly_idle_minutes(f"paused-{unique}", brokers, state_dir, topic, max_records=500, idle_timeout="300ms")
     summary = pipe.run(until="caught_up", timeout=300)
     assert aborted and "at" in resumed, (aborted, resumed)
     assert pipe.metrics()["aborts"] == 1

@@ -140,10 +140,10 @@ def test_tumbling_and_session_windows_equal_the_oracle_through_a_restart(brokers
     assert same_rows(lg.read_table(state_dir, "per_minute").collect(), minutes)
 
 
-def quickly_idle_minutes(name: str, brokers: str, state: str, topic: str, max_records: int) -> lg.Pipeline:
-    """Per-minute windows into the table ``per_minute``, from a source whose partitions are idle after 1 ms without records."""
+def quickly_idle_minutes(name: str, brokers: str, state: str, topic: str, max_records: int, idle_timeout: str = "1ms") -> lg.Pipeline:
+    """Per-minute windows into the table ``per_minute``, from a source whose partitions are idle after ``idle_timeout`` without records."""
     pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=max_records, max_wait="50ms"))
-    src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", idle_timeout="1ms")
+    src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", idle_timeout=idle_timeout)
     src.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
         n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
     ).to_table("per_minute")
