@@ -2,7 +2,7 @@
 
 Examples
 --------
->>> from lockgate.engine.metrics import Metrics
+>>> from lockgate.engine.metrics import STAGES, Metrics
 >>> m = Metrics()
 >>> m.add("records_in", 3, topic="clicks")
 >>> m.snapshot()["records_in"]
@@ -15,6 +15,12 @@ Examples
 >>> q = m.snapshot()["histograms"]["latency_seconds"]
 >>> abs(q["p50"] - 0.5) <= 0.005, abs(q["p99"] - 0.99) <= 0.0099   # within 1 %
 (True, True)
+
+Each stage of an epoch has its own histogram (``STAGES``), one value per committed epoch:
+
+>>> m.observe("stage_prepare_seconds", 0.004)
+>>> sorted(STAGES)[:3], m.snapshot()["histograms"]["stage_prepare_seconds"]["p99"]
+(['stage_commit_seconds', 'stage_decode_seconds', 'stage_mark_seconds'], 0.004)
 """
 
 from __future__ import annotations
@@ -27,10 +33,31 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Metrics"]
+__all__ = ["STAGES", "Metrics"]
 
 _PER_LABEL = ("records_in", "records_out", "dlq", "table_rows", "late")
 _TOTALS = ("batches", "commits", "aborts", "empty_polls")
+#: the stages of an epoch, each a histogram in seconds: name -> where it starts and ends.
+#: The runner observes every stage of an epoch when the epoch's Kafka commit has succeeded
+#: (``stage_mark_seconds`` when its mark is written), so after a run each count is the number
+#: of committed batches.  Timing is a clock read at each end, per batch: nothing per record.
+STAGES = {
+    "stage_wait_seconds": "the call of the poll that returned the batch, to the batch closed (max_records, max_bytes or max_wait)",
+    # librdkafka's consume(n, timeout) returns when it has n records or at its timeout, so "first records" is when
+    # the first consume call that brought records returned: on a busy input that call takes max_wait by itself
+    "stage_wait_first_seconds": "the call of that poll to the return of its first consume call that brought records",
+    "stage_wait_fill_seconds": "that return to the batch closed (further consume calls, until the batch was full or max_wait)",
+    "stage_decode_seconds": "the batch's processing starting (just after the poll) to decoded frames (with one source topic, "
+    "chunks decode on a thread during the poll: this is what is left)",
+    "stage_operators_seconds": "decoded frames to the epoch built: changelog refresh, operators and window folds, encoding the outputs",
+    "stage_settle_wait_seconds": "the runner blocked on the epoch's commit thread when it settled the epoch (before the next "
+    "epoch's commit may start, after an empty poll, or at the end of the run): the next batch waits here",
+    "stage_prepare_seconds": "EpochTransaction.prepare: the LanceDB appends of table rows, state deltas and prepare records (commit thread)",
+    "stage_produce_seconds": "EpochTransaction.produce: begin_transaction and queueing the outputs (commit thread)",
+    "stage_commit_seconds": "send_offsets_to_transaction + commit_transaction (which waits for the queued outputs to be acknowledged)",
+    "stage_mark_seconds": "the LanceDB write that carried the epoch's commit mark: the next epoch's commit-log append "
+    "(it travels there, inside stage_prepare) or, with no batch following, its own mark append",
+}
 #: histogram bucket bounds, in seconds
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
 #: the percentiles ``snapshot()`` reports per histogram, as ``p50`` and ``p99``
@@ -88,6 +115,7 @@ class _Histogram:
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {"buckets": list(zip(BUCKETS, self.counts, strict=True)), "sum": self.sum, "count": self.count}
+        out.update(min=self.min if self.count else None, max=self.max if self.count else None)
         out.update({f"p{round(q * 100)}": self.quantile(q) for q in QUANTILES})
         return out
 
@@ -130,7 +158,7 @@ class Metrics:
                 self._histograms[name].observe(value)
 
     def snapshot(self) -> dict[str, Any]:
-        """A copy of every counter, gauge and histogram (each with its ``p50`` and ``p99``, in seconds)."""
+        """A copy of every counter, gauge and histogram (each with its ``p50``, ``p99``, ``min`` and ``max``, in seconds)."""
         with self._lock:
             out: dict[str, Any] = {k: dict(v) for k, v in self._labelled.items()}
             out.update(self._totals)

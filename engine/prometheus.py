@@ -14,6 +14,12 @@ Examples
 True
 >>> 'lockgate_batch_duration_seconds_count{pipeline="demo"} 1.0' in text
 True
+
+Each stage of an epoch is one series of ``lockgate_stage_duration_seconds``:
+
+>>> m.observe("stage_prepare_seconds", 0.004)
+>>> 'lockgate_stage_duration_seconds_count{pipeline="demo",stage="prepare"} 1.0' in exposition("demo", m)
+True
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from lockgate.engine.metrics import Metrics
+from lockgate.engine.metrics import STAGES, Metrics
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -50,7 +56,7 @@ _TOTALS = {
 _HISTOGRAMS = {
     "batch_seconds": ("lockgate_batch_duration_seconds", "Poll end to outputs produced, per micro-batch."),
     "commit_seconds": ("lockgate_commit_duration_seconds", "Kafka commit (offsets + commit_transaction), per micro-batch."),
-    "latency_seconds": ("lockgate_end_to_end_latency_seconds", "Kafka timestamp of each record to the commit of its batch."),
+    "latency_seconds": ("lockgate_end_to_end_latency_seconds", "Kafka timestamp of each record to the Kafka commit of its batch."),
     "event_latency_seconds": ("lockgate_event_time_latency_seconds", "Event time of each record to the commit of its batch."),
 }
 
@@ -74,16 +80,22 @@ class PipelineCollector(Collector):
             family = CounterMetricFamily(name, doc, labels=["pipeline"])
             family.add_metric([p], snap.get(key, 0))
             yield family
+        histograms = snap.get("histograms", {})
         for key, (name, doc) in _HISTOGRAMS.items():
-            hist = snap.get("histograms", {}).get(key)
             family = HistogramMetricFamily(name, doc, labels=["pipeline"])
-            if hist is not None:
-                cumulative, running = [], 0
-                for bound, count in hist["buckets"]:
-                    running += count
-                    cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
-                family.add_metric([p], cumulative, hist["sum"])
+            if key in histograms:
+                family.add_metric([p], *_cumulative(histograms[key]))
             yield family
+        stages = HistogramMetricFamily(
+            "lockgate_stage_duration_seconds",
+            "Time of each stage of an epoch (stage label: wait, wait_first, wait_fill, decode, operators, settle_wait, "
+            "prepare, produce, commit, mark), per committed micro-batch.",
+            labels=["pipeline", "stage"],
+        )
+        for key in STAGES:
+            if key in histograms:
+                stages.add_metric([p, key.removeprefix("stage_").removesuffix("_seconds")], *_cumulative(histograms[key]))
+        yield stages
         lag = GaugeMetricFamily("lockgate_consumer_lag", "Records not yet read, per assigned input partition.", labels=["pipeline", "topic", "partition"])
         for (topic, partition), value in sorted(snap.get("lag", {}).items()):
             lag.add_metric([p, topic, str(partition)], value)
@@ -96,6 +108,15 @@ class PipelineCollector(Collector):
         for operator, value in sorted(snap.get("state_bytes", {}).items()):
             size.add_metric([p, operator], value)
         yield size
+
+
+def _cumulative(hist: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
+    """A metrics() histogram as Prometheus wants it: cumulative bucket counts, and the sum."""
+    cumulative, running = [], 0
+    for bound, count in hist["buckets"]:
+        running += count
+        cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return cumulative, hist["sum"]
 
 
 def _registry(pipeline: str, metrics: Metrics) -> CollectorRegistry:

@@ -118,6 +118,22 @@ def execute(
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
 
 
+@dataclass(frozen=True)
+class _Polled:
+    """When the poll that returned a batch was called, when its first records came, and when it closed (monotonic)."""
+
+    asked: float
+    first: float | None
+    closed: float
+
+    def stages(self) -> dict[str, float]:
+        """The waiting stages of the batch (``stage_wait*_seconds``)."""
+        out = {"wait": self.closed - self.asked}
+        if self.first is not None:
+            out.update(wait_first=self.first - self.asked, wait_fill=self.closed - self.first)
+        return out
+
+
 def _first_offsets(ranges: Iterable[PartitionRange]) -> dict[tuple[str, int], int]:
     """Where each partition of a batch starts: the positions to rewind to."""
     return {(r.topic, r.partition): r.first_offset for r in ranges}
@@ -320,7 +336,9 @@ class Runner:
                     if timeout is not None and time.monotonic() - started > timeout:
                         reason = "timeout"
                         break
+                    asked = time.monotonic()
                     raw = self.source.poll(self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None)
+                    polled = _Polled(asked, self.source.batch_first_at, time.monotonic())
                     n = len(raw)
                     if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
                         continue  # the batch was rewound, to be read again
@@ -328,7 +346,7 @@ class Runner:
                     if n:
                         first_record = first_record or self.source.first_record_at
                         faults.crash_point("after_poll")
-                        if self._process(raw):
+                        if self._process(raw, polled):
                             batches += 1
                             records += n
                     else:
@@ -509,11 +527,12 @@ class Runner:
             tables,
         )
 
-    def _process(self, raw: RawBatch) -> bool:
+    def _process(self, raw: RawBatch, polled: _Polled | None = None) -> bool:
         """Decode, run and commit one batch; False when it was dropped to be redone."""
         assert self.source is not None and self.producer is not None
         t0 = time.monotonic()
         meta, inputs, dead = self._decode(raw)
+        decoded = time.monotonic()
         faults.crash_point("after_decode")
         now = time.monotonic()
         for table in self.changelogs.values():
@@ -539,9 +558,13 @@ class Runner:
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
             timestamps_ms=meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=self._event_times_ms(inputs),
         )
+        built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
         txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
+        txn.seconds.update(decode=decoded - t0, operators=built - decoded)
+        if polled is not None:
+            txn.seconds.update(polled.stages())
         self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
         self.pending_marks = []
         self.inflight = (txn, _in_thread(lambda: _commit_epoch(txn), f"lockgate-commit-{self.config.name}-{epoch.number}"))
@@ -616,9 +639,14 @@ class Runner:
         """
         if self.inflight is None:
             return True
+        waiting = time.monotonic()
         self._wait_inflight()
         txn, future = self.inflight
         self.inflight = None
+        txn.seconds["settle_wait"] = time.monotonic() - waiting
+        if txn.marks and txn.log_append_seconds is not None:  # the marks it carried are written, whatever its outcome
+            for _ in txn.marks:  # usually one: scalar observations are the cheap ones
+                self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
         try:
             future.result()
         except TransactionAborted as exc:
@@ -657,13 +685,19 @@ class Runner:
     def _flush_marks(self) -> None:
         """Write the pending commit marks alone (no batch follows to carry them)."""
         for epoch in self.pending_marks:
+            started = time.monotonic()
             self.log.mark(self.config.name, epoch=epoch.number, batch_id=epoch.batch_id)
+            self.metrics.observe("stage_mark_seconds", time.monotonic() - started)
         self.pending_marks = []
 
     def _observe_commit(self, txn: EpochTransaction) -> None:
         if txn.commit_seconds is not None:
             self.metrics.observe("commit_seconds", txn.commit_seconds)
-        now_ms = time.time() * 1000
+        # one clock difference per stage and epoch (metrics.STAGES); a copy, as a replaced hung producer's thread may still write
+        for stage, seconds in dict(txn.seconds).items():
+            self.metrics.observe(f"stage_{stage}_seconds", seconds)
+        # to when the Kafka commit returned, not to when the runner got round to settling the epoch
+        now_ms = (txn.committed_at or time.time()) * 1000
         for name, times in (("latency_seconds", txn.epoch.timestamps_ms), ("event_latency_seconds", txn.epoch.event_times_ms)):
             if times is not None and len(times):
                 self.metrics.observe(name, np.maximum(now_ms - times, 0) / 1000)

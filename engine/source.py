@@ -158,6 +158,7 @@ class KafkaSource:
         self.admin_options = admin_options
         self.admin: Any = None
         self.first_record_at: float | None = None  # monotonic time a consume first returned records
+        self.batch_first_at: float | None = None  # monotonic time the last poll's first records came (stage_wait_first_seconds)
         self.assignment = _Assignment()
         #: where each partition starts (its committed offset; None: from its first offset), as last asked
         self.starts: dict[tuple[str, int], int | None] = {}
@@ -191,6 +192,7 @@ class KafkaSource:
         prepared: list[tuple[int, Any]] = []
         count = nbytes = 0
         deadline: float | None = None
+        self.batch_first_at = None
         self.assignment.revoked.clear()
         while count < policy.max_records and nbytes < policy.max_bytes:
             now = time.monotonic()
@@ -208,6 +210,7 @@ class KafkaSource:
                     self.first_record_at = time.monotonic()
                 if deadline is None:
                     deadline = now + policy.max_wait_s
+                    self.batch_first_at = time.monotonic()
                 size = sum(map(len, got))
                 full = nbytes + size > policy.max_bytes and count + len(got) > 1
                 if full:

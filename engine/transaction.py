@@ -230,6 +230,13 @@ class EpochTransaction:
         self.state = "new"
         self.error: BaseException | None = None
         self.commit_seconds: float | None = None
+        #: how long each stage of this epoch took, in seconds (``stage_<name>_seconds`` in the metrics):
+        #: the runner puts in its own (wait, decode, operators); prepare, produce and commit are timed here
+        self.seconds: dict[str, float] = {}
+        #: how long the commit-log append of ``prepare`` took: it also carries ``marks``
+        self.log_append_seconds: float | None = None
+        #: wall-clock time (``time.time()``) when the Kafka commit returned: the end of end-to-end latency
+        self.committed_at: float | None = None
 
     def _expect(self, *states: str) -> None:
         if self.state == "failed":
@@ -248,6 +255,7 @@ class EpochTransaction:
         (``marks``) travel in the same append as this epoch's prepare records.
         """
         self._expect("new")
+        started = time.monotonic()
         try:
             versions = {}
             for table, frame in self.epoch.tables:
@@ -259,6 +267,7 @@ class EpochTransaction:
                 )
                 if version is not None:
                     versions[f"state:{delta.store.spec.name}"] = version
+            appending = time.monotonic()
             self.log.prepare(
                 self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
                 marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times,
@@ -268,16 +277,21 @@ class EpochTransaction:
             self._fail(exc)
             raise
         self.state = "prepared"
+        ended = time.monotonic()
+        self.log_append_seconds = ended - appending
+        self.seconds["prepare"] = ended - started
 
     def produce(self) -> None:
         """Begin the Kafka transaction and queue the outputs."""
         self._expect("prepared")
+        started = time.monotonic()
         p = self.producer
         with self._kafka_step():
             p._retry("begin_transaction", p.producer.begin_transaction)
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
+        self.seconds["produce"] = time.monotonic() - started
 
     def commit_kafka(self) -> None:
         """Add the input offsets to the Kafka transaction and commit it: the decision point of the epoch.
@@ -295,7 +309,8 @@ class EpochTransaction:
             faults.crash_point("after_produce")
             p._retry("commit_transaction", lambda: p.producer.commit_transaction(timeout))
         self.state = "committed"
-        self.commit_seconds = time.monotonic() - started
+        self.committed_at = time.time()
+        self.commit_seconds = self.seconds["commit"] = time.monotonic() - started
         faults.crash_point("after_commit")
 
     def mark(self) -> None:

@@ -1,0 +1,62 @@
+"""Per-stage latency: every stage of an epoch has a histogram in ``pipe.metrics()`` and on the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import polars as pl
+import pytest
+from lockgate.engine.metrics import STAGES
+from lockgate.engine.prometheus import exposition
+
+import lockgate as lg
+from tests.conftest import produce
+
+pytestmark = pytest.mark.kafka
+
+RUNNER_THREAD = ("stage_wait_seconds", "stage_decode_seconds", "stage_operators_seconds", "stage_settle_wait_seconds")
+COMMIT_THREAD = ("stage_prepare_seconds", "stage_produce_seconds", "stage_commit_seconds")
+
+
+def test_every_stage_of_an_epoch_has_one_value_per_committed_batch_and_the_stages_fit_in_the_run(
+    brokers, make_topic, tmp_path, unique
+):
+    source = make_topic(f"stages-in-{unique}", partitions=2)
+    base = 1_700_000_000_000
+    rows = [{"k": f"k{i % 50}", "v": i, "ts": base + i * 10} for i in range(20_000)]
+    produce(brokers, source, [json.dumps(r).encode() for r in rows], [r["k"] for r in rows])
+    name = f"stages-{unique}"
+    pipe = lg.Pipeline(name, brokers=brokers, state=str(tmp_path / "state"), batch=lg.BatchPolicy(max_records=2_000, max_wait="30ms"))
+    events = pipe.source(source, format=lg.JSON(schema={"k": pl.String, "v": pl.Int64, "ts": pl.Int64}), event_time="ts", watermark="1s")
+    counts = events.window(lg.Tumbling("10s"), by="k", emit="update").agg(n=pl.len(), total=pl.col("v").sum())
+    counts.to_kafka(f"{name}-out", key="k")
+    counts.to_table("counts")
+
+    summary = pipe.run(until="caught_up", timeout=120)
+
+    snap = pipe.metrics()
+    hist = snap["histograms"]
+    batches = snap["batches"]
+    assert summary.records == 20_000 and batches == summary.batches >= 5, (summary, batches)
+    assert set(STAGES) <= set(hist), sorted(set(STAGES) - set(hist))
+    for stage in STAGES:
+        h = hist[stage]
+        assert h["count"] == batches, f"{stage}: {h['count']} values for {batches} committed batches"
+        assert h["min"] > 0 and h["p50"] > 0 and h["p99"] >= h["p50"], (stage, h)
+        assert h["sum"] <= summary.seconds, f"{stage}: {h['sum']:.3f} s in a run of {summary.seconds:.3f} s"
+    # one runner thread, and one commit thread at a time: each thread's stages add up to less than the run
+    assert sum(hist[s]["sum"] for s in RUNNER_THREAD) <= summary.seconds
+    assert sum(hist[s]["sum"] for s in COMMIT_THREAD) <= summary.seconds
+    # waiting for records = waiting for the first of them + filling the batch; the commit stage is the commit histogram
+    assert math.isclose(hist["stage_wait_first_seconds"]["sum"] + hist["stage_wait_fill_seconds"]["sum"], hist["stage_wait_seconds"]["sum"])
+    assert math.isclose(hist["stage_commit_seconds"]["sum"], hist["commit_seconds"]["sum"])
+    assert hist["latency_seconds"]["count"] == 20_000  # end to end: one value per record
+
+    text = exposition(name, pipe._metrics)  # what lockgate run --metrics-port serves
+    exposed = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(rf'lockgate_stage_duration_seconds_count{{pipeline="{name}",stage="(\w+)"}} (\S+)', text)
+    }
+    assert exposed == {s.removeprefix("stage_").removesuffix("_seconds"): float(batches) for s in STAGES}, exposed
