@@ -1,0 +1,531 @@
+"""End-to-end latency of a keyed tumbling-window count, exactly once: lockgate, Kafka Streams and the floor, same broker, same run.
+
+Workload, per engine run (each on a fresh 4-partition input topic and a fresh output topic):
+an idempotent producer (``enable.idempotence``: a partition keeps its write order) writes
+R records/s (``--rate``/``--rates``) for S seconds (``--seconds``) of JSON
+``{"k": <one of 1,000 keys>, "v": <sequence number>, "ts": <wall clock ms>}`` keyed by ``k``,
+paced in 10 ms slices (every slice produces the records that are due), ``ts`` is the event time.
+
+Pipeline: tumbling 10 s event-time windows by ``k``, count and sum of ``v``, emit on every
+update, to a Kafka topic, exactly once.
+
+(a) Kafka Streams 4.1 (``bench/peers/kstreams``, built with ``mvn -q package`` on the first run,
+    run on the machine's JDK): ``exactly_once_v2``, ``groupByKey``,
+    ``TimeWindows.ofSizeWithNoGrace(10 s)`` on ``ts`` (a timestamp extractor), count + sum,
+    ``toStream`` -> JSON ``{"k", "window_start", "count", "sum"}``.  Record caching is off
+    (``statestore.cache.max.bytes=0``) so that every update is emitted, as "emit on every
+    update" asks; with the cache on it would emit less often.  Once on its defaults
+    (``commit.interval.ms`` 100 under EOS), once with ``commit.interval.ms`` = the cadence.
+(b) the floor: the cheapest exactly-once consume-transform-produce loop on confluent-kafka in
+    Python: a read_committed consumer, a transactional producer that forwards each input
+    value as it is (no decode), one transaction per cadence (opened by the first record,
+    committed ``cadence`` later with the consumer's offsets).  No exactly-once pipeline on
+    this client can beat it.
+(c) lockgate: ``source(JSON, event_time="ts").window(Tumbling("10s"), by="k", emit="update")
+    .agg(count=pl.len(), sum=pl.col("v").sum()).to_kafka(out, key="k")``, once with
+    ``BatchPolicy()`` (defaults), once with ``BatchPolicy(max_wait=<cadence>)``.
+
+The cadence (``--cadence-ms``) defaults to lockgate's default ``max_wait``; when it equals
+both defaults (Kafka Streams' EOS ``commit.interval.ms`` is 100 ms, lockgate's ``max_wait``
+is 100 ms) the "equal cadence" runs would repeat the default runs and are not run twice:
+the table says so.
+
+Each engine runs in a process of its own (a JVM, or a fresh Python interpreter), the
+read_committed reader in another one (no shared GIL), the producer in this one.  The reader
+starts at the beginning of the output topic and keeps, per ``consume`` call, its wall-clock
+receive time and the raw values; they are decoded after the run.  Before the measured
+producer starts, probe records (``k`` = -1, not counted) are produced until the reader sees
+an output for one: the engine has joined its group and runs.
+
+Latency (Polars, whole frames): input record i of a (key, window), in produce order, is
+reflected at the first receive time of an output row of that window with count >= i
+(outputs per (key, window) in receive order, cumulative maximum of count, ``join_asof``
+forward on count); its latency is that time minus its ``ts`` (the produce wall time,
+whole ms).  For the floor, the time the reader first sees the forwarded record.  Records
+produced in the first ``--warmup`` seconds (10) are not measured.  Completeness: for every
+(key, window) the highest count seen must equal the number of records produced (the floor:
+every sequence number seen, none twice); a run that loses or double-counts records is a
+FAILURE and says so.
+
+Medians of ``--runs`` runs.  lockgate's own histograms (``pipe.metrics()["histograms"]``,
+the whole run including warm-up) are printed beside its end-to-end figures: per-stage
+``stage_<name>_seconds`` when the engine has them, otherwise what it has.
+
+Usage::
+
+    python bench/latency.py [--brokers HOST:PORT] [--rates 50000,10000] [--seconds 40] [--runs 3]
+                            [--cadence-ms 100] [--engines kstreams,floor,lockgate] [--out bench/results]
+
+Targets (issue 12): lockgate p99 <= 0.9 x Kafka Streams p99 (defaults, and equal cadence), at
+50k and 10k ev/s; the goal beyond is 0.5 x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka as ck
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common
+
+KEYS = 1_000
+WINDOW_MS = 10_000
+PARTITIONS = 4
+SLICE_S = 0.010
+KS_EOS_COMMIT_MS = 100  # Kafka Streams' commit.interval.ms default under exactly_once_v2
+KS_DIR = Path(__file__).resolve().parent / "peers" / "kstreams"
+KS_JAR = KS_DIR / "target" / "kstreams-latency.jar"
+PROBE_KEY = -1
+QUANTILES = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
+
+LOCKGATE = """
+import json, os, signal
+import polars as pl
+import lockgate as lg
+wait = os.environ.get("B_MAX_WAIT_MS")
+batch = lg.BatchPolicy(max_wait=f"{wait}ms") if wait else lg.BatchPolicy()
+pipe = lg.Pipeline(os.environ["B_NAME"], brokers=os.environ["B_BROKERS"], state=os.environ["B_STATE"], batch=batch)
+events = pipe.source(os.environ["B_IN"], format=lg.JSON(schema={"k": pl.Int64, "v": pl.Int64, "ts": pl.Int64}), event_time="ts")
+(events.window(lg.Tumbling("10s"), by="k", emit="update")
+       .agg(count=pl.len(), sum=pl.col("v").sum())
+       .to_kafka(os.environ["B_OUT"], key="k"))
+signal.signal(signal.SIGTERM, lambda *_: pipe.stop())
+summary = pipe.run(progress=False)
+hist = {name: {k: v for k, v in h.items() if k != "buckets"} for name, h in pipe.metrics().get("histograms", {}).items()}
+print(json.dumps({"records": summary.records, "batches": summary.batches, "histograms": hist}), flush=True)
+"""
+
+FLOOR = """
+import json, os, signal, time
+import confluent_kafka as ck
+name, brokers, src, dst = os.environ["B_NAME"], os.environ["B_BROKERS"], os.environ["B_IN"], os.environ["B_OUT"]
+cadence = float(os.environ["B_MAX_WAIT_MS"]) / 1000
+stopping = []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": name})
+producer.init_transactions(60)
+consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": name, "auto.offset.reset": "earliest",
+                        "isolation.level": "read_committed", "enable.auto.commit": False})
+consumer.subscribe([src])
+produce, consume = producer.produce, consumer.consume
+records = transactions = 0
+opened = None  # when the open transaction got its first record
+while not stopping:
+    timeout = 0.1 if opened is None else max(0.0, opened + cadence - time.monotonic())
+    msgs = consume(10_000, timeout)
+    for m in msgs:
+        if m.error() is not None:
+            if m.error().fatal():
+                raise ck.KafkaException(m.error())
+            continue
+        if opened is None:
+            producer.begin_transaction()
+            opened = time.monotonic()
+        produce(dst, m.value(), m.key())
+        records += 1
+    if opened is not None and time.monotonic() >= opened + cadence:
+        producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 60)
+        producer.commit_transaction(60)
+        transactions += 1
+        opened = None
+if opened is not None:
+    producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 60)
+    producer.commit_transaction(60)
+consumer.close()
+print(json.dumps({"records": records, "batches": transactions}), flush=True)
+"""
+
+
+# --- the reader: its own process --------------------------------------------------------
+
+
+def _read(brokers: str, topic: str, path: str, stop: Any, seen: Any) -> None:
+    """Read ``topic`` read_committed from its beginning until ``stop``; write the values (ndjson) and receive times (ms)."""
+    consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-latency-reader-{uuid.uuid4().hex[:8]}",
+                            **common.BASELINE_CONSUMER, "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
+    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    values: list[bytes] = []
+    times: list[float] = []
+    counts: list[int] = []
+    consume = consumer.consume
+    try:
+        while not stop.is_set():
+            msgs = consume(10_000, 0.02)
+            if not msgs:
+                continue
+            t = time.time() * 1000.0
+            got = [v for m in msgs if (v := m.value()) is not None]
+            values += got
+            times.append(t)
+            counts.append(len(got))
+            seen.value = len(values)
+    finally:
+        consumer.close()
+    Path(path).write_bytes(b"\n".join(values) + b"\n" if values else b"")
+    np.save(path + ".recv.npy", np.repeat(np.asarray(times, dtype=np.float64), counts))
+
+
+# --- the producer: this process ----------------------------------------------------------
+
+
+def _producer(brokers: str) -> ck.Producer:
+    return ck.Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "linger.ms": 1,
+                        "queue.buffering.max.messages": 1_000_000})
+
+
+def _produce_paced(producer: ck.Producer, topic: str, rate: int, seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``rate`` records/s for ``seconds``, every 10 ms the ones due; returns each record's key and ts (produce order)."""
+    total = int(rate * seconds)
+    keys = np.random.default_rng(seed).integers(0, KEYS, total)
+    ts = np.zeros(total, dtype=np.int64)
+    key_bytes = [str(k).encode() for k in range(KEYS)]
+    produce, poll = producer.produce, producer.poll
+    sent = 0
+    t0 = time.time()
+    while sent < total:
+        now = time.time()
+        due = min(total, int(rate * (now - t0)) + 1)
+        ms = int(now * 1000)
+        ts[sent:due] = ms
+        for i in range(sent, due):
+            k = int(keys[i])
+            while True:
+                try:
+                    produce(topic, b'{"k":%d,"v":%d,"ts":%d}' % (k, i, ms), key_bytes[k])
+                    break
+                except BufferError:
+                    poll(0.001)
+        sent = due
+        poll(0)
+        rest = t0 + sent / rate - time.time()  # the next record's turn
+        time.sleep(max(0.0, min(SLICE_S, rest)))
+    producer.flush(60)
+    return keys, ts
+
+
+# --- the engines ----------------------------------------------------------------------------
+
+
+def build_kstreams() -> Path:
+    """``mvn -q package`` in bench/peers/kstreams once (Maven Central); the jar."""
+    if not KS_JAR.exists():
+        print("# building bench/peers/kstreams (mvn -q package)", file=sys.stderr)
+        subprocess.run(["mvn", "-q", "package", "-DskipTests"], cwd=KS_DIR, check=True)
+    return KS_JAR
+
+
+def _start_engine(engine: dict[str, Any], brokers: str, in_topic: str, out_topic: str, name: str, work: Path) -> subprocess.Popen:
+    log = open(work / "engine.log", "wb")  # noqa: SIM115 - closed with the process
+    if engine["kind"] == "kstreams":
+        cmd = ["java", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-jar", str(KS_JAR), brokers, in_topic, out_topic,
+               name, str(work / "ks-state")]
+        if engine["cadence_ms"] is not None:
+            cmd.append(str(engine["cadence_ms"]))
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+    env = {**os.environ, "B_NAME": name, "B_BROKERS": brokers, "B_IN": in_topic, "B_OUT": out_topic, "B_STATE": str(work / "state")}
+    env.pop("B_MAX_WAIT_MS", None)
+    if engine["cadence_ms"] is not None:
+        env["B_MAX_WAIT_MS"] = str(engine["cadence_ms"])
+    code = LOCKGATE if engine["kind"] == "lockgate" else FLOOR
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=log)
+
+
+def _stop_engine(proc: subprocess.Popen, work: Path) -> dict[str, Any]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    if proc.returncode not in (0, -signal.SIGTERM, 143) and not lines:
+        tail = (work / "engine.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"engine exited with {proc.returncode}:\n{tail}")
+    return json.loads(lines[-1]) if lines else {}
+
+
+def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, warmup: float, run: int) -> dict[str, Any]:
+    """One engine, one rate, fresh topics: produce, read, analyse."""
+    tag = uuid.uuid4().hex[:6]
+    name = f"bench-latency-{engine['kind']}-{tag}"
+    in_topic, out_topic = f"{name}-in", f"{name}-out"
+    common.create_topic(brokers, in_topic, PARTITIONS)
+    common.create_topic(brokers, out_topic, PARTITIONS)
+    work = Path(tempfile.mkdtemp(prefix="lockgate-bench-latency-"))
+    ctx = mp.get_context("spawn")
+    stop, seen = ctx.Event(), ctx.Value("q", 0)
+    reader = ctx.Process(target=_read, args=(brokers, out_topic, str(work / "out.ndjson"), stop, seen), daemon=True)
+    reader.start()
+    proc = _start_engine(engine, brokers, in_topic, out_topic, name, work)
+    producer = _producer(brokers)
+    try:
+        t_start = time.time()
+        while seen.value == 0:  # probes until the engine's output reaches the reader
+            if proc.poll() is not None:
+                raise RuntimeError(f"{engine['label']} exited: {(work / 'engine.log').read_text(errors='replace')[-3000:]}")
+            if time.time() - t_start > 180:
+                raise TimeoutError(f"{engine['label']}: no output 180 s after its start")
+            producer.produce(in_topic, b'{"k":%d,"v":-1,"ts":%d}' % (PROBE_KEY, int(time.time() * 1000)), str(PROBE_KEY).encode())
+            producer.flush(10)
+            time.sleep(0.5)
+        ready_s = time.time() - t_start
+        t0_ms = time.time() * 1000
+        keys, ts = _produce_paced(producer, in_topic, rate, seconds, seed=run)
+        produce_s = time.time() - t0_ms / 1000
+        last, still = seen.value, time.monotonic()
+        drain_until = still + 120
+        while time.monotonic() - still < 3.0 and time.monotonic() < drain_until:  # drain: 3 s without new output
+            time.sleep(0.2)
+            if seen.value != last:
+                last, still = seen.value, time.monotonic()
+        engine_report = _stop_engine(proc, work)
+        stop.set()
+        reader.join(120)
+        result = analyse(engine["kind"], keys, ts, work / "out.ndjson", t0_ms + warmup * 1000)
+        result.update({"run": run, "rate": rate, "seconds": seconds, "ready_seconds": round(ready_s, 2),
+                       "produce_seconds": round(produce_s, 2), "produced_rps": round(len(keys) / produce_s),
+                       "outputs": last, "engine": engine_report})
+        return result
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop.set()
+        if reader.is_alive():
+            reader.join(30)
+            if reader.is_alive():
+                reader.kill()
+        admin_topics = [in_topic, out_topic, f"{name}-dlq"]
+        try:
+            from confluent_kafka.admin import AdminClient
+
+            admin_topics += [t for t in AdminClient({"bootstrap.servers": brokers}).list_topics(timeout=30).topics if t.startswith(name)]
+        except Exception as exc:  # noqa: BLE001 - cleanup only
+            print(f"# could not list topics: {exc}", file=sys.stderr)
+        common.delete_topics(brokers, admin_topics)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- the analysis: Polars, whole frames ---------------------------------------------------
+
+
+def _figures(latency: pl.Series) -> dict[str, Any]:
+    if latency.len() == 0:
+        return {**dict.fromkeys(QUANTILES), "max": None}
+    out = {name: round(float(latency.quantile(q, interpolation="nearest")), 1) for name, q in QUANTILES.items()}
+    out["max"] = round(float(latency.max()), 1)
+    return out
+
+
+def analyse(kind: str, keys: np.ndarray, ts: np.ndarray, out_path: Path, measured_from_ms: float) -> dict[str, Any]:
+    """Latency figures and completeness of one run (see the module docstring)."""
+    inputs = pl.DataFrame({"k": keys.astype(np.int64), "seq": np.arange(len(keys), dtype=np.int64), "ts": ts})
+    raw = out_path.read_bytes()
+    recv = np.load(str(out_path) + ".recv.npy")
+    if kind == "floor":
+        schema = {"k": pl.Int64, "v": pl.Int64, "ts": pl.Int64}
+        out = (pl.read_ndjson(raw, schema=schema) if raw else pl.DataFrame(schema=schema)).with_columns(recv_ms=pl.Series(recv))
+        out = out.filter(pl.col("k") != PROBE_KEY)
+        first = out.group_by("v").agg(recv_ms=pl.col("recv_ms").min(), copies=pl.len())
+        joined = inputs.join(first, left_on="seq", right_on="v", how="left")
+        missing = joined.filter(pl.col("recv_ms").is_null()).height
+        extra = int(first["copies"].sum() - first.height) if first.height else 0
+        extra += first.filter(~pl.col("v").is_in(inputs["seq"].implode())).height
+        complete = {"lost_records": missing, "extra_records": extra, "windows_wrong": None}
+    else:
+        schema = {"k": pl.Int64, "window_start": pl.Int64, "count": pl.Int64}
+        out = pl.read_ndjson(raw).select(*schema) if raw else pl.DataFrame(schema=schema)
+        if out.schema["window_start"] == pl.String:  # lockgate writes a Datetime column as "2026-12-04 15:34:40" (UTC)
+            out = out.with_columns(window_start=pl.col("window_start").str.to_datetime(time_unit="ms", time_zone="UTC").dt.epoch("ms"))
+        out = out.with_columns(recv_ms=pl.Series(recv))
+        out = out.filter(pl.col("k") != PROBE_KEY)
+        inputs = inputs.with_columns(window_start=pl.col("ts") - pl.col("ts") % WINDOW_MS).with_columns(
+            i=pl.col("seq").cum_count().over("k", "window_start", order_by="seq").cast(pl.Int64))
+        reached = (out.sort("recv_ms", maintain_order=True)
+                      .with_columns(reached=pl.col("count").cum_max().over("k", "window_start"))
+                      .group_by("k", "window_start", "reached").agg(recv_ms=pl.col("recv_ms").min())
+                      .sort("reached"))
+        joined = inputs.sort("i").join_asof(reached, left_on="i", right_on="reached", by=["k", "window_start"],
+                                            strategy="forward", check_sortedness=False)
+        produced = inputs.group_by("k", "window_start").agg(n=pl.len())
+        best = out.group_by("k", "window_start").agg(best=pl.col("count").max())
+        per_window = produced.join(best, on=["k", "window_start"], how="full", coalesce=True).fill_null(0)
+        wrong = per_window.filter(pl.col("n") != pl.col("best"))
+        missing = int(per_window.select((pl.col("n") - pl.col("best")).clip(0).sum()).item())
+        extra = int(per_window.select((pl.col("best") - pl.col("n")).clip(0).sum()).item())
+        complete = {"lost_records": missing, "extra_records": extra, "windows_wrong": wrong.height}
+    measured = joined.filter(pl.col("ts") >= measured_from_ms)
+    latency = measured.filter(pl.col("recv_ms").is_not_null()).select(pl.col("recv_ms") - pl.col("ts")).to_series()
+    # p50/p99 per second of the run after warm-up: shows whether an engine fell behind
+    timeline = (measured.filter(pl.col("recv_ms").is_not_null())
+                .group_by(second=((pl.col("ts") - measured_from_ms) // 1000).cast(pl.Int64))
+                .agg(p50=(pl.col("recv_ms") - pl.col("ts")).quantile(0.5), p99=(pl.col("recv_ms") - pl.col("ts")).quantile(0.99))
+                .sort("second"))
+    complete["p50_p99_per_second"] = [[r["second"], round(r["p50"], 1), round(r["p99"], 1)] for r in timeline.iter_rows(named=True)]
+    ok = complete["lost_records"] == 0 and complete["extra_records"] == 0 and not complete["windows_wrong"]
+    return {"records": len(keys), "measured_records": measured.height, **_figures(latency), "complete": ok, **complete}
+
+
+# --- the engines of one run, the table ---------------------------------------------------
+
+
+def engines(cadence_ms: int, default_wait_ms: int, only: set[str]) -> list[dict[str, Any]]:
+    """The engine configurations; an "equal cadence" one that repeats a default one is left out."""
+    out = [{"key": "ks_default", "kind": "kstreams", "cadence_ms": None, "label": f"Kafka Streams, defaults (commit.interval.ms {KS_EOS_COMMIT_MS})"}]
+    if cadence_ms != KS_EOS_COMMIT_MS:
+        out.append({"key": "ks_cadence", "kind": "kstreams", "cadence_ms": cadence_ms, "label": f"Kafka Streams, commit.interval.ms {cadence_ms}"})
+    out.append({"key": "floor", "kind": "floor", "cadence_ms": cadence_ms, "label": f"floor: EOS forward loop, 1 transaction / {cadence_ms} ms"})
+    out.append({"key": "lg_default", "kind": "lockgate", "cadence_ms": None, "label": f"lockgate, defaults (max_wait {default_wait_ms} ms)"})
+    if cadence_ms != default_wait_ms:
+        out.append({"key": "lg_cadence", "kind": "lockgate", "cadence_ms": cadence_ms, "label": f"lockgate, max_wait {cadence_ms} ms"})
+    return [e for e in out if e["kind"] in only]
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs; complete only if every run was."""
+    out: dict[str, Any] = {}
+    for name in [*QUANTILES, "max"]:
+        values = [r[name] for r in runs if r[name] is not None]
+        out[name] = round(common.median(values), 1) if values else None
+    out["complete"] = all(r["complete"] for r in runs)
+    out["lost_records"] = sum(r["lost_records"] for r in runs)
+    out["extra_records"] = sum(r["extra_records"] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+def stage_histograms(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], bool]:
+    """lockgate's histograms (median p50/p99 over runs, ms): the ``stage_*`` ones if there are any, else all of them."""
+    hists = [r.get("engine", {}).get("histograms", {}) for r in runs]
+    names = sorted({n for h in hists for n in h})
+    staged = [n for n in names if n.startswith("stage_")]
+    chosen = staged or names
+    out = {}
+    for n in chosen:
+        p50 = [h[n]["p50"] for h in hists if n in h and h[n].get("p50") is not None]
+        p99 = [h[n]["p99"] for h in hists if n in h and h[n].get("p99") is not None]
+        if p50 and p99:
+            out[n] = {"p50_ms": round(common.median(p50) * 1000, 2), "p99_ms": round(common.median(p99) * 1000, 2)}
+    return out, bool(staged)
+
+
+def _cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None) -> float | None:
+    if not num or not den or num.get("p99") in (None, 0) or den.get("p99") in (None, 0):
+        return None
+    return round(num["p99"] / den["p99"], 2)
+
+
+def report(result: dict[str, Any]) -> str:
+    """The Markdown of a result: one table of engines per rate, the ratios, lockgate's stages."""
+    parts = []
+    for rate_key, per_rate in result["rates"].items():
+        s = per_rate["summary"]
+        rows = []
+        for e in result["engines"]:
+            f = s.get(e["key"])
+            if f is None:
+                continue
+            comp = "yes" if f["complete"] else f"**FAILURE**: {f['lost_records']:,} lost, {f['extra_records']:,} extra"
+            rows.append([e["label"], _cell(f["p50"]), _cell(f["p99"]), _cell(f["p999"]), _cell(f["max"]), comp])
+        parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s ({result['warmup']:g} s warm-up), medians of {result['runs']} runs, latency in ms\n")
+        parts.append(common.markdown_table(["engine", "p50", "p99", "p999", "max", "complete"], rows))
+        ratio_rows = []
+        cad_ks = "ks_cadence" if "ks_cadence" in s else "ks_default"
+        cad_lg = "lg_cadence" if "lg_cadence" in s else "lg_default"
+        same = " (equal cadence = defaults)" if cad_ks == "ks_default" and cad_lg == "lg_default" else ""
+        for label, num, den, target in [
+            ("lockgate p99 / Kafka Streams p99, defaults", "lg_default", "ks_default", 0.9),
+            (f"lockgate p99 / Kafka Streams p99, equal cadence {result['cadence_ms']} ms{same}", cad_lg, cad_ks, 0.9),
+            ("lockgate p99 / floor p99 (defaults)", "lg_default", "floor", None),
+        ]:
+            r = _ratio(s.get(num), s.get(den))
+            if r is None:
+                continue
+            valid = s[num]["complete"] and s[den]["complete"]
+            verdict = ("" if valid else "not valid: an incomplete run; ") + (
+                f"target <= {target}: {'met' if r <= target else 'NOT met'}; goal 0.5: "
+                + ("met" if r <= 0.5 else f"p99 must fall {r / 0.5:.2f}x") if target else "-")
+            ratio_rows.append([label, f"{r:.2f}", verdict])
+        if ratio_rows:
+            parts.append("")
+            parts.append(common.markdown_table(["ratio (same run)", "value", "target / goal"], ratio_rows))
+        stages = per_rate.get("lockgate_histograms", {})
+        for key, (hist, staged) in stages.items():
+            parts.append("")
+            note = "per stage" if staged else "no stage_* histograms in this engine yet; what pipe.metrics() has"
+            parts.append(f"lockgate ({key}) histograms, whole run incl. warm-up, {note}:\n")
+            parts.append(common.markdown_table(["histogram", "p50 ms", "p99 ms"], [[n, f"{h['p50_ms']:.1f}", f"{h['p99_ms']:.1f}"] for n, h in hist.items()]))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lockgate.engine.config import BatchPolicy
+
+    default_wait_ms = round(BatchPolicy().max_wait_s * 1000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brokers")
+    parser.add_argument("--rates", default="50000,10000", help="records/s, comma-separated")
+    parser.add_argument("--rate", type=int, help="one rate (overrides --rates)")
+    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cadence-ms", type=int, default=default_wait_ms, help="the equal cadence (default: lockgate's default max_wait)")
+    parser.add_argument("--engines", default="kstreams,floor,lockgate")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    if args.seconds <= args.warmup:
+        parser.error("--seconds must be more than --warmup")
+    rates = [args.rate] if args.rate else [int(r) for r in args.rates.split(",")]
+    brokers = common.resolve_brokers(args.brokers)
+    chosen = engines(args.cadence_ms, default_wait_ms, set(args.engines.split(",")))
+    if any(e["kind"] == "kstreams" for e in chosen):
+        build_kstreams()
+    result: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "warmup": args.warmup, "runs": args.runs,
+                              "cadence_ms": args.cadence_ms, "lockgate_default_max_wait_ms": default_wait_ms,
+                              "kstreams_eos_commit_interval_ms": KS_EOS_COMMIT_MS, "kstreams_cache": "statestore.cache.max.bytes=0",
+                              "engines": chosen, "rates": {}, "machine": common.machine()}
+    for rate in rates:
+        per_engine: dict[str, list[dict[str, Any]]] = {e["key"]: [] for e in chosen}
+        for run in range(args.runs):  # interleaved: every engine at the same moment of a noisy machine
+            for e in chosen:
+                r = run_once(e, brokers, rate, args.seconds, args.warmup, run)
+                per_engine[e["key"]].append(r)
+                print(f"# {rate:,}/s run {run + 1} {e['label']}: p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms, "
+                      f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
+                      f"produced {r['produced_rps']:,}/s, ready after {r['ready_seconds']} s", file=sys.stderr)
+        result["rates"][str(rate)] = {
+            "runs": per_engine,
+            "summary": {k: summarise(v) for k, v in per_engine.items()},
+            "lockgate_histograms": {k: stage_histograms(v) for k, v in per_engine.items() if k.startswith("lg_")},
+        }
+    path = common.write_json(args.out, "latency", result)
+    md = report(result)
+    print(md)
+    path.with_suffix(".md").write_text(md + "\n")
+    print(f"# written to {path} and {path.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
