@@ -29,7 +29,9 @@ import org.apache.kafka.streams.state.WindowStore;
  *
  * <p>Arguments: brokers input output application.id state.dir [commit.interval.ms].
  * Without the last one commit.interval.ms stays Kafka Streams' default (100 ms under EOS).
- * Record caching is off (statestore.cache.max.bytes=0) so that every update is emitted.
+ * Record caching is off (statestore.cache.max.bytes=0) so that every update is emitted, unless
+ * -Dcache=on: then Kafka Streams' default cache (10 MB) holds each window's latest value and emits
+ * it when the cache flushes, at the latest on commit (as lockgate's emit="update" emits once per batch).
  * Prints RUNNING on stdout once the instance runs; stops on SIGTERM.
  */
 public final class KStreamsLatency {
@@ -60,7 +62,9 @@ public final class KStreamsLatency {
         p.put(StreamsConfig.APPLICATION_ID_CONFIG, args[3]);
         p.put(StreamsConfig.STATE_DIR_CONFIG, args[4]);
         p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
-        p.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0L);
+        if (!"on".equals(System.getProperty("cache"))) {
+            p.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0L);
+        }
         p.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
         p.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.StringSerde.class);
         p.put(StreamsConfig.DEFAULT_TIMESTAMP_EXTRACTOR_CLASS_CONFIG, TsExtractor.class);
