@@ -455,7 +455,7 @@ def report(result: dict[str, Any]) -> str:
                 continue
             comp = "yes" if f["complete"] else f"**FAILURE**: {f['lost_records']:,} lost, {f['extra_records']:,} extra"
             rows.append([e["label"], _cell(f["p50"]), _cell(f["p99"]), _cell(f["p999"]), _cell(f["max"]), comp])
-        parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s ({result['warmup']:g} s warm-up), medians of {result['runs']} runs, latency in ms\n")
+        parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s ({result['warmup']:g} s warm-up), medians of {result['runs']} runs (each figure its own median; ratios of those medians), latency in ms\n")
         parts.append(common.markdown_table(["engine", "p50", "p99", "p999", "max", "complete"], rows))
         ratio_rows = []
         cad_ks = "ks_cadence" if "ks_cadence" in s else "ks_default"
