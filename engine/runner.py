@@ -532,9 +532,8 @@ class Runner:
         assert self.source is not None and self.producer is not None
         t0 = time.monotonic()
         meta, inputs, dead = self._decode(raw)
-        decoded = time.monotonic()
         faults.crash_point("after_decode")
-        now = time.monotonic()
+        now = decoded = time.monotonic()
         for table in self.changelogs.values():
             table.refresh()
         tables = {name: table.frame() for name, table in self.changelogs.items()}

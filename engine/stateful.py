@@ -290,7 +290,6 @@ def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str | pl.Seri
         **{c: meta.get(c, pl.Series(c, [None] * rows.height, dtype=DEAD_LETTER_SCHEMA[c])) for c in _META},
         "value": value,
     })
-    error = pl.lit(message) if isinstance(message, str) else pl.lit(message.alias("error"))
     return out.with_columns(
-        pl.lit(reason).alias("reason"), error.alias("error"), pl.lit(operator).alias("operator")
+        pl.lit(reason).alias("reason"), pl.lit(message).alias("error"), pl.lit(operator).alias("operator")  # a str or a Series
     ).select(list(DEAD_LETTER_SCHEMA)).cast(DEAD_LETTER_SCHEMA)  # type: ignore[arg-type]
