@@ -42,19 +42,21 @@ _TOTALS = ("batches", "commits", "aborts", "empty_polls")
 #: (``stage_mark_seconds`` when its mark is written), so after a run each count is the number
 #: of committed batches.  Timing is a clock read at each end, per batch: nothing per record.
 STAGES = {
-    "stage_wait_seconds": "the call of the poll that returned the batch, to the batch closed (max_records, max_bytes or max_wait)",
-    # librdkafka's consume(n, timeout) returns when it has n records or at its timeout, so "first records" is when
-    # the first consume call that brought records returned: on a busy input that call takes max_wait by itself
+    "stage_wait_seconds": "the call of the poll that returned the batch, to the batch closed (full, max_wait after its first "
+    "record, or the commit before it settled: KafkaSource.poll)",
+    # the poll reads in slices of at most 5 ms, so "first records" is within 5 ms of when they were there to read
     "stage_wait_first_seconds": "the call of that poll to the return of its first consume call that brought records",
-    "stage_wait_fill_seconds": "that return to the batch closed (further consume calls, until the batch was full or max_wait)",
+    "stage_wait_fill_seconds": "that return to the batch closed (further consume calls, while the commit before it ran)",
     "stage_decode_seconds": "the batch's processing starting (just after the poll) to decoded frames (with one source topic, "
     "chunks decode on a thread during the poll: this is what is left)",
     "stage_operators_seconds": "decoded frames to the epoch built: changelog refresh, operators and window folds, encoding the outputs",
     "stage_settle_wait_seconds": "the runner blocked on the epoch's commit thread when it settled the epoch (before the next "
     "epoch's commit may start, after an empty poll, or at the end of the run): the next batch waits here",
-    "stage_prepare_seconds": "EpochTransaction.prepare: the LanceDB appends of table rows, state deltas and prepare records (commit thread)",
-    "stage_produce_seconds": "EpochTransaction.produce: begin_transaction and queueing the outputs (commit thread)",
-    "stage_commit_seconds": "send_offsets_to_transaction + commit_transaction (which waits for the queued outputs to be acknowledged)",
+    "stage_prepare_seconds": "EpochTransaction.prepare: the LanceDB appends of table rows, state deltas and prepare records "
+    "(commit protocol step 1, on the commit thread)",
+    "stage_produce_seconds": "EpochTransaction.produce: begin_transaction, queueing the outputs, send_offsets_to_transaction "
+    "(step 2, on a thread of its own at the same time as step 1)",
+    "stage_commit_seconds": "commit_transaction (step 3, after steps 1 and 2: it waits for the queued outputs to be acknowledged)",
     "stage_mark_seconds": "the LanceDB write that carried the epoch's commit mark: the next epoch's commit-log append "
     "(it travels there, inside stage_prepare) or, with no batch following, its own mark append",
 }

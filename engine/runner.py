@@ -1,8 +1,9 @@
 """The micro-batch loop: poll, decode, run the operators, commit, repeat.
 
 One instance of a pipeline owns one consumer (in the pipeline's group) and one
-transactional producer.  Each micro-batch is one epoch, committed by
-:class:`~lockgate.engine.transaction.EpochTransaction`.
+:class:`~lockgate.engine.commit.Committer` (its transactional producer).  Each
+micro-batch is one epoch, committed by the protocol in :mod:`lockgate.engine.commit`
+while the runner polls, decodes and folds the next batch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
+from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.formats import ArrowIPC, Decoded, concat_decoded
 from lockgate.engine.metrics import Metrics
@@ -39,15 +41,7 @@ from lockgate.engine.plan import (
 )
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
-from lockgate.engine.transaction import (
-    Epoch,
-    EpochTransaction,
-    OutgoingTopic,
-    TransactionAborted,
-    TransactionalProducer,
-    parse_offset_metadata,
-    partition_ranges,
-)
+from lockgate.engine.transaction import Epoch, OutgoingTopic, parse_offset_metadata, partition_ranges
 from lockgate.operators.errors import AssignmentError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
@@ -56,8 +50,6 @@ __all__ = ["RunSummary", "Runner", "Until"]
 
 log = logging.getLogger("lockgate.runner")
 
-#: how long past its own timeout a Kafka commit call may run before it counts as hung
-HANG_GRACE_S = 15.0
 Until = Literal["caught_up"] | None
 
 
@@ -144,39 +136,6 @@ def _polled_from(raw: RawBatch) -> dict[tuple[str, int], int]:
     return _first_offsets(partition_ranges(raw.metadata())) if len(raw) else {}
 
 
-def _in_thread(fn: Callable[[], None], name: str) -> Future[None]:
-    """Run ``fn`` on a daemon thread; its outcome in a future.
-
-    Not a pool: a thread stuck in a hung librdkafka call must not keep the process
-    from exiting or the next commit from starting.
-    """
-    future: Future[None] = Future()
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-            future.set_exception(exc)
-        else:
-            future.set_result(None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-def _commit_epoch(txn: EpochTransaction) -> None:
-    """An epoch's commit in protocol order, on its own thread while the runner reads and folds the next batch.
-
-    Prepare (LanceDB appends: the thread waits on Lance, not on the GIL), then begin
-    the Kafka transaction and produce, then send the offsets and commit.  The runner
-    starts it only after the previous epoch settled, so epochs commit one at a time.
-    """
-    txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
-    faults.crash_point("after_prepare")
-    txn.produce()
-    txn.commit_kafka()
-
-
 def _upsert_keys(sink: SinkNode) -> list[str] | None:
     """(keys, window_start) when a table sink is fed by an update-mode window that still has them."""
     node = sink.parent
@@ -261,10 +220,8 @@ class Runner:
             self.sources_by_topic.setdefault(node.topic, []).append(node)
         self.dead_node = next((n for n in plan.nodes if isinstance(n, DeadLetterNode)), None)
         self.source: KafkaSource | None = None
-        self.producer: TransactionalProducer | None = None
+        self.committer: Committer | None = None
         self.epoch = 0
-        self.inflight: tuple[EpochTransaction, Future[None]] | None = None
-        self.pending_marks: list[Epoch] = []
         # the last batch on each input partition's chain: as committed in Kafka, and as prepared (one ahead)
         self.committed_chain: dict[tuple[str, int], int] = {}
         self.prepared_chain: dict[tuple[str, int], int] = {}
@@ -287,7 +244,10 @@ class Runner:
     def _open_clients(self) -> None:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
-        self.producer = self._new_producer()
+        self.committer = Committer(
+            self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
+            metrics=self.metrics, committed=self._committed,
+        )
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():
             table.bootstrap()
@@ -309,7 +269,7 @@ class Runner:
         for table in self.changelogs.values():
             table.close()
         self.changelogs = {}
-        self.producer = None
+        self.committer = None
         if self.decoder is not None:
             self.decoder.shutdown(wait=True, cancel_futures=True)
             self.decoder = None
@@ -337,7 +297,9 @@ class Runner:
                         reason = "timeout"
                         break
                     asked = time.monotonic()
-                    raw = self.source.poll(self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None)
+                    raw = self.source.poll(
+                        self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None, self._ready,
+                    )
                     polled = _Polled(asked, self.source.batch_first_at, time.monotonic())
                     n = len(raw)
                     if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
@@ -453,6 +415,15 @@ class Runner:
             log.info("recovery: redid the commit marks of batches %s", redone)
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
 
+    def _ready(self) -> bool:
+        """Whether a batch closed now could start its commit at once: no epoch's commit is in flight.
+
+        The poll closes a batch that has records as soon as this is true, so records wait
+        for the commit before them and not for ``max_wait``; while a commit runs the
+        batch grows (up to ``max_records``/``max_wait``).
+        """
+        return self.committer is None or self.committer.ready()
+
     def _start_decoding(self, chunk: RawBatch) -> dict[str, Future[Decoded]]:
         """Decode one consume call's records on the decode thread (one source topic) while the poll reads on.
 
@@ -529,7 +500,7 @@ class Runner:
 
     def _process(self, raw: RawBatch, polled: _Polled | None = None) -> bool:
         """Decode, run and commit one batch; False when it was dropped to be redone."""
-        assert self.source is not None and self.producer is not None
+        assert self.source is not None and self.committer is not None
         t0 = time.monotonic()
         meta, inputs, dead = self._decode(raw)
         faults.crash_point("after_decode")
@@ -560,22 +531,15 @@ class Runner:
         built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):
             return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
-        txn = EpochTransaction(self.config.name, epoch, self.log, self.producer, self.source.group_metadata(), self.pending_marks)
-        txn.seconds.update(decode=decoded - t0, operators=built - decoded)
-        if polled is not None:
-            txn.seconds.update(polled.stages())
+        stages = {"decode": decoded - t0, "operators": built - decoded, **(polled.stages() if polled is not None else {})}
+        self.committer.start(epoch, self.source.group_metadata(), stages)
         self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
-        self.pending_marks = []
-        self.inflight = (txn, _in_thread(lambda: _commit_epoch(txn), f"lockgate-commit-{self.config.name}-{epoch.number}"))
         self.metrics.set("last_batch_seconds", time.monotonic() - t0)
         self.metrics.observe("batch_seconds", time.monotonic() - t0)
         if self.windows.active:
             self.metrics.gauges("state_rows", self.windows.open_windows())
             self.metrics.gauges("state_bytes", self.windows.state_bytes())
         return True
-
-    def _new_producer(self) -> TransactionalProducer:
-        return TransactionalProducer(self.config.producer_options(), call_timeout=self.config.commit_timeout_s)
 
     def _event_times_ms(self, inputs: dict[str, pl.DataFrame]) -> np.ndarray | None:
         """Event times (epoch ms) of the batch's records, from the sources that name an event-time column."""
@@ -588,79 +552,31 @@ class Runner:
         return np.concatenate(parts) if parts else None
 
     def _wait_inflight(self) -> None:
-        """Block until the in-flight Kafka commit has finished (its outcome is handled by _settle).
+        """Block until the epoch in flight has finished (before its partitions move, or the runner closes)."""
+        if self.committer is not None:
+            self.committer.wait()
 
-        A commit call that hangs past its timeout (a librdkafka bug, seen after a
-        broker restart) is cut loose: see :meth:`_replace_hung_producer`.
-        """
-        if self.inflight is None:
-            return
-        txn, future = self.inflight
-        while not wait([future], timeout=1.0).done:
-            call = txn.producer.hung(grace=HANG_GRACE_S)
-            if call is not None:
-                self.inflight = (txn, self._replace_hung_producer(txn, call))
-                return
-
-    def _replace_hung_producer(self, txn: EpochTransaction, call: str) -> Future[None]:
-        """Replace a producer whose ``call`` hangs; return the epoch's outcome as a finished future.
-
-        The new producer has the same ``transactional.id``: its ``init_transactions``
-        fences the hung one and settles the open transaction at the coordinator
-        (aborted, or finished if the commit had already been decided).  Which one it
-        was, the group's committed offsets say: their metadata names the batch that
-        committed last.
-        """
-        number = txn.epoch.number
-        log.warning(
-            "waiting for Kafka: the commit of epoch %d hung in %s, %.0fs past its %.0fs timeout; replacing the "
-            "transactional producer (its init_transactions fences the hung one and settles the open transaction)",
-            number, call, HANG_GRACE_S, self.config.commit_timeout_s,
-        )
-        self.metrics.add("producer_replacements")
-        self.producer = self._new_producer()
+    def _committed(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str | None]]:
         assert self.source is not None
-        partitions = {(r.topic, r.partition) for r in txn.epoch.ranges}
-        committed = self.source.committed(partitions)
-        outcome: Future[None] = Future()
-        if all(parse_offset_metadata(committed.get(tp, (0, None))[1]) == txn.epoch.batch_id for tp in partitions):
-            log.info("epoch %d had committed before its producer was replaced", number)
-            outcome.set_result(None)
-        else:
-            outcome.set_exception(TransactionAborted(f"epoch {number}: its Kafka commit hung in {call}; the new producer aborted it"))
-        return outcome
+        return self.source.committed(partitions)
 
     def _settle(self, also_rewind: dict[tuple[str, int], int] | None = None) -> bool:
-        """Finish the in-flight epoch: count it and queue its mark, or rewind after an abort.
+        """Settle the epoch in flight (:meth:`Committer.settle`) and act on its outcome.
 
-        Returns False when the in-flight epoch aborted; the consumer is then rewound
-        to its first offsets (and to ``also_rewind``'s, for partitions only that batch read).
+        Committed: its partitions' chains move on, its state history may be compacted,
+        it is counted.  Aborted: returns False; the consumer is rewound to the batch's
+        first offsets (and to ``also_rewind``'s, for partitions only the batch read
+        after it touched) and the hot state reloaded from the last committed epoch.
         """
-        if self.inflight is None:
+        if self.committer is None:
             return True
-        waiting = time.monotonic()
-        self._wait_inflight()
-        txn, future = self.inflight
-        self.inflight = None
-        txn.seconds["settle_wait"] = time.monotonic() - waiting
-        if txn.marks and txn.log_append_seconds is not None:  # the marks it carried are written, whatever its outcome
-            for _ in txn.marks:  # usually one: scalar observations are the cheap ones
-                self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
-        try:
-            future.result()
-        except TransactionAborted as exc:
+        settled = self.committer.settle()
+        if settled is None:
+            return True
+        epoch = settled.txn.epoch
+        if settled.aborted is not None:
             assert self.source is not None
-            if exc.fenced:
-                log.warning(
-                    "fenced: the consumer group gave this instance's partitions to another instance while it was away "
-                    "(paused or cut off); %s. Nothing of the batch is committed; its prepared LanceDB rows are never read. "
-                    "Rejoining the group.", exc,
-                )
-                self.metrics.add("fenced")
-            else:
-                log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
-            self.metrics.add("aborts")
-            positions = _first_offsets(txn.epoch.ranges)
+            positions = _first_offsets(epoch.ranges)
             for tp, offset in (also_rewind or {}).items():
                 positions.setdefault(tp, offset)
             self.source.rewind(positions)
@@ -668,38 +584,21 @@ class Runner:
             if self.windows.active:
                 self.windows.reload(time.monotonic())  # hot state back to the last committed epoch
             return False
-        self.pending_marks.append(txn.epoch)
-        for delta in txn.epoch.states:
+        for delta in epoch.states:
             if delta.snapshot:  # committed: the rows before it are history, deleted after keep_history
-                self.compactor.forget(delta.store, self.config.name, txn.epoch.number, delta.shards)
+                self.compactor.forget(delta.store, self.config.name, epoch.number, delta.shards)
         for table in self.tables.values():  # an update-mode table that grew past 4 x its live rows: prune it
             if table.prune_due(self.config.snapshot_rows):
-                self.compactor.prune(table, self.config.name, txn.epoch.number)
-        self.committed_chain.update({(r.topic, r.partition): txn.epoch.batch_id for r in txn.epoch.ranges})
-        self._count(txn.epoch)
-        self._observe_commit(txn)
+                self.compactor.prune(table, self.config.name, epoch.number)
+        self.committed_chain.update({(r.topic, r.partition): epoch.batch_id for r in epoch.ranges})
+        self._count(epoch)
         self.compactor.committed()
         return True
 
     def _flush_marks(self) -> None:
         """Write the pending commit marks alone (no batch follows to carry them)."""
-        for epoch in self.pending_marks:
-            started = time.monotonic()
-            self.log.mark(self.config.name, epoch=epoch.number, batch_id=epoch.batch_id)
-            self.metrics.observe("stage_mark_seconds", time.monotonic() - started)
-        self.pending_marks = []
-
-    def _observe_commit(self, txn: EpochTransaction) -> None:
-        if txn.commit_seconds is not None:
-            self.metrics.observe("commit_seconds", txn.commit_seconds)
-        # one clock difference per stage and epoch (metrics.STAGES); a copy, as a replaced hung producer's thread may still write
-        for stage, seconds in dict(txn.seconds).items():
-            self.metrics.observe(f"stage_{stage}_seconds", seconds)
-        # to when the Kafka commit returned, not to when the runner got round to settling the epoch
-        now_ms = (txn.committed_at or time.time()) * 1000
-        for name, times in (("latency_seconds", txn.epoch.timestamps_ms), ("event_latency_seconds", txn.epoch.event_times_ms)):
-            if times is not None and len(times):
-                self.metrics.observe(name, np.maximum(now_ms - times, 0) / 1000)
+        if self.committer is not None:
+            self.committer.flush_marks()
 
     def _count(self, epoch: Epoch) -> None:
         self.metrics.add("batches")

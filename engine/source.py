@@ -32,6 +32,8 @@ _second = itemgetter(1)
 _UNREACHABLE = frozenset({ck.KafkaError._ALL_BROKERS_DOWN, ck.KafkaError._TRANSPORT, ck.KafkaError._RESOLVE})
 #: records per consume() call: 10k ran at 1.1M records/s here, 50k at 0.9M
 _CONSUME_CHUNK = 10_000
+#: longest consume() call of a poll: how late a batch may notice it should close
+_SLICE_S = 0.005
 
 
 @dataclass
@@ -181,9 +183,18 @@ class KafkaSource:
 
     def poll(
         self, policy: BatchPolicy, should_stop: Callable[[], bool] = lambda: False,
-        on_chunk: Callable[[RawBatch], Any] | None = None,
+        on_chunk: Callable[[RawBatch], Any] | None = None, ready: Callable[[], bool] | None = None,
     ) -> RawBatch:
-        """Records until ``max_records``, ``max_bytes`` or ``max_wait`` (counted from the first record).
+        """Records until the batch is full, ``max_wait`` after its first record, or the runner is ``ready`` for it.
+
+        The batch closes at the first of: ``max_records`` or ``max_bytes`` reached;
+        ``max_wait`` passed since its first record came; ``ready()`` (the runner can
+        commit it now: no commit in flight) once it has records.  So a batch closes
+        as soon as the previous commit settled and records wait, and grows while
+        commits lag.  Without ``ready`` it closes once the input is read to its end.
+        Reads in slices of at most 5 ms (librdkafka's ``consume(n, timeout)`` blocks
+        until n records or the whole timeout), so each condition is seen within a
+        slice of becoming true.  No records within ``max_wait``: an empty batch.
 
         ``on_chunk`` is called with the records of each ``consume`` call as soon as they
         are read; what it returns travels with the batch in ``prepared``.
@@ -191,26 +202,22 @@ class KafkaSource:
         parts: list[RawBatch] = []
         prepared: list[tuple[int, Any]] = []
         count = nbytes = 0
-        deadline: float | None = None
+        asked = time.monotonic()
+        deadline = asked + policy.max_wait_s  # until the first record: when the batch is empty
         self.batch_first_at = None
         self.assignment.revoked.clear()
         while count < policy.max_records and nbytes < policy.max_bytes:
-            now = time.monotonic()
-            if deadline is None:
-                timeout = policy.max_wait_s
-            else:
-                timeout = deadline - now
-                if timeout <= 0:
-                    break
-            got = self.consumer.consume(min(policy.max_records - count, _CONSUME_CHUNK), timeout)
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            got = self.consumer.consume(min(policy.max_records - count, _CONSUME_CHUNK), min(timeout, _SLICE_S))
             if got and any(map(_M.error, got)):
                 got = records_only(got)
             if got:
-                if self.first_record_at is None:
-                    self.first_record_at = time.monotonic()
-                if deadline is None:
-                    deadline = now + policy.max_wait_s
+                if self.batch_first_at is None:
                     self.batch_first_at = time.monotonic()
+                    self.first_record_at = self.first_record_at or self.batch_first_at
+                    deadline = self.batch_first_at + policy.max_wait_s
                 size = sum(map(len, got))
                 full = nbytes + size > policy.max_bytes and count + len(got) > 1
                 if full:
@@ -224,9 +231,9 @@ class KafkaSource:
                     nbytes += size
                 if full:
                     break
-            elif deadline is None:
-                break  # nothing arrived within max_wait: an empty batch
-            if should_stop() or self.caught_up():
+            if should_stop():
+                break
+            if count and (ready() if ready is not None else self.caught_up()):
                 break
         raw = RawBatch.concat(parts, self.topics)
         if self.assignment.revoked and count:

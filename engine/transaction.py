@@ -1,9 +1,9 @@
-"""The commit of one micro-batch (epoch): an explicit state machine.
+"""The Kafka transaction of one micro-batch (epoch), and the transactional producer.
 
-States: ``new`` -> ``prepared`` -> ``producing`` -> ``committed``, or ``aborted``
-(rewind and redo the batch), or ``failed`` (stays failed and re-raises).  Each
-method checks the state it is called in; an error in the middle of a commit is
-never swallowed.
+:class:`EpochTransaction` holds the steps of an epoch's commit and checks the
+state each is called in; an error in the middle of a commit is never swallowed.
+The order the steps run in, and what happens between epochs, is the commit
+protocol in :mod:`lockgate.engine.commit`.
 
 Errors are classified as librdkafka classifies them: ``retriable()`` -> retry the
 same call, ``txn_requires_abort()`` -> abort and redo the batch, fatal (``is_fatal``) or
@@ -210,7 +210,14 @@ class TransactionalProducer:
 
 
 class EpochTransaction:
-    """Commits one :class:`Epoch` (see :meth:`commit`)."""
+    """The steps of one :class:`Epoch`'s commit; :mod:`lockgate.engine.commit` runs them in protocol order.
+
+    Two sides, which may run at the same time on two threads: the LanceDB side
+    (:meth:`prepare`) and the Kafka side (:meth:`produce`: begin, the outputs, the
+    offsets).  :meth:`commit_kafka` needs both done.  Kafka states: ``new`` ->
+    ``producing`` -> ``committed``, or ``aborted`` (rewind and redo the batch), or
+    ``failed`` (stays failed and re-raises); ``prepared`` says the LanceDB side is durable.
+    """
 
     def __init__(
         self,
@@ -228,6 +235,8 @@ class EpochTransaction:
         self.producer = producer
         self.group = group
         self.state = "new"
+        #: the LanceDB side is durable: the Kafka transaction may commit
+        self.prepared = False
         self.error: BaseException | None = None
         self.commit_seconds: float | None = None
         #: how long each stage of this epoch took, in seconds (``stage_<name>_seconds`` in the metrics):
@@ -249,74 +258,74 @@ class EpochTransaction:
         self.error = exc
 
     def prepare(self) -> None:
-        """Write the table rows, then the prepare records, to LanceDB (append only).
+        """Write the table rows, the state deltas, then the prepare records, to LanceDB (append only).
 
         The commit marks of earlier epochs whose Kafka transactions have committed
-        (``marks``) travel in the same append as this epoch's prepare records.
+        (``marks``) travel in the same append as this epoch's prepare records.  Touches
+        no Kafka client: it may run while :meth:`produce` runs on another thread.
         """
-        self._expect("new")
+        if self.prepared:
+            raise CommitError(f"epoch {self.epoch.number}: prepared twice")
         started = time.monotonic()
-        try:
-            versions = {}
-            for table, frame in self.epoch.tables:
-                if frame.height:
-                    versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
-            for delta in self.epoch.states:
-                version = delta.store.append(
-                    delta.result, batch_id=self.epoch.batch_id, epoch=self.epoch.number, snapshot=delta.snapshot
-                )
-                if version is not None:
-                    versions[f"state:{delta.store.spec.name}"] = version
-            appending = time.monotonic()
-            self.log.prepare(
-                self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
-                marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times,
-                prev=self.epoch.prev,
-            )
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-        self.state = "prepared"
+        versions = {}
+        for table, frame in self.epoch.tables:
+            if frame.height:
+                versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
+        for delta in self.epoch.states:
+            version = delta.store.append(delta.result, batch_id=self.epoch.batch_id, epoch=self.epoch.number, snapshot=delta.snapshot)
+            if version is not None:
+                versions[f"state:{delta.store.spec.name}"] = version
+        appending = time.monotonic()
+        self.log.prepare(
+            self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
+            marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times,
+            prev=self.epoch.prev,
+        )
         ended = time.monotonic()
+        self.prepared = True
         self.log_append_seconds = ended - appending
         self.seconds["prepare"] = ended - started
 
     def produce(self) -> None:
-        """Begin the Kafka transaction and queue the outputs."""
-        self._expect("prepared")
+        """Begin the Kafka transaction, queue the outputs, and add the input offsets to it.
+
+        Nothing of it is visible before :meth:`commit_kafka`; if the epoch never
+        commits, the transaction is aborted (by this instance or by the next
+        ``init_transactions`` of its ``transactional.id``).
+        """
+        self._expect("new")
         started = time.monotonic()
         p = self.producer
+        offsets = self.epoch.offsets
         with self._kafka_step():
             p._retry("begin_transaction", p.producer.begin_transaction)
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
+            timeout = p.call_timeout
+            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, timeout))
         self.seconds["produce"] = time.monotonic() - started
 
     def commit_kafka(self) -> None:
-        """Add the input offsets to the Kafka transaction and commit it: the decision point of the epoch.
-
-        Safe to run on another thread while the next batch is polled and decoded:
-        nothing else uses the producer until this returns.
-        """
+        """Commit the Kafka transaction: the decision point of the epoch.  Only after :meth:`prepare` is durable."""
         self._expect("producing")
+        if not self.prepared:
+            raise CommitError(f"epoch {self.epoch.number}: its Kafka transaction may not commit before its LanceDB prepare is durable")
         started = time.monotonic()
         p = self.producer
-        offsets = self.epoch.offsets
+        faults.crash_point("after_produce")
         with self._kafka_step():
-            timeout = p.call_timeout
-            p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, timeout))
-            faults.crash_point("after_produce")
-            p._retry("commit_transaction", lambda: p.producer.commit_transaction(timeout))
+            p._retry("commit_transaction", lambda: p.producer.commit_transaction(p.call_timeout))
         self.state = "committed"
         self.committed_at = time.time()
         self.commit_seconds = self.seconds["commit"] = time.monotonic() - started
         faults.crash_point("after_commit")
 
-    def mark(self) -> None:
-        """Mark the epoch committed in LanceDB (recovery redoes it if this never happens)."""
-        self._expect("committed")
-        self.log.mark(self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id)
+    def abort(self) -> None:
+        """Abort the Kafka side after the LanceDB side failed (what it prepared is never marked, so never read)."""
+        if self.state == "producing":
+            self._abort_quietly()
+            self.state = "aborted"
 
     @contextmanager
     def _kafka_step(self) -> Iterator[None]:
@@ -347,34 +356,6 @@ class EpochTransaction:
             f"epoch {self.epoch.number}: the Kafka transaction of {self.producer.transactional_id!r} failed"
             f" ({'fatal' if is_fatal(err) else 'not retriable'}): {exc}; nothing of this batch is committed"
         ) from exc
-
-    def commit(self) -> None:
-        """Commit the epoch: outputs, offsets and table rows become visible together or not at all.
-
-        1. Prepare: append the table-sink rows and the window-state deltas, tagged
-           with the batch id, and one prepare record per input partition (epoch,
-           batch id, first and next offset, table versions, maximum event time) to
-           LanceDB.
-        2. Begin the Kafka transaction and produce the outputs (and dead letters).
-        3. ``send_offsets_to_transaction`` with the next offset of every input
-           partition (its metadata names the batch id), then commit the Kafka
-           transaction. This is the commit of the epoch.
-        4. Mark the epoch committed in LanceDB: a hint for readers; recovery redoes
-           it from the group's committed offsets and their metadata if the process
-           dies first.
-
-        The runner pipelines epochs, not these steps: it runs steps 1-3 in order on
-        the epoch's commit thread while it polls, decodes and folds the next batch,
-        starts an epoch's commit only after the previous one settled, and writes
-        this epoch's mark in a later epoch's step-1 append (or alone when no batch
-        follows).
-        This method runs the four steps in order on the calling thread.
-        """
-        self.prepare()
-        faults.crash_point("after_prepare")
-        self.produce()
-        self.commit_kafka()
-        self.mark()
 
 
 def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:

@@ -34,8 +34,7 @@ def _produce_with(error: ck.KafkaError) -> tuple[EpochTransaction, _Client]:
     producer.producer, producer.transactional_id, producer.call_timeout, producer.call = client, "pipe-0", 1.0, None
     epoch = Epoch(number=40, ranges=(), outgoing=(OutgoingTopic("out", [b"{}"]),))
     txn = EpochTransaction("pipe", epoch, log_=None, producer=producer, group=None)  # type: ignore[arg-type]
-    txn.state = "prepared"  # prepare() writes to LanceDB; not what this test is about
-    return txn, client
+    return txn, client  # the Kafka side only: prepare() writes to LanceDB, not what these tests are about
 
 
 def test_a_fenced_producers_produce_error_is_fatal_though_librdkafka_leaves_its_fatal_flag_unset():

@@ -1,0 +1,87 @@
+"""The commit protocol (engine/commit.py): the order of an epoch's steps, and a hung commit cut loose."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from lockgate.engine import commit
+from lockgate.engine.commit import run_epoch
+from lockgate.engine.transaction import TransactionalProducer
+
+import lockgate as lg
+from tests.conftest import same_rows
+from tests.engine.test_windows_on_kafka import build, make_events, oracle_minutes, produce_events
+
+
+class _Steps:
+    """Stands in for an EpochTransaction: records the order of its steps; ``prepare`` can wait for the Kafka side or fail."""
+
+    def __init__(self, prepare_waits_for_kafka: bool = False, prepare_fails: bool = False) -> None:
+        self.done: list[str] = []
+        self.kafka_started = threading.Event()
+        self.prepare_waits_for_kafka = prepare_waits_for_kafka
+        self.prepare_fails = prepare_fails
+        self.saw_kafka_during_prepare: bool | None = None
+
+    def produce(self) -> None:
+        self.kafka_started.set()
+        self.done.append("produce")
+
+    def prepare(self) -> None:
+        if self.prepare_waits_for_kafka:
+            self.saw_kafka_during_prepare = self.kafka_started.wait(10)
+        if self.prepare_fails:
+            raise OSError("disk full")
+        self.done.append("prepare")
+
+    def abort(self) -> None:
+        self.done.append("abort")
+
+    def commit_kafka(self) -> None:
+        self.done.append("commit")
+
+
+def test_the_kafka_side_of_an_epoch_runs_while_its_lancedb_prepare_runs_and_the_commit_waits_for_both():
+    steps = _Steps(prepare_waits_for_kafka=True)  # run one after the other, prepare would wait 10 s for nothing
+    run_epoch(steps)  # type: ignore[arg-type]
+    assert steps.saw_kafka_during_prepare is True
+    assert steps.done[-1] == "commit" and sorted(steps.done[:2]) == ["prepare", "produce"], steps.done
+
+
+def test_a_failed_prepare_aborts_the_kafka_side_and_never_commits():
+    steps = _Steps(prepare_fails=True)
+    with pytest.raises(OSError, match="disk full"):
+        run_epoch(steps)  # type: ignore[arg-type]
+    assert steps.done == ["produce", "abort"], steps.done
+
+
+@pytest.mark.kafka
+def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
+    brokers, make_topic, state_dir, unique, monkeypatch
+):
+    # librdkafka#5456/#5511: send_offsets_to_transaction can block for good after the group
+    # coordinator moved.  Here the first call blocks 8 s, far past commit_timeout (2 s) + grace (1 s).
+    events = make_events(6_000, seed=5)
+    topic = make_topic(f"hung-{unique}", partitions=4)
+    produce_events(brokers, topic, events)
+    monkeypatch.setattr(commit, "HANG_GRACE_S", 1.0)
+    real_retry = TransactionalProducer._retry
+    hung: list[str] = []
+
+    def retry(self: TransactionalProducer, what: str, call: Any, attempts: int = 40) -> Any:
+        if what == "send_offsets_to_transaction" and not hung:
+            hung.append(self.transactional_id)
+            self.call = (what, time.monotonic())
+            time.sleep(8)  # the replaced producer is fenced meanwhile: what this thread does next is never read
+        return real_retry(self, what, call, attempts)
+
+    monkeypatch.setattr(TransactionalProducer, "_retry", retry)
+    pipe = build(f"hung-{unique}", brokers, state_dir, topic, batch=lg.BatchPolicy(max_records=1_000), commit_timeout="2s")
+    pipe.run(until="caught_up", timeout=240)
+
+    metrics = pipe.metrics()
+    assert hung and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (hung, metrics)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
