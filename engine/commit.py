@@ -224,6 +224,10 @@ class Committer:
             else:
                 log.warning("%s; rewinding to the batch's first offsets to redo it", exc)
             self.metrics.add("aborts")
+            if exc.needs_new_producer and txn.producer is self.producer:
+                log.warning("epoch %d: replacing the fenced transactional producer", txn.epoch.number)
+                self.metrics.add("producer_replacements")
+                self.producer = self._new_producer()
             return Settled(txn, exc)
         self.pending_marks.append(txn.epoch)
         self._observe(txn)

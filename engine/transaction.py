@@ -40,9 +40,12 @@ T = TypeVar("T")
 class TransactionAborted(Exception):
     """The Kafka transaction was aborted; the batch must be rewound and redone."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, needs_new_producer: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        #: the transaction outlived transaction.timeout.ms (a stall) and the coordinator's time-out
+        #: abort fenced the producer: it can begin no other transaction
+        self.needs_new_producer = needs_new_producer
 
     @property
     def fenced(self) -> bool:
@@ -58,6 +61,10 @@ _FENCED_CODES = frozenset(
         ck.KafkaError.REBALANCE_IN_PROGRESS,
     }
 )
+
+
+#: what a producer gets once its transactional.id has a newer epoch (another producer, or a coordinator time-out)
+_PRODUCER_FENCED_CODES = frozenset({ck.KafkaError._FENCED, ck.KafkaError.PRODUCER_FENCED, ck.KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,8 @@ class TransactionalProducer:
     def __init__(self, options: dict[str, Any], *, call_timeout: float = 60.0) -> None:
         self.producer = ck.Producer({**options, "logger": kafka_logger("producer")})
         self.transactional_id = options["transactional.id"]
+        #: transaction.timeout.ms: an open transaction older than this is aborted by the coordinator
+        self.transaction_timeout_s = float(options.get("transaction.timeout.ms", 60_000)) / 1000
         self.call_timeout = call_timeout
         self.call: tuple[str, float] | None = None  # the blocking call running now, and since when
         self._retry("init_transactions", lambda: self.producer.init_transactions(call_timeout))
@@ -235,6 +244,7 @@ class EpochTransaction:
         self.producer = producer
         self.group = group
         self.state = "new"
+        self.began_at: float | None = None  # monotonic time of begin_transaction
         #: the LanceDB side is durable: the Kafka transaction may commit
         self.prepared = False
         self.error: BaseException | None = None
@@ -299,6 +309,7 @@ class EpochTransaction:
         offsets = self.epoch.offsets
         with self._kafka_step():
             p._retry("begin_transaction", p.producer.begin_transaction)
+            self.began_at = time.monotonic()
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
@@ -345,12 +356,33 @@ class EpochTransaction:
         except Exception as exc:  # noqa: BLE001 - the original error is what the caller sees
             log.error("abort after a failed produce also failed: %s", exc)
 
+    def _outlived_its_timeout(self, err: ck.KafkaError | None) -> float | None:
+        """How long the transaction had been open, when a fencing error came after transaction.timeout.ms; else None.
+
+        Then the fence is the coordinator's: it aborted the transaction that stayed open
+        too long (this instance was paused or cut off) and bumped the producer epoch.
+        Another live producer with the same ``transactional.id`` fences at any moment,
+        mostly well inside the time-out, and stays fatal.
+        """
+        if err is None or err.code() not in _PRODUCER_FENCED_CODES or self.began_at is None:
+            return None
+        age = time.monotonic() - self.began_at
+        return age if age > self.producer.transaction_timeout_s else None
+
     def _on_kafka_error(self, exc: ck.KafkaException) -> None:
         err = _kafka_error(exc)
         if err is not None and err.txn_requires_abort() and not is_fatal(err):
             self._abort_quietly()
             self.state = "aborted"
             raise TransactionAborted(f"epoch {self.epoch.number}: {err.str()}", err.code()) from exc
+        age = self._outlived_its_timeout(err)
+        if age is not None and err is not None:
+            self.state = "aborted"
+            raise TransactionAborted(
+                f"epoch {self.epoch.number}: its transaction was open {age:.0f}s, longer than transaction.timeout.ms "
+                f"({self.producer.transaction_timeout_s:g}s): this instance stalled (paused or cut off) and the coordinator "
+                f"aborted the transaction, which fenced the producer ({err.str()})", err.code(), needs_new_producer=True,
+            ) from exc
         self._fail(exc)
         raise CommitError(
             f"epoch {self.epoch.number}: the Kafka transaction of {self.producer.transactional_id!r} failed"

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import confluent_kafka as ck
 import pytest
 from lockgate.engine import commit
 from lockgate.engine.commit import run_epoch
@@ -84,4 +85,37 @@ def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_
 
     metrics = pipe.metrics()
     assert hung and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (hung, metrics)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_transaction_timed_out_while_the_instance_stalled_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
+    brokers, make_topic, state_dir, unique, monkeypatch
+):
+    # A SIGSTOPped instance resumed after transaction.timeout.ms: the coordinator has aborted its
+    # open transaction and bumped the producer epoch, so its next Kafka call fails with a fatal
+    # "fenced by a newer instance", as if another instance had its transactional.id.  The stall is
+    # real here: after the first records of a transaction, a sleep past transaction.timeout.ms (1 s)
+    # and the broker's time-out sweep (every 10 s).  Before: the run stopped with that fatal error.
+    events = make_events(6_000, seed=6)
+    topic = make_topic(f"stalled-{unique}", partitions=4)
+    produce_events(brokers, topic, events)
+    real_produce = TransactionalProducer.produce
+    stalled: list[str] = []
+
+    def produce(self: TransactionalProducer, out: Any) -> None:
+        real_produce(self, out)
+        if not stalled and out.values:  # the transaction is open at the coordinator once it has records
+            stalled.append(self.transactional_id)
+            self.producer.flush(10)
+            time.sleep(14)
+
+    monkeypatch.setattr(TransactionalProducer, "produce", produce)
+    pipe = build(f"stalled-{unique}", brokers, state_dir, topic, batch=lg.BatchPolicy(max_records=1_000),
+                 kafka={"transaction.timeout.ms": 1000})
+    pipe.run(until="caught_up", timeout=240)
+
+    metrics = pipe.metrics()
+    assert stalled and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (stalled, metrics)
     assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))

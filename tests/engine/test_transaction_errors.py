@@ -32,6 +32,7 @@ def _produce_with(error: ck.KafkaError) -> tuple[EpochTransaction, _Client]:
     client = _Client(error)
     producer = TransactionalProducer.__new__(TransactionalProducer)  # no broker: only produce() is exercised
     producer.producer, producer.transactional_id, producer.call_timeout, producer.call = client, "pipe-0", 1.0, None
+    producer.transaction_timeout_s = 60.0
     epoch = Epoch(number=40, ranges=(), outgoing=(OutgoingTopic("out", [b"{}"]),))
     txn = EpochTransaction("pipe", epoch, log_=None, producer=producer, group=None)  # type: ignore[arg-type]
     return txn, client  # the Kafka side only: prepare() writes to LanceDB, not what these tests are about
@@ -60,3 +61,14 @@ def test_a_fatal_flag_wins_over_txn_requires_abort():
     with pytest.raises(CommitError, match=r"\(fatal\)"):
         txn.produce()
     assert (txn.state, client.aborts) == ("failed", 0)
+
+
+def test_a_fence_that_comes_after_the_transaction_outlived_its_timeout_is_an_abort_with_a_new_producer():
+    # the coordinator aborted a transaction open longer than transaction.timeout.ms (the instance
+    # stalled) and bumped the epoch: librdkafka then says "fenced by a newer instance", fatal
+    txn, client = _produce_with(ck.KafkaError(ck.KafkaError._FENCED, "fenced by a newer instance", fatal=True))
+    txn.producer.transaction_timeout_s = 0.0  # any open transaction has outlived it
+    with pytest.raises(TransactionAborted, match=r"longer than transaction.timeout.ms .* this instance stalled") as caught:
+        txn.produce()
+    assert caught.value.needs_new_producer and txn.state == "aborted"
+    assert client.aborts == 0  # a fenced producer is never asked to abort
