@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
-from lockgate.engine.kafka_log import kafka_logger
+from lockgate.engine import kafka_clients
 from lockgate.operators.errors import BrokerError, PipelineDefinitionError
 
 __all__ = ["create_topic", "ensure_topics", "missing_topic_message", "partition_count"]
@@ -30,30 +30,39 @@ def _metadata(admin: AdminClient, brokers: str, timeout: float = 30.0) -> Any:
             f"cannot reach Kafka at {brokers} ({exc.args[0].str() if exc.args else exc}); "
             "start a local broker with `lockgate broker start` or pass brokers=..."
         ) from exc
-    finally:
-        admin.poll(0)  # an admin client's log lines (lockgate.kafka.admin) come out only through poll()
+
+
+def _create(admin: AdminClient, partitions: dict[str, int], what: str) -> list[str]:
+    """Create each topic with its number of partitions; the ones this call created (one made meanwhile is no error)."""
+    if not partitions:
+        return []
+    created = []
+    new = [NewTopic(topic, num_partitions=n, replication_factor=-1) for topic, n in partitions.items()]
+    for topic, future in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile
+                continue
+            raise BrokerError(f"cannot create the {what} {topic!r}: {exc}") from exc
+        log.info("created topic %s with %d partitions", topic, partitions[topic])
+        created.append(topic)
+    return created
 
 
 def partition_count(options: dict[str, Any], topic: str) -> int | None:
     """Partitions of ``topic``, or None when it does not exist."""
-    md = _metadata(AdminClient({**options, "log_level": 4, "logger": kafka_logger("admin")}), options["bootstrap.servers"])
+    md = _metadata(kafka_clients.admin(options), options["bootstrap.servers"])
     t = md.topics.get(topic)
     return None if t is None or t.error is not None else len(t.partitions)
 
 
 def create_topic(options: dict[str, Any], topic: str, partitions: int) -> bool:
     """Create ``topic`` with ``partitions`` partitions unless it exists; True if this call created it."""
-    admin = AdminClient({**options, "log_level": 4, "logger": kafka_logger("admin")})
+    admin = kafka_clients.admin(options)
     if topic in _metadata(admin, options["bootstrap.servers"]).topics:
         return False
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)], operation_timeout=30)[topic].result()
-    except KafkaException as exc:
-        if exc.args and exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS: created meanwhile
-            return False
-        raise BrokerError(f"cannot create the topic {topic!r}: {exc}") from exc
-    log.info("created topic %s with %d partitions", topic, partitions)
-    return True
+    return bool(_create(admin, {topic: partitions}, "topic"))
 
 
 def missing_topic_message(missing: list[str], brokers: str, topics: list[str]) -> str:
@@ -70,21 +79,11 @@ def missing_topic_message(missing: list[str], brokers: str, topics: list[str]) -
 
 def ensure_topics(options: dict[str, Any], sources: list[str], sinks: list[str]) -> None:
     """Check the source topics exist; create missing sink topics with as many partitions as the widest source."""
-    admin = AdminClient({**options, "log_level": 4, "logger": kafka_logger("admin")})
+    admin = kafka_clients.admin(options)
     md = _metadata(admin, options["bootstrap.servers"])
     missing = [t for t in sources if t not in md.topics or md.topics[t].error is not None]
     if missing:
         existing = [t for t in md.topics if not t.startswith("__")]
         raise PipelineDefinitionError(missing_topic_message(missing, options["bootstrap.servers"], existing))
     width = max(len(md.topics[t].partitions) for t in sources)
-    new = [NewTopic(t, num_partitions=width, replication_factor=-1) for t in dict.fromkeys(sinks) if t not in md.topics]
-    if not new:
-        return
-    for topic, future in admin.create_topics(new, operation_timeout=30).items():
-        try:
-            future.result()
-            log.info("created topic %s with %d partitions", topic, width)
-        except KafkaException as exc:
-            if exc.args and exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS: created meanwhile
-                continue
-            raise BrokerError(f"cannot create the sink topic {topic!r}: {exc}") from exc
+    _create(admin, {t: width for t in dict.fromkeys(sinks) if t not in md.topics}, "sink topic")

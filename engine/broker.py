@@ -471,8 +471,7 @@ def _wait_ready(info: BrokerInfo, timeout: float) -> None:
     same takes some 3 s of librdkafka's retry back-off.
     """
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-    from lockgate.engine.kafka_log import kafka_logger
+    from lockgate.engine import kafka_clients
 
     deadline = time.monotonic() + timeout
     admin = None
@@ -490,7 +489,7 @@ def _wait_ready(info: BrokerInfo, timeout: float) -> None:
             )
         if _accepts(info.port):
             if admin is None:
-                admin = AdminClient({"bootstrap.servers": info.bootstrap, "logger": kafka_logger("admin")})
+                admin = kafka_clients.admin({"bootstrap.servers": info.bootstrap})
             wait = min(2.0, max(remaining, 0.1))
             try:
                 admin.list_topics(timeout=wait)

@@ -12,7 +12,7 @@ import time
 
 import confluent_kafka as ck
 import polars as pl
-from lockgate.engine.kafka_log import kafka_logger
+from lockgate.engine import kafka_clients
 from lockgate.engine.plan import TableNode
 from lockgate.operators.errors import BrokerError
 
@@ -27,8 +27,9 @@ class ChangelogTable:
 
     def __init__(self, node: TableNode, options: dict) -> None:
         self.node = node
-        self.consumer = ck.Consumer({**options, "group.id": f"lockgate-table-{node.topic}", "enable.auto.commit": False,
-                                     "enable.partition.eof": True, "logger": kafka_logger("consumer")})
+        self.consumer = kafka_clients.consumer(
+            {**options, "group.id": f"lockgate-table-{node.topic}", "enable.auto.commit": False}, partition_eof=True
+        )
         md = self.consumer.list_topics(node.topic, timeout=30)
         meta = md.topics.get(node.topic)
         if meta is None or meta.error is not None:

@@ -31,12 +31,11 @@ import random
 import time
 from typing import Any
 
-import confluent_kafka as ck
 import polars as pl
+from lockgate.engine import kafka_clients
 from lockgate.engine.admin import create_topic
 from lockgate.engine.config import BatchPolicy
 from lockgate.engine.formats import JSON
-from lockgate.engine.kafka_log import kafka_logger
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.runner import RunSummary
 from lockgate.operators.errors import BrokerError
@@ -63,7 +62,7 @@ def produce_clicks(brokers: str, count: int, topic: str = CLICKS, *, partitions:
     # Idempotent, so each partition keeps the order it was written in: librdkafka's default is
     # off, and a plain producer's retried request (e.g. "Not leader for partition" on a topic just
     # made) lands after the ones behind it, which a windowed reader rightly counts late.
-    producer = ck.Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True, "logger": kafka_logger("producer")})
+    producer = kafka_clients.producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
     rng = random.Random()
     now = int(time.time() * 1000)
     urls = ["/", "/search", "/cart"] + [f"/p/{i}" for i in range(40)]

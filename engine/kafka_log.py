@@ -1,12 +1,14 @@
 """librdkafka's log lines go through Python logging, under ``lockgate.kafka``.
 
-Every Kafka client lockgate makes is given ``"logger": kafka_logger(role)``.
+Every Kafka client lockgate makes is given ``"logger": kafka_logger(role)`` by
+:mod:`lockgate.engine.kafka_clients`, which builds them all.
 confluent-kafka then hands each librdkafka log line to that logger, with its
 syslog level (0-7) mapped to CRITICAL, ERROR, WARNING, INFO or DEBUG, as
 ``"%s [%s] %s" % (facility, client name, text)``; librdkafka no longer prints raw
 lines such as ``%4|1796178328.475|GETPID|rdkafka#producer-5| ...`` on stderr.  The
 lines arrive while the client is served: a consumer's ``consume``/``poll``, a
-producer's ``poll``/``flush``/``commit_transaction``, an admin client's ``poll``.
+producer's ``poll``/``flush``/``commit_transaction``, an admin client's ``poll``
+(``kafka_clients.admin`` returns one that polls itself after each call).
 
 Lines about what librdkafka retries by itself are lowered to INFO
 (``kafka_level``): a group or transaction coordinator that is loading or moving

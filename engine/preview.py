@@ -16,10 +16,9 @@ import uuid
 import confluent_kafka as ck
 import polars as pl
 from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka.admin import AdminClient
+from lockgate.engine import kafka_clients
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.kafka_log import kafka_logger
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan
 from lockgate.engine.runner import Runner
@@ -30,7 +29,7 @@ __all__ = ["preview"]
 
 def _start_offsets(config: PipelineConfig, topics: list[str]) -> list[ck.TopicPartition]:
     """Every partition of ``topics`` at the pipeline group's committed offset (the beginning if none)."""
-    admin = AdminClient({**config.admin_options(), "logger": kafka_logger("admin")})
+    admin = kafka_clients.admin(config.admin_options())
     metadata = admin.list_topics(timeout=30)
     partitions = []
     for topic in topics:
@@ -49,7 +48,7 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
     topics = list(runner.sources_by_topic)
     options = {**config.consumer_options(), "group.id": f"{config.name}-preview-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
     options.pop("group.instance.id", None)  # not a member of any group: it only reads
-    consumer = ck.Consumer({**options, "logger": kafka_logger("consumer")})
+    consumer = kafka_clients.consumer(options)
     changelogs = {t.name: ChangelogTable(t, config.admin_options()) for t in plan.tables}
     try:
         consumer.assign(_start_offsets(config, topics))

@@ -20,8 +20,8 @@ from typing import Any
 
 import confluent_kafka as ck
 import polars as pl
+from lockgate.engine import kafka_clients
 from lockgate.engine.config import BatchPolicy
-from lockgate.engine.kafka_log import kafka_logger
 from lockgate.engine.transaction import is_fatal
 
 __all__ = ["KafkaSource", "RawBatch"]
@@ -152,7 +152,7 @@ class KafkaSource:
     ) -> None:
         # No partition-EOF events: with them on, consume() ran at half speed here
         # (bench: 0.53M vs 1.1M records/s); caught_up() compares positions instead.
-        self.consumer = ck.Consumer({**options, "enable.partition.eof": False, "logger": kafka_logger("consumer")})
+        self.consumer = kafka_clients.consumer(options, partition_eof=False)
         self.topics = topics
         self.before_revoke = before_revoke
         self.group = str(options.get("group.id", ""))
@@ -335,9 +335,7 @@ class KafkaSource:
         if self.admin_options is None:
             return self.consumer
         if self.admin is None:
-            from confluent_kafka.admin import AdminClient
-
-            self.admin = AdminClient({**self.admin_options, "log_level": 4, "logger": kafka_logger("admin")})
+            self.admin = kafka_clients.admin(self.admin_options)
         return self.admin
 
     def partition_counts(self, topics: list[str], timeout: float = 10.0) -> dict[str, int]:
@@ -385,9 +383,7 @@ class KafkaSource:
 
     def _committed_by_admin(self, wanted: list[ck.TopicPartition], timeout: float) -> list[ck.TopicPartition] | None:
         """The committed offsets through a new admin client (stable offsets only, as the consumer asks); None if it fails too."""
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({**(self.admin_options or {}), "log_level": 4, "logger": kafka_logger("admin")})  # a new one: a long-lived client may be stuck too
+        admin = kafka_clients.admin(self.admin_options or {})  # a new one: a long-lived client may be stuck too
         try:
             request = [ck.ConsumerGroupTopicPartitions(self.group, wanted)]
             future = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=timeout)[self.group]

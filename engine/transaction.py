@@ -24,7 +24,7 @@ import confluent_kafka as ck
 import numpy as np
 import polars as pl
 from lockgate.engine import faults
-from lockgate.engine.kafka_log import kafka_logger
+from lockgate.engine import kafka_clients
 from lockgate.operators.errors import CommitError
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 
@@ -149,7 +149,7 @@ class TransactionalProducer:
     """The one transactional producer of a pipeline instance (stable ``transactional.id``)."""
 
     def __init__(self, options: dict[str, Any], *, call_timeout: float = 60.0) -> None:
-        self.producer = ck.Producer({**options, "logger": kafka_logger("producer")})
+        self.producer = kafka_clients.producer(options)
         self.transactional_id = options["transactional.id"]
         #: transaction.timeout.ms: an open transaction older than this is aborted by the coordinator
         self.transaction_timeout_s = float(options.get("transaction.timeout.ms", 60_000)) / 1000

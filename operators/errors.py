@@ -18,6 +18,7 @@ __all__ = [
     "BrokerError",
     "CommitError",
     "DecodeError",
+    "KafkaOptionsError",
     "LockgateError",
     "PipelineDefinitionError",
     "StorageError",
@@ -34,6 +35,10 @@ class PipelineDefinitionError(ValueError, LockgateError):
 
 class DecodeError(ValueError, LockgateError):
     """A record value does not decode with the source's format."""
+
+
+class KafkaOptionsError(ValueError, LockgateError):
+    """librdkafka refused an option a Kafka client was built with (an unknown name or an invalid value)."""
 
 
 class BrokerError(RuntimeError, LockgateError):

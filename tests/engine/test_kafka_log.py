@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import re
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import confluent_kafka as ck
 import pytest
@@ -20,7 +18,6 @@ from lockgate.engine.kafka_log import kafka_logger
 from tests.conftest import json_values, produce
 from tests.engine.test_service import PIPELINE_FILE
 
-ROOT = Path(__file__).resolve().parents[2]
 #: a line librdkafka prints itself: %<syslog level>|<time>|<facility>|<client>| ...
 RAW = re.compile(r"^%[0-7]\|\d+\.\d+\|", re.M)
 
@@ -102,29 +99,6 @@ def test_a_misconfigured_client_logs_its_error_at_error(brokers, collect):
     del producer
     tls = [r for r in collect.records if "SSL" in r.getMessage()]  # "SSL handshake failed: ..." or "Disconnected: SSL connection ..."
     assert tls and {(r.name, r.levelname) for r in tls} == {("lockgate.kafka.producer", "ERROR")}, collect.records
-
-
-def _kafka_clients(path: Path) -> Iterator[tuple[int, ast.Call]]:
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if name in ("Consumer", "Producer", "AdminClient"):
-                yield node.lineno, node
-
-
-def test_every_kafka_client_lockgate_makes_is_given_a_lockgate_kafka_logger():
-    found, missing = 0, []
-    for path in [*ROOT.joinpath("engine").glob("*.py"), *ROOT.joinpath("lockgate").glob("*.py")]:
-        for line, call in _kafka_clients(path):
-            found += 1
-            options = call.args[0] if call.args else None
-            logger = next(
-                (v for k, v in zip(options.keys, options.values, strict=True) if isinstance(k, ast.Constant) and k.value == "logger"), None
-            ) if isinstance(options, ast.Dict) else None
-            if not (isinstance(logger, ast.Call) and getattr(logger.func, "id", "") == "kafka_logger"):
-                missing.append(f"{path.relative_to(ROOT)}:{line}")
-    assert found >= 8, "the check finds the clients"
-    assert not missing, f"Kafka clients without 'logger': kafka_logger(...) in their options: {missing}"
 
 
 @pytest.mark.kafka
