@@ -42,7 +42,7 @@ from lockgate.engine.plan import (
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.transaction import Epoch, OutgoingTopic, parse_offset_metadata, partition_ranges
-from lockgate.operators.errors import AssignmentError, PipelineDefinitionError
+from lockgate.operators.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 
@@ -237,6 +237,8 @@ class Runner:
             self._open_clients()
         except PipelineDefinitionError:
             raise  # lockgate's own message (a missing source topic ...): not the clients refusing an option
+        except KafkaOptionsError as exc:  # names the client, the option and the fix already
+            raise KafkaOptionsError(f"pipeline {self.config.name!r}: {self.config.scrub(str(exc))}") from None
         except (ck.KafkaException, ValueError, TypeError) as exc:
             # librdkafka may quote a value it refuses: never let it be a secret
             raise PipelineDefinitionError(f"pipeline {self.config.name!r}: the Kafka clients refused their options: {self.config.scrub(str(exc))}") from None
