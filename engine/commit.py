@@ -137,8 +137,15 @@ class Committer:
         return TransactionalProducer(self.producer_options, call_timeout=self.commit_timeout_s)
 
     def ready(self) -> bool:
-        """Whether a new epoch could start its commit now: none is in flight, or the one in flight has finished."""
-        return self.inflight is None or self.inflight[1].done()
+        """Whether a new epoch could start its commit now: none is in flight, or the one in flight has finished.
+
+        Also once only its ``commit_transaction`` is left (steps 1 and 2 done): the next
+        batch's decode and operators then run during that call instead of after it.
+        """
+        if self.inflight is None or self.inflight[1].done():
+            return True
+        txn = self.inflight[0]
+        return txn.prepared and "produce" in txn.seconds
 
     def start(self, epoch: Epoch, group: object, seconds: dict[str, float]) -> None:
         """Start steps 1-3 of ``epoch`` on its commit thread; ``seconds`` are the runner's stages of it (wait, decode, ...).

@@ -418,11 +418,10 @@ class Runner:
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
 
     def _ready(self) -> bool:
-        """Whether a batch closed now could start its commit at once: no epoch's commit is in flight.
+        """Whether the poll may close a batch that has records: the commit before it is (nearly) done.
 
-        The poll closes a batch that has records as soon as this is true, so records wait
-        for the commit before them and not for ``max_wait``; while a commit runs the
-        batch grows (up to ``max_records``/``max_wait``).
+        See :meth:`Committer.ready`: records wait for the commit before them, not for
+        ``max_wait``; while a commit runs the batch grows (up to ``max_records``/``max_wait``).
         """
         return self.committer is None or self.committer.ready()
 

@@ -188,8 +188,9 @@ class KafkaSource:
         """Records until the batch is full, ``max_wait`` after its first record, or the runner is ``ready`` for it.
 
         The batch closes at the first of: ``max_records`` or ``max_bytes`` reached;
-        ``max_wait`` passed since its first record came; ``ready()`` (the runner can
-        commit it now: no commit in flight) once it has records.  So a batch closes
+        ``max_wait`` passed since its first record came; ``ready()`` once it has
+        records (the runner can take it now: the commit before it is done, or only
+        its Kafka commit call is left).  So a batch closes
         as soon as the previous commit settled and records wait, and grows while
         commits lag.  Without ``ready`` it closes once the input is read to its end.
         Reads in slices of at most 5 ms (librdkafka's ``consume(n, timeout)`` blocks
