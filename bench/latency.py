@@ -50,8 +50,9 @@ starts at the beginning of the output topic and keeps the raw values and, per ``
 call, its wall-clock return time; they are decoded after the run.  It waits in
 ``consume(1, 0.05)``, which returns with the first record that arrives, then takes what has
 arrived with it with ``consume(10_000, 0)`` (no wait), so a record's receive time is at most
-one such call late.  The share of the load's time it spent not waiting for records is
-reported ("reader busy"): near 100 % it, not the engine, would set the pace.  Before the
+one such call late.  The share of the time from the load's start to the last output that it
+spent not waiting for records is reported ("reader busy"): near 100 % it, not the engine,
+would set the pace.  Before the
 measured producer starts, probe records (``k`` = -1, not counted) are produced until the
 reader sees an output for one: the engine has joined its group and runs.
 
@@ -315,6 +316,7 @@ def _stop_engine(proc: subprocess.Popen, work: Path) -> dict[str, Any]:
 
 def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, steady: dict[str, float], run: int) -> dict[str, Any]:
     """One engine, one rate, fresh topics: produce, read, analyse.  The transport row has no engine: the reader reads the input topic."""
+    load_before = os.getloadavg()[0]  # a busy machine (other jobs on its CPUs) shows here
     tag = uuid.uuid4().hex[:6]
     name = f"bench-latency-{engine['kind']}-{tag}"
     in_topic, out_topic = f"{name}-in", f"{name}-out"
@@ -344,21 +346,24 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         t0_ms = time.time() * 1000
         keys, ts = _produce_paced(producer, in_topic, rate, seconds, seed=run)
         produce_s = time.time() - t0_ms / 1000
-        # the reader's busy share while the load ran (its wait counter is updated once per consume round)
-        reader_busy = 1.0 - (waited.value - waited_0) / max(1e-9, time.monotonic() - mono_0)
         last, still = seen.value, time.monotonic()
+        busy_at = (waited.value, still)  # the reader's wait counter and the clock when the last output came
         drain_until = still + 120
         while time.monotonic() - still < 5.0 and time.monotonic() < drain_until:  # drain: 5 s without new output
             time.sleep(0.2)
             if seen.value != last:
                 last, still = seen.value, time.monotonic()
+                busy_at = (waited.value, still)
+        # the reader's busy share from the load's start to its last output (a late engine's outputs come after the load)
+        reader_busy = 1.0 - (busy_at[0] - waited_0) / max(1e-9, busy_at[1] - mono_0)
         engine_report = {} if proc is None else _stop_engine(proc, work)
         stop.set()
         reader.join(120)
         result = analyse(engine["kind"], keys, ts, work / "out.ndjson", t0_ms, steady)
         result.update({"run": run, "rate": rate, "seconds": seconds, "ready_seconds": round(ready_s, 2),
                        "produce_seconds": round(produce_s, 2), "produced_rps": round(len(keys) / produce_s),
-                       "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report})
+                       "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report,
+                       "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count()})
         return result
     finally:
         if proc is not None and proc.poll() is None:
@@ -566,7 +571,7 @@ def report(result: dict[str, Any]) -> str:
                      "(each figure its own median; ratios of those medians), latency in ms\n")
         parts.append(common.markdown_table(["engine", "caught up after", "measured s", "p50", "p99", "p999", "max", "p99 after warm-up", "complete"], rows))
         busy = max((f["reader_busy_max"] for f in s.values()), default=0.0)
-        parts.append(f"\nThe reader was busy at most {busy:.0%} of the load's time (the rest it waited for records)"
+        parts.append(f"\nThe reader was busy at most {busy:.0%} of the time from the load's start to the last output (the rest it waited for records)"
                      + (": **it may have set the pace**" if busy > 0.8 else "") + ".")
         ratio_rows = []
         cad_ks = "ks_cadence" if "ks_cadence" in s else "ks_default"
@@ -640,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {rate:,}/s run {run + 1} {e['label']}: {up}, steady p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms "
                       f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
-                      f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, ready after {r['ready_seconds']} s", file=sys.stderr)
+                      f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, ready after {r['ready_seconds']} s, "
+                      f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs", file=sys.stderr)
         result["rates"][str(rate)] = {
             "runs": per_engine,
             "summary": {k: summarise(v) for k, v in per_engine.items()},
