@@ -52,7 +52,9 @@ call, its wall-clock return time; they are decoded after the run.  It waits in
 arrived with it with ``consume(10_000, 0)`` (no wait), so a record's receive time is at most
 one such call late.  The share of the time from the load's start to the last output that it
 spent not waiting for records is reported ("reader busy"): near 100 % it, not the engine,
-would set the pace.  Before the
+would set the pace.  The producer's longest pause between its slices is reported too: on a
+saturated machine it is held up (its queue full, or no CPU), its records wait in its queue
+and their latency counts that wait.  Before the
 measured producer starts, probe records (``k`` = -1, not counted) are produced until the
 reader sees an output for one: the engine has joined its group and runs.
 
@@ -122,6 +124,7 @@ KS_EOS_COMMIT_MS = 100  # Kafka Streams' commit.interval.ms default under exactl
 KS_DIR = Path(__file__).resolve().parent / "peers" / "kstreams"
 KS_JAR = KS_DIR / "target" / "kstreams-latency.jar"
 PROBE_KEY = -1
+PRODUCER_HELD_MS = 250  # a pause between the producer's slices longer than this is reported
 QUANTILES = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
 
 LOCKGATE = """
@@ -363,6 +366,9 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         result.update({"run": run, "rate": rate, "seconds": seconds, "ready_seconds": round(ready_s, 2),
                        "produce_seconds": round(produce_s, 2), "produced_rps": round(len(keys) / produce_s),
                        "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report,
+                       # the producer's longest pause between slices: ~10 ms paced; more, and it was held up (a full
+                       # queue on a saturated broker, or no CPU): its records waited in it and their latency counts that
+                       "producer_max_gap_ms": int(np.diff(ts).max()) if len(ts) > 1 else 0,
                        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count()})
         return result
     finally:
@@ -510,6 +516,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     measured = [r["measured_seconds"] for r in runs if r["steady"]]
     out["measured_seconds"] = common.median(measured) if measured else 0.0
     out["reader_busy_max"] = max(r.get("reader_busy", 0.0) for r in runs)
+    out["producer_max_gap_ms"] = max(r.get("producer_max_gap_ms", 0) for r in runs)
     out["complete"] = all(r["complete"] for r in runs)
     out["lost_records"] = sum(r["lost_records"] for r in runs)
     out["extra_records"] = sum(r["extra_records"] for r in runs)
@@ -573,6 +580,10 @@ def report(result: dict[str, Any]) -> str:
         busy = max((f["reader_busy_max"] for f in s.values()), default=0.0)
         parts.append(f"\nThe reader was busy at most {busy:.0%} of the time from the load's start to the last output (the rest it waited for records)"
                      + (": **it may have set the pace**" if busy > 0.8 else "") + ".")
+        held = {e["label"]: s[e["key"]]["producer_max_gap_ms"] for e in result["engines"] if e["key"] in s and s[e["key"]]["producer_max_gap_ms"] > PRODUCER_HELD_MS}
+        if held:
+            parts.append("**The producer was held up** (longest pause between its 10 ms slices; its records waited in its queue "
+                         "and their latency counts that): " + "; ".join(f"{label}: {gap:,} ms" for label, gap in held.items()) + ".")
         ratio_rows = []
         cad_ks = "ks_cadence" if "ks_cadence" in s else "ks_default"
         cad_lg = "lg_cadence" if "lg_cadence" in s else "lg_default"
@@ -645,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {rate:,}/s run {run + 1} {e['label']}: {up}, steady p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms "
                       f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
-                      f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, ready after {r['ready_seconds']} s, "
+                      f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
                       f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs", file=sys.stderr)
         result["rates"][str(rate)] = {
             "runs": per_engine,
