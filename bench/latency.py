@@ -162,9 +162,14 @@ records = transactions = 0
 opened = None  # when the open transaction got its first record
 
 
+commits = []  # seconds per send_offsets + commit, to tell the commit's share of the latency
+
+
 def commit():
+    t = now()
     producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 60)
     producer.commit_transaction(60)
+    commits.append(now() - t)
 
 
 while not stopping:
@@ -189,7 +194,9 @@ while not stopping:
 if opened is not None:
     commit()
 consumer.close()
-print(json.dumps({"records": records, "batches": transactions}), flush=True)
+commits.sort()
+ms = {f"commit_ms_{q}": round(commits[min(len(commits) - 1, int(f * len(commits)))] * 1000, 1) for q, f in (("p50", 0.5), ("p99", 0.99))} if commits else {}
+print(json.dumps({"records": records, "batches": transactions, **ms, "commit_ms_max": round(commits[-1] * 1000, 1) if commits else None}), flush=True)
 """
 
 
@@ -657,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
                       f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
-                      f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs", file=sys.stderr)
+                      f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs"
+                      + (f", floor {r['engine']}" if e["kind"] == "floor" else ""), file=sys.stderr)
         result["rates"][str(rate)] = {
             "runs": per_engine,
             "summary": {k: summarise(v) for k, v in per_engine.items()},
