@@ -2,29 +2,39 @@
 
 Workload, per engine run (each on a fresh 4-partition input topic and a fresh output topic):
 an idempotent producer (``enable.idempotence``: a partition keeps its write order) writes
-R records/s (``--rate``/``--rates``) for S seconds (``--seconds``) of JSON
+R records/s (``--rate``/``--rates``) for S seconds (``--seconds``, 50, warm-up included) of JSON
 ``{"k": <one of 1,000 keys>, "v": <sequence number>, "ts": <wall clock ms>}`` keyed by ``k``,
 paced in 10 ms slices (every slice produces the records that are due), ``ts`` is the event time.
+The load runs at the full rate from its first second: there is no slower warm-up load.
 
 Pipeline: tumbling 10 s event-time windows by ``k``, count and sum of ``v``, emit on every
 update, to a Kafka topic, exactly once.
 
+(t) the transport, no engine: the reader reads the input topic itself (producer -> broker ->
+    reader).  What the machine, the broker and the measurement cost before any engine.
 (a) Kafka Streams 4.1 (``bench/peers/kstreams``, built with ``mvn -q package`` on the first run,
-    run on the machine's JDK): ``exactly_once_v2``, ``groupByKey``,
+    run on the machine's JDK with its default JVM options): ``exactly_once_v2``, ``groupByKey``,
     ``TimeWindows.ofSizeWithNoGrace(10 s)`` on ``ts`` (a timestamp extractor), count + sum,
-    ``toStream`` -> JSON ``{"k", "window_start", "count", "sum"}``.  Record caching is off
-    (``statestore.cache.max.bytes=0``) so that every update is emitted, as "emit on every
-    update" asks: one output (and one changelog record) per input record.  Once on its
-    defaults (``commit.interval.ms`` 100 under EOS), once with ``commit.interval.ms`` = the
-    cadence, and once more on its defaults with its record cache on (10 MB, its default):
-    each window's latest value is emitted when the cache flushes, at the latest on commit,
-    which is what lockgate's ``emit="update"`` does per micro-batch (one row per updated
-    window and batch, not one per record).
+    ``toStream`` -> JSON ``{"k", "window_start", "count", "sum"}``.  Everything else is Kafka
+    Streams' own default (one stream thread; under EOS ``commit.interval.ms`` 100, its producer's
+    ``linger.ms`` 100 and ``transaction.timeout.ms`` 10 s, its consumer's ``max.poll.records``
+    1000).  Record caching is off (``statestore.cache.max.bytes=0``) so that every update is
+    emitted, as "emit on every update" asks: one output (and one changelog record) per input
+    record.  Once on its defaults, once with ``commit.interval.ms`` = the cadence, and once more
+    on its defaults with its record cache on (10 MB, its default): each window's latest value is
+    emitted when the cache flushes, at the latest on commit, which is what lockgate's
+    ``emit="update"`` does per micro-batch (one row per updated window and batch, not one per
+    record).
 (b) the floor: the cheapest exactly-once consume-transform-produce loop on confluent-kafka in
     Python: a read_committed consumer, a transactional producer that forwards each input
-    value as it is (no decode), one transaction per cadence (opened by the first record,
-    committed ``cadence`` later with the consumer's offsets).  No exactly-once pipeline on
-    this client can beat it.
+    value as it is (no decode), one transaction per cadence.  With no transaction open it waits
+    in ``consume(1, 0.1)``, which returns as soon as a record is there, and opens the
+    transaction on that record; while it is open it consumes in slices of at most 5 ms (or what
+    is left of the cadence, if less) and forwards each slice at once, and commits ``cadence``
+    after the transaction's first record, with the consumer's offsets.  (``consume(n, t)``
+    waits for n records or all of t: one call with a 100 ms timeout held the first record of
+    a transaction up to 100 ms before the transaction was even opened.)  No exactly-once
+    pipeline on this client can beat it.
 (c) lockgate: ``source(JSON, event_time="ts").window(Tumbling("10s"), by="k", emit="update")
     .agg(count=pl.len(), sum=pl.col("v").sum()).to_kafka(out, key="k")``, once with
     ``BatchPolicy()`` (defaults), once with ``BatchPolicy(max_wait=<cadence>)``.
@@ -36,20 +46,38 @@ the table says so.
 
 Each engine runs in a process of its own (a JVM, or a fresh Python interpreter), the
 read_committed reader in another one (no shared GIL), the producer in this one.  The reader
-starts at the beginning of the output topic and keeps, per ``consume`` call, its wall-clock
-receive time and the raw values; they are decoded after the run.  Before the measured
-producer starts, probe records (``k`` = -1, not counted) are produced until the reader sees
-an output for one: the engine has joined its group and runs.
+starts at the beginning of the output topic and keeps the raw values and, per ``consume``
+call, its wall-clock return time; they are decoded after the run.  It waits in
+``consume(1, 0.05)``, which returns with the first record that arrives, then takes what has
+arrived with it with ``consume(10_000, 0)`` (no wait), so a record's receive time is at most
+one such call late.  The share of the time from the load's start to the last output that it
+spent not waiting for records is reported ("reader busy"): near 100 % it, not the engine,
+would set the pace.  The producer's longest pause between its slices is reported too: on a
+saturated machine it is held up (its queue full, or no CPU), its records wait in its queue
+and their latency counts that wait.  Before the
+measured producer starts, probe records (``k`` = -1, not counted) are produced until the
+reader sees an output for one: the engine has joined its group and runs.
 
 Latency (Polars, whole frames): input record i of a (key, window), in produce order, is
 reflected at the first receive time of an output row of that window with count >= i
 (outputs per (key, window) in receive order, cumulative maximum of count, ``join_asof``
 forward on count); its latency is that time minus its ``ts`` (the produce wall time,
-whole ms).  For the floor, the time the reader first sees the forwarded record.  Records
-produced in the first ``--warmup`` seconds (10) are not measured.  Completeness: for every
-(key, window) the highest count seen must equal the number of records produced (the floor:
-every sequence number seen, none twice); a run that loses or double-counts records is a
-FAILURE and says so.
+whole ms).  For the floor and the transport, the time the reader first sees the record.
+
+Steady state, the same rule for every engine: per second of the load (by ``ts``, from its
+first record, warm-up included) the p50 and p99 of the records produced in it.  An engine has
+caught up at the first second from which its per-second p50 stays <= ``--steady-ms``
+(default max(1000 ms, 10 x the cadence)) for ``--steady-hold`` (5) seconds in a row: a JVM
+still compiling, or any engine working off a backlog, is seconds behind and above it.  The
+figures are of the records produced from max(``--warmup`` (20 s), caught up) to the end of
+the load; a run that never catches up has no steady-state figures and the table says so.
+The table gives per engine when it caught up (median over runs, the slowest run beside),
+how many seconds were measured, the steady-state p50/p99/p999/max, and the p99 of every
+record after the warm-up, catch-up included; the JSON has every run's per-second p50/p99.
+
+Completeness: for every (key, window) the highest count seen must equal the number of
+records produced (the floor and the transport: every sequence number seen, none twice); a
+run that loses or double-counts records is a FAILURE and says so.
 
 Medians of ``--runs`` runs.  lockgate's own histograms (``pipe.metrics()["histograms"]``,
 the whole run including warm-up) are printed beside its end-to-end figures: per-stage
@@ -57,11 +85,12 @@ the whole run including warm-up) are printed beside its end-to-end figures: per-
 
 Usage::
 
-    python bench/latency.py [--brokers HOST:PORT] [--rates 50000,10000] [--seconds 40] [--runs 3]
-                            [--cadence-ms 100] [--engines kstreams,floor,lockgate] [--out bench/results]
+    python bench/latency.py [--brokers HOST:PORT] [--rates 50000,10000] [--seconds 50] [--warmup 20]
+                            [--steady-ms 1000] [--steady-hold 5] [--runs 3] [--cadence-ms 100]
+                            [--engines transport,kstreams,floor,lockgate] [--out bench/results]
 
 Targets (issue 12): lockgate p99 <= 0.9 x Kafka Streams p99 (defaults, and equal cadence), at
-50k and 10k ev/s; the goal beyond is 0.5 x.
+50k and 10k ev/s, steady state; the goal beyond is 0.5 x.
 """
 
 from __future__ import annotations
@@ -95,6 +124,7 @@ KS_EOS_COMMIT_MS = 100  # Kafka Streams' commit.interval.ms default under exactl
 KS_DIR = Path(__file__).resolve().parent / "peers" / "kstreams"
 KS_JAR = KS_DIR / "target" / "kstreams-latency.jar"
 PROBE_KEY = -1
+PRODUCER_HELD_MS = 250  # a pause between the producer's slices longer than this is reported
 QUANTILES = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
 
 LOCKGATE = """
@@ -119,6 +149,7 @@ import json, os, signal, time
 import confluent_kafka as ck
 name, brokers, src, dst = os.environ["B_NAME"], os.environ["B_BROKERS"], os.environ["B_IN"], os.environ["B_OUT"]
 cadence = float(os.environ["B_MAX_WAIT_MS"]) / 1000
+SLICE = 0.005  # consume(n, t) waits for n records or all of t: short slices keep records moving to the producer
 stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": name})
@@ -126,12 +157,26 @@ producer.init_transactions(60)
 consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": name, "auto.offset.reset": "earliest",
                         "isolation.level": "read_committed", "enable.auto.commit": False})
 consumer.subscribe([src])
-produce, consume = producer.produce, consumer.consume
+produce, consume, now = producer.produce, consumer.consume, time.monotonic
 records = transactions = 0
 opened = None  # when the open transaction got its first record
+
+
+commits = []  # seconds per send_offsets + commit, to tell the commit's share of the latency
+
+
+def commit():
+    t = now()
+    producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 60)
+    producer.commit_transaction(60)
+    commits.append(now() - t)
+
+
 while not stopping:
-    timeout = 0.1 if opened is None else max(0.0, opened + cadence - time.monotonic())
-    msgs = consume(10_000, timeout)
+    if opened is None:
+        msgs = consume(1, 0.1)  # returns with the first record that arrives: it opens the transaction
+    else:
+        msgs = consume(10_000, min(SLICE, max(0.0, opened + cadence - now())))
     for m in msgs:
         if m.error() is not None:
             if m.error().fatal():
@@ -139,45 +184,59 @@ while not stopping:
             continue
         if opened is None:
             producer.begin_transaction()
-            opened = time.monotonic()
+            opened = now()
         produce(dst, m.value(), m.key())
         records += 1
-    if opened is not None and time.monotonic() >= opened + cadence:
-        producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 60)
-        producer.commit_transaction(60)
+    if opened is not None and now() >= opened + cadence:
+        commit()
         transactions += 1
         opened = None
 if opened is not None:
-    producer.send_offsets_to_transaction(consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 60)
-    producer.commit_transaction(60)
+    commit()
 consumer.close()
-print(json.dumps({"records": records, "batches": transactions}), flush=True)
+commits.sort()
+ms = {f"commit_ms_{q}": round(commits[min(len(commits) - 1, int(f * len(commits)))] * 1000, 1) for q, f in (("p50", 0.5), ("p99", 0.99))} if commits else {}
+print(json.dumps({"records": records, "batches": transactions, **ms, "commit_ms_max": round(commits[-1] * 1000, 1) if commits else None}), flush=True)
 """
 
 
 # --- the reader: its own process --------------------------------------------------------
 
 
-def _read(brokers: str, topic: str, path: str, stop: Any, seen: Any) -> None:
-    """Read ``topic`` read_committed from its beginning until ``stop``; write the values (ndjson) and receive times (ms)."""
+def _read(brokers: str, topic: str, path: str, stop: Any, seen: Any, waited: Any) -> None:
+    """Read ``topic`` read_committed from its beginning until ``stop``; write the values (ndjson) and receive times (ms).
+
+    Each record's receive time is taken when the ``consume`` call that returned it came back:
+    a call for one record that returns as soon as one is there, then calls that take, without
+    waiting, whatever has arrived with it (``consume(n, t)`` waits for n records or all of t, so a
+    single call with a timeout would date a burst that ends short of n up to t late).  ``waited``
+    gets the seconds spent waiting for a first record: the caller turns it into the share of a
+    span the reader was busy (near 1: the reader, not the engine, set the pace).
+    """
     consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-latency-reader-{uuid.uuid4().hex[:8]}",
                             **common.BASELINE_CONSUMER, "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
     consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(PARTITIONS)])
     values: list[bytes] = []
     times: list[float] = []
     counts: list[int] = []
-    consume = consumer.consume
+    consume, clock = consumer.consume, time.time
+    idle = 0.0
     try:
         while not stop.is_set():
-            msgs = consume(10_000, 0.02)
-            if not msgs:
-                continue
-            t = time.time() * 1000.0
-            got = [v for m in msgs if (v := m.value()) is not None]
-            values += got
-            times.append(t)
-            counts.append(len(got))
+            w0 = time.monotonic()
+            msgs = consume(1, 0.05)
+            idle += time.monotonic() - w0
+            first = True
+            while msgs:  # the first record, then what is already here, without waiting
+                t = clock() * 1000.0
+                got = [v for m in msgs if (v := m.value()) is not None]
+                values += got
+                times.append(t)
+                counts.append(len(got))
+                msgs = consume(10_000, 0) if first or len(msgs) == 10_000 else None
+                first = False
             seen.value = len(values)
+            waited.value = idle
     finally:
         consumer.close()
     Path(path).write_bytes(b"\n".join(values) + b"\n" if values else b"")
@@ -265,24 +324,27 @@ def _stop_engine(proc: subprocess.Popen, work: Path) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, warmup: float, run: int) -> dict[str, Any]:
-    """One engine, one rate, fresh topics: produce, read, analyse."""
+def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, steady: dict[str, float], run: int) -> dict[str, Any]:
+    """One engine, one rate, fresh topics: produce, read, analyse.  The transport row has no engine: the reader reads the input topic."""
+    load_before = os.getloadavg()[0]  # a busy machine (other jobs on its CPUs) shows here
     tag = uuid.uuid4().hex[:6]
     name = f"bench-latency-{engine['kind']}-{tag}"
     in_topic, out_topic = f"{name}-in", f"{name}-out"
+    bare = engine["kind"] == "transport"
     common.create_topic(brokers, in_topic, PARTITIONS)
-    common.create_topic(brokers, out_topic, PARTITIONS)
+    if not bare:
+        common.create_topic(brokers, out_topic, PARTITIONS)
     work = Path(tempfile.mkdtemp(prefix="lockgate-bench-latency-"))
     ctx = mp.get_context("spawn")
-    stop, seen = ctx.Event(), ctx.Value("q", 0)
-    reader = ctx.Process(target=_read, args=(brokers, out_topic, str(work / "out.ndjson"), stop, seen), daemon=True)
+    stop, seen, waited = ctx.Event(), ctx.Value("q", 0), ctx.Value("d", 0.0)
+    reader = ctx.Process(target=_read, args=(brokers, in_topic if bare else out_topic, str(work / "out.ndjson"), stop, seen, waited), daemon=True)
     reader.start()
-    proc = _start_engine(engine, brokers, in_topic, out_topic, name, work)
+    proc = None if bare else _start_engine(engine, brokers, in_topic, out_topic, name, work)
     producer = _producer(brokers)
     try:
         t_start = time.time()
         while seen.value == 0:  # probes until the engine's output reaches the reader
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"{engine['label']} exited: {(work / 'engine.log').read_text(errors='replace')[-3000:]}")
             if time.time() - t_start > 180:
                 raise TimeoutError(f"{engine['label']}: no output 180 s after its start")
@@ -290,25 +352,34 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, wa
             producer.flush(10)
             time.sleep(0.5)
         ready_s = time.time() - t_start
+        waited_0, mono_0 = waited.value, time.monotonic()
         t0_ms = time.time() * 1000
         keys, ts = _produce_paced(producer, in_topic, rate, seconds, seed=run)
         produce_s = time.time() - t0_ms / 1000
         last, still = seen.value, time.monotonic()
+        busy_at = (waited.value, still)  # the reader's wait counter and the clock when the last output came
         drain_until = still + 120
         while time.monotonic() - still < 5.0 and time.monotonic() < drain_until:  # drain: 5 s without new output
             time.sleep(0.2)
             if seen.value != last:
                 last, still = seen.value, time.monotonic()
-        engine_report = _stop_engine(proc, work)
+                busy_at = (waited.value, still)
+        # the reader's busy share from the load's start to its last output (a late engine's outputs come after the load)
+        reader_busy = 1.0 - (busy_at[0] - waited_0) / max(1e-9, busy_at[1] - mono_0)
+        engine_report = {} if proc is None else _stop_engine(proc, work)
         stop.set()
         reader.join(120)
-        result = analyse(engine["kind"], keys, ts, work / "out.ndjson", t0_ms + warmup * 1000)
+        result = analyse(engine["kind"], keys, ts, work / "out.ndjson", t0_ms, steady)
         result.update({"run": run, "rate": rate, "seconds": seconds, "ready_seconds": round(ready_s, 2),
                        "produce_seconds": round(produce_s, 2), "produced_rps": round(len(keys) / produce_s),
-                       "outputs": last, "engine": engine_report})
+                       "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report,
+                       # the producer's longest pause between slices: ~10 ms paced; more, and it was held up (a full
+                       # queue on a saturated broker, or no CPU): its records waited in it and their latency counts that
+                       "producer_max_gap_ms": int(np.diff(ts).max()) if len(ts) > 1 else 0,
+                       "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count()})
         return result
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
         stop.set()
@@ -316,14 +387,14 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, wa
             reader.join(30)
             if reader.is_alive():
                 reader.kill()
-        admin_topics = [in_topic, out_topic, f"{name}-dlq"]
+        admin_topics = [in_topic, *([] if bare else [out_topic]), f"{name}-dlq"]
         try:
             from confluent_kafka.admin import AdminClient
 
             admin_topics += [t for t in AdminClient({"bootstrap.servers": brokers}).list_topics(timeout=30).topics if t.startswith(name)]
         except Exception as exc:  # noqa: BLE001 - cleanup only
             print(f"# could not list topics: {exc}", file=sys.stderr)
-        common.delete_topics(brokers, admin_topics)
+        common.delete_topics(brokers, sorted(set(admin_topics)))
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -338,12 +409,34 @@ def _figures(latency: pl.Series) -> dict[str, Any]:
     return out
 
 
-def analyse(kind: str, keys: np.ndarray, ts: np.ndarray, out_path: Path, measured_from_ms: float) -> dict[str, Any]:
-    """Latency figures and completeness of one run (see the module docstring)."""
+def caught_up(timeline: pl.DataFrame, bound_ms: float, hold: int) -> int | None:
+    """The first second (from the start of the load) from which the per-second p50 stays <= ``bound_ms`` for ``hold`` seconds in a row; None if never.
+
+    A second with no record reflected yet, or none produced, does not count as within.
+
+    >>> t = pl.DataFrame({"second": [0, 1, 2, 3, 4, 5], "p50": [3000.0, 900.0, 200.0, 150.0, 180.0, 170.0]})
+    >>> caught_up(t, 1000, 3), caught_up(t, 100, 3)
+    (1, None)
+    """
+    if timeline.height == 0:
+        return None
+    last = int(timeline["second"].max())
+    within = dict.fromkeys(range(last + 1), False)
+    within.update({int(sec): p50 is not None and p50 <= bound_ms for sec, p50 in timeline.select("second", "p50").iter_rows()})
+    run = 0
+    for sec in range(last + 1):
+        run = run + 1 if within[sec] else 0
+        if run == hold:
+            return sec - hold + 1
+    return None
+
+
+def analyse(kind: str, keys: np.ndarray, ts: np.ndarray, out_path: Path, t0_ms: float, steady: dict[str, float]) -> dict[str, Any]:
+    """Latency figures, catch-up and completeness of one run (see the module docstring)."""
     inputs = pl.DataFrame({"k": keys.astype(np.int64), "seq": np.arange(len(keys), dtype=np.int64), "ts": ts})
     raw = out_path.read_bytes()
     recv = np.load(str(out_path) + ".recv.npy")
-    if kind == "floor":
+    if kind in ("floor", "transport"):  # the input records themselves come back
         schema = {"k": pl.Int64, "v": pl.Int64, "ts": pl.Int64}
         out = (pl.read_ndjson(raw, schema=schema) if raw else pl.DataFrame(schema=schema)).with_columns(recv_ms=pl.Series(recv))
         out = out.filter(pl.col("k") != PROBE_KEY)
@@ -375,16 +468,24 @@ def analyse(kind: str, keys: np.ndarray, ts: np.ndarray, out_path: Path, measure
         missing = int(per_window.select((pl.col("n") - pl.col("best")).clip(0).sum()).item())
         extra = int(per_window.select((pl.col("best") - pl.col("n")).clip(0).sum()).item())
         complete = {"lost_records": missing, "extra_records": extra, "windows_wrong": wrong.height}
-    measured = joined.filter(pl.col("ts") >= measured_from_ms)
-    latency = measured.filter(pl.col("recv_ms").is_not_null()).select(pl.col("recv_ms") - pl.col("ts")).to_series()
-    # p50/p99 per second of the run after warm-up: shows whether an engine fell behind
-    timeline = (measured.filter(pl.col("recv_ms").is_not_null())
-                .group_by(second=((pl.col("ts") - measured_from_ms) // 1000).cast(pl.Int64))
-                .agg(p50=(pl.col("recv_ms") - pl.col("ts")).quantile(0.5), p99=(pl.col("recv_ms") - pl.col("ts")).quantile(0.99))
+    seen = joined.filter(pl.col("recv_ms").is_not_null()).with_columns(
+        latency=pl.col("recv_ms") - pl.col("ts"), second=((pl.col("ts") - t0_ms) // 1000).cast(pl.Int64))
+    # p50/p99 per second of the load, warm-up included: when the engine caught up, and whether it stayed
+    timeline = (seen.group_by("second").agg(p50=pl.col("latency").quantile(0.5), p99=pl.col("latency").quantile(0.99))
                 .sort("second"))
+    up = caught_up(timeline, steady["bound_ms"], int(steady["hold"]))
+    start = max(steady["warmup"], up if up is not None else 0)
+    end = max(0.0, (float(ts.max()) - t0_ms) / 1000 + 0.001) if len(ts) else 0.0
+    after_warmup = seen.filter(pl.col("ts") >= t0_ms + steady["warmup"] * 1000)["latency"]
+    steady_part = seen.filter(pl.col("ts") >= t0_ms + start * 1000)["latency"] if up is not None else seen.clear()["latency"]
     complete["p50_p99_per_second"] = [[r["second"], round(r["p50"], 1), round(r["p99"], 1)] for r in timeline.iter_rows(named=True)]
     ok = complete["lost_records"] == 0 and complete["extra_records"] == 0 and not complete["windows_wrong"]
-    return {"records": len(keys), "measured_records": measured.height, **_figures(latency), "complete": ok, **complete}
+    return {"records": len(keys), "caught_up_seconds": up, "steady": up is not None,
+            "measured_from_seconds": start if up is not None else None,
+            "measured_seconds": round(end - start, 1) if up is not None else 0.0,
+            "measured_records": steady_part.len(), **_figures(steady_part),
+            "after_warmup": {"measured_records": after_warmup.len(), **_figures(after_warmup)},
+            "complete": ok, **complete}
 
 
 # --- the engines of one run, the table ---------------------------------------------------
@@ -392,7 +493,9 @@ def analyse(kind: str, keys: np.ndarray, ts: np.ndarray, out_path: Path, measure
 
 def engines(cadence_ms: int, default_wait_ms: int, only: set[str]) -> list[dict[str, Any]]:
     """The engine configurations; an "equal cadence" one that repeats a default one is left out."""
-    out = [{"key": "ks_default", "kind": "kstreams", "cadence_ms": None,
+    out = [{"key": "transport", "kind": "transport", "cadence_ms": None,
+            "label": "transport: producer -> broker -> reader, no engine"},
+           {"key": "ks_default", "kind": "kstreams", "cadence_ms": None,
             "label": f"Kafka Streams, defaults (commit.interval.ms {KS_EOS_COMMIT_MS}), cache off: emits every record"},
            {"key": "ks_cache", "kind": "kstreams", "cadence_ms": None, "cache": True,
             "label": f"Kafka Streams, defaults (commit.interval.ms {KS_EOS_COMMIT_MS}), cache on (10 MB): emits per commit"}]
@@ -406,11 +509,21 @@ def engines(cadence_ms: int, default_wait_ms: int, only: set[str]) -> list[dict[
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over runs; complete only if every run was."""
+    """Medians over runs (steady-state figures of the runs that caught up); complete only if every run was."""
     out: dict[str, Any] = {}
     for name in [*QUANTILES, "max"]:
         values = [r[name] for r in runs if r[name] is not None]
         out[name] = round(common.median(values), 1) if values else None
+    late = [r["after_warmup"]["p99"] for r in runs if r["after_warmup"]["p99"] is not None]
+    out["p99_after_warmup"] = round(common.median(late), 1) if late else None
+    ups = [r["caught_up_seconds"] for r in runs if r["caught_up_seconds"] is not None]
+    out["caught_up_seconds"] = common.median(ups) if ups else None
+    out["caught_up_seconds_max"] = max(ups) if ups else None
+    out["not_caught_up_runs"] = sum(1 for r in runs if not r["steady"])
+    measured = [r["measured_seconds"] for r in runs if r["steady"]]
+    out["measured_seconds"] = common.median(measured) if measured else 0.0
+    out["reader_busy_max"] = max(r.get("reader_busy", 0.0) for r in runs)
+    out["producer_max_gap_ms"] = max(r.get("producer_max_gap_ms", 0) for r in runs)
     out["complete"] = all(r["complete"] for r in runs)
     out["lost_records"] = sum(r["lost_records"] for r in runs)
     out["extra_records"] = sum(r["extra_records"] for r in runs)
@@ -445,7 +558,13 @@ def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None) -> float | No
 
 def report(result: dict[str, Any]) -> str:
     """The Markdown of a result: one table of engines per rate, the ratios, lockgate's stages."""
-    parts = []
+    st = result["steady_state"]
+    intro = (f"Steady state: the load runs at the full rate from its first second; an engine has caught up at the first "
+             f"second from which its per-second p50 stays <= {st['bound_ms']:g} ms for {st['hold']:g} s in a row; its figures "
+             f"are of the records produced from max({st['warmup']:g} s, caught up) to the end of the load, the same rule for every "
+             f"engine.  \"caught up\" is the median over runs (the slowest run in brackets).  \"p99 after warm-up\" is of every "
+             f"record after {st['warmup']:g} s, catch-up included.\n")
+    parts = [intro]
     for rate_key, per_rate in result["rates"].items():
         s = per_rate["summary"]
         rows = []
@@ -454,9 +573,24 @@ def report(result: dict[str, Any]) -> str:
             if f is None:
                 continue
             comp = "yes" if f["complete"] else f"**FAILURE**: {f['lost_records']:,} lost, {f['extra_records']:,} extra"
-            rows.append([e["label"], _cell(f["p50"]), _cell(f["p99"]), _cell(f["p999"]), _cell(f["max"]), comp])
-        parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s ({result['warmup']:g} s warm-up), medians of {result['runs']} runs (each figure its own median; ratios of those medians), latency in ms\n")
-        parts.append(common.markdown_table(["engine", "p50", "p99", "p999", "max", "complete"], rows))
+            if f["caught_up_seconds"] is None:
+                up = f"**never** (in {f['runs']} runs)"
+            else:
+                up = f"{f['caught_up_seconds']:g} s ({f['caught_up_seconds_max']:g})"
+                if f["not_caught_up_runs"]:
+                    up += f", **never in {f['not_caught_up_runs']} of {f['runs']} runs**"
+            rows.append([e["label"], up, f"{f['measured_seconds']:g}", _cell(f["p50"]), _cell(f["p99"]), _cell(f["p999"]), _cell(f["max"]),
+                         _cell(f["p99_after_warmup"]), comp])
+        parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s of load, steady state, medians of {result['runs']} runs "
+                     "(each figure its own median; ratios of those medians), latency in ms\n")
+        parts.append(common.markdown_table(["engine", "caught up after", "measured s", "p50", "p99", "p999", "max", "p99 after warm-up", "complete"], rows))
+        busy = max((f["reader_busy_max"] for f in s.values()), default=0.0)
+        parts.append(f"\nThe reader was busy at most {busy:.0%} of the time from the load's start to the last output (the rest it waited for records)"
+                     + (": **it may have set the pace**" if busy > 0.8 else "") + ".")
+        held = {e["label"]: s[e["key"]]["producer_max_gap_ms"] for e in result["engines"] if e["key"] in s and s[e["key"]]["producer_max_gap_ms"] > PRODUCER_HELD_MS}
+        if held:
+            parts.append("**The producer was held up** (longest pause between its 10 ms slices; its records waited in its queue "
+                         "and their latency counts that): " + "; ".join(f"{label}: {gap:,} ms" for label, gap in held.items()) + ".")
         ratio_rows = []
         cad_ks = "ks_cadence" if "ks_cadence" in s else "ks_default"
         cad_lg = "lg_cadence" if "lg_cadence" in s else "lg_default"
@@ -466,18 +600,20 @@ def report(result: dict[str, Any]) -> str:
             (f"lockgate p99 / Kafka Streams p99, equal cadence {result['cadence_ms']} ms{same}", cad_lg, cad_ks, 0.9),
             ("lockgate p99 / Kafka Streams p99, defaults with its cache on (emits per commit, as lockgate per batch)", "lg_default", "ks_cache", 0.9),
             ("lockgate p99 / floor p99 (defaults)", "lg_default", "floor", None),
+            ("floor p99 / transport p99", "floor", "transport", None),
         ]:
             r = _ratio(s.get(num), s.get(den))
             if r is None:
                 continue
-            valid = s[num]["complete"] and s[den]["complete"]
-            verdict = ("" if valid else "not valid: an incomplete run; ") + (
+            problems = [*(["an incomplete run"] if not (s[num]["complete"] and s[den]["complete"]) else []),
+                        *(["a run that never caught up"] if s[num]["not_caught_up_runs"] or s[den]["not_caught_up_runs"] else [])]
+            verdict = (f"not valid: {' and '.join(problems)}; " if problems else "") + (
                 f"target <= {target}: {'met' if r <= target else 'NOT met'}; goal 0.5: "
                 + ("met" if r <= 0.5 else f"p99 must fall {r / 0.5:.2f}x") if target else "-")
             ratio_rows.append([label, f"{r:.2f}", verdict])
         if ratio_rows:
             parts.append("")
-            parts.append(common.markdown_table(["ratio (same run)", "value", "target / goal"], ratio_rows))
+            parts.append(common.markdown_table(["ratio of steady-state p99 (same run)", "value", "target / goal"], ratio_rows))
         stages = per_rate.get("lockgate_histograms", {})
         for key, (hist, staged) in stages.items():
             parts.append("")
@@ -496,33 +632,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brokers")
     parser.add_argument("--rates", default="50000,10000", help="records/s, comma-separated")
     parser.add_argument("--rate", type=int, help="one rate (overrides --rates)")
-    parser.add_argument("--seconds", type=float, default=40.0)
-    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=50.0, help="seconds of load at the full rate, warm-up included")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load never measured, for every engine")
+    parser.add_argument("--steady-ms", type=float, help="caught up: per-second p50 at most this (default: max(1000, 10 x cadence))")
+    parser.add_argument("--steady-hold", type=int, default=5, help="... for this many seconds in a row")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cadence-ms", type=int, default=default_wait_ms, help="the equal cadence (default: lockgate's default max_wait)")
-    parser.add_argument("--engines", default="kstreams,floor,lockgate")
+    parser.add_argument("--engines", default="transport,kstreams,floor,lockgate")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
-    if args.seconds <= args.warmup:
-        parser.error("--seconds must be more than --warmup")
+    if args.seconds <= args.warmup + args.steady_hold:
+        parser.error("--seconds must be more than --warmup + --steady-hold")
     rates = [args.rate] if args.rate else [int(r) for r in args.rates.split(",")]
     brokers = common.resolve_brokers(args.brokers)
     chosen = engines(args.cadence_ms, default_wait_ms, set(args.engines.split(",")))
     if any(e["kind"] == "kstreams" for e in chosen):
         build_kstreams()
-    result: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "warmup": args.warmup, "runs": args.runs,
-                              "cadence_ms": args.cadence_ms, "lockgate_default_max_wait_ms": default_wait_ms,
+    steady = {"warmup": args.warmup, "bound_ms": args.steady_ms or max(1000.0, 10.0 * args.cadence_ms), "hold": args.steady_hold}
+    result: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "warmup": args.warmup, "steady_state": steady,
+                              "runs": args.runs, "cadence_ms": args.cadence_ms, "lockgate_default_max_wait_ms": default_wait_ms,
                               "kstreams_eos_commit_interval_ms": KS_EOS_COMMIT_MS, "kstreams_cache": "statestore.cache.max.bytes=0",
                               "engines": chosen, "rates": {}, "machine": common.machine()}
     for rate in rates:
         per_engine: dict[str, list[dict[str, Any]]] = {e["key"]: [] for e in chosen}
         for run in range(args.runs):  # interleaved: every engine at the same moment of a noisy machine
             for e in chosen:
-                r = run_once(e, brokers, rate, args.seconds, args.warmup, run)
+                r = run_once(e, brokers, rate, args.seconds, steady, run)
                 per_engine[e["key"]].append(r)
-                print(f"# {rate:,}/s run {run + 1} {e['label']}: p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms, "
+                up = f"caught up after {r['caught_up_seconds']} s" if r["steady"] else "never caught up"
+                print(f"# {rate:,}/s run {run + 1} {e['label']}: {up}, steady p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms "
+                      f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
-                      f"produced {r['produced_rps']:,}/s, ready after {r['ready_seconds']} s", file=sys.stderr)
+                      f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
+                      f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs"
+                      + (f", floor {r['engine']}" if e["kind"] == "floor" else ""), file=sys.stderr)
         result["rates"][str(rate)] = {
             "runs": per_engine,
             "summary": {k: summarise(v) for k, v in per_engine.items()},
