@@ -12,10 +12,13 @@ anything else -> fail: the pipeline stops and nothing of the batch is committed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -268,33 +271,42 @@ class EpochTransaction:
         self.error = exc
 
     def prepare(self) -> None:
-        """Write the table rows, the state deltas, then the prepare records, to LanceDB (append only).
+        """Write the table rows, the state deltas and the prepare records to LanceDB (append only), side by side.
 
-        The commit marks of earlier epochs whose Kafka transactions have committed
-        (``marks``) travel in the same append as this epoch's prepare records.  Touches
-        no Kafka client: it may run while :meth:`produce` runs on another thread.
+        Each is an append to its own Lance table, so they run at the same time (on
+        :func:`_appender`'s threads and this one): the prepare takes as long as the
+        slowest, not the sum.  None of them is read before the epoch's commit mark,
+        which comes after the Kafka commit, which waits for all of them.  The commit
+        marks of earlier epochs whose Kafka transactions have committed (``marks``)
+        travel in the same append as this epoch's prepare records.  Touches no Kafka
+        client: it may run while :meth:`produce` runs on another thread.
         """
         if self.prepared:
             raise CommitError(f"epoch {self.epoch.number}: prepared twice")
         started = time.monotonic()
-        versions = {}
+        epoch, batch_id = self.epoch.number, self.epoch.batch_id
+        writes: dict[str, Callable[[], object]] = {}
         for table, frame in self.epoch.tables:
             if frame.height:
-                versions[table.name] = table.append(frame, batch_id=self.epoch.batch_id, epoch=self.epoch.number)
+                writes[table.name] = functools.partial(table.append, frame, batch_id=batch_id, epoch=epoch)
         for delta in self.epoch.states:
-            version = delta.store.append(delta.result, batch_id=self.epoch.batch_id, epoch=self.epoch.number, snapshot=delta.snapshot)
-            if version is not None:
-                versions[f"state:{delta.store.spec.name}"] = version
-        appending = time.monotonic()
-        self.log.prepare(
-            self.pipeline, epoch=self.epoch.number, batch_id=self.epoch.batch_id, ranges=self.epoch.ranges, tables=versions,
-            marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times,
-            prev=self.epoch.prev,
-        )
-        ended = time.monotonic()
+            writes[f"state:{delta.store.spec.name}"] = functools.partial(
+                delta.store.append, delta.result, batch_id=batch_id, epoch=epoch, snapshot=delta.snapshot
+            )
+        pending = [_appender().submit(write) for write in writes.values()]
+        try:
+            appending = time.monotonic()
+            self.log.prepare(
+                self.pipeline, epoch=epoch, batch_id=batch_id, ranges=self.epoch.ranges, tables=dict.fromkeys(writes),
+                marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times, prev=self.epoch.prev,
+            )
+            self.log_append_seconds = time.monotonic() - appending
+        finally:
+            futures.wait(pending)  # none may still be writing when the epoch's outcome is decided
+        for future in pending:
+            future.result()  # the first failure (a StorageError naming the table) fails the prepare
         self.prepared = True
-        self.log_append_seconds = ended - appending
-        self.seconds["prepare"] = ended - started
+        self.seconds["prepare"] = time.monotonic() - started
 
     def produce(self) -> None:
         """Begin the Kafka transaction, queue the outputs, and add the input offsets to it.
@@ -388,6 +400,19 @@ class EpochTransaction:
             f"epoch {self.epoch.number}: the Kafka transaction of {self.producer.transactional_id!r} failed"
             f" ({'fatal' if is_fatal(err) else 'not retriable'}): {exc}; nothing of this batch is committed"
         ) from exc
+
+
+_APPENDER: futures.ThreadPoolExecutor | None = None
+_APPENDER_LOCK = threading.Lock()
+
+
+def _appender() -> futures.ThreadPoolExecutor:
+    """The threads that run a prepare's table and state appends (Lance releases the GIL while it writes)."""
+    global _APPENDER
+    with _APPENDER_LOCK:
+        if _APPENDER is None:
+            _APPENDER = futures.ThreadPoolExecutor(4, thread_name_prefix="lockgate-append")
+        return _APPENDER
 
 
 def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:

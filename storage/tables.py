@@ -123,12 +123,14 @@ class CommitLog:
         epoch: int,
         batch_id: int,
         ranges: Iterable[PartitionRange],
-        tables: Mapping[str, int],
+        tables: Mapping[str, int | None],
         marks: Iterable[tuple[int, int]] = (),
         event_times: Mapping[tuple[str, int], int | None] | None = None,
         prev: Mapping[tuple[str, int], int | None] | None = None,
     ) -> None:
-        """Record that ``batch_id`` wrote ``tables`` (name -> version) for these input ranges.
+        """Record that ``batch_id`` wrote ``tables`` (name -> version, None when written at the same time) for these input ranges.
+
+        Readers never go by these versions: they read the rows of marked batches.
 
         ``marks`` (epoch, batch id) of earlier, committed batches are written in the same append;
         ``event_times`` holds each partition's maximum event time so far (for its watermark);

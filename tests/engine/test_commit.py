@@ -119,3 +119,43 @@ def test_a_transaction_timed_out_while_the_instance_stalled_gets_a_new_producer_
     metrics = pipe.metrics()
     assert stalled and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (stalled, metrics)
     assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
+
+
+class _Table:
+    """Stands in for a SinkTable: its append says that it started, then waits for the commit log's."""
+
+    name = "per_minute"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.log_started = threading.Event()
+
+    def append(self, frame: object, *, batch_id: int, epoch: int) -> int:
+        self.started.set()
+        assert self.log_started.wait(10), "the commit-log append never started while this one ran"
+        return 1
+
+
+class _Log:
+    """Stands in for the CommitLog: its prepare waits for the table append to have started."""
+
+    def __init__(self, table: _Table) -> None:
+        self.table = table
+        self.tables: object = None
+
+    def prepare(self, pipeline: str, **kwargs: Any) -> None:
+        self.table.log_started.set()
+        assert self.table.started.wait(10), "the table append never started while the commit log's ran"
+        self.tables = kwargs["tables"]
+
+
+def test_a_prepares_table_state_and_commit_log_appends_run_side_by_side():
+    import polars as pl
+    from lockgate.engine.transaction import Epoch, EpochTransaction
+
+    table = _Table()
+    log = _Log(table)
+    epoch = Epoch(number=3, ranges=(), tables=((table, pl.DataFrame({"n": [1]})),))  # type: ignore[arg-type]
+    txn = EpochTransaction("pipe", epoch, log_=log, producer=None, group=None)  # type: ignore[arg-type]
+    txn.prepare()  # one after the other, each would wait 10 s for the other and fail
+    assert txn.prepared and log.tables == {"per_minute": None}
