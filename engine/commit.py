@@ -30,8 +30,8 @@ restart) is cut loose: a new producer with the same ``transactional.id`` fences
 the hung one, and the group's committed offsets say whether the epoch committed.
 
 >>> from lockgate.engine.commit import Committer
->>> Committer.ready.__doc__.splitlines()[0]
-'Whether a new epoch could start its commit now: none is in flight, or the one in flight has finished.'
+>>> Committer.wait_ready.__doc__.splitlines()[0]
+'Wait up to ``timeout`` s until a new epoch could start its commit; whether it can.'
 """
 
 from __future__ import annotations
@@ -88,16 +88,20 @@ def run_epoch(txn: EpochTransaction) -> None:
     LanceDB appends wait on Lance without the GIL, the produce loop holds it.  The
     Kafka commit (step 3) waits for both.
     """
-    kafka = in_thread(txn.produce, f"{threading.current_thread().name}-kafka")
     try:
-        txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
-    except BaseException:
-        wait([kafka])
-        txn.abort()  # the Kafka side may have opened the transaction
-        raise
-    faults.crash_point("after_prepare")
-    kafka.result()  # TransactionAborted or CommitError from step 2
-    txn.commit_kafka()
+        kafka = in_thread(txn.produce, f"{threading.current_thread().name}-kafka")
+        try:
+            txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
+        except BaseException:
+            wait([kafka])
+            txn.abort()  # the Kafka side may have opened the transaction
+            raise
+        faults.crash_point("after_prepare")
+        kafka.result()  # TransactionAborted or CommitError from step 2
+        txn.closable.set()  # only the Kafka commit is left: the next batch may close
+        txn.commit_kafka()
+    finally:
+        txn.closable.set()
 
 
 @dataclass(frozen=True)
@@ -136,16 +140,17 @@ class Committer:
     def _new_producer(self) -> TransactionalProducer:
         return TransactionalProducer(self.producer_options, call_timeout=self.commit_timeout_s)
 
-    def ready(self) -> bool:
-        """Whether a new epoch could start its commit now: none is in flight, or the one in flight has finished.
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until a new epoch could start its commit; whether it can.
 
-        Also once only its ``commit_transaction`` is left (steps 1 and 2 done): the next
-        batch's decode and operators then run during that call instead of after it.
+        It can when no epoch is in flight, or the one in flight has finished, or only
+        its ``commit_transaction`` is left (steps 1 and 2 done): the next batch's decode
+        and operators then run during that call.  The wait holds no GIL.
         """
-        if self.inflight is None or self.inflight[1].done():
+        if self.inflight is None:
             return True
-        txn = self.inflight[0]
-        return txn.prepared and "produce" in txn.seconds
+        txn, future = self.inflight
+        return future.done() or txn.closable.wait(timeout)
 
     def start(self, epoch: Epoch, group: object, seconds: dict[str, float]) -> None:
         """Start steps 1-3 of ``epoch`` on its commit thread; ``seconds`` are the runner's stages of it (wait, decode, ...).

@@ -308,7 +308,7 @@ class Runner:
                         break
                     asked = time.monotonic()
                     raw = self.source.poll(
-                        self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None, self._ready,
+                        self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None, self._wait_ready,
                     )
                     polled = _Polled(asked, self.source.batch_first_at, time.monotonic())
                     n = len(raw)
@@ -426,13 +426,13 @@ class Runner:
             log.info("recovery: redid the commit marks of batches %s", redone)
         self.epoch = max(self.epoch, self.log.last_epoch(self.config.name))
 
-    def _ready(self) -> bool:
-        """Whether the poll may close a batch that has records: the commit before it is (nearly) done.
+    def _wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until the poll may close a batch that has records: the commit before it is (nearly) done.
 
-        See :meth:`Committer.ready`: records wait for the commit before them, not for
+        See :meth:`Committer.wait_ready`: records wait for the commit before them, not for
         ``max_wait``; while a commit runs the batch grows (up to ``max_records``/``max_wait``).
         """
-        return self.committer is None or self.committer.ready()
+        return self.committer is None or self.committer.wait_ready(timeout)
 
     def _start_decoding(self, chunk: RawBatch) -> dict[str, Future[Decoded]]:
         """Decode one consume call's records on the decode thread (one source topic) while the poll reads on.

@@ -32,8 +32,10 @@ _second = itemgetter(1)
 _UNREACHABLE = frozenset({ck.KafkaError._ALL_BROKERS_DOWN, ck.KafkaError._TRANSPORT, ck.KafkaError._RESOLVE})
 #: records per consume() call: 10k ran at 1.1M records/s here, 50k at 0.9M
 _CONSUME_CHUNK = 10_000
-#: longest consume() call of a poll: how late a batch may notice it should close
+#: longest consume() call of a poll that has no ``ready``: how late a batch may notice the input is read out
 _SLICE_S = 0.005
+#: longest wait of a poll in one call: how late it notices a stop request
+_WAIT_S = 0.1
 
 
 @dataclass
@@ -183,19 +185,21 @@ class KafkaSource:
 
     def poll(
         self, policy: BatchPolicy, should_stop: Callable[[], bool] = lambda: False,
-        on_chunk: Callable[[RawBatch], Any] | None = None, ready: Callable[[], bool] | None = None,
+        on_chunk: Callable[[RawBatch], Any] | None = None, ready: Callable[[float], bool] | None = None,
     ) -> RawBatch:
         """Records until the batch is full, ``max_wait`` after its first record, or the runner is ``ready`` for it.
 
         The batch closes at the first of: ``max_records`` or ``max_bytes`` reached;
-        ``max_wait`` passed since its first record came; ``ready()`` once it has
-        records (the runner can take it now: the commit before it is done, or only
-        its Kafka commit call is left).  So a batch closes
-        as soon as the previous commit settled and records wait, and grows while
-        commits lag.  Without ``ready`` it closes once the input is read to its end.
-        Reads in slices of at most 5 ms (librdkafka's ``consume(n, timeout)`` blocks
-        until n records or the whole timeout), so each condition is seen within a
-        slice of becoming true.  No records within ``max_wait``: an empty batch.
+        ``max_wait`` passed since its first record came; the runner ready for it once
+        it has records and has read all that arrived.  ``ready(timeout)`` waits up to
+        ``timeout`` seconds for the runner (the commit before the batch is done, or
+        only its Kafka commit call is left) and says whether it is ready.  So a batch
+        closes as soon as the commit before it allows and records wait, and grows while
+        commits lag.  While it waits, the poll holds no GIL and makes no calls: records
+        gather in librdkafka's queue and are read at once when the wait ends.  Without
+        ``ready`` the batch closes once the input is read to its end, read in slices of
+        at most 5 ms (``consume(n, timeout)`` waits for n records or all of the timeout).
+        No records within ``max_wait``: an empty batch.
 
         ``on_chunk`` is called with the records of each ``consume`` call as soon as they
         are read; what it returns travels with the batch in ``prepared``.
@@ -203,15 +207,21 @@ class KafkaSource:
         parts: list[RawBatch] = []
         prepared: list[tuple[int, Any]] = []
         count = nbytes = 0
-        asked = time.monotonic()
-        deadline = asked + policy.max_wait_s  # until the first record: when the batch is empty
+        deadline = time.monotonic() + policy.max_wait_s  # until the first record: when the batch is empty
+        closing = False  # the runner is ready: read what has arrived, then close
         self.batch_first_at = None
         self.assignment.revoked.clear()
         while count < policy.max_records and nbytes < policy.max_bytes:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 break
-            got = self.consumer.consume(min(policy.max_records - count, _CONSUME_CHUNK), min(timeout, _SLICE_S))
+            want = min(policy.max_records - count, _CONSUME_CHUNK)
+            if ready is None:
+                got = self.consumer.consume(want, min(timeout, _SLICE_S))
+            elif count == 0:
+                got = self.consumer.consume(1, min(timeout, _WAIT_S))  # returns with the first record to arrive
+            else:
+                got = self.consumer.consume(want, 0)  # what has arrived: no wait
             if got and any(map(_M.error, got)):
                 got = records_only(got)
             if got:
@@ -234,8 +244,15 @@ class KafkaSource:
                     break
             if should_stop():
                 break
-            if count and (ready() if ready is not None else self.caught_up()):
-                break
+            if not count:
+                continue
+            if ready is None:
+                if self.caught_up():
+                    break
+            elif not got:  # read to what has arrived
+                if closing:
+                    break
+                closing = ready(max(0.0, min(deadline - time.monotonic(), _WAIT_S)))
         raw = RawBatch.concat(parts, self.topics)
         if self.assignment.revoked and count:
             return raw.without(self.assignment.revoked)

@@ -248,6 +248,8 @@ class EpochTransaction:
         self.group = group
         self.state = "new"
         self.began_at: float | None = None  # monotonic time of begin_transaction
+        #: set once only the Kafka commit is left (or the epoch ended): the next batch may close
+        self.closable = threading.Event()
         #: the LanceDB side is durable: the Kafka transaction may commit
         self.prepared = False
         self.error: BaseException | None = None

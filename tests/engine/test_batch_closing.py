@@ -34,7 +34,7 @@ def test_a_batch_closes_as_soon_as_the_runner_is_ready_not_at_max_wait(brokers, 
     source = _source(brokers, topic, f"ready-{unique}")
     try:
         started = time.monotonic()
-        values = _first_records(source, lg.BatchPolicy(max_wait="60s"), ready=lambda: True)
+        values = _first_records(source, lg.BatchPolicy(max_wait="60s"), ready=lambda timeout: True)
         took = time.monotonic() - started
     finally:
         source.close()
@@ -50,10 +50,11 @@ def test_while_the_runner_is_busy_a_batch_grows_with_records_that_come_later_unt
     source = _source(brokers, topic, f"busy-{unique}")
     later = threading.Timer(0.5, lambda: produce(brokers, topic, [b"late-%d" % i for i in range(10)]))
 
-    def busy() -> bool:
-        """The runner's answer while its commit runs; the first ask (the batch has its first records) starts the clock."""
+    def busy(timeout: float) -> bool:
+        """The runner, its commit running: waits ``timeout`` and says no; the first ask (the batch has records) starts the clock."""
         if not later.is_alive() and not later.finished.is_set():
             later.start()
+        time.sleep(timeout)
         return False
 
     try:

@@ -22,6 +22,7 @@ class _Steps:
 
     def __init__(self, prepare_waits_for_kafka: bool = False, prepare_fails: bool = False) -> None:
         self.done: list[str] = []
+        self.closable = threading.Event()
         self.kafka_started = threading.Event()
         self.prepare_waits_for_kafka = prepare_waits_for_kafka
         self.prepare_fails = prepare_fails
@@ -48,7 +49,7 @@ class _Steps:
 def test_the_kafka_side_of_an_epoch_runs_while_its_lancedb_prepare_runs_and_the_commit_waits_for_both():
     steps = _Steps(prepare_waits_for_kafka=True)  # run one after the other, prepare would wait 10 s for nothing
     run_epoch(steps)  # type: ignore[arg-type]
-    assert steps.saw_kafka_during_prepare is True
+    assert steps.saw_kafka_during_prepare is True and steps.closable.is_set()
     assert steps.done[-1] == "commit" and sorted(steps.done[:2]) == ["prepare", "produce"], steps.done
 
 
