@@ -9,7 +9,6 @@ while the runner polls, decodes and folds the next batch.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -52,11 +51,6 @@ __all__ = ["RunSummary", "Runner", "Until"]
 log = logging.getLogger("lockgate.runner")
 
 Until = Literal["caught_up"] | None
-#: the GIL switch interval while a pipeline runs (Python's default: 5 ms).  The commit thread's
-#: LanceDB appends and Kafka calls release the GIL; each time one returns it waits for the GIL
-#: until the runner's thread (decode, operators) gives it up: up to one interval per return.  A
-#: 5,000-row Lance append took 7 ms alone and 28 ms beside a busy Python thread at 5 ms, 14 ms at 1 ms.
-GIL_SWITCH_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -295,8 +289,6 @@ class Runner:
         reason = "stopped"
         self._open()
         assert self.source is not None
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, GIL_SWITCH_S))
         try:
             with BatchCollector() as collector:
                 while True:
@@ -338,7 +330,6 @@ class Runner:
                 self._settle()
                 self._flush_marks()
         finally:
-            sys.setswitchinterval(switch)
             self.close()
         ended = time.monotonic()
         return RunSummary(batches, records, ended - started, reason, None if first_record is None else ended - first_record)
