@@ -88,7 +88,11 @@ class _Batch(BaseModel):
 
 
 class BatchPolicy(_Options, _Batch):
-    """When a micro-batch is closed: whichever limit is reached first.
+    """How big a micro-batch may grow.
+
+    A batch closes as soon as the commit before it is (nearly) done and it has
+    records, so records wait for that commit and not for a timer; while commits
+    lag it grows, until one of these limits is reached first.
 
     Parameters
     ----------
@@ -97,7 +101,7 @@ class BatchPolicy(_Options, _Batch):
     max_bytes
         Bytes of record values per micro-batch, at most (checked between polls).
     max_wait
-        How long to wait for more records before closing a non-empty batch.
+        How long a batch may wait, from its first record, for the commit before it.
     """
 
     @property
