@@ -31,7 +31,7 @@ the hung one, and the group's committed offsets say whether the epoch committed.
 
 >>> from lockgate.engine.commit import Committer
 >>> Committer.wait_ready.__doc__.splitlines()[0]
-'Wait up to ``timeout`` s until a new epoch could start its commit; whether it can.'
+'Wait up to ``timeout`` s until the next batch should close; whether it should.'
 """
 
 from __future__ import annotations
@@ -56,6 +56,17 @@ log = logging.getLogger("lockgate.commit")
 
 #: how long past its own timeout a Kafka commit call may run before it counts as hung
 HANG_GRACE_S = 15.0
+#: weight of the newest epoch in the running estimates of Committer.wait_ready
+_NEWEST = 0.2
+
+
+def _ewma(estimate: float | None, value: float) -> float:
+    """An exponentially weighted running mean; the first value as it is.
+
+    >>> _ewma(None, 0.05), round(_ewma(0.05, 0.10), 3)
+    (0.05, 0.06)
+    """
+    return value if estimate is None else estimate + _NEWEST * (value - estimate)
 
 
 def in_thread(fn: Callable[[], None], name: str) -> Future[None]:
@@ -101,6 +112,7 @@ def run_epoch(txn: EpochTransaction) -> None:
         txn.closable.set()  # only the Kafka commit is left: the next batch may close
         txn.commit_kafka()
     finally:
+        txn.finished_at = time.monotonic()
         txn.closable.set()
 
 
@@ -134,6 +146,10 @@ class Committer:
         self.committed = committed
         self.producer = self._new_producer()
         self.inflight: tuple[EpochTransaction, Future[None]] | None = None
+        self.started_at: float | None = None  # monotonic time the epoch in flight started its commit
+        #: running estimates (s): an epoch's commit, start to finish; a batch's lead, closed to its commit's start
+        self.commit_estimate: float | None = None
+        self.lead_estimate: float | None = None
         #: committed epochs whose marks are not written yet: they travel with the next prepare (step 4)
         self.pending_marks: list[Epoch] = []
 
@@ -141,16 +157,27 @@ class Committer:
         return TransactionalProducer(self.producer_options, call_timeout=self.commit_timeout_s)
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s until a new epoch could start its commit; whether it can.
+        """Wait up to ``timeout`` s until the next batch should close; whether it should.
 
-        It can when no epoch is in flight, or the one in flight has finished, or only
-        its ``commit_transaction`` is left (steps 1 and 2 done): the next batch's decode
-        and operators then run during that call.  The wait holds no GIL.
+        A closed batch needs some time before its commit can start (the rest of its
+        decode, its operators: its *lead*), and its commit can start only once the
+        epoch in flight has finished.  So the batch closes when the epoch in flight
+        is expected to finish within the batch's lead (running estimates of both), or
+        once only its ``commit_transaction`` is left (steps 1 and 2 done), or when none
+        is in flight.  The batch's processing then overlaps the end of the commit before
+        it instead of following it.  The wait holds no GIL.
         """
         if self.inflight is None:
             return True
         txn, future = self.inflight
-        return future.done() or txn.closable.wait(timeout)
+        if future.done() or txn.closable.is_set():
+            return True
+        if self.commit_estimate is None or self.lead_estimate is None or self.started_at is None:
+            return txn.closable.wait(timeout)
+        left = self.started_at + self.commit_estimate - self.lead_estimate - time.monotonic()
+        if left <= 0:
+            return True
+        return txn.closable.wait(min(timeout, left)) or left <= timeout
 
     def start(self, epoch: Epoch, group: object, seconds: dict[str, float]) -> None:
         """Start steps 1-3 of ``epoch`` on its commit thread; ``seconds`` are the runner's stages of it (wait, decode, ...).
@@ -162,6 +189,8 @@ class Committer:
         txn = EpochTransaction(self.pipeline, epoch, self.log, self.producer, group, self.pending_marks)
         txn.seconds.update(seconds)
         self.pending_marks = []
+        self.lead_estimate = _ewma(self.lead_estimate, seconds.get("decode", 0.0) + seconds.get("operators", 0.0))
+        self.started_at = time.monotonic()
         self.inflight = (txn, in_thread(lambda: run_epoch(txn), f"lockgate-commit-{self.pipeline}-{epoch.number}"))
 
     def wait(self) -> None:
@@ -242,6 +271,8 @@ class Committer:
                 self.producer = self._new_producer()
             return Settled(txn, exc)
         self.pending_marks.append(txn.epoch)
+        if txn.finished_at is not None and self.started_at is not None:
+            self.commit_estimate = _ewma(self.commit_estimate, txn.finished_at - self.started_at)
         self._observe(txn)
         return Settled(txn)
 

@@ -420,6 +420,8 @@ class Runner:
     def _wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until the poll may close a batch that has records: the commit before it is (nearly) done.
 
+        Nearly: expected to be done by the time the batch is decoded and folded.
+
         See :meth:`Committer.wait_ready`: records wait for the commit before them, not for
         ``max_wait``; while a commit runs the batch grows (up to ``max_records``/``max_wait``).
         """

@@ -192,8 +192,8 @@ class KafkaSource:
         The batch closes at the first of: ``max_records`` or ``max_bytes`` reached;
         ``max_wait`` passed since its first record came; the runner ready for it once
         it has records and has read all that arrived.  ``ready(timeout)`` waits up to
-        ``timeout`` seconds for the runner (the commit before the batch is done, or
-        only its Kafka commit call is left) and says whether it is ready.  So a batch
+        ``timeout`` seconds for the runner (the commit before the batch is expected
+        to be done by the time the batch is decoded and folded) and says whether it is ready.  So a batch
         closes as soon as the commit before it allows and records wait, and grows while
         commits lag.  While it waits, the poll holds no GIL and makes no calls: records
         gather in librdkafka's queue and are read at once when the wait ends.  Without

@@ -250,6 +250,7 @@ class EpochTransaction:
         self.began_at: float | None = None  # monotonic time of begin_transaction
         #: set once only the Kafka commit is left (or the epoch ended): the next batch may close
         self.closable = threading.Event()
+        self.finished_at: float | None = None  # monotonic time its commit thread ended
         #: the LanceDB side is durable: the Kafka transaction may commit
         self.prepared = False
         self.error: BaseException | None = None
