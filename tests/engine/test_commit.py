@@ -160,3 +160,21 @@ def test_a_prepares_table_state_and_commit_log_appends_run_side_by_side():
     txn = EpochTransaction("pipe", epoch, log_=log, producer=None, group=None)  # type: ignore[arg-type]
     txn.prepare()  # one after the other, each would wait 10 s for the other and fail
     assert txn.prepared and log.tables == {"per_minute": None}
+
+
+def test_the_next_batch_closes_when_the_epoch_in_flight_should_finish_within_the_batchs_lead():
+    from concurrent.futures import Future
+
+    from lockgate.engine.commit import Committer
+
+    committer = Committer.__new__(Committer)  # no producer: only the closing decision is exercised
+    in_flight = _Steps()  # its steps never finish here: only the estimates can say "close"
+    committer.inflight = (in_flight, Future())  # type: ignore[assignment]
+    committer.commit_estimate, committer.lead_estimate = 0.5, 0.3  # a commit takes 0.5 s, a batch needs 0.3 s before its own
+    committer.started_at = time.monotonic()
+    assert committer.wait_ready(0.0) is False  # 0.5 - 0.3 = 0.2 s to go
+    assert committer.wait_ready(5.0) is True  # after those 0.2 s, though the epoch has not finished
+    committer.commit_estimate = committer.lead_estimate = None  # no estimates yet: only the epoch itself says so
+    assert committer.wait_ready(0.1) is False
+    in_flight.closable.set()
+    assert committer.wait_ready(0.0) is True
