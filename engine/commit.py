@@ -3,10 +3,11 @@
 Every micro-batch is an epoch.  Its commit runs on a thread of its own, in this order:
 
 1. **Prepare** (LanceDB, append only): the table-sink rows and the window-state
-   deltas, tagged with the epoch's fresh batch id, then one prepare record per
-   input partition (epoch, batch id, first and next offset, table versions,
-   maximum event time, the batch it follows).  The commit marks of earlier
-   epochs travel in the same commit-log append (step 4).
+   deltas, tagged with the epoch's fresh batch id, and one prepare record per
+   input partition (epoch, batch id, first and next offset, the tables it writes,
+   maximum event time, the batch it follows): each an append to its own table,
+   side by side.  The commit marks of earlier epochs travel in the same
+   commit-log append (step 4).
 2. **Kafka side**, at the same time as step 1, on a second thread: begin the
    transaction, produce the outputs and dead letters, and add the next offset of
    every input partition to it (``send_offsets_to_transaction``; the offset

@@ -6,7 +6,6 @@ import threading
 import time
 from typing import Any
 
-import confluent_kafka as ck
 import pytest
 from lockgate.engine import commit
 from lockgate.engine.commit import run_epoch
@@ -60,15 +59,27 @@ def test_a_failed_prepare_aborts_the_kafka_side_and_never_commits():
     assert steps.done == ["produce", "abort"], steps.done
 
 
+def _redone_exactly_once_with_one_new_producer(
+    brokers: str, make_topic: Any, state_dir: str, name: str, seed: int, faulted: list[str], **options: Any
+) -> None:
+    """Run the windows pipeline over fresh events with the test's fault patched in: one abort, one new producer, exact."""
+    events = make_events(6_000, seed=seed)
+    topic = make_topic(name, partitions=4)
+    produce_events(brokers, topic, events)
+    pipe = build(name, brokers, state_dir, topic, batch=lg.BatchPolicy(max_records=1_000), **options)
+    pipe.run(until="caught_up", timeout=240)
+
+    metrics = pipe.metrics()
+    assert faulted and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (faulted, metrics)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
+
+
 @pytest.mark.kafka
 def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
     brokers, make_topic, state_dir, unique, monkeypatch
 ):
     # librdkafka#5456/#5511: send_offsets_to_transaction can block for good after the group
     # coordinator moved.  Here the first call blocks 8 s, far past commit_timeout (2 s) + grace (1 s).
-    events = make_events(6_000, seed=5)
-    topic = make_topic(f"hung-{unique}", partitions=4)
-    produce_events(brokers, topic, events)
     monkeypatch.setattr(commit, "HANG_GRACE_S", 1.0)
     real_retry = TransactionalProducer._retry
     hung: list[str] = []
@@ -81,12 +92,7 @@ def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_
         return real_retry(self, what, call, attempts)
 
     monkeypatch.setattr(TransactionalProducer, "_retry", retry)
-    pipe = build(f"hung-{unique}", brokers, state_dir, topic, batch=lg.BatchPolicy(max_records=1_000), commit_timeout="2s")
-    pipe.run(until="caught_up", timeout=240)
-
-    metrics = pipe.metrics()
-    assert hung and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (hung, metrics)
-    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
+    _redone_exactly_once_with_one_new_producer(brokers, make_topic, state_dir, f"hung-{unique}", 5, hung, commit_timeout="2s")
 
 
 @pytest.mark.kafka
@@ -99,9 +105,6 @@ def test_a_transaction_timed_out_while_the_instance_stalled_gets_a_new_producer_
     # "fenced by a newer instance", as if another instance had its transactional.id.  The stall is
     # real here: after the first records of a transaction, a sleep past transaction.timeout.ms (1 s)
     # and the broker's time-out sweep (every 10 s).  Before: the run stopped with that fatal error.
-    events = make_events(6_000, seed=6)
-    topic = make_topic(f"stalled-{unique}", partitions=4)
-    produce_events(brokers, topic, events)
     real_produce = TransactionalProducer.produce
     stalled: list[str] = []
 
@@ -113,13 +116,9 @@ def test_a_transaction_timed_out_while_the_instance_stalled_gets_a_new_producer_
             time.sleep(14)
 
     monkeypatch.setattr(TransactionalProducer, "produce", produce)
-    pipe = build(f"stalled-{unique}", brokers, state_dir, topic, batch=lg.BatchPolicy(max_records=1_000),
-                 kafka={"transaction.timeout.ms": 1000})
-    pipe.run(until="caught_up", timeout=240)
-
-    metrics = pipe.metrics()
-    assert stalled and metrics["producer_replacements"] == 1 and metrics["aborts"] == 1, (stalled, metrics)
-    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
+    _redone_exactly_once_with_one_new_producer(
+        brokers, make_topic, state_dir, f"stalled-{unique}", 6, stalled, kafka={"transaction.timeout.ms": 1000}
+    )
 
 
 class _Table:
