@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from lockgate.engine import kafka_clients
-from lockgate.operators.errors import BrokerError, PipelineDefinitionError
+from lockgate.errors import BrokerError, PipelineDefinitionError
 
 __all__ = ["create_topic", "ensure_topics", "missing_topic_message", "partition_count"]
 

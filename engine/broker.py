@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from lockgate.operators.errors import BrokerError
+from lockgate.errors import BrokerError
 
 __all__ = [
     "DEFAULT_PORT",

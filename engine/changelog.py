@@ -14,7 +14,7 @@ import confluent_kafka as ck
 import polars as pl
 from lockgate.engine import kafka_clients
 from lockgate.engine.plan import TableNode
-from lockgate.operators.errors import BrokerError
+from lockgate.errors import BrokerError
 
 __all__ = ["ChangelogTable"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from lockgate.operators.durations import parse_duration
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -257,7 +257,7 @@ def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     >>> overrides({"LOCKGATE_BATCH__MAX_RECORDS": "lots"})
     Traceback (most recent call last):
     ...
-    lockgate.operators.errors.PipelineDefinitionError: lockgate settings: LOCKGATE_BATCH__MAX_RECORDS (batch.max_records): Input should be a valid integer, unable to parse string as an integer
+    lockgate.errors.PipelineDefinitionError: lockgate settings: LOCKGATE_BATCH__MAX_RECORDS (batch.max_records): Input should be a valid integer, unable to parse string as an integer
 
     Raises
     ------

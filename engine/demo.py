@@ -38,7 +38,7 @@ from lockgate.engine.config import BatchPolicy
 from lockgate.engine.formats import JSON
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.runner import RunSummary
-from lockgate.operators.errors import BrokerError
+from lockgate.errors import BrokerError
 from lockgate.storage.tables import read_table
 
 __all__ = ["build_demo_pipeline", "produce_clicks", "run_demo", "summarize"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["POINTS", "crash_point", "parse"]
 

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["JSON", "KAFKA_COLUMNS", "ArrowIPC", "Decoded", "Format", "Raw", "concat_decoded"]
 

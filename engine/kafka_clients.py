@@ -18,7 +18,7 @@ lines of a request it sent (``create_topics`` ...) come out at its next call or
 when it goes.  Not from the request's done callback: that runs on librdkafka's
 background thread, where ``poll`` aborted the process.
 
-Options librdkafka refuses raise :class:`~lockgate.operators.errors.KafkaOptionsError`
+Options librdkafka refuses raise :class:`~lockgate.errors.KafkaOptionsError`
 naming the client, the option and the fix; a secret option's value never appears
 in it.
 
@@ -33,7 +33,7 @@ Examples
 >>> kafka_clients.producer({"bootstrap.servers": "127.0.0.1:9", "linger.msec": 5})
 Traceback (most recent call last):
 ...
-lockgate.operators.errors.KafkaOptionsError: the Kafka producer refused an option: No such configuration property: "linger.msec"; correct or remove it ...
+lockgate.errors.KafkaOptionsError: the Kafka producer refused an option: No such configuration property: "linger.msec"; correct or remove it ...
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient
 from lockgate.engine.config import is_secret
 from lockgate.engine.kafka_log import kafka_logger
-from lockgate.operators.errors import KafkaOptionsError
+from lockgate.errors import KafkaOptionsError
 
 __all__ = ["admin", "client_options", "consumer", "producer"]
 

@@ -13,7 +13,7 @@ Examples
 >>> pipe.source("more", format=lg.JSON(schema={"x": pl.Int64}), watermark="5 parsecs")
 Traceback (most recent call last):
 ...
-lockgate.operators.errors.PipelineDefinitionError: source 'more': watermark: cannot read '5 parsecs' as a duration; write a number and a unit (one of us, ms, s, m, h, d), e.g. '250ms', '5s', '1m', or pass a datetime.timedelta
+lockgate.errors.PipelineDefinitionError: source 'more': watermark: cannot read '5 parsecs' as a duration; write a number and a unit (one of us, ms, s, m, h, d), e.g. '250ms', '5s', '1m', or pass a datetime.timedelta
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, sourc
 from lockgate.engine.progress import progress_display
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 from lockgate.storage.tables import read_table
 
 __all__ = ["Pipeline", "defined_pipelines"]

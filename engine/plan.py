@@ -19,7 +19,7 @@ Examples
 >>> clicks.select(pl.col("nope"))
 Traceback (most recent call last):
 ...
-lockgate.operators.errors.PipelineDefinitionError: select 'select_2': unknown column 'nope'; the input has columns ['_topic', '_partition', '_offset', '_timestamp', '_key', 'user', 'url']
+lockgate.errors.PipelineDefinitionError: select 'select_2': unknown column 'nope'; the input has columns ['_topic', '_partition', '_offset', '_timestamp', '_key', 'user', 'url']
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import polars as pl
 from lockgate.engine.formats import JSON, KAFKA_COLUMNS, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 from lockgate.operators.joins import TableJoin
 from lockgate.operators.stateless import (
     Filter,

@@ -17,12 +17,14 @@ import confluent_kafka as ck
 import polars as pl
 from confluent_kafka import ConsumerGroupTopicPartitions
 from lockgate.engine import kafka_clients
+from lockgate.engine.admin import missing_topic_message
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan
 from lockgate.engine.runner import Runner
 from lockgate.engine.source import RawBatch, records_only
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["preview"]
 
@@ -31,10 +33,12 @@ def _start_offsets(config: PipelineConfig, topics: list[str]) -> list[ck.TopicPa
     """Every partition of ``topics`` at the pipeline group's committed offset (the beginning if none)."""
     admin = kafka_clients.admin(config.admin_options())
     metadata = admin.list_topics(timeout=30)
+    missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
+    if missing:
+        existing = [t for t in metadata.topics if not t.startswith("__")]
+        raise PipelineDefinitionError("preview: " + missing_topic_message(missing, config.brokers, existing))
     partitions = []
     for topic in topics:
-        if topic not in metadata.topics:
-            raise ValueError(f"preview: the source topic {topic!r} does not exist")
         partitions += [ck.TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
     request = ConsumerGroupTopicPartitions(config.name, partitions)
     committed = admin.list_consumer_group_offsets([request])[config.name].result(30)

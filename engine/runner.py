@@ -42,7 +42,7 @@ from lockgate.engine.plan import (
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.transaction import Epoch, OutgoingTopic, parse_offset_metadata, partition_ranges
-from lockgate.operators.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
+from lockgate.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 

@@ -19,7 +19,7 @@ from types import FrameType
 
 from lockgate.engine.pipeline import Pipeline, defined_pipelines
 from lockgate.engine.runner import RunSummary, Until
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["load_pipeline", "serve"]
 

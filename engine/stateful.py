@@ -21,7 +21,7 @@ from lockgate.engine.plan import (
     event_time_ms,
 )
 from lockgate.engine.watermarks import SourceWatermark
-from lockgate.operators.errors import AssignmentError
+from lockgate.errors import AssignmentError
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
 from lockgate.storage.tables import CommitLog

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 from lockgate.engine import faults
 from lockgate.engine import kafka_clients
-from lockgate.operators.errors import CommitError
+from lockgate.errors import CommitError
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from lockgate.engine.formats import JSON, ArrowIPC, Raw
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.plan import Stream
 from lockgate.engine.runner import RunSummary
-from lockgate.operators.errors import (
+from lockgate.errors import (
     AssignmentError,
     BrokerError,
     CommitError,

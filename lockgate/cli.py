@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lockgate.operators.errors import LockgateError
+from lockgate.errors import LockgateError
 
 __all__ = ["main"]
 
@@ -118,7 +118,7 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
 
     import polars as pl
 
-    from lockgate.operators.errors import PipelineDefinitionError
+    from lockgate.errors import PipelineDefinitionError
     from lockgate.storage.state import read_state
     from lockgate.storage.tables import read_table
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["Duration", "parse_duration"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["TableJoin"]
 

@@ -15,7 +15,7 @@ Schema([('url', String), ('n', Int64), ('twice', Int64)])
 >>> Filter(name="filter_1", predicate=pl.col("nope") > 1).resolve(schema)
 Traceback (most recent call last):
 ...
-lockgate.operators.errors.PipelineDefinitionError: filter 'filter_1': unknown column 'nope'; the input has columns ['url', 'n']
+lockgate.errors.PipelineDefinitionError: filter 'filter_1': unknown column 'nope'; the input has columns ['url', 'n']
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["Filter", "MapBatches", "Operator", "Select", "WithColumns", "explain_polars_error"]
 

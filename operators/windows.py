@@ -41,7 +41,7 @@ from typing import Literal
 
 import polars as pl
 from lockgate.operators.durations import Duration, parse_duration
-from lockgate.operators.errors import PipelineDefinitionError
+from lockgate.errors import PipelineDefinitionError
 from lockgate.operators.hotstate import Merge, PartialIndex
 
 __all__ = [

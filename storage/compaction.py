@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import polars as pl
-from lockgate.operators.errors import StorageError
+from lockgate.errors import StorageError
 from lockgate.storage.state import WindowStore
 from lockgate.storage.tables import CommitLog, SinkTable, _open, sql_list, table_horizon
 

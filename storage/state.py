@@ -40,7 +40,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from lockgate.operators.errors import StorageError
+from lockgate.errors import StorageError
 from lockgate.operators.windows import (
     FoldResult,
     Hopping,

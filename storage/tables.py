@@ -32,7 +32,7 @@ from typing import Any
 import lance
 import polars as pl
 import pyarrow as pa
-from lockgate.operators.errors import PipelineDefinitionError, StorageError
+from lockgate.errors import PipelineDefinitionError, StorageError
 
 __all__ = [
     "INTERNAL_COLUMNS", "CommitLog", "PartitionRange", "SinkTable", "check_history", "latest_rows", "list_tables", "read_table",

@@ -48,6 +48,7 @@ def test_import_contracts_hold_for_the_package(tmp_path: Path) -> None:
         ("lockgate/operators/_bad.py", "import lockgate.engine.runner\n"),
         ("lockgate/storage/_bad.py", "import confluent_kafka\n"),
         ("lockgate/operators/_bad.py", "import lance\n"),
+        ("lockgate/errors.py", "import lockgate.operators.stateless  # the errors, below every layer, reaching up\n"),
     ],
 )
 def test_an_upward_or_forbidden_import_breaks_the_contracts(tmp_path: Path, module: str, source: str) -> None:

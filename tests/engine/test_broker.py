@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from lockgate.engine import broker
-from lockgate.operators.errors import BrokerError, LockgateError
+from lockgate.errors import BrokerError, LockgateError
 
 
 @pytest.fixture(scope="module")

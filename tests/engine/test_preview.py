@@ -52,3 +52,10 @@ def test_preview_of_a_window_starts_from_the_committed_state_and_leaves_it_alone
     assert preview["n"].to_list() == [35], "the preview folds into the committed state"
     assert lg.read_state(state_dir, pipe.name, "w").collect()["n"].to_list() == [30], "which it does not change"
     assert lg.read_table(state_dir, "counts").collect()["n"].to_list() == [30]
+
+
+def test_preview_of_a_missing_topic_names_it_and_the_fix(brokers, state_dir, unique):
+    pipe = lg.Pipeline(f"pv-missing-{unique}", brokers=brokers, state=state_dir)
+    pipe.source(f"pv-nowhere-{unique}", format=lg.JSON(schema={"n": pl.Int64})).to_table("t")
+    with pytest.raises(lg.PipelineDefinitionError, match=rf"preview: source topic 'pv-nowhere-{unique}' does not exist.*lockgate sample"):
+        pipe.preview(5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import confluent_kafka as ck
 import pytest
 from lockgate.engine.transaction import Epoch, EpochTransaction, OutgoingTopic, TransactionAborted, TransactionalProducer
-from lockgate.operators.errors import CommitError
+from lockgate.errors import CommitError
 
 
 class _Client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import polars as pl
-from lockgate.operators.errors import StorageError
+from lockgate.errors import StorageError
 from lockgate.storage.compaction import Compactor, compact
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
 from lockgate.storage.tables import _open as open_table

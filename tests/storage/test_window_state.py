@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lockgate.operators.errors import StorageError
+from lockgate.errors import StorageError
 from lockgate.operators.windows import (
     Hopping,
     Session,

@@ -6,7 +6,7 @@ keeps working.  Messages name the operator, the column and the fix.
 
 Examples
 --------
->>> from lockgate.operators.errors import PipelineDefinitionError, LockgateError
+>>> from lockgate.errors import PipelineDefinitionError, LockgateError
 >>> issubclass(PipelineDefinitionError, ValueError) and issubclass(PipelineDefinitionError, LockgateError)
 True
 """
