@@ -9,7 +9,6 @@ produced to Kafka, nothing is written to LanceDB.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -20,11 +19,13 @@ from lockgate.engine import kafka_clients
 from lockgate.engine.admin import missing_topic_message
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.metrics import Metrics
+from lockgate.engine.decode import BatchDecoder
+from lockgate.engine.execution import operate
 from lockgate.engine.plan import Plan
-from lockgate.engine.runner import Runner
+from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.source import RawBatch, records_only
 from lockgate.errors import PipelineDefinitionError
+from lockgate.storage.tables import CommitLog
 
 __all__ = ["preview"]
 
@@ -48,8 +49,9 @@ def _start_offsets(config: PipelineConfig, topics: list[str]) -> list[ck.TopicPa
 
 def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -> dict[str, pl.DataFrame]:
     """The frame each sink would get from the next ``n`` records (fewer if ``timeout`` passes first)."""
-    runner = Runner(config, plan, Metrics(), threading.Event())  # its counters are thrown away
-    topics = list(runner.sources_by_topic)
+    decoder = BatchDecoder(plan)
+    windows = WindowRuntime(config.name, config.state, plan, CommitLog(config.state), config.snapshot_rows)
+    topics = decoder.topics
     options = {**config.consumer_options(), "group.id": f"{config.name}-preview-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
     options.pop("group.instance.id", None)  # not a member of any group: it only reads
     consumer = kafka_clients.consumer(options)
@@ -64,13 +66,13 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         raw = RawBatch.from_messages(messages[:n], topics)
         for table in changelogs.values():
             table.bootstrap()
-        _meta, inputs, dead = runner._decode(raw)
+        batch = decoder.decode(raw)
         now = time.monotonic()
         tables = {name: table.frame() for name, table in changelogs.items()}
-        if runner.windows.active:
-            runner.windows.assign(set(zip(map(ck.Message.topic, messages), map(ck.Message.partition, messages), strict=True)), now)
-            runner.windows.load(now)  # the committed state: folded into, never written back
-        outputs = runner.operate(inputs, dead, tables, now)
+        if windows.active:
+            windows.assign(set(zip(map(ck.Message.topic, messages), map(ck.Message.partition, messages), strict=True)), now)
+            windows.load(now)  # the committed state: folded into, never written back
+        outputs = operate(plan, batch, tables, windows, now)
         return {sink.target: outputs[sink.name] for sink in plan.sinks}
     finally:
         consumer.close()

@@ -2,8 +2,16 @@
 
 One instance of a pipeline owns one consumer (in the pipeline's group) and one
 :class:`~lockgate.engine.commit.Committer` (its transactional producer).  Each
-micro-batch is one epoch, committed by the protocol in :mod:`lockgate.engine.commit`
-while the runner polls, decodes and folds the next batch.
+micro-batch is one epoch; the runner keeps the loop, the rebalances and the
+whole-topic guard, and each step of an epoch has its own module:
+
+1. poll: :mod:`lockgate.engine.source` (``KafkaSource.poll`` -> ``RawBatch``);
+2. decode: :mod:`lockgate.engine.decode` (``BatchDecoder`` -> ``DecodedBatch``);
+3. operators: :mod:`lockgate.engine.execution` (``operate``; windows through
+   :mod:`lockgate.engine.stateful`, the folds in :mod:`lockgate.operators`);
+4. encode: :mod:`lockgate.engine.encode` (sinks and dead letters -> Kafka records);
+5. commit: :mod:`lockgate.engine.commit` (the protocol; LanceDB through
+   :mod:`lockgate.storage`), while the runner polls, decodes and folds the next batch.
 """
 
 from __future__ import annotations
@@ -12,12 +20,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import confluent_kafka as ck
-import numpy as np
 import polars as pl
 from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
@@ -25,23 +31,14 @@ from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
 from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.formats import ArrowIPC, Decoded, concat_decoded
+from lockgate.engine.decode import BatchDecoder
+from lockgate.engine.encode import dead_letter_topic, encode_sink
+from lockgate.engine.execution import operate
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import (
-    DEAD_LETTER_SCHEMA,
-    DeadLetterNode,
-    JoinNode,
-    Node,
-    OpNode,
-    Plan,
-    SinkNode,
-    SourceNode,
-    WindowNode,
-    event_time_ms,
-)
+from lockgate.engine.plan import OpNode, Plan, SinkNode, SourceNode, WindowNode
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
-from lockgate.engine.transaction import Epoch, OutgoingTopic, parse_offset_metadata, partition_ranges
+from lockgate.engine.transaction import Epoch, parse_offset_metadata, partition_ranges
 from lockgate.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
@@ -62,52 +59,6 @@ class RunSummary:
     seconds: float
     stopped_because: str
     seconds_from_first_record: float | None = None  # from the first consume that returned records: excludes the group join
-
-
-def execute(
-    plan: Plan,
-    inputs: dict[str, pl.DataFrame],
-    window_step: Callable[[WindowNode, pl.DataFrame], pl.DataFrame] | None = None,
-    dead_letters: Callable[[], pl.DataFrame] | None = None,
-    tables: dict[str, pl.DataFrame] | None = None,
-) -> dict[str, pl.DataFrame]:
-    """Run every operator of ``plan`` over one batch; returns each sink's frame.
-
-    ``inputs`` maps source node names to their frames.  Stateless steps are lazy
-    queries collected together, so shared steps run once; a window step collects
-    its input and folds it with ``window_step``.  Windows run first, so that the
-    dead letters (``dead_letters()``) include their late records.
-    """
-    lazy: dict[str, pl.LazyFrame] = {}
-
-    def build(node: Node) -> pl.LazyFrame:
-        if node.name not in lazy:
-            if isinstance(node, SourceNode):
-                lazy[node.name] = inputs[node.name].lazy()
-            elif isinstance(node, DeadLetterNode):
-                lazy[node.name] = (dead_letters() if dead_letters else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)).lazy()
-            elif isinstance(node, OpNode):
-                assert node.parent is not None and node.op is not None
-                lazy[node.name] = node.op.apply(build(node.parent))
-            elif isinstance(node, WindowNode):
-                assert node.parent is not None and window_step is not None
-                lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
-            elif isinstance(node, JoinNode):
-                assert node.parent is not None and node.table is not None and node.join is not None
-                lazy[node.name] = node.join.apply(build(node.parent), (tables or {})[node.table.name].lazy())
-            else:
-                raise AssertionError(f"cannot build {node!r}")
-        return lazy[node.name]
-
-    for node in plan.nodes:
-        if isinstance(node, WindowNode):
-            build(node)
-
-    sinks = plan.sinks
-    if not sinks:
-        return {}
-    frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
-    return {s.name: f for s, f in zip(sinks, frames, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -148,49 +99,6 @@ def _upsert_keys(sink: SinkNode) -> list[str] | None:
     return None
 
 
-def _keys(frame: pl.DataFrame, key: str | None) -> list[Any] | None:
-    if key is None:
-        return None
-    col = frame[key]
-    if col.dtype not in (pl.String, pl.Binary):
-        col = col.cast(pl.String)
-    return col.to_list()
-
-
-def encode_sink(sink: SinkNode, frame: pl.DataFrame) -> OutgoingTopic:
-    """Encode a to_kafka sink's frame into values (and keys)."""
-    values_frame = frame.select(sink.value_columns)
-    if isinstance(sink.format, ArrowIPC) and sink.key is not None:
-        values: list[bytes | None] = []
-        keys: list[Any] = []
-        for (key,), part in frame.partition_by(sink.key, as_dict=True, maintain_order=True).items():
-            encoded = sink.format.encode(part.select(sink.value_columns))
-            values.extend(encoded)
-            keys.extend([None if key is None else str(key) if not isinstance(key, bytes) else key] * len(encoded))
-        return OutgoingTopic(sink.target, values, keys)
-    if isinstance(sink.format, ArrowIPC):
-        return OutgoingTopic(sink.target, sink.format.encode(values_frame))
-    return OutgoingTopic(sink.target, sink.format.encode(values_frame), _keys(frame, sink.key))
-
-
-def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
-    """The dead-letter records, with headers naming the error, reason, source topic, partition and offset."""
-    headers = [
-        [
-            ("lockgate.error", (error or "").encode()),
-            ("lockgate.reason", reason.encode()),
-            ("lockgate.topic", src.encode()),
-            ("lockgate.partition", str(part).encode()),
-            ("lockgate.offset", str(off).encode()),
-            ("lockgate.operator", op.encode()),
-        ]
-        for src, part, off, reason, error, op in frame.select(
-            "_topic", "_partition", "_offset", "reason", "error", "operator"
-        ).iter_rows()  # dead letters are the rare case; each needs its own headers
-    ]
-    return OutgoingTopic(topic, frame["value"].to_list(), frame["_key"].to_list(), headers)
-
-
 class Runner:
     """Runs a plan against Kafka until told to stop."""
 
@@ -218,7 +126,6 @@ class Runner:
         self.sources_by_topic: dict[str, list[SourceNode]] = {}
         for node in plan.sources:
             self.sources_by_topic.setdefault(node.topic, []).append(node)
-        self.dead_node = next((n for n in plan.nodes if isinstance(n, DeadLetterNode)), None)
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
         self.epoch = 0
@@ -229,8 +136,8 @@ class Runner:
         self.whole_counts: dict[str, int] = {}  # partition counts of the topics an unsharded window needs whole
         self.short_since: float | None = None  # since when this instance lacks some of them
         self.short_log = 0.0
-        # one source topic: each consume call's records are decoded on this thread while the next are read
-        self.decoder: ThreadPoolExecutor | None = None
+        # decodes each batch (one source topic: each consume call's records, on its thread, while the next are read)
+        self.decoder: BatchDecoder | None = None
 
     def _open(self) -> None:
         try:
@@ -257,8 +164,7 @@ class Runner:
             self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight,
             admin_options=self.config.admin_options(),
         )
-        if len(self.sources_by_topic) == 1:
-            self.decoder = ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-decode-{self.config.name}")
+        self.decoder = BatchDecoder(self.plan, threaded=True, name=self.config.name)
         self.epoch = self.log.last_epoch(self.config.name)
 
     def close(self) -> None:
@@ -273,7 +179,7 @@ class Runner:
         self.changelogs = {}
         self.committer = None
         if self.decoder is not None:
-            self.decoder.shutdown(wait=True, cancel_futures=True)
+            self.decoder.close()
             self.decoder = None
 
     def run(
@@ -300,7 +206,8 @@ class Runner:
                         break
                     asked = time.monotonic()
                     raw = self.source.poll(
-                        self.config.batch, self.stop_event.is_set, self._start_decoding if self.decoder else None, self._wait_ready,
+                        self.config.batch, self.stop_event.is_set, self.decoder.start if self.decoder and self.decoder.pool else None,
+                        self._wait_ready,
                     )
                     polled = _Polled(asked, self.source.batch_first_at, time.monotonic())
                     n = len(raw)
@@ -427,85 +334,14 @@ class Runner:
         """
         return self.committer is None or self.committer.wait_ready(timeout)
 
-    def _start_decoding(self, chunk: RawBatch) -> dict[str, Future[Decoded]]:
-        """Decode one consume call's records on the decode thread (one source topic) while the poll reads on.
-
-        Polars parses without the GIL, so the parse of a chunk overlaps the reading of
-        the next one (bench/stateless.py).
-        """
-        assert self.decoder is not None
-        return {
-            node.name: self.decoder.submit(node.format.decode, chunk.values, event_time=node.value_time_column)
-            for nodes in self.sources_by_topic.values() for node in nodes
-        }
-
-    def _decoded(self, raw: RawBatch, node: SourceNode, values: list[bytes | None]) -> Decoded:
-        """``node``'s decoding of ``values``: the chunks decoded during the poll, joined, when the poll prepared them.
-
-        Only a runner with one source topic has a decode thread, so only its polls prepare chunks.
-        """
-        if raw.prepared is not None:
-            return concat_decoded([(start, futures[node.name].result()) for start, futures in raw.prepared])
-        return node.format.decode(values, event_time=node.value_time_column)
-
-    def _decode(self, raw: RawBatch) -> tuple[pl.DataFrame, dict[str, pl.DataFrame], pl.DataFrame]:
-        """Decode each source's records; collect the ones that fail as dead letters (reason ``decode``, or ``event_time``)."""
-        meta = raw.metadata()
-        inputs: dict[str, pl.DataFrame] = {}
-        dead: list[pl.DataFrame] = []
-        single = len(self.sources_by_topic) == 1
-        for topic, nodes in self.sources_by_topic.items():
-            if single:
-                idx: list[int] | None = None
-                values = raw.values
-            else:
-                mask = meta["_topic"] == topic
-                idx = mask.arg_true().to_list()
-                values = [raw.values[i] for i in idx]
-            for node in nodes:
-                decoded = self._decoded(raw, node, values)
-                rows = decoded.rows if idx is None else [idx[r] for r in decoded.rows]
-                if len(rows) == len(raw.values):
-                    base = meta
-                else:
-                    base = meta[list(rows)]
-                inputs[node.name] = pl.concat([base, decoded.frame], how="horizontal")
-                self.metrics.add("records_in", len(values), topic=topic)
-                for reason, errors in (("decode", decoded.errors), ("event_time", decoded.bad_times)):
-                    if not errors:
-                        continue
-                    where = [e[0] if idx is None else idx[e[0]] for e in errors]
-                    dead.append(
-                        meta[where].with_columns(
-                            value=pl.Series([raw.values[i] for i in where], dtype=pl.Binary),
-                            reason=pl.lit(reason),
-                            error=pl.Series([e[1] for e in errors], dtype=pl.String),
-                            operator=pl.lit(node.name),
-                        )
-                    )
-        dead_frame = pl.concat(dead) if dead else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
-        if self.dead_node is not None:
-            inputs[self.dead_node.name] = dead_frame
-        return meta, inputs, dead_frame
-
-    def operate(self, inputs: dict[str, pl.DataFrame], dead: pl.DataFrame, tables: dict[str, pl.DataFrame], now: float) -> dict[str, pl.DataFrame]:
-        """Every operator over one decoded batch; windows fold into the hot state (``windows.take()`` collects their deltas)."""
-        if not self.windows.active:
-            return execute(self.plan, inputs, dead_letters=lambda: dead, tables=tables)
-        if self.source is not None:
-            self.windows.backlog(self.source.backlog())
-        self.windows.observe(inputs, now)
-        return execute(
-            self.plan, inputs, lambda node, frame: self.windows.step(node, frame, now),
-            lambda: pl.concat([dead, *self.windows.late], how="vertical_relaxed"),  # windows ran first
-            tables,
-        )
-
     def _process(self, raw: RawBatch, polled: _Polled | None = None) -> bool:
         """Decode, run and commit one batch; False when it was dropped to be redone."""
         assert self.source is not None and self.committer is not None
         t0 = time.monotonic()
-        meta, inputs, dead = self._decode(raw)
+        assert self.decoder is not None
+        batch = self.decoder.decode(raw)
+        for topic, count in batch.records_in.items():
+            self.metrics.add("records_in", count, topic=topic)
         faults.crash_point("after_decode")
         now = decoded = time.monotonic()
         for table in self.changelogs.values():
@@ -513,7 +349,10 @@ class Runner:
         tables = {name: table.frame() for name, table in self.changelogs.items()}
         event_times: dict[tuple[str, int], int] = {}
         deltas: tuple = ()
-        outputs = self.operate(inputs, dead, tables, now)
+        dead = batch.dead
+        if self.windows.active:
+            self.windows.backlog(self.source.backlog())
+        outputs = operate(self.plan, batch, tables, self.windows, now)
         if self.windows.active:
             deltas, late = self.windows.take()
             dead = pl.concat([dead, late], how="vertical_relaxed")
@@ -525,11 +364,11 @@ class Runner:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
         self.epoch += 1  # epoch numbers never repeat, even for a batch that is dropped and redone
-        ranges = partition_ranges(meta)
+        ranges = partition_ranges(batch.meta)
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
         epoch = Epoch(
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
-            timestamps_ms=meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=self._event_times_ms(inputs),
+            timestamps_ms=batch.meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=batch.event_times_ms(),
         )
         built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):
@@ -543,16 +382,6 @@ class Runner:
             self.metrics.gauges("state_rows", self.windows.open_windows())
             self.metrics.gauges("state_bytes", self.windows.state_bytes())
         return True
-
-    def _event_times_ms(self, inputs: dict[str, pl.DataFrame]) -> np.ndarray | None:
-        """Event times (epoch ms) of the batch's records, from the sources that name an event-time column."""
-        parts = []
-        for nodes in self.sources_by_topic.values():
-            for node in nodes:
-                frame, column = inputs.get(node.name), node.time_column
-                if frame is not None and column is not None and column in frame.columns and frame.height:
-                    parts.append(frame.select(event_time_ms(column, frame.schema[column])).to_series().drop_nulls().to_numpy())
-        return np.concatenate(parts) if parts else None
 
     def _wait_inflight(self) -> None:
         """Block until the epoch in flight has finished (before its partitions move, or the runner closes)."""

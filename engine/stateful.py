@@ -140,16 +140,13 @@ class WindowRuntime:
         for tracker in self.trackers.values():
             tracker.backlog = partitions
 
-    def observe(self, inputs: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
-        """Advance the watermarks with a batch's event times; returns each touched partition's maximum."""
+    def observe(self, times: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
+        """Advance the watermarks with a batch's event times (``DecodedBatch.event_times``); returns each touched partition's maximum."""
         touched: dict[tuple[str, int], int] = {}
-        for name, src in self.sources.items():
-            frame = inputs.get(name)
-            column = src.time_column
-            if frame is None or frame.height == 0 or column is None:
-                continue
-            times = frame.select("_topic", "_partition", event_time_ms(column, frame.schema[column]))
-            touched.update(self.trackers[name].observe(times, now))
+        for name in self.sources:
+            frame = times.get(name)
+            if frame is not None and frame.height:
+                touched.update(self.trackers[name].observe(frame, now))
         return touched
 
     def event_times(self) -> dict[tuple[str, int], int]:
@@ -159,19 +156,33 @@ class WindowRuntime:
             out.update({tp: v for tp, v in tracker.max_event.items() if v is not None})
         return out
 
-    def step(self, node: WindowNode, frame: pl.DataFrame, now: float) -> pl.DataFrame:
-        """Fold one batch into a window operator; returns what it emits (late rows go to ``self.late``)."""
+    def step(
+        self, node: WindowNode, frame: pl.DataFrame, now: float, times: dict[str, pl.DataFrame] | None = None,
+        watermark: int | None = None,
+    ) -> pl.DataFrame:
+        """Fold one batch into a window operator; returns what it emits (late rows go to ``self.late``).
+
+        ``times``: the batch's event times per source (``DecodedBatch.event_times``),
+        reused when the window reads its source directly (the same rows); behind other
+        steps the window derives them from its own rows.  ``watermark`` overrides the
+        source's (the end of a bounded input).
+        """
         assert node.spec is not None and node.source is not None and node.parent is not None
         column = node.parent.time_column
         assert column is not None
-        timed = frame.with_columns(event_time_ms(column, frame.schema[column]))
+        known = (times or {}).get(node.source.name) if node.parent is node.source else None
+        if known is not None and known.height == frame.height:
+            timed = frame.with_columns(known.get_column(_TIME))
+        else:
+            timed = frame.with_columns(event_time_ms(column, frame.schema[column]))
         missing = timed.filter(pl.col(_TIME).is_null())
         if missing.height:
             self.late.append(_dead(missing, node.name, "event_time", f"window {node.name!r}: the event time {column!r} is missing"))
             timed = timed.filter(pl.col(_TIME).is_not_null())
         if node.sharded and self.key_checks > 0:
             self._check_keyed(node, timed)
-        watermark = self.trackers[node.source.name].current(now)
+        if watermark is None:
+            watermark = self.trackers[node.source.name].current(now)
         state = self.states[node.name]
         result = fold(node.spec, state, timed.select(node.spec.input_schema.names()), watermark)
         self.states[node.name] = result.state

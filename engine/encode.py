@@ -1,0 +1,70 @@
+"""Step 4 of an epoch: the sinks' frames and the dead letters become Kafka records.
+
+A ``to_kafka`` sink's frame is encoded with its format (values, and keys from its
+``key`` column); dead letters keep their original value and key, with headers
+naming the error, the reason, the operator and where the record came from.
+
+Examples
+--------
+>>> import polars as pl
+>>> from lockgate.engine.encode import dead_letter_topic
+>>> dead = pl.DataFrame({"_topic": ["clicks"], "_partition": [0], "_offset": [7], "_key": [b"u1"], "value": [b"x"],
+...                      "reason": ["decode"], "error": ["not JSON"], "operator": ["clicks"]})
+>>> out = dead_letter_topic(dead, "pipe-dlq")
+>>> out.topic, out.values, dict(out.headers[0])["lockgate.reason"]
+('pipe-dlq', [b'x'], b'decode')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from lockgate.engine.formats import ArrowIPC
+from lockgate.engine.plan import SinkNode
+from lockgate.engine.transaction import OutgoingTopic
+
+__all__ = ["dead_letter_topic", "encode_sink"]
+
+
+def _keys(frame: pl.DataFrame, key: str | None) -> list[Any] | None:
+    if key is None:
+        return None
+    col = frame[key]
+    if col.dtype not in (pl.String, pl.Binary):
+        col = col.cast(pl.String)
+    return col.to_list()
+
+
+def encode_sink(sink: SinkNode, frame: pl.DataFrame) -> OutgoingTopic:
+    """Encode a to_kafka sink's frame into values (and keys)."""
+    values_frame = frame.select(sink.value_columns)
+    if isinstance(sink.format, ArrowIPC) and sink.key is not None:
+        values: list[bytes | None] = []
+        keys: list[Any] = []
+        for (key,), part in frame.partition_by(sink.key, as_dict=True, maintain_order=True).items():
+            encoded = sink.format.encode(part.select(sink.value_columns))
+            values.extend(encoded)
+            keys.extend([None if key is None else str(key) if not isinstance(key, bytes) else key] * len(encoded))
+        return OutgoingTopic(sink.target, values, keys)
+    if isinstance(sink.format, ArrowIPC):
+        return OutgoingTopic(sink.target, sink.format.encode(values_frame))
+    return OutgoingTopic(sink.target, sink.format.encode(values_frame), _keys(frame, sink.key))
+
+
+def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
+    """The dead-letter records, with headers naming the error, reason, source topic, partition and offset."""
+    headers = [
+        [
+            ("lockgate.error", (error or "").encode()),
+            ("lockgate.reason", reason.encode()),
+            ("lockgate.topic", src.encode()),
+            ("lockgate.partition", str(part).encode()),
+            ("lockgate.offset", str(off).encode()),
+            ("lockgate.operator", op.encode()),
+        ]
+        for src, part, off, reason, error, op in frame.select(
+            "_topic", "_partition", "_offset", "reason", "error", "operator"
+        ).iter_rows()  # dead letters are the rare case; each needs its own headers
+    ]
+    return OutgoingTopic(topic, frame["value"].to_list(), frame["_key"].to_list(), headers)

@@ -1,0 +1,228 @@
+"""Step 3 of an epoch: every operator of the plan over one decoded batch.
+
+:func:`execute` runs the plan's nodes over one batch's frames: stateless steps are
+lazy Polars queries collected together (a step two sinks share runs once), a window
+collects its input and folds it into its hot state, a table join reads the
+table's current rows.  Windows run first, so that the dead letters include their
+late records.  :func:`operate` is the same with the engine's window runtime
+(watermarks from the batch's event times, then the folds); the runner and
+``pipe.preview`` both call it.
+
+:func:`run_plan` runs a whole plan over dataframes, with no broker: the way to test
+a pipeline's logic in a unit test or a notebook cell (like ``bytewax.testing.run_main``).
+Window state lives in a temporary directory for the call; nothing is committed.
+
+Examples
+--------
+>>> import polars as pl
+>>> import lockgate as lg
+>>> from lockgate.engine.execution import run_plan
+>>> pipe = lg.Pipeline("doc-run-plan", brokers="127.0.0.1:9092", state="/tmp/lockgate-doc")
+>>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "t": pl.Int64}), event_time="t")
+>>> clicks.window(lg.Tumbling("1m"), by="user").agg(n=pl.len()).to_table("per_minute")
+>>> batches = [{"clicks": pl.DataFrame({"user": ["a", "a", "b"], "t": [1_000, 2_000, 61_000]})},
+...            {"clicks": pl.DataFrame({"user": ["b"], "t": [62_000]})}]
+>>> out = run_plan(pipe.plan(), batches)   # [0, 1m) closes in the first batch, [1m, 2m) at the end of the input
+>>> out["per_minute"].select("user", "n").rows()
+[('a', 2), ('b', 2)]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import polars as pl
+from lockgate.engine.decode import DecodedBatch, source_event_times
+from lockgate.engine.formats import KAFKA_COLUMNS
+from lockgate.engine.plan import (
+    DEAD_LETTER_SCHEMA,
+    DeadLetterNode,
+    JoinNode,
+    Node,
+    OpNode,
+    Plan,
+    SinkNode,
+    SourceNode,
+    WindowNode,
+)
+from lockgate.errors import PipelineDefinitionError
+from lockgate.storage.tables import CommitLog
+
+if TYPE_CHECKING:
+    from lockgate.engine.stateful import WindowRuntime
+
+__all__ = ["execute", "operate", "run_plan"]
+
+#: the watermark of the end of the input (``run_plan``): every window closes
+END_OF_INPUT = 2**62
+
+
+def execute(
+    plan: Plan,
+    inputs: Mapping[str, pl.DataFrame],
+    window_step: Callable[[WindowNode, pl.DataFrame], pl.DataFrame] | None = None,
+    dead_letters: Callable[[], pl.DataFrame] | None = None,
+    tables: Mapping[str, pl.DataFrame] | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Run every operator of ``plan`` over one batch; returns each sink's frame, by sink node name.
+
+    ``inputs`` maps source node names to their frames.  Stateless steps are lazy
+    queries collected together, so shared steps run once; a window step collects
+    its input and folds it with ``window_step``.  Windows run first, so that the
+    dead letters (``dead_letters()``) include their late records.
+    """
+    lazy: dict[str, pl.LazyFrame] = {}
+
+    def build(node: Node) -> pl.LazyFrame:
+        if node.name not in lazy:
+            if isinstance(node, SourceNode):
+                lazy[node.name] = inputs[node.name].lazy()
+            elif isinstance(node, DeadLetterNode):
+                lazy[node.name] = (dead_letters() if dead_letters else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)).lazy()
+            elif isinstance(node, OpNode):
+                assert node.parent is not None and node.op is not None
+                lazy[node.name] = node.op.apply(build(node.parent))
+            elif isinstance(node, WindowNode):
+                assert node.parent is not None and window_step is not None
+                lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
+            elif isinstance(node, JoinNode):
+                assert node.parent is not None and node.table is not None and node.join is not None
+                lazy[node.name] = node.join.apply(build(node.parent), (tables or {})[node.table.name].lazy())
+            else:
+                raise AssertionError(f"cannot build {node!r}")
+        return lazy[node.name]
+
+    for node in plan.nodes:
+        if isinstance(node, WindowNode):
+            build(node)
+
+    sinks = plan.sinks
+    if not sinks:
+        return {}
+    frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
+    return {s.name: f for s, f in zip(sinks, frames, strict=True)}
+
+
+def operate(
+    plan: Plan, batch: DecodedBatch, tables: Mapping[str, pl.DataFrame], windows: WindowRuntime | None, now: float,
+    watermark: int | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Every operator over one decoded batch; windows fold into ``windows``' hot state (``windows.take()`` collects their deltas).
+
+    The watermarks first move on with the batch's event times (``now`` is the
+    processing time, for idle partitions); ``watermark`` overrides every window's
+    watermark (``run_plan``'s end of input).
+    """
+    if windows is None or not windows.active:
+        return execute(plan, batch.inputs, dead_letters=lambda: batch.dead, tables=tables)
+    windows.observe(batch.event_times, now)
+    return execute(
+        plan, batch.inputs, lambda node, frame: windows.step(node, frame, now, batch.event_times, watermark),
+        lambda: pl.concat([batch.dead, *windows.late], how="vertical_relaxed"),  # windows ran first
+        tables,
+    )
+
+
+def run_plan(
+    plan: Plan,
+    batches: Mapping[str, pl.DataFrame] | Iterable[Mapping[str, pl.DataFrame]],
+    *,
+    tables: Mapping[str, pl.DataFrame] | None = None,
+    end_of_input: bool = True,
+) -> dict[str, pl.DataFrame]:
+    """Run ``plan`` over dataframes, with no broker; returns each sink's rows, by topic or table name.
+
+    ``batches`` is one micro-batch, or a sequence of them, each mapping a source topic
+    to a frame of its value columns (the Kafka columns ``_partition``, ``_offset``,
+    ``_timestamp``, ``_key`` may be given; missing ones are filled: partition 0,
+    offsets counting up, null timestamp and key).  ``tables`` maps each table's topic
+    to its current rows, for ``join``.  Watermarks follow the event times as on
+    Kafka (no partition counts as idle); with ``end_of_input`` the input ends with a
+    watermark past every window, so final-mode windows and sessions emit, as a
+    bounded input does in Flink.  Late and undecodable rows go to
+    ``stream.dead_letters()`` if the plan reads it.  Nothing is written: window state
+    lives in a temporary directory for the call.
+    """
+    from lockgate.engine.stateful import WindowRuntime  # the engine's window runtime, over a throwaway state
+
+    steps = [batches] if isinstance(batches, Mapping) else list(batches)
+    by_topic = {node.topic: node for node in plan.sources}
+    for step in steps:
+        unknown = set(step) - set(by_topic)
+        if unknown:
+            raise PipelineDefinitionError(f"run_plan: {sorted(unknown)} are not source topics of the plan; its sources read {sorted(by_topic)}")
+    table_rows = {t.name: _table_rows(t.name, t.topic, t.schema, tables) for t in plan.tables}
+    offsets: dict[tuple[str, int], int] = {}
+    framed = [{topic: _with_kafka_columns(by_topic[topic], frame, offsets) for topic, frame in step.items()} for step in steps]
+    outputs: dict[str, list[pl.DataFrame]] = {s.name: [] for s in plan.sinks}
+    with tempfile.TemporaryDirectory(prefix="lockgate-run-plan-") as state:
+        windows = WindowRuntime("run_plan", state, plan, CommitLog(state))
+        if windows.active:
+            windows.assign({tp for step in framed for frame in step.values() for tp in _partitions(frame)}, 0.0)
+            windows.load(0.0)
+        for step in framed:
+            out = operate(plan, _decoded(plan, step), table_rows, windows, 0.0)
+            if windows.active:
+                windows.take()  # the deltas an epoch would append: nothing is written here
+            for name, frame in out.items():
+                outputs[name].append(frame)
+        if end_of_input and windows.active:
+            empty = {node.topic: pl.DataFrame(schema=node.schema) for node in plan.sources}
+            out = operate(plan, _decoded(plan, empty), table_rows, windows, 0.0, watermark=END_OF_INPUT)
+            for name, frame in out.items():
+                outputs[name].append(frame)
+    return {s.target: _concat(outputs[s.name], s) for s in plan.sinks}
+
+
+def _table_rows(name: str, topic: str, schema: pl.Schema, tables: Mapping[str, pl.DataFrame] | None) -> pl.DataFrame:
+    rows = (tables or {}).get(topic, (tables or {}).get(name))
+    if rows is None:
+        raise PipelineDefinitionError(f"run_plan: the plan joins table {name!r} (topic {topic!r}); pass its rows as tables={{{topic!r}: frame}}")
+    return rows
+
+
+def _with_kafka_columns(node: SourceNode, frame: pl.DataFrame, offsets: dict[tuple[str, int], int]) -> pl.DataFrame:
+    """``frame`` as the source node's decoded frame: the Kafka columns first (filled where missing), then the value columns."""
+    missing = [c for c in node.schema.names() if c not in KAFKA_COLUMNS and c not in frame.columns]
+    if missing:
+        raise PipelineDefinitionError(
+            f"run_plan: the frame for source {node.name!r} lacks the value columns {missing}; it has {frame.columns}"
+        )
+    fill: dict[str, pl.Expr | pl.Series] = {"_topic": pl.lit(node.topic, pl.String)}
+    if "_partition" not in frame.columns:
+        fill["_partition"] = pl.lit(0, pl.Int32)
+    if "_timestamp" not in frame.columns:
+        fill["_timestamp"] = pl.lit(None, pl.Datetime("ms"))
+    if "_key" not in frame.columns:
+        fill["_key"] = pl.lit(None, pl.Binary)
+    out = frame.with_columns(**fill)
+    if "_offset" not in frame.columns:  # counting up on each partition, from where the step before left it
+        starts = {p: offsets.get((node.topic, p), 0) for p in out["_partition"].unique().to_list()}
+        base = pl.col("_partition").replace_strict(starts, default=0, return_dtype=pl.Int64)
+        out = out.with_columns((base + pl.int_range(pl.len(), dtype=pl.Int64).over("_partition")).alias("_offset"))
+    for (p,), part in out.group_by("_partition"):
+        offsets[(node.topic, int(p))] = int(part["_offset"].max()) + 1  # type: ignore[arg-type]
+    return out.select(node.schema.names()).cast(dict(node.schema))  # type: ignore[arg-type]
+
+
+def _partitions(frame: pl.DataFrame) -> set[tuple[str, int]]:
+    return set(frame.select("_topic", "_partition").unique().iter_rows())
+
+
+def _decoded(plan: Plan, step: Mapping[str, pl.DataFrame]) -> DecodedBatch:
+    """One ``run_plan`` step as a decoded batch: every source node of a topic reads its frame (an empty one if the step has none)."""
+    inputs = {n.name: step.get(n.topic, pl.DataFrame(schema=n.schema)) for n in plan.sources}
+    times = {n.name: t for n in plan.sources if (t := source_event_times(n, inputs[n.name])) is not None}
+    dead = pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+    dead_node = next((n for n in plan.nodes if isinstance(n, DeadLetterNode)), None)
+    if dead_node is not None:
+        inputs[dead_node.name] = dead
+    meta = pl.concat([f.select(list(KAFKA_COLUMNS)) for f in step.values()]) if step else pl.DataFrame(schema=KAFKA_COLUMNS)
+    return DecodedBatch(meta, inputs, dead, times, {t: f.height for t, f in step.items()})
+
+
+def _concat(frames: list[pl.DataFrame], sink: SinkNode) -> pl.DataFrame:
+    frames = [f for f in frames if f.height] or frames[:1]
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=sink.schema)
