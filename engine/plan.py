@@ -49,6 +49,7 @@ __all__ = [
     "DeadLetterNode",
     "JoinNode",
     "Node",
+    "ChildNode",
     "OpNode",
     "Plan",
     "SinkNode",
@@ -133,21 +134,27 @@ class DeadLetterNode(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class OpNode(Node):
-    """A stateless operator applied to its parent's batches."""
+class ChildNode(Node):
+    """A step that reads the batches of one parent step."""
 
     parent: Node | None = None
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        assert self.parent is not None
+        return (self.parent,)
+
+
+@dataclass(frozen=True, eq=False)
+class OpNode(ChildNode):
+    """A stateless operator applied to its parent's batches."""
+
     op: Operator | None = None
 
     @property
     def kind(self) -> str:  # type: ignore[override]
         assert self.op is not None
         return self.op.kind
-
-    @property
-    def parents(self) -> tuple[Node, ...]:
-        assert self.parent is not None
-        return (self.parent,)
 
     @property
     def time_column(self) -> str | None:
@@ -159,19 +166,13 @@ class OpNode(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class WindowNode(Node):
+class WindowNode(ChildNode):
     """A keyed event-time window aggregation (stateful)."""
 
-    parent: Node | None = None
     spec: WindowSpec | None = None
     source: SourceNode | None = None
 
     kind = "window"
-
-    @property
-    def parents(self) -> tuple[Node, ...]:
-        assert self.parent is not None
-        return (self.parent,)
 
     @property
     def time_column(self) -> str | None:
@@ -200,10 +201,9 @@ class TableNode(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class JoinNode(Node):
+class JoinNode(ChildNode):
     """Each batch of the parent joined with the current rows of a table."""
 
-    parent: Node | None = None
     table: TableNode | None = None
     join: TableJoin | None = None
 
@@ -221,10 +221,9 @@ class JoinNode(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class SinkNode(Node):
+class SinkNode(ChildNode):
     """Writes its parent's batches to a Kafka topic (``to_kafka``) or a LanceDB table (``to_table``)."""
 
-    parent: Node | None = None
     sink: Literal["kafka", "table"] = "kafka"
     target: str = ""
     key: str | None = None
@@ -233,11 +232,6 @@ class SinkNode(Node):
     @property
     def kind(self) -> str:  # type: ignore[override]
         return f"to_{self.sink}"
-
-    @property
-    def parents(self) -> tuple[Node, ...]:
-        assert self.parent is not None
-        return (self.parent,)
 
     @property
     def value_columns(self) -> list[str]:

@@ -12,6 +12,7 @@ Examples
 """
 
 from lockgate.engine.config import BatchPolicy
+from lockgate.engine.execution import run_plan
 from lockgate.engine.formats import JSON, ArrowIPC, Raw
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.plan import Stream
@@ -31,6 +32,7 @@ from lockgate.storage.state import read_state
 from lockgate.storage.tables import list_tables, read_table
 
 __all__ = [
+    "run_plan",
     "JSON",
     "ArrowIPC",
     "BatchPolicy",
