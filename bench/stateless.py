@@ -53,15 +53,10 @@ PARTITIONS = 8
 TARGET = 0.6
 BATCH = lg.BatchPolicy(max_records=50_000, max_wait="100ms")
 
-#: the bare consumer's options: the same fetch tuning as lockgate's consumer (engine/config.py)
+#: the copy loop's producer: lockgate's producer tuning (engine/config.py), without its transactional id and time-out
 COPY_PRODUCER = {
-    "enable.idempotence": True,
-    "linger.ms": 5,
-    "batch.size": 1_000_000,
-    "compression.type": "lz4",
-    "queue.buffering.max.messages": 2_000_000,
-    "queue.buffering.max.kbytes": 1_048_576,
-    "partitioner": "murmur2_random",
+    k: v for k, v in lg.Pipeline("copy", brokers="unused:1", state="/tmp/unused").config.producer_options().items()
+    if k not in ("transactional.id", "transaction.timeout.ms", "bootstrap.servers")
 }
 
 SCHEMA = {"user": pl.String, "url": pl.String, "n": pl.Int64, "ts": pl.Int64, "ref": pl.String}

@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 from lockgate.errors import PipelineDefinitionError
 
-__all__ = ["Filter", "MapBatches", "Operator", "Select", "WithColumns", "explain_polars_error"]
+__all__ = ["ExprsOperator", "Filter", "MapBatches", "Operator", "Select", "WithColumns", "explain_polars_error"]
 
 _COLUMN_NOT_FOUND = re.compile(r'unable to find column "([^"]+)"|column "?([^"\s]+)"? not found', re.IGNORECASE)
 
@@ -90,33 +90,41 @@ class Filter(Operator):
 
 
 @dataclass(frozen=True)
-class WithColumns(Operator):
-    """Add or replace columns."""
+class ExprsOperator(Operator):
+    """An operator given Polars expressions, positional and named (``with_columns``, ``select``).
+
+    Hashed by name: a dict of expressions is not hashable.
+    """
 
     exprs: tuple[Any, ...] = ()
     named: Mapping[str, Any] = field(default_factory=dict)
-    kind = "with_columns"
-
-    def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.with_columns(*self.exprs, **self.named)
 
     def __hash__(self) -> int:
         return hash(self.name)
 
 
 @dataclass(frozen=True)
-class Select(Operator):
+class WithColumns(ExprsOperator):
+    """Add or replace columns."""
+
+    kind = "with_columns"
+
+    def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(*self.exprs, **self.named)
+
+    __hash__ = ExprsOperator.__hash__  # a frozen dataclass would make its own from the fields
+
+
+@dataclass(frozen=True)
+class Select(ExprsOperator):
     """Keep or compute exactly these columns."""
 
-    exprs: tuple[Any, ...] = ()
-    named: Mapping[str, Any] = field(default_factory=dict)
     kind = "select"
 
     def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         return frame.select(*self.exprs, **self.named)
 
-    def __hash__(self) -> int:
-        return hash(self.name)
+    __hash__ = ExprsOperator.__hash__
 
 
 @dataclass(frozen=True)
