@@ -287,18 +287,6 @@ def check_quix(brokers: str, out_topic: str, expected: pl.DataFrame) -> dict[str
 # ---------------------------------------------------------------- lockgate
 
 
-class WindowsNotAvailable(RuntimeError):
-    pass
-
-
-def require_windows() -> None:
-    if not hasattr(lg, "Tumbling") or not hasattr(lg.Stream, "window"):
-        raise WindowsNotAvailable(
-            "lockgate has no windows yet (lg.Tumbling / Stream.window are missing): the lockgate part of "
-            "bench/windows.py needs the windowed-aggregation API of DESIGN.md; run with --only quix meanwhile"
-        )
-
-
 def build_pipeline(name: str, brokers: str, state: str, topic: str, out_topic: str, per_partition: bool = True) -> lg.Pipeline:
     """source JSON -> tumbling 1-minute windows per user, final -> count, sum, max -> to_kafka + to_table."""
     pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=BATCH)
@@ -381,12 +369,6 @@ def main(argv: list[str] | None = None) -> int:
 
     do_quix = args.only in (None, "quix")
     do_lg = args.only in (None, "lockgate")
-    if do_lg:
-        try:
-            require_windows()
-        except WindowsNotAvailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     quix_records = args.quix_records or args.records
     python = quix_python(args.quix_python) if do_quix else None
 

@@ -1,4 +1,4 @@
-"""The layer direction of STYLE.md, enforced by import-linter over the installed package layout.
+"""The layer direction of docs/architecture.md ("Layers"), enforced by import-linter over the installed package layout.
 
 import-linter walks a package's directory, and lockgate's subpackages live in
 top-level folders mapped by setuptools, so the test lays the package out as a
@@ -59,7 +59,7 @@ def test_an_upward_or_forbidden_import_breaks_the_contracts(tmp_path: Path, modu
     assert "BROKEN" in result.stdout
 
 
-#: confluent-kafka's client classes: only lockgate.engine.kafka_clients builds one (STYLE.md: librdkafka's options in one place)
+#: confluent-kafka's client classes: only lockgate.engine.kafka_clients builds one (librdkafka's options in one place)
 CLIENTS = {"Consumer", "Producer", "AdminClient", "DeserializingConsumer", "SerializingProducer"}
 FACTORY = "engine/kafka_clients.py"
 
