@@ -27,7 +27,7 @@ from lockgate.engine.transaction import EpochTransaction, TransactionAborted
 
 import lockgate as lg
 from tests.conftest import ordered_producer, read_committed, same_rows
-from tests.engine.test_windows_on_kafka import (
+from tests.integration.test_windows_on_kafka import (
     BASE,
     MINUTE,
     SCHEMA,

@@ -25,7 +25,7 @@ from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec
 from lockgate.storage.tables import CommitLog
 from polars.testing import assert_frame_equal
 
-from tests.operators.test_windows import (
+from tests.unit.operators.test_windows import (
     BUFFERED,
     DECOMPOSABLE,
     FAR,

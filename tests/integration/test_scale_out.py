@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.test_crashes import (
+from tests.crash.test_crashes import (
     Service,
     _only_flush_windows_open,
     _wait_until_quiet,
     assert_exact,
 )
-from tests.engine.test_windows_on_kafka import make_events, produce_events
+from tests.integration.test_windows_on_kafka import make_events, produce_events
 
 pytestmark = pytest.mark.kafka
 

@@ -16,7 +16,7 @@ import pytest
 from lockgate.engine.kafka_log import kafka_logger
 
 from tests.conftest import json_values, produce
-from tests.engine.test_service import PIPELINE_FILE
+from tests.integration.test_service import PIPELINE_FILE
 
 #: a line librdkafka prints itself: %<syslog level>|<time>|<facility>|<client>| ...
 RAW = re.compile(r"^%[0-7]\|\d+\.\d+\|", re.M)

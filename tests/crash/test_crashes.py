@@ -30,7 +30,7 @@ from lockgate.storage.tables import CommitLog
 
 import lockgate as lg
 from tests.conftest import same_rows
-from tests.engine.test_windows_on_kafka import (
+from tests.integration.test_windows_on_kafka import (
     BASE,
     FLUSH_T,
     MINUTE,

@@ -15,7 +15,7 @@ import pytest
 from lockgate.engine import broker as local_broker
 
 from tests.conftest import json_values, produce
-from tests.engine.test_service import PIPELINE_FILE
+from tests.integration.test_service import PIPELINE_FILE
 
 pytestmark = pytest.mark.kafka
 
