@@ -361,7 +361,8 @@ class Stream:
 
         Examples
         --------
-        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the product-page views among 1,000 sample clicks:
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the
+        product-page views among 1,000 sample clicks:
 
         >>> import polars as pl
         >>> import lockgate as lg
@@ -404,14 +405,16 @@ class Stream:
 
         Examples
         --------
-        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), 1,000 sample clicks joined with the
-        sample users (``user``, ``country``, ``plan``) of a compacted topic:
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), 1,000 sample
+        clicks joined with the sample users (``user``, ``country``, ``plan``) of a
+        compacted topic, counted per country:
 
         >>> import polars as pl
         >>> import lockgate as lg
         >>> topic, users_topic = lg.sample_clicks(records=1_000, seed=1), lg.sample_users()
         >>> pipe = lg.Pipeline(topic)
-        >>> users = pipe.table(users_topic, key="user", format=lg.JSON(schema={"user": pl.String, "country": pl.String, "plan": pl.String}))
+        >>> users = pipe.table(users_topic, key="user",
+        ...                    format=lg.JSON(schema={"user": pl.String, "country": pl.String, "plan": pl.String}))
         >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
         >>> clicks.join(users, on="user").select("user", "country", "url").to_kafka("clicks-with-country")
         >>> pipe.preview(1_000)["clicks-with-country"].group_by("country").len().sort("country")
@@ -453,9 +456,10 @@ class Stream:
 
         Examples
         --------
-        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), clicks per second of 1,000 sample clicks, 10 ms apart from 2026-01-01 on:
-        each window is emitted once the watermark (the latest event time, less
-        ``watermark``) has passed its end.
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), clicks per
+        second of 1,000 sample clicks, 10 ms apart from 2026-01-01 on: each window is
+        emitted once the watermark (the latest event time, less ``watermark``) has
+        passed its end.
 
         >>> import tempfile
         >>> import polars as pl
@@ -463,7 +467,8 @@ class Stream:
         >>> topic = lg.sample_clicks(records=1_000, seed=1, start="2026-01-01")
         >>> state = tempfile.mkdtemp()
         >>> pipe = lg.Pipeline(topic, state=state)
-        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"url": pl.String, "ts": pl.Datetime("ms")}), event_time="ts", watermark="0s")
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"url": pl.String, "ts": pl.Datetime("ms")}),
+        ...                      event_time="ts", watermark="0s")
         >>> per_second = clicks.window(lg.Tumbling("1s")).agg(clicks=pl.len(), carts=(pl.col("url") == "/cart").sum())
         >>> per_second.to_table("per_second")
         >>> _ = pipe.run(until="caught_up")
@@ -491,9 +496,9 @@ class Stream:
 
         Examples
         --------
-        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the clicks on ``/cart`` of 1,000 sample
-        clicks as JSON, keyed by user, to the topic ``carts`` (a ``read_committed``
-        consumer sees them once their batch has committed):
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the clicks on
+        ``/cart`` of 1,000 sample clicks as JSON, keyed by user, to the topic ``carts``
+        (a ``read_committed`` consumer sees them once their batch has committed):
 
         >>> import tempfile
         >>> import polars as pl
@@ -534,8 +539,9 @@ class Stream:
 
         Examples
         --------
-        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the clicks on ``/cart`` of 1,000 sample
-        clicks, 10 ms apart from 2026-01-01 on, into the table ``carts``:
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the clicks on
+        ``/cart`` of 1,000 sample clicks, 10 ms apart from 2026-01-01 on, into the
+        table ``carts``:
 
         >>> import tempfile
         >>> import polars as pl
@@ -614,7 +620,8 @@ class WindowedStream:
         >>> import polars as pl
         >>> import lockgate as lg
         >>> pipe = lg.Pipeline("doc-agg")
-        >>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "url": pl.String, "ts": pl.Datetime("ms")}), event_time="ts")
+        >>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "url": pl.String, "ts": pl.Datetime("ms")}),
+        ...                      event_time="ts")
         >>> per_user = clicks.window(lg.Tumbling("1m"), by="user").agg(clicks=pl.len(), pages=pl.col("url").n_unique())
         >>> dict(per_user.schema)
         {'user': String, 'window_start': Datetime(time_unit='ms', time_zone=None), 'window_end': Datetime(time_unit='ms', time_zone=None),
