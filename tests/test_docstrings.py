@@ -43,7 +43,10 @@ def test_docstring_examples_run(name: str, request: pytest.FixtureRequest, monke
     if _makes_topics(module):
         monkeypatch.setenv("LOCKGATE_BROKERS", request.getfixturevalue("brokers"))
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
-    assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (run python -m doctest -v on it)"
+    assert result.failed == 0, (
+        f"{result.failed} docstring example(s) of {name} failed (run python -m doctest -v on it"
+        + (", with LOCKGATE_BROKERS=host:port of a broker)" if _makes_topics(module) else ")")
+    )
 
 
 @pytest.mark.parametrize("cls", [lockgate.Pipeline, Stream, Table, WindowedStream])
