@@ -32,12 +32,12 @@ def _metadata(admin: AdminClient, brokers: str, timeout: float = 30.0) -> Any:
         ) from exc
 
 
-def _create(admin: AdminClient, partitions: dict[str, int], what: str) -> list[str]:
-    """Create each topic with its number of partitions; the ones this call created (one made meanwhile is no error)."""
+def _create(admin: AdminClient, partitions: dict[str, int], what: str, config: dict[str, str] | None = None) -> list[str]:
+    """Create each topic with its number of partitions (and topic ``config``); the ones this call created (one made meanwhile is no error)."""
     if not partitions:
         return []
     created = []
-    new = [NewTopic(topic, num_partitions=n, replication_factor=-1) for topic, n in partitions.items()]
+    new = [NewTopic(topic, num_partitions=n, replication_factor=-1, config=config or {}) for topic, n in partitions.items()]
     for topic, future in admin.create_topics(new, operation_timeout=30).items():
         try:
             future.result()
@@ -57,12 +57,12 @@ def partition_count(options: dict[str, Any], topic: str) -> int | None:
     return None if t is None or t.error is not None else len(t.partitions)
 
 
-def create_topic(options: dict[str, Any], topic: str, partitions: int) -> bool:
-    """Create ``topic`` with ``partitions`` partitions unless it exists; True if this call created it."""
+def create_topic(options: dict[str, Any], topic: str, partitions: int, config: dict[str, str] | None = None) -> bool:
+    """Create ``topic`` with ``partitions`` partitions (and topic ``config``, e.g. ``{"cleanup.policy": "compact"}``) unless it exists; True if this call created it."""
     admin = kafka_clients.admin(options)
     if topic in _metadata(admin, options["bootstrap.servers"]).topics:
         return False
-    return bool(_create(admin, {topic: partitions}, "topic"))
+    return bool(_create(admin, {topic: partitions}, "topic", config))
 
 
 def missing_topic_message(missing: list[str], brokers: str, topics: list[str]) -> str:

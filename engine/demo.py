@@ -4,7 +4,9 @@
 clickstream, runs a filter/project pipeline into a topic and a table until it has caught up,
 prints the committed output and ends with a short summary (:func:`summarize`).
 ``lockgate sample clicks`` only creates and fills a topic (``clicks`` by default: the input
-of the README's example).
+of the README's example).  From Python, ``lg.sample_clicks()`` and ``lg.sample_users()``
+create a new topic of sample records and return its name (the docstring examples of
+``lg.Pipeline`` and ``lg.Stream`` start from them).
 
 Examples
 --------
@@ -29,57 +31,157 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 from lockgate.engine import kafka_clients
 from lockgate.engine.admin import create_topic
-from lockgate.engine.config import BatchPolicy
+from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
 from lockgate.engine.formats import JSON
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.runner import RunSummary
 from lockgate.errors import BrokerError
 from lockgate.storage.tables import read_table
 
-__all__ = ["build_demo_pipeline", "produce_clicks", "run_demo", "summarize"]
+__all__ = ["build_demo_pipeline", "produce_clicks", "run_demo", "sample_clicks", "sample_users", "summarize"]
 
 CLICKS = "lockgate-demo-clicks"
 PAGES = "lockgate-demo-pages"
 SCHEMA = {"user": pl.String, "url": pl.String, "ms_on_page": pl.Int64, "ts": pl.Datetime("ms")}
 #: the topic ``lockgate sample clicks`` fills by default: the source of the README's example
 SAMPLE_TOPIC = "clicks"
+#: the sample users' countries and plans (``sample_users``): user-i is in COUNTRIES[i % 4], on PLANS[i % 3]
+COUNTRIES = ("DE", "FR", "NL", "US")
+PLANS = ("free", "free", "pro")
 
 
-def produce_clicks(brokers: str, count: int, topic: str = CLICKS, *, partitions: int = 4) -> None:
+def produce_clicks(
+    brokers: str, count: int, topic: str = CLICKS, *, partitions: int = 4, seed: int | None = None, start: datetime | str | None = None
+) -> None:
     """Create ``topic`` if it does not exist and produce ``count`` sample clicks to it, keyed by user.
 
     Each value is a JSON object with ``user`` (``user-0`` ... ``user-199``), ``url`` (``/``,
     ``/search``, ``/cart`` or a product page ``/p/0`` ... ``/p/39``), ``ms_on_page`` and ``ts``
-    (epoch milliseconds, 10 ms apart, ending now): the columns of :data:`SCHEMA`, and of the
-    README's example (which reads ``user``, ``url`` and ``ts``).
+    (epoch milliseconds, 10 ms apart, ending now, or from ``start``): the columns of
+    :data:`SCHEMA`, and of the README's example (which reads ``user``, ``url`` and ``ts``).
+    The same ``seed`` gives the same users, urls and times on page.
     """
     create_topic({"bootstrap.servers": brokers}, topic, partitions)
+    rng = random.Random(seed)
+    first = int(time.time() * 1000) - count * 10 if start is None else _epoch_ms(start)
+    urls = ["/", "/search", "/cart"] + [f"/p/{i}" for i in range(40)]
+
+    def clicks() -> Iterator[tuple[str, dict[str, Any]]]:
+        for i in range(count):  # sample data, not the engine's hot path
+            user = f"user-{rng.randrange(200)}"
+            yield user, {"user": user, "url": rng.choice(urls), "ms_on_page": rng.randrange(100, 60_000), "ts": first + i * 10}
+
+    _produce_json(brokers, topic, clicks(), "sample clicks")
+
+
+def _epoch_ms(start: datetime | str) -> int:
+    """``start`` (a datetime or an ISO string; naive ones are UTC) as epoch milliseconds."""
+    when = datetime.fromisoformat(start) if isinstance(start, str) else start
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _produce_json(brokers: str, topic: str, records: Iterable[tuple[str, dict[str, Any]]], what: str) -> None:
+    """Produce (key, JSON value) records to ``topic`` in order, and wait until every one is delivered."""
     # Idempotent, so each partition keeps the order it was written in: librdkafka's default is
     # off, and a plain producer's retried request (e.g. "Not leader for partition" on a topic just
     # made) lands after the ones behind it, which a windowed reader rightly counts late.
     producer = kafka_clients.producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
-    rng = random.Random()
-    now = int(time.time() * 1000)
-    urls = ["/", "/search", "/cart"] + [f"/p/{i}" for i in range(40)]
-    for i in range(count):  # sample data, not the engine's hot path
-        user = f"user-{rng.randrange(200)}"
-        click = {"user": user, "url": rng.choice(urls), "ms_on_page": rng.randrange(100, 60_000), "ts": now - (count - i) * 10}
+    count = 0
+    for count, (key, value) in enumerate(records, 1):
         while True:
             try:
-                producer.produce(topic, json.dumps(click).encode(), user.encode())
+                producer.produce(topic, json.dumps(value).encode(), key.encode())
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.1)
-        if i % 10_000 == 0:
+        if count % 10_000 == 0:
             producer.poll(0)
     left = producer.flush(60)
     if left:
-        raise BrokerError(f"{left:,} of {count:,} sample clicks to {topic!r} were not delivered in 60 s; is the broker at {brokers} up?")
+        raise BrokerError(f"{left:,} of {count:,} {what} to {topic!r} were not delivered in 60 s; is the broker at {brokers} up?")
+
+
+def _brokers(given: str | None) -> str:
+    """``given``, else the brokers an ``lg.Pipeline`` without ``brokers=`` uses: ``$LOCKGATE_BROKERS``, else ``localhost:9092``."""
+    if given is not None:
+        return given
+    return overrides().get("brokers") or PipelineConfig.model_fields["brokers"].default
+
+
+def sample_clicks(
+    topic: str | None = None,
+    *,
+    records: int = 1_000,
+    seed: int | None = None,
+    start: datetime | str | None = None,
+    brokers: str | None = None,
+    partitions: int = 4,
+) -> str:
+    """Create a topic of ``records`` sample clicks (JSON, keyed by user) and return its name.
+
+    The clicks of ``lockgate sample clicks``: ``user`` (``user-0`` ... ``user-199``),
+    ``url`` (``/``, ``/search``, ``/cart`` or ``/p/0`` ... ``/p/39``), ``ms_on_page`` and
+    ``ts`` (epoch milliseconds, 10 ms apart).
+
+    Parameters
+    ----------
+    topic
+        The topic to create and fill (records are added if it exists).  By default a
+        new one, ``clicks-<8 hex digits>``, so that each call starts from an empty topic.
+    records
+        How many clicks.
+    seed
+        The same seed gives the same users, urls and times on page.
+    start
+        The first click's ``ts`` (a datetime or an ISO string; naive is UTC).  By default the
+        clicks end now.
+    brokers
+        Kafka bootstrap servers; by default those of an ``lg.Pipeline`` without ``brokers=``:
+        ``$LOCKGATE_BROKERS``, else ``localhost:9092`` (``lockgate broker start`` runs a broker).
+    partitions
+        Partitions of the topic, if this call creates it.
+
+    Examples
+    --------
+    >>> import lockgate as lg
+    >>> lg.sample_clicks(records=100, seed=1, start="2026-01-01")
+    'clicks-...'
+    """
+    topic = topic or f"clicks-{uuid.uuid4().hex[:8]}"
+    produce_clicks(_brokers(brokers), records, topic, partitions=partitions, seed=seed, start=start)
+    return topic
+
+
+def sample_users(topic: str | None = None, *, brokers: str | None = None, partitions: int = 4) -> str:
+    """Create a compacted topic of the 200 sample users (JSON, keyed by user) and return its name.
+
+    One record per user of :func:`sample_clicks`: ``user`` (``user-0`` ... ``user-199``),
+    ``country`` (``user-i`` is in ``("DE", "FR", "NL", "US")[i % 4]``) and ``plan``
+    (``"pro"`` for every third user, ``user-2``, ``user-5``, ...; ``"free"`` otherwise): a
+    table to join clicks with (``pipe.table(topic, key="user", ...)``).  ``topic``,
+    ``brokers`` and ``partitions`` as in :func:`sample_clicks` (the default topic is
+    ``users-<8 hex digits>``).
+
+    Examples
+    --------
+    >>> import lockgate as lg
+    >>> lg.sample_users()
+    'users-...'
+    """
+    topic = topic or f"users-{uuid.uuid4().hex[:8]}"
+    brokers = _brokers(brokers)
+    create_topic({"bootstrap.servers": brokers}, topic, partitions, {"cleanup.policy": "compact"})
+    users = [(f"user-{i}", {"user": f"user-{i}", "country": COUNTRIES[i % 4], "plan": PLANS[i % 3]}) for i in range(200)]
+    _produce_json(brokers, topic, users, "sample users")
+    return topic
 
 
 def _duration(seconds: float | None) -> str:

@@ -53,7 +53,9 @@ class Pipeline:
     name
         The pipeline's name: the consumer group id and the prefix of its transactional id.
     brokers
-        Kafka bootstrap servers.
+        Kafka bootstrap servers.  ``$LOCKGATE_BROKERS`` wins over them (as every
+        ``LOCKGATE_*`` variable wins over its option), and without either they are
+        ``localhost:9092`` (where ``lockgate broker start`` runs a broker).
     state
         LanceDB URI for table sinks and state (a local directory or ``s3://...``).
     batch
@@ -163,6 +165,18 @@ class Pipeline:
         keeps its state per input partition: instances of the pipeline can then
         share the partitions, and a partition's windows move with it.  Without
         that, a window needs every partition of its topic in one instance.
+
+        Examples
+        --------
+        Defining a source reads nothing yet; its batches have the Kafka columns and the
+        value columns of the format:
+
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> pipe = lg.Pipeline("doc-source")
+        >>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "ts": pl.Datetime("ms")}), event_time="ts")
+        >>> clicks.schema.names()
+        ['_topic', '_partition', '_offset', '_timestamp', '_key', 'user', 'ts']
         """
         node = source_node(self._builder, topic, format, event_time, watermark, name, idle_timeout, key)
         return Stream(self._builder, self._builder.add(node))
@@ -211,6 +225,24 @@ class Pipeline:
             Show the live progress (records, rate, lag, batches, late, dead letters).
             Default: an HTML line in a notebook, a bar when stderr is a terminal, and
             nothing elsewhere (a service, CI, output piped to a file: plain logs).
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), a new topic of
+        1,000 sample clicks, a pipeline named after it, and the clicks on ``/cart`` into a table:
+
+        >>> import tempfile
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic = lg.sample_clicks(records=1_000, seed=1)
+        >>> state = tempfile.mkdtemp()
+        >>> pipe = lg.Pipeline(topic, state=state)
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
+        >>> clicks.filter(pl.col("url") == "/cart").to_table("carts")
+        >>> pipe.run(until="caught_up")
+        RunSummary(batches=..., records=1000, seconds=..., stopped_because='caught_up', seconds_from_first_record=...)
+        >>> lg.read_table(state, "carts").collect().height
+        22
         """
         if not self._running.acquire(blocking=False):
             raise PipelineDefinitionError(f"pipeline {self.name!r} is already running in this process")
@@ -231,6 +263,29 @@ class Pipeline:
         Reads from where the pipeline's consumer group stands (with a throwaway consumer
         that commits nothing); window operators start from the committed state.
         Returns one frame per sink, keyed by its topic or table name.
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), a new topic of
+        100 sample clicks from 2026-01-01 on, 10 ms apart; the topic ``views`` gets nothing:
+
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic = lg.sample_clicks(records=100, seed=1, start="2026-01-01")
+        >>> pipe = lg.Pipeline(topic)
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String, "ts": pl.Datetime("ms")}))
+        >>> clicks.select("ts", "user", "url").to_kafka("views")
+        >>> pipe.preview(100)["views"].sort("ts").head(3)
+        shape: (3, 3)
+        ┌─────────────────────────┬──────────┬───────┐
+        │ ts                      ┆ user     ┆ url   │
+        │ ---                     ┆ ---      ┆ ---   │
+        │ datetime[ms]            ┆ str      ┆ str   │
+        ╞═════════════════════════╪══════════╪═══════╡
+        │ 2026-01-01 00:00:00     ┆ user-34  ┆ /p/33 │
+        │ 2026-01-01 00:00:00.010 ┆ user-195 ┆ /p/1  │
+        │ 2026-01-01 00:00:00.020 ┆ user-30  ┆ /p/28 │
+        └─────────────────────────┴──────────┴───────┘
         """
         from lockgate.engine.preview import preview
 

@@ -348,7 +348,29 @@ class Stream:
         return Stream(self._builder, self._builder.add(OpNode(op.name, schema, parent=self._node, op=op)))
 
     def filter(self, predicate: pl.Expr, *, name: str | None = None) -> Stream:
-        """Keep the rows where ``predicate`` is true."""
+        """Keep the rows where ``predicate`` is true.
+
+        The predicate is checked against the stream's columns where it is written,
+        before any record is read.
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the
+        product-page views among 1,000 sample clicks:
+
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic = lg.sample_clicks(records=1_000, seed=1)
+        >>> pipe = lg.Pipeline(topic)
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
+        >>> clicks.filter(pl.col("url").str.starts_with("/p/")).to_kafka("product-views")
+        >>> pipe.preview(1_000)["product-views"].height
+        935
+        >>> clicks.filter(pl.col("page") == "/cart")
+        Traceback (most recent call last):
+        ...
+        lockgate.errors.PipelineDefinitionError: filter 'filter_2': unknown column 'page'; ...
+        """
         return self._op(Filter(self._builder.name("filter", name), predicate))
 
     def with_columns(self, *exprs: Any, name: str | None = None, **named: Any) -> Stream:
@@ -374,6 +396,33 @@ class Stream:
 
         ``how="left"`` keeps every record (table columns null when the key is absent);
         ``how="inner"`` keeps only records whose key is in the table.
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), 1,000 sample
+        clicks joined with the sample users (``user``, ``country``, ``plan``) of a
+        compacted topic, counted per country:
+
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic, users_topic = lg.sample_clicks(records=1_000, seed=1), lg.sample_users()
+        >>> pipe = lg.Pipeline(topic)
+        >>> users = pipe.table(users_topic, key="user",
+        ...                    format=lg.JSON(schema={"user": pl.String, "country": pl.String, "plan": pl.String}))
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
+        >>> clicks.join(users, on="user").select("user", "country", "url").to_kafka("clicks-with-country")
+        >>> pipe.preview(1_000)["clicks-with-country"].group_by("country").len().sort("country")
+        shape: (4, 2)
+        ┌─────────┬─────┐
+        │ country ┆ len │
+        │ ---     ┆ --- │
+        │ str     ┆ u32 │
+        ╞═════════╪═════╡
+        │ DE      ┆ 260 │
+        │ FR      ┆ 238 │
+        │ NL      ┆ 269 │
+        │ US      ┆ 233 │
+        └─────────┴─────┘
         """
         if not isinstance(table, Table):
             raise PipelineDefinitionError(f"join: give a table made by pipe.table(topic, key=...), not {type(table).__name__}")
@@ -398,6 +447,36 @@ class Stream:
         and the aggregates.  ``emit="final"`` emits one row per (key, window) when the
         watermark passes ``window_end + allowed_lateness``; ``emit="update"`` emits the
         new value of every (key, window) each batch changes.
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), clicks per
+        second of 1,000 sample clicks, 10 ms apart from 2026-01-01 on: each window is
+        emitted once the watermark (the latest event time, less ``watermark``) has
+        passed its end.
+
+        >>> import tempfile
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic = lg.sample_clicks(records=1_000, seed=1, start="2026-01-01")
+        >>> state = tempfile.mkdtemp()
+        >>> pipe = lg.Pipeline(topic, state=state)
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"url": pl.String, "ts": pl.Datetime("ms")}),
+        ...                      event_time="ts", watermark="0s")
+        >>> per_second = clicks.window(lg.Tumbling("1s")).agg(clicks=pl.len(), carts=(pl.col("url") == "/cart").sum())
+        >>> per_second.to_table("per_second")
+        >>> _ = pipe.run(until="caught_up")
+        >>> lg.read_table(state, "per_second").collect().sort("window_start").head(3)
+        shape: (3, 4)
+        ┌─────────────────────┬─────────────────────┬────────┬───────┐
+        │ window_start        ┆ window_end          ┆ clicks ┆ carts │
+        │ ---                 ┆ ---                 ┆ ---    ┆ ---   │
+        │ datetime[ms]        ┆ datetime[ms]        ┆ u32    ┆ u32   │
+        ╞═════════════════════╪═════════════════════╪════════╪═══════╡
+        │ 2026-01-01 00:00:00 ┆ 2026-01-01 00:00:01 ┆ 100    ┆ 2     │
+        │ 2026-01-01 00:00:01 ┆ 2026-01-01 00:00:02 ┆ 100    ┆ 4     │
+        │ 2026-01-01 00:00:02 ┆ 2026-01-01 00:00:03 ┆ 100    ┆ 1     │
+        └─────────────────────┴─────────────────────┴────────┴───────┘
         """
         return WindowedStream(self, window, by, allowed_lateness, emit, name)
 
@@ -407,6 +486,24 @@ class Stream:
         """Produce each batch to ``topic`` in the micro-batch's Kafka transaction.
 
         The Kafka metadata columns (``_topic``, ``_partition``, ...) are not written.
+        A topic that does not exist is created with as many partitions as the source.
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the clicks on
+        ``/cart`` of 1,000 sample clicks as JSON, keyed by user, to the topic ``carts``
+        (a ``read_committed`` consumer sees them once their batch has committed):
+
+        >>> import tempfile
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic = lg.sample_clicks(records=1_000, seed=1)
+        >>> pipe = lg.Pipeline(topic, state=tempfile.mkdtemp())
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String}))
+        >>> clicks.filter(pl.col("url") == "/cart").select("user", "url").to_kafka("carts", key="user")
+        >>> _ = pipe.run(until="caught_up")
+        >>> pipe.metrics()["records_out"]
+        {'carts': 22}
         """
         kind = "to_kafka"
         fmt = JSON() if format is None else format
@@ -430,7 +527,37 @@ class Stream:
         self._builder.add(node)
 
     def to_table(self, table: str, *, name: str | None = None) -> None:
-        """Append each committed batch to the LanceDB table ``table`` under the pipeline's state."""
+        """Append each committed batch to the LanceDB table ``table`` under the pipeline's state.
+
+        ``lg.read_table(state, table)`` reads the rows of committed batches only.
+
+        Examples
+        --------
+        On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), the clicks on
+        ``/cart`` of 1,000 sample clicks, 10 ms apart from 2026-01-01 on, into the
+        table ``carts``:
+
+        >>> import tempfile
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> topic = lg.sample_clicks(records=1_000, seed=1, start="2026-01-01")
+        >>> state = tempfile.mkdtemp()
+        >>> pipe = lg.Pipeline(topic, state=state)
+        >>> clicks = pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String, "ts": pl.Datetime("ms")}))
+        >>> clicks.filter(pl.col("url") == "/cart").select("ts", "user").to_table("carts")
+        >>> _ = pipe.run(until="caught_up")
+        >>> lg.read_table(state, "carts").collect().sort("ts").head(3)
+        shape: (3, 2)
+        ┌─────────────────────────┬──────────┐
+        │ ts                      ┆ user     │
+        │ ---                     ┆ ---      │
+        │ datetime[ms]            ┆ str      │
+        ╞═════════════════════════╪══════════╡
+        │ 2026-01-01 00:00:00.270 ┆ user-150 │
+        │ 2026-01-01 00:00:00.590 ┆ user-65  │
+        │ 2026-01-01 00:00:01.110 ┆ user-16  │
+        └─────────────────────────┴──────────┘
+        """
         kind = "to_table"
         node_name = self._builder.name(kind, name)
         if not table or not table.replace("_", "a").replace("-", "a").isalnum() or table.startswith("_"):
@@ -476,7 +603,24 @@ class WindowedStream:
         raise TypeError("the truth value of a lockgate WindowedStream is ambiguous: finish it with .agg(name=expr, ...)")
 
     def agg(self, **aggs: pl.Expr) -> Stream:
-        """The aggregations, by output name: any Polars aggregation expression."""
+        """The aggregations, by output name: any Polars aggregation expression.
+
+        Decomposable ones (``len``, ``count``, ``sum``, ``min``, ``max``, ``mean``,
+        ``var``, ``std``, ``first``, ``last``) keep partial aggregates in the state;
+        others (``n_unique`` here) keep the window's rows.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import lockgate as lg
+        >>> pipe = lg.Pipeline("doc-agg")
+        >>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "url": pl.String, "ts": pl.Datetime("ms")}),
+        ...                      event_time="ts")
+        >>> per_user = clicks.window(lg.Tumbling("1m"), by="user").agg(clicks=pl.len(), pages=pl.col("url").n_unique())
+        >>> dict(per_user.schema)
+        {'user': String, 'window_start': Datetime(time_unit='ms', time_zone=None), 'window_end': Datetime(time_unit='ms', time_zone=None),
+         'clicks': UInt32, 'pages': UInt32}
+        """
         stream = self._stream
         builder = stream._builder
         node_name = builder.name("window", self._name)

@@ -12,6 +12,7 @@ Examples
 """
 
 from lockgate.engine.config import BatchPolicy
+from lockgate.engine.demo import sample_clicks, sample_users
 from lockgate.engine.execution import run_plan
 from lockgate.engine.formats import JSON, ArrowIPC, Raw
 from lockgate.engine.pipeline import Pipeline
@@ -55,6 +56,8 @@ __all__ = [
     "list_tables",
     "read_state",
     "read_table",
+    "sample_clicks",
+    "sample_users",
 ]
 
 __version__ = "0.1.0"

@@ -249,6 +249,31 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
         The window step's name (``window_1``, or the ``name=`` given to ``window``).
     as_of
         An epoch number or a datetime: the state committed by then.
+
+    Examples
+    --------
+    On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), clicks per second
+    of 1,000 sample clicks, 10 ms apart from 2026-01-01 on.  Once the run has caught up,
+    the windows the watermark has not passed yet are still open, with their counts so far:
+
+    >>> import tempfile
+    >>> import polars as pl
+    >>> import lockgate as lg
+    >>> topic = lg.sample_clicks(records=1_000, seed=1, start="2026-01-01")
+    >>> state = tempfile.mkdtemp()
+    >>> pipe = lg.Pipeline(topic, state=state)
+    >>> clicks = pipe.source(topic, format=lg.JSON(schema={"ts": pl.Datetime("ms")}), event_time="ts", watermark="0s")
+    >>> clicks.window(lg.Tumbling("1s")).agg(clicks=pl.len()).to_table("per_second")
+    >>> _ = pipe.run(until="caught_up")
+    >>> lg.read_state(state, pipe.name, "window_1").collect()
+    shape: (1, 3)
+    ┌─────────────────────┬─────────────────────┬────────┐
+    │ window_start        ┆ window_end          ┆ clicks │
+    │ ---                 ┆ ---                 ┆ ---    │
+    │ datetime[ms]        ┆ datetime[ms]        ┆ u32    │
+    ╞═════════════════════╪═════════════════════╪════════╡
+    │ 2026-01-01 00:00:09 ┆ 2026-01-01 00:00:10 ┆ 100    │
+    └─────────────────────┴─────────────────────┴────────┘
     """
     uri = state_uri(state, pipeline, operator)
     ds = _open(uri)

@@ -452,6 +452,31 @@ def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl
         The table, as given to ``to_table``.
     as_of
         An epoch number or a datetime: only batches committed by then.
+
+    Examples
+    --------
+    On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), 1,000 sample clicks
+    into a table, then the three most visited pages; the query runs on the committed rows:
+
+    >>> import tempfile
+    >>> import polars as pl
+    >>> import lockgate as lg
+    >>> topic = lg.sample_clicks(records=1_000, seed=1)
+    >>> state = tempfile.mkdtemp()
+    >>> pipe = lg.Pipeline(topic, state=state)
+    >>> pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String})).to_table("clicks")
+    >>> _ = pipe.run(until="caught_up")
+    >>> lg.read_table(state, "clicks").group_by("url").len().sort("len", "url", descending=True).head(3).collect()
+    shape: (3, 2)
+    ┌───────┬─────┐
+    │ url   ┆ len │
+    │ ---   ┆ --- │
+    │ str   ┆ u32 │
+    ╞═══════╪═════╡
+    │ /p/29 ┆ 35  │
+    │ /p/22 ┆ 33  │
+    │ /p/10 ┆ 31  │
+    └───────┴─────┘
     """
     log = CommitLog(state)
     frame = log.frame()  # read the log first: every committed row is then in the table

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 import lockgate as lg
 from lockgate.engine.metrics import Metrics
@@ -135,3 +135,24 @@ def test_a_pipeline_on_a_missing_topic_names_it_and_the_command_that_fills_it(br
     assert f"source topic 'nothing-{unique}' does not exist on {brokers}" in message
     assert f"lockgate sample clicks --topic nothing-{unique} --brokers {brokers}" in message
     assert "refused their options" not in message
+
+
+def test_sample_clicks_with_a_seed_and_a_start_are_the_same_clicks_in_each_new_topic(brokers):
+    schema = {"user": pl.String, "url": pl.String, "ms_on_page": pl.Int64, "ts": pl.Int64}
+    frames = []
+    for _ in range(2):
+        topic = lg.sample_clicks(records=300, seed=7, start="2026-01-01T00:00:00", brokers=brokers)
+        frames.append(json_frame(read_committed(brokers, topic), schema).sort("ts"))
+    first = 1_767_225_600_000  # 2026-01-01 00:00 UTC in epoch ms
+    assert frames[0]["ts"].to_list() == [first + 10 * i for i in range(300)]
+    assert frames[0].equals(frames[1])
+
+
+def test_sample_users_are_one_record_per_user_of_the_clicks_in_a_compacted_topic(brokers):
+    topic = lg.sample_users(brokers=brokers)
+    users = json_frame(read_committed(brokers, topic), {"user": pl.String, "country": pl.String, "plan": pl.String})
+    assert sorted(users["user"]) == sorted(f"user-{i}" for i in range(200))
+    assert users.filter(pl.col("user") == "user-5").row(0) == ("user-5", "FR", "pro")
+    admin = AdminClient({"bootstrap.servers": brokers})
+    (future,) = admin.describe_configs([ConfigResource("topic", topic)]).values()
+    assert future.result(30)["cleanup.policy"].value == "compact"
