@@ -164,12 +164,27 @@ class KafkaSource:
         self.first_record_at: float | None = None  # monotonic time a consume first returned records
         self.batch_first_at: float | None = None  # monotonic time the last poll's first records came (stage_wait_first_seconds)
         self.assignment = _Assignment()
+        #: partitions the group assigned of topics the pipeline does not read (a static member's stale assignment)
+        self.foreign: set[tuple[str, int]] = set()
+        self.resubscribe = False
         #: where each partition starts (its committed offset; None: from its first offset), as last asked
         self.starts: dict[tuple[str, int], int | None] = {}
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         got = {(tp.topic, tp.partition) for tp in partitions}
+        foreign = {tp for tp in got if tp[0] not in self.topics}
+        if foreign:
+            # A static member (group.instance.id) that rejoins while its last membership lasts
+            # gets its last assignment back, even if this run reads other topics, and the
+            # broker starts no rebalance: neither owned nor read, and the next poll rejoins.
+            log.info(
+                "ignoring %s: the group handed this member its previous run's partitions, of topics this pipeline "
+                "does not read; rejoining the group so that it assigns this run's topics", sorted(foreign),
+            )
+            self.foreign |= foreign
+            self.resubscribe = True
+            got -= foreign
         log.info("assigned %s", sorted(got))
         self.assignment.owned |= got
         self.assignment.new |= got
@@ -177,6 +192,9 @@ class KafkaSource:
 
     def _on_revoke(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
+        if self.foreign & lost:
+            self.foreign -= lost
+            lost = {tp for tp in lost if tp[0] in self.topics}
         log.info("revoked %s", sorted(lost))
         self.before_revoke()  # a commit in flight finishes before its partitions move
         self.assignment.owned -= lost
@@ -224,6 +242,12 @@ class KafkaSource:
                 got = self.consumer.consume(want, 0)  # what has arrived: no wait
             if got and any(map(_M.error, got)):
                 got = records_only(got)
+            if got and self.foreign:  # only while a stale assignment lasts
+                got = [m for m in got if (m.topic(), m.partition()) not in self.foreign]
+            if self.resubscribe:  # a stale assignment (see _on_assign): a new subscription makes the group rebalance
+                self.resubscribe = False
+                self.consumer.unsubscribe()
+                self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
             if got:
                 if self.batch_first_at is None:
                     self.batch_first_at = time.monotonic()
