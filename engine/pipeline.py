@@ -33,7 +33,7 @@ from lockgate.engine.progress import progress_display
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
 from lockgate.errors import PipelineDefinitionError
-from lockgate.storage.tables import read_table
+from lockgate.storage.sink_tables import read_table
 
 __all__ = ["Pipeline", "defined_pipelines"]
 

@@ -44,7 +44,8 @@ from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.transaction import Epoch, OutgoingTopic, parse_offset_metadata, partition_ranges
 from lockgate.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
 from lockgate.storage.compaction import Compactor
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
+from lockgate.storage.commit_log import CommitLog, PartitionRange
+from lockgate.storage.sink_tables import SinkTable
 
 __all__ = ["RunSummary", "Runner", "Until"]
 

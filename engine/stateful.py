@@ -24,7 +24,7 @@ from lockgate.engine.watermarks import SourceWatermark
 from lockgate.errors import AssignmentError
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 __all__ = ["StateDelta", "WindowRuntime"]
 

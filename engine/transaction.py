@@ -29,7 +29,8 @@ import polars as pl
 from lockgate.engine import faults
 from lockgate.engine import kafka_clients
 from lockgate.errors import CommitError
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
+from lockgate.storage.commit_log import CommitLog, PartitionRange
+from lockgate.storage.sink_tables import SinkTable
 
 if TYPE_CHECKING:
     from lockgate.engine.stateful import StateDelta
