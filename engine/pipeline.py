@@ -72,13 +72,12 @@ class Pipeline:
         ``commit_transaction``); a retriable timeout is retried with backoff.  A call
         that has not returned well past it is taken as hung: the producer is replaced.
     snapshot_rows
-        A window's state table gets a full snapshot of its open windows (in an
-        epoch's prepare step, like any delta) once the rows appended since the last
-        one exceed ``max(snapshot_rows, 4 x open windows)``; after that epoch commits,
-        the older rows of its partitions are deleted, so a restart reads what is
-        open, not the whole history.  Likewise, once an update-mode window's
-        ``to_table`` holds more than ``max(snapshot_rows, 4 x its rows after the
-        last prune)`` rows, the rows that later updates superseded are deleted.
+        The floor of the retention rule (:func:`lockgate.storage.retention.history_due`):
+        once it says so, a window's state table gets a full snapshot of its open
+        windows (in an epoch's prepare step, like any delta), and after that epoch
+        commits the older rows of its partitions are deleted, so a restart reads
+        what is open, not the whole history; an update-mode window's ``to_table``
+        has the rows that later updates superseded deleted.
     keep_history
         How long the history before a snapshot, or superseded rows of an update-mode
         table, stay for ``as_of`` reads (10 minutes).

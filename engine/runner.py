@@ -591,7 +591,7 @@ class Runner:
         for delta in epoch.states:
             if delta.snapshot:  # committed: the rows before it are history, deleted after keep_history
                 self.compactor.forget(delta.store, self.config.name, epoch.number, delta.shards)
-        for table in self.tables.values():  # an update-mode table that grew past 4 x its live rows: prune it
+        for table in self.tables.values():  # an update-mode table due a prune (storage.retention.history_due)
             if table.prune_due(self.config.snapshot_rows):
                 self.compactor.prune(table, self.config.name, epoch.number)
         self.committed_chain.update({(r.topic, r.partition): epoch.batch_id for r in epoch.ranges})

@@ -25,6 +25,7 @@ from lockgate.errors import AssignmentError
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
 from lockgate.storage.commit_log import CommitLog
+from lockgate.storage.retention import history_due
 
 __all__ = ["StateDelta", "WindowRuntime"]
 
@@ -259,7 +260,7 @@ class WindowRuntime:
         for name, result in self.pending.items():
             store = self.stores[name]
             history = store.loaded_rows + store.appended
-            snapshot = history > max(self.snapshot_rows, 4 * result.state.open_windows)
+            snapshot = history_due(history, result.state.open_windows, self.snapshot_rows)
             if snapshot:  # counted from now on (an abort reloads, and the load counts again)
                 store.loaded_rows, store.appended = 0, 0
             deltas.append(StateDelta(store, result, snapshot, self._shards(self.by_name[name])))
