@@ -23,6 +23,7 @@ from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
+from lockgate.engine.columns import KEY, OFFSET, PARTITION, TIMESTAMP, TOPIC
 from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.formats import ArrowIPC, Decoded, concat_decoded
@@ -186,10 +187,10 @@ def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
             ("lockgate.operator", op.encode()),
         ]
         for src, part, off, reason, error, op in frame.select(
-            "_topic", "_partition", "_offset", "reason", "error", "operator"
+            TOPIC, PARTITION, OFFSET, "reason", "error", "operator"
         ).iter_rows()  # dead letters are the rare case; each needs its own headers
     ]
-    return OutgoingTopic(topic, frame["value"].to_list(), frame["_key"].to_list(), headers)
+    return OutgoingTopic(topic, frame["value"].to_list(), frame[KEY].to_list(), headers)
 
 
 class Runner:
@@ -460,7 +461,7 @@ class Runner:
                 idx: list[int] | None = None
                 values = raw.values
             else:
-                mask = meta["_topic"] == topic
+                mask = meta[TOPIC] == topic
                 idx = mask.arg_true().to_list()
                 values = [raw.values[i] for i in idx]
             for node in nodes:
@@ -530,7 +531,7 @@ class Runner:
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
         epoch = Epoch(
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
-            timestamps_ms=meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=self._event_times_ms(inputs),
+            timestamps_ms=meta[TIMESTAMP].dt.epoch("ms").to_numpy(), event_times_ms=self._event_times_ms(inputs),
         )
         built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import polars as pl
+from lockgate.engine.columns import KAFKA_COLUMNS
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
@@ -34,7 +35,7 @@ _KEY_CHECKS = 3
 
 log = logging.getLogger("lockgate.windows")
 _TIME = TIME_COLUMN
-_META = ("_topic", "_partition", "_offset", "_timestamp", "_key")
+_META = tuple(KAFKA_COLUMNS)
 
 
 @dataclass(frozen=True)
