@@ -28,7 +28,7 @@ import polars as pl
 from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, source_node
+from lockgate.engine.plan import Plan, PlanBuilder, Stream, Table, TableNode, source_node
 from lockgate.engine.progress import progress_display
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
@@ -113,7 +113,7 @@ class Pipeline:
             options["batch"] = BatchPolicy(**{**base, **given.pop("batch")})
         options.update(given)
         self.config = PipelineConfig(**options)
-        self._builder = _Builder()
+        self._builder = PlanBuilder()
         self._metrics = Metrics()
         self._stop = threading.Event()
         self._running = threading.Lock()

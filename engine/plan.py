@@ -52,6 +52,7 @@ __all__ = [
     "Node",
     "OpNode",
     "Plan",
+    "PlanBuilder",
     "SinkNode",
     "SourceNode",
     "Stream",
@@ -60,6 +61,7 @@ __all__ = [
     "WindowNode",
     "WindowedStream",
     "event_time_ms",
+    "source_node",
 ]
 
 #: Columns of ``stream.dead_letters()`` and of the rows sent to the dead-letter topic.
@@ -286,7 +288,7 @@ class Plan:
         return f"<table><tr><th>step</th><th>kind</th><th>from</th><th>schema</th></tr>{rows}</table>"
 
 
-class _Builder:
+class PlanBuilder:
     """Collects nodes and hands out stable names; owned by one Pipeline."""
 
     def __init__(self) -> None:
@@ -320,7 +322,7 @@ class Stream:
     A stream is lazy: it cannot be used as a truth value.
     """
 
-    def __init__(self, builder: _Builder, node: Node) -> None:
+    def __init__(self, builder: PlanBuilder, node: Node) -> None:
         self._builder = builder
         self._node = node
 
@@ -582,7 +584,7 @@ def event_time_ms(column: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def source_node(
-    builder: _Builder,
+    builder: PlanBuilder,
     topic: str,
     fmt: Format,
     event_time: str | None,
