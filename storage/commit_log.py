@@ -57,7 +57,6 @@ _COMMIT_SCHEMA = pa.schema(
 )
 
 
-
 @dataclass(frozen=True)
 class PartitionRange:
     """The offsets ``[first_offset, next_offset)`` of one input partition in a batch."""

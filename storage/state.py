@@ -259,7 +259,6 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
     return current_values(spec, _load(state, uri, spec, None, as_of, None, pipeline)[0]).lazy()
 
 
-
 def list_states(state: str) -> list[tuple[str, str]]:
     """(pipeline, operator) of every window state table under ``state`` (a directory or ``s3://`` URI)."""
     import pyarrow.fs as pafs
