@@ -43,7 +43,7 @@ def one_size(size: int, batches: int, seed: int) -> dict[str, Any]:
     """Run in a child process: build the state, then time ``batches`` folds + prepares."""
     from lockgate.operators.windows import Tumbling, WindowSpec, WindowState, fold
     from lockgate.storage.state import WindowStore
-    from lockgate.storage.tables import CommitLog, PartitionRange
+    from lockgate.storage.commit_log import CommitLog, PartitionRange
 
     schema = pl.Schema({"user": pl.String, "amount": pl.Int64, "__lg_t": pl.Int64})
     spec = WindowSpec.build(

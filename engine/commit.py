@@ -49,7 +49,7 @@ import numpy as np
 from lockgate.engine import faults
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.transaction import Epoch, EpochTransaction, TransactionAborted, TransactionalProducer, parse_offset_metadata
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 __all__ = ["HANG_GRACE_S", "Committer", "Settled", "run_epoch"]
 

@@ -292,9 +292,9 @@ class PipelineConfig(_Options):
     commit_timeout: _CommitTimeout = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
     snapshot_rows: _Count = Field(
         1_000_000,
-        description="a window writes a full snapshot of its state once the rows appended since the last one exceed "
-        "max(this, 4 x its open windows); the history before a committed snapshot is then deleted. An update-mode "
-        "table past max(this, 4 x its rows after the last prune) loses the rows later updates superseded",
+        description="the floor of the retention rule (lockgate.storage.retention.history_due): once a window's state "
+        "or an update-mode table is due, a window writes a full snapshot and its history before it is deleted, a table "
+        "loses the rows later updates superseded",
     )
     keep_history: _KeepHistory = Field(
         timedelta(minutes=10), description="how long the state history before a snapshot, or superseded table rows, stay (as_of reads)"

@@ -36,8 +36,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from lockgate.engine.columns import PARTITION, TOPIC
 from lockgate.engine.formats import Decoded, concat_decoded
-from lockgate.engine.plan import DEAD_LETTER_SCHEMA, DeadLetterNode, Plan, SourceNode, event_time_ms
+from lockgate.engine.plan import (
+    DEAD_LETTER_SCHEMA,
+    DeadLetterNode,
+    Plan,
+    SourceNode,
+    event_time_ms,
+)
 from lockgate.engine.source import RawBatch
 
 __all__ = ["BatchDecoder", "DecodedBatch", "source_event_times"]
@@ -122,7 +129,7 @@ class BatchDecoder:
                 idx: list[int] | None = None
                 values = raw.values
             else:
-                idx = (meta["_topic"] == topic).arg_true().to_list()
+                idx = (meta[TOPIC] == topic).arg_true().to_list()
                 values = [raw.values[i] for i in idx]
             counts[topic] = len(values)
             for node in nodes:
@@ -148,7 +155,7 @@ def source_event_times(node: SourceNode, frame: pl.DataFrame) -> pl.DataFrame | 
     column = node.time_column
     if column is None:
         return None
-    return frame.select("_topic", "_partition", event_time_ms(column, frame.schema[column]))
+    return frame.select(TOPIC, PARTITION, event_time_ms(column, frame.schema[column]))
 
 
 def _decoded(raw: RawBatch, node: SourceNode, values: list[bytes | None]) -> Decoded:

@@ -44,7 +44,7 @@ from lockgate.engine.formats import JSON
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.runner import RunSummary
 from lockgate.errors import BrokerError
-from lockgate.storage.tables import read_table
+from lockgate.storage.sink_tables import read_table
 
 __all__ = ["build_demo_pipeline", "produce_clicks", "run_demo", "sample_clicks", "sample_users", "summarize"]
 

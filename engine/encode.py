@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+from lockgate.engine.columns import KEY, OFFSET, PARTITION, TOPIC
 from lockgate.engine.formats import ArrowIPC
 from lockgate.engine.plan import SinkNode
 from lockgate.engine.transaction import OutgoingTopic
@@ -64,7 +65,7 @@ def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
             ("lockgate.operator", op.encode()),
         ]
         for src, part, off, reason, error, op in frame.select(
-            "_topic", "_partition", "_offset", "reason", "error", "operator"
+            TOPIC, PARTITION, OFFSET, "reason", "error", "operator"
         ).iter_rows()  # dead letters are the rare case; each needs its own headers
     ]
-    return OutgoingTopic(topic, frame["value"].to_list(), frame["_key"].to_list(), headers)
+    return OutgoingTopic(topic, frame["value"].to_list(), frame[KEY].to_list(), headers)

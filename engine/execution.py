@@ -34,8 +34,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import polars as pl
+from lockgate.engine.columns import (
+    KAFKA_COLUMNS,
+    KEY,
+    OFFSET,
+    PARTITION,
+    TIMESTAMP,
+    TOPIC,
+)
 from lockgate.engine.decode import DecodedBatch, source_event_times
-from lockgate.engine.formats import KAFKA_COLUMNS
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     DeadLetterNode,
@@ -47,8 +54,9 @@ from lockgate.engine.plan import (
     SourceNode,
     WindowNode,
 )
+from lockgate.storage.commit_log import CommitLog
+
 from lockgate.errors import PipelineDefinitionError
-from lockgate.storage.tables import CommitLog
 
 if TYPE_CHECKING:
     from lockgate.engine.stateful import WindowRuntime
@@ -145,7 +153,9 @@ def run_plan(
     ``stream.dead_letters()`` if the plan reads it.  Nothing is written: window state
     lives in a temporary directory for the call.
     """
-    from lockgate.engine.stateful import WindowRuntime  # the engine's window runtime, over a throwaway state
+    from lockgate.engine.stateful import (
+        WindowRuntime,  # the engine's window runtime, over a throwaway state
+    )
 
     steps = [batches] if isinstance(batches, Mapping) else list(batches)
     by_topic = {node.topic: node for node in plan.sources}
@@ -190,25 +200,25 @@ def _with_kafka_columns(node: SourceNode, frame: pl.DataFrame, offsets: dict[tup
         raise PipelineDefinitionError(
             f"run_plan: the frame for source {node.name!r} lacks the value columns {missing}; it has {frame.columns}"
         )
-    fill: dict[str, pl.Expr | pl.Series] = {"_topic": pl.lit(node.topic, pl.String)}
-    if "_partition" not in frame.columns:
-        fill["_partition"] = pl.lit(0, pl.Int32)
-    if "_timestamp" not in frame.columns:
-        fill["_timestamp"] = pl.lit(None, pl.Datetime("ms"))
-    if "_key" not in frame.columns:
-        fill["_key"] = pl.lit(None, pl.Binary)
+    fill: dict[str, pl.Expr | pl.Series] = {TOPIC: pl.lit(node.topic, pl.String)}
+    if PARTITION not in frame.columns:
+        fill[PARTITION] = pl.lit(0, pl.Int32)
+    if TIMESTAMP not in frame.columns:
+        fill[TIMESTAMP] = pl.lit(None, pl.Datetime("ms"))
+    if KEY not in frame.columns:
+        fill[KEY] = pl.lit(None, pl.Binary)
     out = frame.with_columns(**fill)
-    if "_offset" not in frame.columns:  # counting up on each partition, from where the step before left it
-        starts = {p: offsets.get((node.topic, p), 0) for p in out["_partition"].unique().to_list()}
-        base = pl.col("_partition").replace_strict(starts, default=0, return_dtype=pl.Int64)
-        out = out.with_columns((base + pl.int_range(pl.len(), dtype=pl.Int64).over("_partition")).alias("_offset"))
-    for (p,), part in out.group_by("_partition"):
-        offsets[(node.topic, int(p))] = int(part["_offset"].max()) + 1  # type: ignore[arg-type]
+    if OFFSET not in frame.columns:  # counting up on each partition, from where the step before left it
+        starts = {p: offsets.get((node.topic, p), 0) for p in out[PARTITION].unique().to_list()}
+        base = pl.col(PARTITION).replace_strict(starts, default=0, return_dtype=pl.Int64)
+        out = out.with_columns((base + pl.int_range(pl.len(), dtype=pl.Int64).over(PARTITION)).alias(OFFSET))
+    for (p,), part in out.group_by(PARTITION):
+        offsets[(node.topic, int(p))] = int(part[OFFSET].max()) + 1  # type: ignore[arg-type]
     return out.select(node.schema.names()).cast(dict(node.schema))  # type: ignore[arg-type]
 
 
 def _partitions(frame: pl.DataFrame) -> set[tuple[str, int]]:
-    return set(frame.select("_topic", "_partition").unique().iter_rows())
+    return set(frame.select(TOPIC, PARTITION).unique().iter_rows())
 
 
 def _decoded(plan: Plan, step: Mapping[str, pl.DataFrame]) -> DecodedBatch:

@@ -41,16 +41,7 @@ import polars as pl
 import pyarrow as pa
 from lockgate.errors import PipelineDefinitionError
 
-__all__ = ["JSON", "KAFKA_COLUMNS", "ArrowIPC", "Decoded", "Format", "Raw", "concat_decoded"]
-
-#: Columns every source frame carries, taken from the Kafka record.
-KAFKA_COLUMNS: dict[str, pl.DataType] = {
-    "_topic": pl.String(),
-    "_partition": pl.Int32(),
-    "_offset": pl.Int64(),
-    "_timestamp": pl.Datetime("ms"),
-    "_key": pl.Binary(),
-}
+__all__ = ["JSON", "ArrowIPC", "Decoded", "Format", "Raw", "concat_decoded"]
 
 _TEMPORAL = (pl.Datetime, pl.Date)
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")

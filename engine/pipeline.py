@@ -28,12 +28,12 @@ import polars as pl
 from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import Plan, Stream, Table, TableNode, _Builder, source_node
+from lockgate.engine.plan import Plan, PlanBuilder, Stream, Table, TableNode, source_node
 from lockgate.engine.progress import progress_display
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
 from lockgate.errors import PipelineDefinitionError
-from lockgate.storage.tables import read_table
+from lockgate.storage.sink_tables import read_table
 
 __all__ = ["Pipeline", "defined_pipelines"]
 
@@ -74,13 +74,12 @@ class Pipeline:
         ``commit_transaction``); a retriable timeout is retried with backoff.  A call
         that has not returned well past it is taken as hung: the producer is replaced.
     snapshot_rows
-        A window's state table gets a full snapshot of its open windows (in an
-        epoch's prepare step, like any delta) once the rows appended since the last
-        one exceed ``max(snapshot_rows, 4 x open windows)``; after that epoch commits,
-        the older rows of its partitions are deleted, so a restart reads what is
-        open, not the whole history.  Likewise, once an update-mode window's
-        ``to_table`` holds more than ``max(snapshot_rows, 4 x its rows after the
-        last prune)`` rows, the rows that later updates superseded are deleted.
+        The floor of the retention rule (:func:`lockgate.storage.retention.history_due`):
+        once it says so, a window's state table gets a full snapshot of its open
+        windows (in an epoch's prepare step, like any delta), and after that epoch
+        commits the older rows of its partitions are deleted, so a restart reads
+        what is open, not the whole history; an update-mode window's ``to_table``
+        has the rows that later updates superseded deleted.
     keep_history
         How long the history before a snapshot, or superseded rows of an update-mode
         table, stay for ``as_of`` reads (10 minutes).
@@ -116,7 +115,7 @@ class Pipeline:
             options["batch"] = BatchPolicy(**{**base, **given.pop("batch")})
         options.update(given)
         self.config = PipelineConfig(**options)
-        self._builder = _Builder()
+        self._builder = PlanBuilder()
         self._metrics = Metrics()
         self._stop = threading.Event()
         self._running = threading.Lock()

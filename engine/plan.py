@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
-from lockgate.engine.formats import JSON, KAFKA_COLUMNS, ArrowIPC, Format, Raw
+from lockgate.engine.columns import KAFKA_COLUMNS, KEY, PARTITION, TIMESTAMP
+from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.errors import PipelineDefinitionError
 from lockgate.operators.joins import TableJoin
@@ -52,6 +53,7 @@ __all__ = [
     "ChildNode",
     "OpNode",
     "Plan",
+    "PlanBuilder",
     "SinkNode",
     "SourceNode",
     "Stream",
@@ -60,15 +62,12 @@ __all__ = [
     "WindowNode",
     "WindowedStream",
     "event_time_ms",
+    "source_node",
 ]
 
 #: Columns of ``stream.dead_letters()`` and of the rows sent to the dead-letter topic.
 DEAD_LETTER_SCHEMA: dict[str, pl.DataType] = {
-    "_topic": pl.String(),
-    "_partition": pl.Int32(),
-    "_offset": pl.Int64(),
-    "_timestamp": pl.Datetime("ms"),
-    "_key": pl.Binary(),
+    **KAFKA_COLUMNS,
     "value": pl.Binary(),
     "reason": pl.String(),
     "error": pl.String(),
@@ -113,7 +112,7 @@ class SourceNode(Node):
     def time_column(self) -> str | None:
         if self.event_time is None:
             return None
-        return "_timestamp" if self.event_time == "kafka" else self.event_time
+        return TIMESTAMP if self.event_time == "kafka" else self.event_time
 
     @property
     def value_time_column(self) -> str | None:
@@ -283,7 +282,7 @@ class Plan:
         return f"<table><tr><th>step</th><th>kind</th><th>from</th><th>schema</th></tr>{rows}</table>"
 
 
-class _Builder:
+class PlanBuilder:
     """Collects nodes and hands out stable names; owned by one Pipeline."""
 
     def __init__(self) -> None:
@@ -317,7 +316,7 @@ class Stream:
     A stream is lazy: it cannot be used as a truth value.
     """
 
-    def __init__(self, builder: _Builder, node: Node) -> None:
+    def __init__(self, builder: PlanBuilder, node: Node) -> None:
         self._builder = builder
         self._node = node
 
@@ -652,8 +651,6 @@ TIME_COLUMN = "__lg_t"  # event time as Int64 epoch ms, the column a window fold
 _TIME = TIME_COLUMN
 
 
-PARTITION = "_partition"
-
 
 def _names(columns: str | Sequence[str] | None) -> tuple[str, ...]:
     """One column name, several, or none, as a tuple (as ``by=`` and ``key=`` take them)."""
@@ -670,8 +667,8 @@ def copartitioned(node: Node, source: SourceNode, by: Sequence[str]) -> bool:
     between instances.  ``map_batches`` may change anything, so after it this is False.
     """
     declared = set(source.key)
-    if "_key" in by:
-        declared = {"_key"}
+    if KEY in by:
+        declared = {KEY}
     if not declared or not declared <= set(by) or PARTITION not in node.schema:
         return False
     guarded = declared | {PARTITION}
@@ -725,7 +722,7 @@ def event_time_ms(column: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def source_node(
-    builder: _Builder,
+    builder: PlanBuilder,
     topic: str,
     fmt: Format,
     event_time: str | None,

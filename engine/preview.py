@@ -25,7 +25,7 @@ from lockgate.engine.plan import Plan
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.source import RawBatch, records_only
 from lockgate.errors import PipelineDefinitionError
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 __all__ = ["preview"]
 

@@ -29,6 +29,7 @@ from lockgate.engine import faults
 from lockgate.engine.admin import ensure_topics
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
+from lockgate.engine.columns import TIMESTAMP
 from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.decode import BatchDecoder
@@ -39,9 +40,11 @@ from lockgate.engine.plan import OpNode, Plan, SinkNode, SourceNode, WindowNode
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.transaction import Epoch, parse_offset_metadata, partition_ranges
-from lockgate.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
+from lockgate.storage.commit_log import CommitLog, PartitionRange
 from lockgate.storage.compaction import Compactor
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
+from lockgate.storage.sink_tables import SinkTable
+
+from lockgate.errors import AssignmentError, KafkaOptionsError, PipelineDefinitionError
 
 __all__ = ["RunSummary", "Runner", "Until"]
 
@@ -368,7 +371,7 @@ class Runner:
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
         epoch = Epoch(
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
-            timestamps_ms=batch.meta["_timestamp"].dt.epoch("ms").to_numpy(), event_times_ms=batch.event_times_ms(),
+            timestamps_ms=batch.meta[TIMESTAMP].dt.epoch("ms").to_numpy(), event_times_ms=batch.event_times_ms(),
         )
         built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):
@@ -419,7 +422,7 @@ class Runner:
         for delta in epoch.states:
             if delta.snapshot:  # committed: the rows before it are history, deleted after keep_history
                 self.compactor.forget(delta.store, self.config.name, epoch.number, delta.shards)
-        for table in self.tables.values():  # an update-mode table that grew past 4 x its live rows: prune it
+        for table in self.tables.values():  # an update-mode table due a prune (storage.retention.history_due)
             if table.prune_due(self.config.snapshot_rows):
                 self.compactor.prune(table, self.config.name, epoch.number)
         self.committed_chain.update({(r.topic, r.partition): epoch.batch_id for r in epoch.ranges})

@@ -21,6 +21,7 @@ from typing import Any
 import confluent_kafka as ck
 import polars as pl
 from lockgate.engine import kafka_clients
+from lockgate.engine.columns import KAFKA_COLUMNS, KEY, OFFSET, PARTITION, TIMESTAMP, TOPIC
 from lockgate.engine.config import BatchPolicy
 from lockgate.engine.transaction import is_fatal
 
@@ -109,15 +110,15 @@ class RawBatch:
         """The Kafka metadata columns of every record."""
         return pl.DataFrame(
             {
-                "_topic": (
+                TOPIC: (
                     pl.Series(self.topics, dtype=pl.String)
                     if self.topics is not None
                     else pl.repeat(self.topic, len(self.values), dtype=pl.String, eager=True)
                 ),
-                "_partition": pl.Series(self.partitions, dtype=pl.Int32),
-                "_offset": pl.Series(self.offsets, dtype=pl.Int64),
-                "_timestamp": pl.Series(self.timestamps, dtype=pl.Int64).cast(pl.Datetime("ms")),
-                "_key": pl.Series(self.keys, dtype=pl.Binary),
+                PARTITION: pl.Series(self.partitions, dtype=KAFKA_COLUMNS[PARTITION]),
+                OFFSET: pl.Series(self.offsets, dtype=KAFKA_COLUMNS[OFFSET]),
+                TIMESTAMP: pl.Series(self.timestamps, dtype=pl.Int64).cast(KAFKA_COLUMNS[TIMESTAMP]),
+                KEY: pl.Series(self.keys, dtype=KAFKA_COLUMNS[KEY]),
             }
         )
 

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import polars as pl
+from lockgate.engine.columns import KAFKA_COLUMNS
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
@@ -24,7 +25,8 @@ from lockgate.engine.watermarks import SourceWatermark
 from lockgate.errors import AssignmentError
 from lockgate.operators.windows import FoldResult, WindowState, fold
 from lockgate.storage.state import WindowStore
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
+from lockgate.storage.retention import history_due
 
 __all__ = ["StateDelta", "WindowRuntime"]
 
@@ -33,7 +35,7 @@ _KEY_CHECKS = 3
 
 log = logging.getLogger("lockgate.windows")
 _TIME = TIME_COLUMN
-_META = ("_topic", "_partition", "_offset", "_timestamp", "_key")
+_META = tuple(KAFKA_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ class WindowRuntime:
         for name, result in self.pending.items():
             store = self.stores[name]
             history = store.loaded_rows + store.appended
-            snapshot = history > max(self.snapshot_rows, 4 * result.state.open_windows)
+            snapshot = history_due(history, result.state.open_windows, self.snapshot_rows)
             if snapshot:  # counted from now on (an abort reloads, and the load counts again)
                 store.loaded_rows, store.appended = 0, 0
             deltas.append(StateDelta(store, result, snapshot, self._shards(self.by_name[name])))

@@ -28,8 +28,10 @@ import numpy as np
 import polars as pl
 from lockgate.engine import faults
 from lockgate.engine import kafka_clients
+from lockgate.engine.columns import OFFSET, PARTITION, TOPIC
 from lockgate.errors import CommitError
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable
+from lockgate.storage.commit_log import CommitLog, PartitionRange
+from lockgate.storage.sink_tables import SinkTable
 
 if TYPE_CHECKING:
     from lockgate.engine.stateful import StateDelta
@@ -423,8 +425,8 @@ def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:
     if meta.height == 0:
         return ()
     agg = (
-        meta.group_by("_topic", "_partition")
-        .agg(pl.col("_offset").min().alias("lo"), pl.col("_offset").max().alias("hi"))
-        .sort("_topic", "_partition")
+        meta.group_by(TOPIC, PARTITION)
+        .agg(pl.col(OFFSET).min().alias("lo"), pl.col(OFFSET).max().alias("hi"))
+        .sort(TOPIC, PARTITION)
     )
     return tuple(PartitionRange(t, p, lo, hi + 1) for t, p, lo, hi in agg.iter_rows())

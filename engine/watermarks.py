@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import polars as pl
+from lockgate.engine.columns import PARTITION, TOPIC
 
 __all__ = ["SourceWatermark"]
 
@@ -67,7 +68,7 @@ class SourceWatermark:
         """Take a batch's event times (one group_by); returns the new maxima of the partitions it touched."""
         if frame.height == 0:
             return {}
-        tops = frame.group_by("_topic", "_partition").agg(pl.col(time_column).max()).drop_nulls()
+        tops = frame.group_by(TOPIC, PARTITION).agg(pl.col(time_column).max()).drop_nulls()
         touched = {}
         for topic, partition, top in tops.iter_rows():  # one row per partition, not per record
             tp = (topic, partition)

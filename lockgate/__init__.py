@@ -30,7 +30,7 @@ from lockgate.errors import (
 )
 from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling
 from lockgate.storage.state import read_state
-from lockgate.storage.tables import list_tables, read_table
+from lockgate.storage.sink_tables import list_tables, read_table
 
 __all__ = [
     "run_plan",

@@ -120,7 +120,7 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
 
     from lockgate.errors import PipelineDefinitionError
     from lockgate.storage.state import read_state
-    from lockgate.storage.tables import read_table
+    from lockgate.storage.sink_tables import read_table
 
     as_of: int | datetime | None = None
     if args.as_of is not None:
@@ -155,7 +155,7 @@ def _state(args: argparse.Namespace) -> int:
     import polars as pl
 
     from lockgate.storage.state import list_states
-    from lockgate.storage.tables import list_tables
+    from lockgate.storage.sink_tables import list_tables
 
     if args.action == "list":
         for name in list_tables(args.state):

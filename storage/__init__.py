@@ -1,1 +1,1 @@
-"""lockgate.storage: LanceDB sink tables, commit records and committed-only reads."""
+"""lockgate.storage: LanceDB window state, sink tables, the commit log and committed-only reads."""

@@ -19,7 +19,7 @@ A batch still in flight (ahead of every committed offset) is never touched.
 Examples
 --------
 >>> import tempfile, polars as pl
->>> from lockgate.storage.tables import SinkTable
+>>> from lockgate.storage.sink_tables import SinkTable
 >>> from lockgate.storage.compaction import compact
 >>> table = SinkTable(tempfile.mkdtemp(), "t")
 >>> for i in range(20):
@@ -40,8 +40,11 @@ from typing import TypeVar
 
 import polars as pl
 from lockgate.errors import StorageError
+from lockgate.storage.commit_log import CommitLog
+from lockgate.storage.lance_io import open_dataset, sql_list
+from lockgate.storage.row_tags import BATCH
+from lockgate.storage.sink_tables import SinkTable, table_horizon
 from lockgate.storage.state import WindowStore
-from lockgate.storage.tables import CommitLog, SinkTable, _open, sql_list, table_horizon
 
 __all__ = ["CompactionReport", "Compactor", "compact"]
 
@@ -90,7 +93,7 @@ def compact(
     frame = commit_log.frame() if commit_log is not None else None
     dead = dead_batches(frame) if frame is not None else []
     for uri in uris:
-        ds = _open(uri)
+        ds = open_dataset(uri)
         if ds is None:
             continue
         tables += 1
@@ -98,12 +101,12 @@ def compact(
         try:
             if dead:
                 _delete_batches(ds, dead, is_log=is_log)
-                ds = _open(uri)
+                ds = open_dataset(uri)
                 assert ds is not None
             if is_log:
                 assert commit_log is not None
                 commit_log.trim(log=frame)
-                ds = _open(uri)
+                ds = open_dataset(uri)
                 assert ds is not None
         except (OSError, ValueError, RuntimeError) as exc:
             raise StorageError(f"removing the rows of dead batches (or old prepare records) from {uri} failed: {exc}") from exc
@@ -114,7 +117,7 @@ def compact(
                 ds.optimize.compact_files()
                 if hook is not None:
                     hook()  # fault injection: a crash in the middle of compaction
-            ds = _open(uri)
+            ds = open_dataset(uri)
             assert ds is not None
             stats = ds.cleanup_old_versions(older_than=retain)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -126,7 +129,7 @@ def compact(
 
 def _delete_batches(ds: object, batch_ids: list[int], *, is_log: bool) -> None:
     ids = sql_list(batch_ids)
-    column = "batch_id" if is_log else "_lg_batch"
+    column = "batch_id" if is_log else BATCH
     if column not in ds.schema.names:  # type: ignore[attr-defined]
         return
     where = f"{column} IN ({ids})" + (" AND kind = 'prepare'" if is_log else "")

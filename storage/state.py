@@ -16,7 +16,7 @@ Examples
 >>> import tempfile, polars as pl
 >>> from lockgate.operators.windows import Tumbling, WindowSpec, WindowState, fold
 >>> from lockgate.storage.state import WindowStore, read_state
->>> from lockgate.storage.tables import CommitLog
+>>> from lockgate.storage.commit_log import CommitLog
 >>> spec = WindowSpec.build("per_min", Tumbling("1m"), by="user", aggs={"n": pl.len()},
 ...                        schema=pl.Schema({"user": pl.String, "__lg_t": pl.Int64}), time_column="__lg_t")
 >>> state_dir = tempfile.mkdtemp()
@@ -51,11 +51,13 @@ from lockgate.operators.windows import (
     WindowState,
     current_values,
 )
-from lockgate.storage.tables import CommitLog, _append, _open, check_history, latest_rows, sql_list
+from lockgate.storage.commit_log import CommitLog, check_history
+from lockgate.storage.lance_io import append_table, open_dataset, sql_list
+from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
 
 __all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
-_META = ("_lg_batch", "_lg_epoch", "_lg_order", "_lg_deleted")
+_META = (*INTERNAL_COLUMNS, DELETED)
 
 
 def state_uri(state: str, pipeline: str, operator: str) -> str:
@@ -119,8 +121,8 @@ class WindowStore:
         self.uri = state_uri(self.state, pipeline, spec.name)
         base = spec.row_schema() if spec.keeps_rows else spec.partial_schema()
         fields = pl.DataFrame(schema=base).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
-        fields = fields.append(pa.field("_lg_batch", pa.int64())).append(pa.field("_lg_epoch", pa.int64()))
-        fields = fields.append(pa.field("_lg_order", pa.int64())).append(pa.field("_lg_deleted", pa.bool_()))
+        for tag_field in [*tag_fields(), pa.field(DELETED, pa.bool_())]:
+            fields = fields.append(tag_field)
         self.arrow_schema = fields.with_metadata({"lockgate.window_spec": spec_to_json(spec)})
         self.appended = 0  # rows appended since the last load (for the snapshot decision)
         self.loaded_rows = 0  # rows the last load scanned
@@ -136,29 +138,24 @@ class WindowStore:
         spec = self.spec
         if spec.keeps_rows:
             live = result.state.rows if snapshot else result.added_rows
-            parts = [live.with_columns(pl.lit(False).alias("_lg_deleted"))] if live.height else []
+            parts = [live.with_columns(pl.lit(False).alias(DELETED))] if live.height else []
             if result.removed_rows.height:
-                parts.append(result.removed_rows.select(spec.row_ids).with_columns(pl.lit(True).alias("_lg_deleted")))
+                parts.append(result.removed_rows.select(spec.row_ids).with_columns(pl.lit(True).alias(DELETED)))
         else:
             live = result.state.partial_frame() if snapshot else result.changed
-            parts = [live.with_columns(pl.lit(False).alias("_lg_deleted"))] if live.height else []
+            parts = [live.with_columns(pl.lit(False).alias(DELETED))] if live.height else []
             if result.closed.height:
-                parts.append(result.closed.with_columns(pl.lit(True).alias("_lg_deleted")))
+                parts.append(result.closed.with_columns(pl.lit(True).alias(DELETED)))
         if not parts:
             return None
         frame = pl.concat(parts, how="diagonal_relaxed")
-        frame = frame.with_columns(
-            pl.lit(batch_id, dtype=pl.Int64).alias("_lg_batch"),
-            pl.lit(epoch, dtype=pl.Int64).alias("_lg_epoch"),
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("_lg_order"),
-        )
-        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        table = tag(frame, batch_id=batch_id, epoch=epoch).to_arrow(compat_level=pl.CompatLevel.oldest())
         table = pa.Table.from_arrays(
             [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in self.arrow_schema],
             schema=self.arrow_schema,
         )
         try:
-            version = _append(self.uri, table)
+            version = append_table(self.uri, table)
         except StorageError as exc:
             raise StorageError(f"window {spec.name!r} state: {exc}") from exc
         self.appended += table.num_rows
@@ -171,10 +168,10 @@ class WindowStore:
         is then in it, and every closed one was closed by a tombstone before.  Reads
         ``as_of`` an earlier epoch are refused from then on (see :func:`read_state`).
         """
-        ds = _open(self.uri)
+        ds = open_dataset(self.uri)
         if ds is None:
             return 0
-        where = f"_lg_epoch < {int(epoch)}"
+        where = f"{EPOCH} < {int(epoch)}"
         if self.spec.shard is not None and shards is not None:
             if not shards:
                 return 0
@@ -184,7 +181,7 @@ class WindowStore:
             ds.delete(where)
         except (OSError, ValueError, RuntimeError) as exc:
             raise StorageError(f"window {self.spec.name!r} state: deleting the history before epoch {epoch} failed: {exc}") from exc
-        after = _open(self.uri)
+        after = open_dataset(self.uri)
         return before - (after.count_rows() if after is not None else 0)
 
     def load(
@@ -206,7 +203,7 @@ def _load(
 ) -> tuple[WindowState, int]:
     """The committed state, and how many committed rows it was taken from."""
     empty = WindowState.empty(spec)
-    ds = _open(uri)
+    ds = open_dataset(uri)
     if ds is None:
         return WindowState(empty.partials, empty.rows, watermark, 0), 0
     log = CommitLog(state)
@@ -214,7 +211,7 @@ def _load(
     if as_of is not None:
         check_history(frame, pipeline, spec.name, as_of, f"window {spec.name!r} of pipeline {pipeline!r}")
     committed = log.committed_batches(as_of=as_of, log=frame)
-    scan = pl.scan_pyarrow_dataset(ds).filter(pl.col("_lg_batch").is_in(committed.implode()))
+    scan = pl.scan_pyarrow_dataset(ds).filter(pl.col(BATCH).is_in(committed.implode()))
     if shards is not None and spec.shard is not None:
         scan = scan.filter(pl.col(spec.shard).is_in(pl.Series(sorted(shards), dtype=spec.input_schema[spec.shard]).implode()))
     if spec.keeps_rows:
@@ -224,7 +221,7 @@ def _load(
         ident = [*spec.group_keys, "window_start", "window_end"]
         target = empty.partials
     latest, scanned = pl.collect_all([
-        latest_rows(scan, ident).filter(~pl.col("_lg_deleted")).drop(_META),
+        latest_rows(scan, ident).filter(~pl.col(DELETED)).drop(_META),
         scan.select(pl.len()),
     ])
     latest = latest.select(target.columns).cast(dict(target.schema))  # type: ignore[arg-type]
@@ -276,7 +273,7 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
     └─────────────────────┴─────────────────────┴────────┘
     """
     uri = state_uri(state, pipeline, operator)
-    ds = _open(uri)
+    ds = open_dataset(uri)
     if ds is None:
         raise StorageError(f"no state for window {operator!r} of pipeline {pipeline!r} under {state}")
     meta = ds.schema.metadata or {}
@@ -285,7 +282,6 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
         raise StorageError(f"{uri} is not a lockgate window state table")
     spec = spec_from_json(raw.decode())
     return current_values(spec, _load(state, uri, spec, None, as_of, None, pipeline)[0]).lazy()
-
 
 
 def list_states(state: str) -> list[tuple[str, str]]:

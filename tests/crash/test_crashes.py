@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from lockgate.engine import faults
 from lockgate.storage.compaction import compact
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 import lockgate as lg
 from tests.conftest import same_rows

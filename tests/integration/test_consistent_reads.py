@@ -10,7 +10,7 @@ import time
 
 import polars as pl
 import pytest
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 import lockgate as lg
 from tests.conftest import json_values, produce

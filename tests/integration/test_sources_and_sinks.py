@@ -9,7 +9,7 @@ import random
 import polars as pl
 import pyarrow as pa
 import pytest
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 import lockgate as lg
 from tests.conftest import produce, read_committed, same_rows

@@ -10,7 +10,8 @@ import lance
 import polars as pl
 import pytest
 from lockgate.storage.state import state_uri
-from lockgate.storage.tables import CommitLog, table_uri
+from lockgate.storage.commit_log import CommitLog
+from lockgate.storage.lance_io import table_uri
 
 import lockgate as lg
 from tests.conftest import ordered_producer, read_committed, same_rows

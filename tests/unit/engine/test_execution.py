@@ -13,7 +13,7 @@ from lockgate.engine.decode import BatchDecoder
 from lockgate.engine.execution import operate, run_plan
 from lockgate.engine.source import RawBatch
 from lockgate.engine.stateful import WindowRuntime
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 SCHEMA = {"user": pl.String, "n": pl.Int64, "t": pl.Int64}
 

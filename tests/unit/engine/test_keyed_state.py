@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from lockgate.engine.plan import WindowNode
 from lockgate.engine.stateful import WindowRuntime
-from lockgate.storage.tables import CommitLog
+from lockgate.storage.commit_log import CommitLog
 
 import lockgate as lg
 

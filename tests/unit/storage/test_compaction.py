@@ -7,8 +7,9 @@ from datetime import timedelta
 import polars as pl
 from lockgate.errors import StorageError
 from lockgate.storage.compaction import Compactor, compact
-from lockgate.storage.tables import CommitLog, PartitionRange, SinkTable, read_table
-from lockgate.storage.tables import _open as open_table
+from lockgate.storage.commit_log import CommitLog, PartitionRange
+from lockgate.storage.lance_io import open_dataset
+from lockgate.storage.sink_tables import SinkTable, read_table
 
 
 def _commit(state: str, table: SinkTable, epoch: int) -> None:
@@ -27,7 +28,7 @@ def test_compaction_merges_fragments_and_readers_see_the_same_rows(state_dir):
     report = compact([table.uri, CommitLog(state_dir).uri], retain=timedelta(0))
     assert report.fragments_before >= 80 and report.fragments_after == 2
     assert report.versions_removed > 0
-    assert len(open_table(table.uri).get_fragments()) == 1
+    assert len(open_dataset(table.uri).get_fragments()) == 1
     assert read_table(state_dir, "t").collect().sort("x").equals(before)
     assert read_table(state_dir, "t", as_of=10).collect().sort("x").equals(earlier), "as_of of a retained epoch still works"
 
@@ -61,7 +62,7 @@ def test_compaction_deletes_the_rows_of_dead_batches_and_keeps_a_batch_in_flight
     prepare(30, 4, 20, 30, [3])  # in flight: ahead of the committed offset 20, never touched
     report = compact([table.uri, log.uri], retain=timedelta(0), commit_log=log)
     assert report.dead_batches == 1
-    raw = pl.from_arrow(open_table(table.uri).to_table())
+    raw = pl.from_arrow(open_dataset(table.uri).to_table())
     assert sorted(raw["_lg_batch"].to_list()) == [1, 2, 30], "the dead batch's rows are gone"
     assert 20 not in log.frame()["batch_id"].to_list(), "and so is its prepare record"
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == [1, 2]

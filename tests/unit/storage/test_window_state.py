@@ -21,8 +21,8 @@ from lockgate.operators.windows import (
     WindowState,
     fold,
 )
+from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec_to_json
-from lockgate.storage.tables import CommitLog
 from polars.testing import assert_frame_equal
 
 from tests.unit.operators.test_windows import (

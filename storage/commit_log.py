@@ -1,24 +1,25 @@
-"""Table sinks and the commit log in LanceDB, with committed-only reads.
+"""The commit log: one prepare record per (batch, input partition), one commit mark per batch, horizons.
 
-The commit path only appends (see DESIGN.md, "State in LanceDB"): every sink row
-carries the id of the micro-batch that wrote it (``_lg_batch``), and the commit log
-holds one *prepare* record per (batch, input partition) and one *commit* mark per
-batch.  A reader takes the set of marked batches from one version of the log and
-reads only their rows, so it never sees a half-written or aborted batch.
+The commit path only appends (see DESIGN.md, "State in LanceDB").  A batch's
+*prepare* records name the offsets it read; its *commit* mark, written once Kafka
+committed the batch, makes its rows visible to readers, who take the set of
+marked batches from one version of the log.  After a crash, :meth:`CommitLog.recover`
+redoes the marks that were lost from the group's committed offsets.  A *horizon*
+records that an operator's (or a table's) rows before an epoch are no longer
+kept, and :func:`check_history` refuses ``as_of`` reads from before it.
 
 Examples
 --------
->>> import tempfile, polars as pl
->>> from lockgate.storage.tables import CommitLog, SinkTable, PartitionRange, read_table
->>> state = tempfile.mkdtemp()
->>> log, sink = CommitLog(state), SinkTable(state, "views")
->>> version = sink.append(pl.DataFrame({"user": ["a", "b"]}), batch_id=7, epoch=1)
->>> log.prepare("clicks", epoch=1, batch_id=7, ranges=[PartitionRange("clicks", 0, 0, 2)], tables={"views": version})
->>> read_table(state, "views").collect().height     # prepared, not committed
-0
->>> log.mark("clicks", epoch=1, batch_id=7)
->>> read_table(state, "views").collect()["user"].to_list()
-['a', 'b']
+>>> import tempfile
+>>> from lockgate.storage.commit_log import CommitLog, PartitionRange
+>>> log = CommitLog(tempfile.mkdtemp())
+>>> log.prepare("clicks", epoch=1, batch_id=7, ranges=[PartitionRange("clicks", 0, 0, 2)], tables={"views": None})
+>>> log.committed_batches().to_list()          # prepared, not committed
+[]
+>>> log.recover("clicks", {("clicks", 0): (2, 7)})   # Kafka committed offset 2 for batch 7: redo its mark
+[7]
+>>> log.committed_batches().to_list()
+[7]
 """
 
 from __future__ import annotations
@@ -29,18 +30,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import lance
 import polars as pl
 import pyarrow as pa
 from lockgate.errors import PipelineDefinitionError, StorageError
+from lockgate.storage.lance_io import append_table, open_dataset, sql_list, table_uri
 
-__all__ = [
-    "INTERNAL_COLUMNS", "CommitLog", "PartitionRange", "SinkTable", "check_history", "latest_rows", "list_tables", "read_table",
-    "table_horizon", "table_uri",
-]
+__all__ = ["COMMITS_TABLE", "CommitLog", "PartitionRange", "check_history"]
 
 COMMITS_TABLE = "_lockgate_commits"
-INTERNAL_COLUMNS = ("_lg_batch", "_lg_epoch", "_lg_order")
 
 _COMMIT_SCHEMA = pa.schema(
     [
@@ -58,47 +55,6 @@ _COMMIT_SCHEMA = pa.schema(
         ("prev_batch_id", pa.int64()),
     ]
 )
-
-
-def table_uri(state: str, name: str) -> str:
-    """Where table ``name`` lives under the state URI ``state``."""
-    return f"{str(state).rstrip('/')}/{name}.lance"
-
-
-def sql_list(values: Iterable[int]) -> str:
-    """Integers as the inside of an SQL ``IN (...)`` for a Lance delete filter."""
-    return ", ".join(str(int(v)) for v in values)
-
-
-def _open(uri: str, version: int | None = None) -> lance.LanceDataset | None:
-    try:
-        return lance.dataset(uri, version=version)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower() or isinstance(exc, FileNotFoundError):
-            return None
-        raise StorageError(f"cannot open the LanceDB table at {uri}: {exc}") from exc
-
-
-#: table URIs this process has seen exist: appending to one needs no open first (an open reads
-#: its latest manifest, 3-4 ms once a table has a few hundred versions)
-_EXISTING: set[str] = set()
-
-
-def _append(uri: str, data: pa.Table) -> int:
-    """Append ``data`` (creating the table on first write); return the new version."""
-    try:
-        mode = "append" if uri in _EXISTING or _open(uri) is not None else "create"
-        try:
-            ds = lance.write_dataset(data, uri, mode=mode)
-        except OSError as exc:
-            if mode == "create" and "already exists" in str(exc).lower():  # a concurrent first writer won
-                ds = lance.write_dataset(data, uri, mode="append")
-            else:
-                raise
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise StorageError(f"cannot write the LanceDB table at {uri}: {exc}") from exc
-    _EXISTING.add(uri)
-    return ds.version
 
 
 @dataclass(frozen=True)
@@ -120,7 +76,7 @@ class CommitLog:
 
     def _rows(self, rows: list[dict[str, Any]]) -> None:
         """Append log rows; the columns a row leaves out are null (a mark has no offsets, for one)."""
-        _append(self.uri, pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA))
+        append_table(self.uri, pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA))
 
     def prepare(
         self,
@@ -204,7 +160,7 @@ class CommitLog:
         old = ranked.group_by("batch_id").agg((pl.col("__newer") > keep).all().alias("old")).filter("old")["batch_id"]
         if old.len() == 0:
             return 0
-        ds = _open(self.uri)
+        ds = open_dataset(self.uri)
         assert ds is not None
         for start in range(0, old.len(), 1_000):
             ds.delete(f"kind = 'prepare' AND batch_id IN ({sql_list(old.slice(start, 1_000))})")
@@ -212,7 +168,7 @@ class CommitLog:
 
     def frame(self) -> pl.DataFrame:
         """The whole log (one consistent version) as a frame."""
-        ds = _open(self.uri)
+        ds = open_dataset(self.uri)
         if ds is None:
             return pl.DataFrame(schema=pl.Schema(pl.from_arrow(_COMMIT_SCHEMA.empty_table()).schema))
         out = pl.from_arrow(ds.to_table())
@@ -289,113 +245,6 @@ class CommitLog:
         return redone
 
 
-class SinkTable:
-    """An append-only LanceDB table that a ``to_table`` sink writes.
-
-    With ``upsert_keys`` (an update-mode window stream), readers see only the
-    latest row of each key, so the table holds the current value of each window.
-    The rows that later committed rows supersede are deleted by :meth:`prune`,
-    so such a table does not keep every update it ever had.
-    """
-
-    def __init__(self, state: str, name: str, upsert_keys: Iterable[str] | None = None) -> None:
-        if not name or name.startswith("_lockgate") or "/" in name:
-            raise PipelineDefinitionError(f"to_table: {name!r} is not a usable table name; use letters, digits and '_'")
-        self.state = str(state)
-        self.name = name
-        self.uri = table_uri(self.state, name)
-        self.upsert_keys = None if upsert_keys is None else list(upsert_keys)
-        #: rows in the table (counted once, then kept up to date; an estimate while a prune runs)
-        self.rows: int | None = None
-        #: rows left by the last prune (0 before one ran) and whether one is scheduled
-        self.live = 0
-        self.prune_pending = False
-
-    def append(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> int:
-        """Append a batch's rows tagged with its batch id; return the table version."""
-        tagged = frame.with_columns(
-            pl.lit(batch_id, dtype=pl.Int64).alias("_lg_batch"),
-            pl.lit(epoch, dtype=pl.Int64).alias("_lg_epoch"),
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("_lg_order"),
-        )
-        data = tagged.to_arrow(compat_level=pl.CompatLevel.oldest())
-        if self.upsert_keys is not None:
-            data = data.replace_schema_metadata({"lockgate.upsert_keys": json.dumps(self.upsert_keys)})
-        try:
-            version = _append(self.uri, data)
-        except StorageError as exc:
-            raise StorageError(f"to_table {self.name!r}: {exc}") from exc
-        if self.rows is not None:
-            self.rows += frame.height
-        return version
-
-    def prune_due(self, floor: int) -> bool:
-        """Whether an update-mode table holds more than ``max(floor, 4 x live)`` rows and no prune is scheduled."""
-        if self.upsert_keys is None or self.prune_pending:
-            return False
-        if self.rows is None:
-            ds = _open(self.uri)
-            self.rows = 0 if ds is None else ds.count_rows()
-        return self.rows > max(floor, 4 * self.live)
-
-    def prune(self, committed: pl.Series) -> int:
-        """Delete the rows that a later row of the same key among the ``committed`` batches supersedes.
-
-        ``committed``: ids of committed batches (an epoch's and everything marked
-        before it).  A key's latest row among them stays, unless it retracts the
-        window, which then has no row left to hide.  Rows of other batches (in
-        flight, later, or never committed) are not touched.  Every read that sees
-        all of ``committed`` (``as_of`` at or after them, see ``CommitLog.horizon``)
-        reads the same as before.  Returns how many rows were deleted.
-        """
-        keys = self.upsert_keys
-        ds = _open(self.uri)
-        if keys is None or ds is None:
-            return 0
-        retracts = "retracted" in ds.schema.names
-        columns = [*keys, *INTERNAL_COLUMNS, *(["retracted"] if retracts else [])]
-        rows = pl.scan_pyarrow_dataset(ds).select(columns).filter(pl.col("_lg_batch").is_in(committed.implode()))
-        kept = latest_rows(rows, keys)  # the rule every reader applies
-        if retracts:
-            kept = kept.filter(~pl.col("retracted").fill_null(False))
-        row_id = ["_lg_batch", "_lg_order"]
-        gone = rows.select(row_id).join(kept.select(row_id), on=row_id, how="anti").collect()
-        deleted = 0
-        try:
-            for chunk in gone.sort("_lg_batch", "_lg_order").iter_slices(50_000):
-                where = " OR ".join(
-                    f"(_lg_batch = {batch} AND _lg_order IN ({sql_list(orders)}))"
-                    for batch, orders in chunk.group_by("_lg_batch", maintain_order=True).agg("_lg_order").iter_rows()
-                )  # per batch of a chunk: the rows are named by value, so a concurrent compaction cannot move them
-                ds.delete(where)
-                deleted += chunk.height
-                ds = _open(self.uri)
-                assert ds is not None
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise StorageError(f"to_table {self.name!r}: deleting the rows that later updates superseded failed: {exc}") from exc
-        self.rows = self.live = ds.count_rows()
-        return deleted
-
-
-def latest_rows(frame: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
-    """The last row of each key, by ``(_lg_epoch, _lg_order)``: what an upsert or a state delta left.
-
-    Only the rows of keys that have more than one are sorted: in a state load most
-    keys have one row (1M pairs, 1% updated: 0.64 -> 0.13 s here).  The keys of one
-    row come first, in ``frame``'s order, then the others in the order of their
-    last row.
-
-    >>> rows = pl.LazyFrame({"k": ["a", "b", "a"], "v": [1, 2, 3], "_lg_epoch": [1, 1, 2], "_lg_order": [0, 1, 0]})
-    >>> latest_rows(rows, ["k"]).collect().select("k", "v").rows()
-    [('b', 2), ('a', 3)]
-    """
-    marked = frame.with_columns((pl.len().over(keys) > 1).alias("__lg_many"))
-    return pl.concat([
-        marked.filter(~pl.col("__lg_many")),
-        marked.filter(pl.col("__lg_many")).sort("_lg_epoch", "_lg_order").unique(keys, keep="last", maintain_order=True),
-    ]).drop("__lg_many")
-
-
 def check_history(log: pl.DataFrame, pipeline: str | None, operator: str, as_of: int | datetime, what: str) -> None:
     """Refuse an ``as_of`` read from before the history that ``operator`` let go of (its last horizon).
 
@@ -418,79 +267,3 @@ def check_history(log: pl.DataFrame, pipeline: str | None, operator: str, as_of:
             f"{what}: as_of={as_of!r} is before epoch {epoch} ({moment:%Y-%m-%d %H:%M:%S} UTC), the oldest state "
             "still kept; history is deleted Pipeline(keep_history=...) after a snapshot or a later update supersedes it"
         )
-
-
-def table_horizon(name: str) -> str:
-    """The commit-log key (``topic`` of a horizon row) of table sink ``name``."""
-    return f"table:{name}"
-
-
-def list_tables(state: str) -> list[str]:
-    """Names of the sink tables under ``state``."""
-    import lancedb
-
-    db = lancedb.connect(str(state))
-    names: list[str] = []
-    token = None
-    while True:
-        page = db.list_tables(page_token=token)
-        names.extend(page.tables)
-        token = page.page_token
-        if not token:
-            break
-    return sorted(n for n in names if not n.startswith("_lockgate"))
-
-
-def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl.LazyFrame:
-    """The committed rows of table ``name`` as a ``pl.LazyFrame``, consistent as of one log version.
-
-    Parameters
-    ----------
-    state
-        The state URI the pipeline writes to (``lg.Pipeline(state=...)``).
-    name
-        The table, as given to ``to_table``.
-    as_of
-        An epoch number or a datetime: only batches committed by then.
-
-    Examples
-    --------
-    On the broker at ``$LOCKGATE_BROKERS`` (else ``localhost:9092``), 1,000 sample clicks
-    into a table, then the three most visited pages; the query runs on the committed rows:
-
-    >>> import tempfile
-    >>> import polars as pl
-    >>> import lockgate as lg
-    >>> topic = lg.sample_clicks(records=1_000, seed=1)
-    >>> state = tempfile.mkdtemp()
-    >>> pipe = lg.Pipeline(topic, state=state)
-    >>> pipe.source(topic, format=lg.JSON(schema={"user": pl.String, "url": pl.String})).to_table("clicks")
-    >>> _ = pipe.run(until="caught_up")
-    >>> lg.read_table(state, "clicks").group_by("url").len().sort("len", "url", descending=True).head(3).collect()
-    shape: (3, 2)
-    ┌───────┬─────┐
-    │ url   ┆ len │
-    │ ---   ┆ --- │
-    │ str   ┆ u32 │
-    ╞═══════╪═════╡
-    │ /p/29 ┆ 35  │
-    │ /p/22 ┆ 33  │
-    │ /p/10 ┆ 31  │
-    └───────┴─────┘
-    """
-    log = CommitLog(state)
-    frame = log.frame()  # read the log first: every committed row is then in the table
-    if as_of is not None:
-        check_history(frame, None, table_horizon(name), as_of, f"table {name!r}")
-    ids = log.committed_batches(as_of=as_of, log=frame)
-    ds = _open(table_uri(state, name))
-    if ds is None:
-        raise StorageError(f"no table {name!r} under {state}; the tables there are {list_tables(state)}")
-    scan = pl.scan_pyarrow_dataset(ds).filter(pl.col("_lg_batch").is_in(ids.implode()))
-    upsert = (ds.schema.metadata or {}).get(b"lockgate.upsert_keys")
-    if upsert is not None:  # the latest committed row of each key; a retracted window disappears
-        keys = json.loads(upsert)
-        scan = latest_rows(scan, keys)
-        if "retracted" in ds.schema.names:
-            scan = scan.filter(~pl.col("retracted")).drop("retracted")
-    return scan.drop(INTERNAL_COLUMNS)
