@@ -1,6 +1,6 @@
 """The commit log: one prepare record per (batch, input partition), one commit mark per batch, horizons.
 
-The commit path only appends (see DESIGN.md, "State in LanceDB").  A batch's
+The commit path only appends (see docs/architecture.md, "State in LanceDB").  A batch's
 *prepare* records name the offsets it read; its *commit* mark, written once Kafka
 committed the batch, makes its rows visible to readers, who take the set of
 marked batches from one version of the log.  After a crash, :meth:`CommitLog.recover`
