@@ -127,7 +127,9 @@ class WindowStore:
         self.loaded_rows = 0  # rows the last load scanned
 
     def append(self, delta: WindowDelta, *, batch_id: int, epoch: int) -> int | None:
-        """Append a window logic's delta: its upserts, then its deletes as tombstones (returns the table version, or None when it is empty).
+        """Append a window logic's delta: its upserts, then its deletes as tombstones.
+
+        Returns the table version, or None when the delta is empty.
 
         A snapshot delta (``delta.snapshot``) holds every open window (or kept row),
         not only the changed ones, with the epoch's tombstones: once the epoch has
