@@ -29,7 +29,9 @@ from lockgate.operators.windows.index import Merge
 if TYPE_CHECKING:
     from lockgate.operators.windows.specs import WindowSpec
 
-__all__ = ["Agg", "aggregate_rows", "batch_partials", "classify", "close_partials", "elementwise_merges", "finalize_partials", "merge_partials"]
+__all__ = [
+    "Agg", "aggregate_rows", "batch_partials", "classify", "close_partials", "elementwise_merges", "finalize_partials", "merge_partials",
+]
 
 _DECOMPOSABLE = ("len", "count", "sum", "min", "max", "mean", "var", "std", "first", "last")
 

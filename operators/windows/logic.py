@@ -69,12 +69,16 @@ class WindowLogic:
     state
         The state to continue from (``WindowState.empty(spec)`` when None); the logic
         owns it from now on: do not use it afterwards.
+
+    The changes of the batches pile up until :meth:`take_delta` takes them (the
+    engine takes after every batch).
     """
 
     def __init__(self, spec: WindowSpec, state: WindowState | None = None) -> None:
         self.spec = spec
         self._state = WindowState.empty(spec) if state is None else state
-        self._advance = advance_sliding if isinstance(spec.window, Sliding) else advance_sessions if isinstance(spec.window, Session) else advance_fixed
+        kind = spec.window
+        self._advance = advance_sliding if isinstance(kind, Sliding) else advance_sessions if isinstance(kind, Session) else advance_fixed
         self._changes: list[tuple[pl.DataFrame, pl.DataFrame]] = []  # (upserts, deletes) of each batch since the last take
         schema = spec.row_schema() if spec.keeps_rows else spec.partial_schema()
         self._no_change = (pl.DataFrame(schema=schema), pl.DataFrame(schema={c: schema[c] for c in spec.state_ids}))
@@ -142,7 +146,8 @@ def _combine(changes: list[tuple[pl.DataFrame, pl.DataFrame]], ids: list[str], s
     for n, (upserts, deletes) in enumerate(changes):
         events.append(upserts.with_columns(pl.lit(2 * n).alias("__lg_event")))
         events.append(deletes.select(ids).with_columns(pl.lit(2 * n + 1).alias("__lg_event")))
-    last = pl.concat(events, how="diagonal_relaxed").sort("__lg_event", maintain_order=True).unique(ids, keep="last", maintain_order=True)
+    ordered = pl.concat(events, how="diagonal_relaxed").sort("__lg_event", maintain_order=True)
+    last = ordered.unique(ids, keep="last", maintain_order=True)
     gone = pl.col("__lg_event") % 2 == 1
     upserts = last.filter(~gone).select(schema.names()).cast(dict(schema))  # type: ignore[arg-type]
     return upserts, last.filter(gone).select(ids)
