@@ -152,3 +152,19 @@ def test_deltas_taken_at_any_points_rebuild_the_state_and_a_logic_resumed_from_t
             _same(some_table, _stored(spec, some.state))
     assert resumed is not None
     _same(pl.concat(got, how="vertical_relaxed"), pl.concat(expected, how="vertical_relaxed"))
+
+
+@pytest.mark.parametrize(
+    ("aggs", "next_seq"),
+    # kept rows 0, 1, 2; first's order is the earliest per pair (a: 0, b: 1), and new rows need only come after it
+    [({"n": pl.len(), "u": pl.col("x").n_unique()}, 3), ({"n": pl.len(), "f": pl.col("x").first()}, 2), ({"n": pl.len()}, 0)],
+    ids=["kept-rows", "first-partial", "no-order-needed"],
+)
+def test_a_resumed_state_numbers_new_rows_after_the_newest_stored_one(aggs, next_seq):
+    """Arrival numbers order kept rows and first/last partials: a resumed state continues after the newest stored."""
+    spec = make_spec(Tumbling("10s"), aggs, "final")
+    logic = WindowLogic(spec)
+    logic.on_batch(_batch(["a", "b", "a"], [1_000, 2_000, 3_000]), None)
+    resumed = WindowState.resume(spec, logic.take_delta().upserts, 500)
+    assert (resumed.seq, resumed.watermark, resumed.open_windows) == (next_seq, 500, 3 if spec.keeps_rows else 2)
+    assert WindowState.resume(spec, _stored(spec, WindowState.empty(spec)), None).seq == 0
