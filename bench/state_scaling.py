@@ -41,7 +41,7 @@ WINDOW_MS = 60_000
 
 def one_size(size: int, batches: int, seed: int) -> dict[str, Any]:
     """Run in a child process: build the state, then time ``batches`` folds + prepares."""
-    from lockgate.operators.windows import Tumbling, WindowSpec, WindowState, fold
+    from lockgate.operators.windows import Tumbling, WindowLogic, WindowSpec, WindowState
     from lockgate.storage.state import WindowStore
     from lockgate.storage.commit_log import CommitLog, PartitionRange
 
@@ -67,7 +67,8 @@ def one_size(size: int, batches: int, seed: int) -> dict[str, Any]:
         }
     ).cast(dict(spec.partial_schema()))  # type: ignore[arg-type]
     state = WindowState(partials, WindowState.empty(spec).rows, watermark=0, seq=0)
-    del partials, keys  # the state holds them until the first fold moves them into the hot index
+    logic = WindowLogic(spec, state)  # owns the state from here on
+    del partials, keys, state  # the state holds them until the first batch moves them into the hot index
     rng = np.random.default_rng(seed)
     state_dir = tempfile.mkdtemp(prefix="lockgate-bench-state-")
     store, log = WindowStore(state_dir, "bench", spec), CommitLog(state_dir)
@@ -76,13 +77,12 @@ def one_size(size: int, batches: int, seed: int) -> dict[str, Any]:
         touched = pl.select(pl.concat_str(pl.lit("u"), pl.lit(pl.Series(rng.choice(size, TOUCH, replace=False))).cast(pl.String)).alias("user")).to_series()
         batch = pl.DataFrame({"user": touched, "amount": pl.int_range(TOUCH, eager=True), "__lg_t": pl.repeat(start + 1, TOUCH, eager=True)})
         t0 = time.perf_counter()
-        result = fold(spec, state, batch, 0)
+        logic.on_batch(batch, 0)
         t1 = time.perf_counter()
-        store.append(result, batch_id=b + 1, epoch=b + 1)
+        store.append(logic.take_delta(), batch_id=b + 1, epoch=b + 1)
         log.prepare("bench", epoch=b + 1, batch_id=b + 1, ranges=[PartitionRange("in", 0, b, b + 1)], tables={})
         t2 = time.perf_counter()
-        state = result.state
-        assert state.open_windows == size
+        assert logic.state.open_windows == size
         fold_ms.append((t1 - t0) * 1000)
         prepare_ms.append((t2 - t1) * 1000)
     total = [f + p for f, p in zip(fold_ms, prepare_ms, strict=True)]

@@ -2,8 +2,9 @@
 
 The engine owns time: it derives each source's watermark from the event times it
 has seen (per partition, restored from the commit log after a restart) and from
-processing time for idle partitions, then calls the pure window fold.  The fold's
-changes travel with the epoch and are appended to LanceDB in its prepare step.
+processing time for idle partitions, then hands each batch to the operator's
+window logic, which owns the operator's hot state.  The delta the logic hands out
+after each epoch travels with the epoch and is appended to LanceDB in its prepare step.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from lockgate.engine.plan import (
 )
 from lockgate.engine.watermarks import SourceWatermark
 from lockgate.errors import AssignmentError
-from lockgate.operators.windows import FoldResult, WindowState, fold
+from lockgate.operators.windows import WindowDelta, WindowLogic
 from lockgate.storage.state import WindowStore
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.retention import history_due
@@ -40,12 +41,16 @@ _META = tuple(KAFKA_COLUMNS)
 
 @dataclass(frozen=True)
 class StateDelta:
-    """What one window operator's fold changed in an epoch, to append to its store."""
+    """What one window operator's state changed in an epoch, to append to its store."""
 
     store: WindowStore
-    result: FoldResult
-    snapshot: bool = False  # every open window, so the history before this epoch can go once it commits
+    changes: WindowDelta
     shards: tuple[int, ...] | None = None  # the input partitions the snapshot covers (sharded operators)
+
+    @property
+    def snapshot(self) -> bool:
+        """True when the changes hold every open window, so the history before this epoch can go once it commits."""
+        return self.changes.snapshot
 
 
 class WindowRuntime:
@@ -68,8 +73,8 @@ class WindowRuntime:
             name: SourceWatermark(src.delay_ms, int(src.idle_timeout.total_seconds() * 1000)) for name, src in self.sources.items()
         }
         self.stores = {w.name: WindowStore(state, pipeline, w.spec) for w in self.windows if w.spec is not None}
-        self.states: dict[str, WindowState] = {}
-        self.pending: dict[str, FoldResult] = {}
+        self.logics: dict[str, WindowLogic] = {}  # each owns its operator's hot state
+        self.pending: dict[str, WindowLogic] = {}  # the logics that folded a batch since the last take
         self.late: list[pl.DataFrame] = []
         self.loaded = False
         self.key_checks = 0  # batches left in which sharded windows check the declared key (after each load)
@@ -105,9 +110,9 @@ class WindowRuntime:
             assert w.source is not None
             watermark = self.trackers[w.source.name].current(now)
             shards = self._shards(w)
-            self.states[w.name] = self.stores[w.name].load(watermark, shards=shards)
+            self.logics[w.name] = WindowLogic(w.spec, self.stores[w.name].load(watermark, shards=shards))
             log.info(
-                "window %s: loaded %d open windows%s, watermark %s", w.name, self.states[w.name].open_windows,
+                "window %s: loaded %d open windows%s, watermark %s", w.name, self.logics[w.name].state.open_windows,
                 "" if shards is None else f" of partitions {list(shards)}", watermark,
             )
         self.pending.clear()
@@ -185,10 +190,9 @@ class WindowRuntime:
             self._check_keyed(node, timed)
         if watermark is None:
             watermark = self.trackers[node.source.name].current(now)
-        state = self.states[node.name]
-        result = fold(node.spec, state, timed.select(node.spec.input_schema.names()), watermark)
-        self.states[node.name] = result.state
-        self.pending[node.name] = result
+        logic = self.logics[node.name]
+        result = logic.on_batch(timed.select(node.spec.input_schema.names()), watermark)
+        self.pending[node.name] = logic
         if result.late.height:
             self.late.append(self._late_letters(node, result.late, watermark))
         return result.emitted
@@ -264,18 +268,19 @@ class WindowRuntime:
         """The epoch's state deltas and dead letters (late records), then forget them.
 
         An operator whose table holds much more than its open windows (the rows
-        appended since the last load or snapshot exceed ``max(snapshot_rows, 4 x
-        open)``) writes a snapshot this epoch instead of a plain delta.
+        loaded and appended since the last load or snapshot; the rule is
+        :func:`lockgate.storage.retention.history_due`) writes a snapshot this epoch
+        instead of a plain delta.
         """
         deltas = []
         self.key_checks -= 1
-        for name, result in self.pending.items():
+        for name, logic in self.pending.items():  # each operator's logic holds its changes since the last take
             store = self.stores[name]
             history = store.loaded_rows + store.appended
-            snapshot = history_due(history, result.state.open_windows, self.snapshot_rows)
+            snapshot = history_due(history, logic.state.open_windows, self.snapshot_rows)
             if snapshot:  # counted from now on (an abort reloads, and the load counts again)
                 store.loaded_rows, store.appended = 0, 0
-            deltas.append(StateDelta(store, result, snapshot, self._shards(self.by_name[name])))
+            deltas.append(StateDelta(store, logic.take_delta(snapshot=snapshot), self._shards(self.by_name[name])))
         dead = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
         self.pending = {}
         self.late = []
@@ -283,11 +288,11 @@ class WindowRuntime:
 
     def open_windows(self) -> dict[str, int]:
         """Open (key, window) pairs, or kept rows, per operator."""
-        return {name: st.open_windows for name, st in self.states.items()}
+        return {name: logic.state.open_windows for name, logic in self.logics.items()}
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of hot state per operator."""
-        return {name: st.nbytes for name, st in self.states.items()}
+        return {name: logic.state.nbytes for name, logic in self.logics.items()}
 
 
 def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str | pl.Series) -> pl.DataFrame:

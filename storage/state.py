@@ -14,15 +14,16 @@ works from another process that does not have the pipeline's code.
 Examples
 --------
 >>> import tempfile, polars as pl
->>> from lockgate.operators.windows import Tumbling, WindowSpec, WindowState, fold
+>>> from lockgate.operators.windows import Tumbling, WindowLogic, WindowSpec
 >>> from lockgate.storage.state import WindowStore, read_state
 >>> from lockgate.storage.commit_log import CommitLog
 >>> spec = WindowSpec.build("per_min", Tumbling("1m"), by="user", aggs={"n": pl.len()},
 ...                        schema=pl.Schema({"user": pl.String, "__lg_t": pl.Int64}), time_column="__lg_t")
 >>> state_dir = tempfile.mkdtemp()
->>> result = fold(spec, WindowState.empty(spec), pl.DataFrame({"user": ["a", "a"], "__lg_t": [1, 2]}), watermark=0)
+>>> logic = WindowLogic(spec)
+>>> _ = logic.on_batch(pl.DataFrame({"user": ["a", "a"], "__lg_t": [1, 2]}), watermark=0)
 >>> store = WindowStore(state_dir, "clicks", spec)
->>> store.append(result, batch_id=5, epoch=1)
+>>> store.append(logic.take_delta(), batch_id=5, epoch=1)
 1
 >>> CommitLog(state_dir).mark("clicks", epoch=1, batch_id=5)
 >>> read_state(state_dir, "clicks", "per_min").collect().select("user", "n").to_dicts()
@@ -42,11 +43,11 @@ import polars as pl
 import pyarrow as pa
 from lockgate.errors import StorageError
 from lockgate.operators.windows import (
-    FoldResult,
     Hopping,
     Session,
     Sliding,
     Tumbling,
+    WindowDelta,
     WindowSpec,
     WindowState,
     current_values,
@@ -127,25 +128,20 @@ class WindowStore:
         self.appended = 0  # rows appended since the last load (for the snapshot decision)
         self.loaded_rows = 0  # rows the last load scanned
 
-    def append(self, result: FoldResult, *, batch_id: int, epoch: int, snapshot: bool = False) -> int | None:
-        """Append what one fold changed (returns the table version, or None when nothing changed).
+    def append(self, delta: WindowDelta, *, batch_id: int, epoch: int) -> int | None:
+        """Append a window logic's delta: its upserts, then its deletes as tombstones.
 
-        With ``snapshot``, every open window (or kept row) of ``result.state`` is
-        written, not only the changed ones, with the epoch's tombstones: once the
-        epoch has committed, the rows of earlier epochs of these shards are history
-        that :meth:`forget_before` may delete.
+        Returns the table version, or None when the delta is empty.
+
+        A snapshot delta (``delta.snapshot``) holds every open window (or kept row),
+        not only the changed ones, with the epoch's tombstones: once the epoch has
+        committed, the rows of earlier epochs of these shards are history that
+        :meth:`forget_before` may delete.
         """
         spec = self.spec
-        if spec.keeps_rows:
-            live = result.state.rows if snapshot else result.added_rows
-            parts = [live.with_columns(pl.lit(False).alias(DELETED))] if live.height else []
-            if result.removed_rows.height:
-                parts.append(result.removed_rows.select(spec.row_ids).with_columns(pl.lit(True).alias(DELETED)))
-        else:
-            live = result.state.partial_frame() if snapshot else result.changed
-            parts = [live.with_columns(pl.lit(False).alias(DELETED))] if live.height else []
-            if result.closed.height:
-                parts.append(result.closed.with_columns(pl.lit(True).alias(DELETED)))
+        parts = [delta.upserts.with_columns(pl.lit(False).alias(DELETED))] if delta.upserts.height else []
+        if delta.deletes.height:
+            parts.append(delta.deletes.with_columns(pl.lit(True).alias(DELETED)))
         if not parts:
             return None
         frame = pl.concat(parts, how="diagonal_relaxed")
@@ -216,21 +212,13 @@ def _load(
         scan = scan.filter(pl.col(spec.shard).is_in(pl.Series(sorted(shards), dtype=spec.input_schema[spec.shard]).implode()))
     if spec.keeps_rows:
         ident = spec.row_ids
-        target = empty.rows
     else:
         ident = [*spec.group_keys, "window_start", "window_end"]
-        target = empty.partials
     latest, scanned = pl.collect_all([
         latest_rows(scan, ident).filter(~pl.col(DELETED)).drop(_META),
         scan.select(pl.len()),
     ])
-    latest = latest.select(target.columns).cast(dict(target.schema))  # type: ignore[arg-type]
-    # arrival order continues after the newest kept row or first/last partial
-    order_columns = ["__seq"] if spec.keeps_rows else [c for c in latest.columns if c.endswith("_o")]
-    newest = max((int(latest[c].max()) for c in order_columns if latest.height and latest[c].max() is not None), default=-1)  # type: ignore[arg-type]
-    if spec.keeps_rows:
-        return WindowState(empty.partials, latest.sort("__seq"), watermark, newest + 1), int(scanned.item())
-    return WindowState(latest, empty.rows, watermark, newest + 1), int(scanned.item())
+    return WindowState.resume(spec, latest, watermark), int(scanned.item())
 
 
 def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime | None = None) -> pl.LazyFrame:

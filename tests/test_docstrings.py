@@ -25,7 +25,7 @@ def _modules() -> list[str]:
     for sub in ("lockgate.engine", "lockgate.operators", "lockgate.storage"):
         package = importlib.import_module(sub)
         names.append(sub)
-        names += [f"{sub}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+        names += [m.name for m in pkgutil.walk_packages(package.__path__, prefix=f"{sub}.")]  # subpackages too
     names += [f"lockgate.{m.name}" for m in pkgutil.iter_modules(lockgate.__path__)]
     return sorted(set(names))
 

@@ -6,7 +6,7 @@ import lance
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lockgate.operators.windows import Tumbling, WindowSpec, WindowState, fold
+from lockgate.operators.windows import Tumbling, WindowLogic, WindowSpec
 from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, ORDER, latest_rows, tag, tag_fields
 from lockgate.storage.sink_tables import SinkTable
 from lockgate.storage.state import WindowStore
@@ -36,7 +36,9 @@ def test_sink_tables_and_window_state_write_the_same_tags(state_dir):
     table.append(frame, batch_id=12, epoch=3)
     spec = _spec()
     store = WindowStore(state_dir, "p", spec)
-    store.append(fold(spec, WindowState.empty(spec), frame, watermark=0), batch_id=12, epoch=3)
+    logic = WindowLogic(spec)
+    logic.on_batch(frame, watermark=0)
+    store.append(logic.take_delta(), batch_id=12, epoch=3)
     for uri, extra in [(table.uri, ()), (store.uri, (DELETED,))]:
         raw = pl.from_arrow(lance.dataset(uri).to_table())
         assert raw.columns[-len(INTERNAL_COLUMNS) - len(extra):] == [*INTERNAL_COLUMNS, *extra], uri

@@ -17,15 +17,14 @@ from lockgate.operators.windows import (
     Session,
     Sliding,
     Tumbling,
+    WindowLogic,
     WindowSpec,
-    WindowState,
-    fold,
 )
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.state import WindowStore, read_state, spec_from_json, spec_to_json
 from polars.testing import assert_frame_equal
 
-from tests.unit.operators.test_windows import (
+from tests.unit.operators.window_oracle import (
     BUFFERED,
     DECOMPOSABLE,
     FAR,
@@ -68,23 +67,22 @@ def _replay_with_a_restart(spec: WindowSpec, records: pl.DataFrame, cuts: list[i
     store = WindowStore(state_dir, "p", spec)
 
     def run(persist: bool) -> pl.DataFrame:
-        state, out, top = WindowState.empty(spec), [], None
+        logic, out, top = WindowLogic(spec), [], None
         for i, batch in enumerate(batches):
             if persist and i == restart_at:
-                state = store.load(state.watermark)  # the durable copy only
+                logic = WindowLogic(spec, store.load(logic.state.watermark))  # the durable copy only
             top = batch["t"].max() if top is None else max(top, batch["t"].max())
-            result = fold(spec, state, batch, top - 2_000)
+            result = logic.on_batch(batch, top - 2_000)
             if persist:
                 epoch = next(_ids)
-                store.append(result, batch_id=epoch, epoch=epoch, snapshot=i in snapshots)
+                store.append(logic.take_delta(snapshot=i in snapshots), batch_id=epoch, epoch=epoch)
                 log.mark("p", epoch=epoch, batch_id=epoch)
                 if i in snapshots:
                     store.forget_before(epoch, shards=[0, 1])
                     left = pl.from_arrow(lance.dataset(store.uri).to_table(columns=["_lg_epoch"]))
                     assert left.height == 0 or left["_lg_epoch"].min() == epoch  # nothing older is left
-            state = result.state
             out.append(result.emitted)
-        out.append(fold(spec, state, records.clear(), FAR).emitted)
+        out.append(logic.on_batch(records.clear(), FAR).emitted)
         return pl.concat(out, how="vertical_relaxed")
 
     _same(run(True), run(False))
@@ -94,11 +92,12 @@ def test_uncommitted_state_deltas_are_never_loaded(tmp_path):
     spec = WindowSpec.build("w", Tumbling("10s"), by="k", aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
     store = WindowStore(str(tmp_path), "p", spec)
     batch = pl.DataFrame({"k": ["a"], "x": [1], "y": [1.0], "t": [1_000], "z": ["a"]}, schema=SCHEMA)
-    one = fold(spec, WindowState.empty(spec), batch, None)
-    store.append(one, batch_id=1, epoch=1)
+    logic = WindowLogic(spec)
+    logic.on_batch(batch, None)
+    store.append(logic.take_delta(), batch_id=1, epoch=1)
     CommitLog(str(tmp_path)).mark("p", epoch=1, batch_id=1)
-    two = fold(spec, one.state, batch, None)
-    store.append(two, batch_id=2, epoch=2)  # prepared, never committed
+    logic.on_batch(batch, None)
+    store.append(logic.take_delta(), batch_id=2, epoch=2)  # prepared, never committed
     assert store.load(None).partials["__n_n"].to_list() == [1]
     assert read_state(str(tmp_path), "p", "w").collect()["n"].to_list() == [1]
 
@@ -132,39 +131,35 @@ def test_state_keyed_by_partition_splits_between_two_instances_and_joins_again_e
     log = CommitLog(state_dir)
     store = WindowStore(state_dir, "p", spec)
 
-    def step(state: WindowState, batch: pl.DataFrame, watermark: int) -> tuple[WindowState, pl.DataFrame]:
-        result = fold(spec, state, batch, watermark)
+    def step(logic: WindowLogic, batch: pl.DataFrame, watermark: int) -> pl.DataFrame:
+        result = logic.on_batch(batch, watermark)
         batch_id = next(_ids)
-        store.append(result, batch_id=batch_id, epoch=batch_id)
+        store.append(logic.take_delta(), batch_id=batch_id, epoch=batch_id)
         log.mark("p", epoch=batch_id, batch_id=batch_id)
-        return result.state, result.emitted
+        return result.emitted
 
     out, tops, top = [], [], None
     for batch in batches:  # the pipeline watermark: every instance sees the same here
         top = batch["t"].max() if top is None else max(top, batch["t"].max())
         tops.append(top - 2_000)
-    one = WindowState.empty(spec)
+    one = WindowLogic(spec)
     for batch, wm in zip(batches[:split_at], tops[:split_at]):
-        one, emitted = step(one, batch, wm)
-        out.append(emitted)
-    halves = {p: store.load(one.watermark, shards=[p]) for p in (0, 1)}
+        out.append(step(one, batch, wm))
+    halves = {p: WindowLogic(spec, store.load(one.state.watermark, shards=[p])) for p in (0, 1)}
     for batch, wm in zip(batches[split_at:join_at], tops[split_at:join_at]):
         for p in (0, 1):
-            halves[p], emitted = step(halves[p], batch.filter(pl.col("p") == p), wm)
-            out.append(emitted)
-    both = store.load(max((h.watermark for h in halves.values() if h.watermark is not None), default=one.watermark), shards=[0, 1])
+            out.append(step(halves[p], batch.filter(pl.col("p") == p), wm))
+    marks = [h.state.watermark for h in halves.values() if h.state.watermark is not None]
+    both = WindowLogic(spec, store.load(max(marks, default=one.state.watermark), shards=[0, 1]))
     for batch, wm in zip(batches[join_at:], tops[join_at:]):
-        both, emitted = step(both, batch, wm)
-        out.append(emitted)
-    out.append(fold(spec, both, records.clear(), FAR).emitted)
+        out.append(step(both, batch, wm))
+    out.append(both.on_batch(records.clear(), FAR).emitted)
     got = pl.concat(out, how="vertical_relaxed")
 
-    whole, expected = WindowState.empty(spec), []
+    whole, expected = WindowLogic(spec), []
     for batch, wm in zip(batches, tops):
-        result = fold(spec, whole, batch, wm)
-        whole = result.state
-        expected.append(result.emitted)
-    expected.append(fold(spec, whole, records.clear(), FAR).emitted)
+        expected.append(whole.on_batch(batch, wm).emitted)
+    expected.append(whole.on_batch(records.clear(), FAR).emitted)
     assert "p" not in got.columns
     _same(got, pl.concat(expected, how="vertical_relaxed"))
 
@@ -174,7 +169,9 @@ def test_a_load_of_some_partitions_holds_only_their_windows(tmp_path):
     spec = WindowSpec.build("w", Tumbling("10s"), by="k", aggs={"n": pl.len()}, schema=schema, time_column="t", shard="p")
     batch = pl.DataFrame({"k": ["a", "b", "c"], "x": [1, 2, 3], "y": [1.0, 2.0, 3.0], "t": [1_000] * 3, "z": ["a"] * 3, "p": [0, 1, 2]}, schema=schema)
     store = WindowStore(str(tmp_path), "p", spec)
-    store.append(fold(spec, WindowState.empty(spec), batch, None), batch_id=1, epoch=1)
+    logic = WindowLogic(spec)
+    logic.on_batch(batch, None)
+    store.append(logic.take_delta(), batch_id=1, epoch=1)
     CommitLog(str(tmp_path)).mark("p", epoch=1, batch_id=1)
     assert sorted(store.load(None, shards=[0, 2]).partials["k"].to_list()) == ["a", "c"]
     assert sorted(store.load(None).partials["k"].to_list()) == ["a", "b", "c"]
@@ -201,11 +198,12 @@ def test_an_as_of_read_from_before_the_kept_history_is_refused_by_name(tmp_path)
     store = WindowStore(str(tmp_path), "p", spec)
     log = CommitLog(str(tmp_path))
     batch = pl.DataFrame({"k": ["a"], "x": [1], "y": [1.0], "t": [1_000], "z": ["a"]}, schema=SCHEMA)
-    one = fold(spec, WindowState.empty(spec), batch, None)
-    store.append(one, batch_id=1, epoch=1)
+    logic = WindowLogic(spec)
+    logic.on_batch(batch, None)
+    store.append(logic.take_delta(), batch_id=1, epoch=1)
     log.mark("p", epoch=1, batch_id=1)
-    two = fold(spec, one.state, batch, None)
-    store.append(two, batch_id=2, epoch=2, snapshot=True)
+    logic.on_batch(batch, None)
+    store.append(logic.take_delta(snapshot=True), batch_id=2, epoch=2)
     log.mark("p", epoch=2, batch_id=2)
     assert read_state(str(tmp_path), "p", "w", as_of=1).collect()["n"].to_list() == [1]
     log.horizon("p", "w", 2, datetime.now(UTC))

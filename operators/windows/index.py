@@ -1,4 +1,4 @@
-"""Hot state of fixed windows' partial aggregates, updated in O(m log n) per batch.
+"""The hot index of fixed windows' partial aggregates, updated in O(m log n) per batch.
 
 A batch that touches m of n open (key, window) pairs must not cost O(n): the
 pairs live in NumPy arrays (one per partial column, plus validity masks), found
@@ -11,7 +11,7 @@ Merging partials reuses the Polars merge expressions on the m touched rows.
 Examples
 --------
 >>> import polars as pl
->>> from lockgate.operators.hotstate import PartialIndex
+>>> from lockgate.operators.windows.index import PartialIndex
 >>> schema = pl.Schema({"k": pl.String, "window_start": pl.Int64, "window_end": pl.Int64, "__n_n": pl.Int64})
 >>> index = PartialIndex(schema, ["k"])
 >>> merge = {"__n_n": pl.col("__n_n").sum()}

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lockgate.operators import hotstate
-from lockgate.operators.hotstate import (
+from lockgate.operators.windows import index as index_module
+from lockgate.operators.windows.index import (
     _DIRECTORY_FROM,
     PartialIndex,
     _bucket_search,
@@ -34,7 +34,7 @@ def test_the_bucket_search_finds_what_searchsorted_finds_including_misses_and_th
 def test_a_large_index_updates_existing_pairs_and_adds_new_ones_exactly(sort, monkeypatch):
     # inserts sort their hashes with NumPy, or with Polars above _PARALLEL_SORT pairs (a state load): both paths, also
     # for the new pairs of an upsert, whose ids start after the loaded ones
-    monkeypatch.setattr(hotstate, "_PARALLEL_SORT", 0 if sort == "polars" else 10**9)
+    monkeypatch.setattr(index_module, "_PARALLEL_SORT", 0 if sort == "polars" else 10**9)
     n = 3 * _DIRECTORY_FROM  # large enough for the bucket directory
     keys = [f"u{i}" for i in range(n)]
     frame = pl.DataFrame({"k": keys, "window_start": [0] * n, "window_end": [60] * n, "__n_n": [1] * n}, schema=SCHEMA)

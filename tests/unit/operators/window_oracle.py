@@ -1,27 +1,24 @@
-"""Window folds over random batches equal a Polars batch computation over the same records.
+"""The batch oracle of the window tests: random records, random batch cuts, and a Polars batch computation.
 
-No broker: the fold is a pure function.  Records come with bounded disorder and
-are cut into random batches; the watermark after each batch is the maximum event
-time so far minus the delay; at the end the watermark jumps past every window.
+No broker: window logic is pure.  Records come with bounded disorder and are cut
+into random batches; the watermark after each batch is the maximum event time so
+far minus the delay; at the end the watermark jumps past every window.  Each
+window kind's test module runs :func:`check_fold_equals_a_polars_batch_computation`
+for its kind; the storage tests reuse the scenarios.
 """
 
 from __future__ import annotations
 
-import math
-
 import polars as pl
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from lockgate.errors import PipelineDefinitionError
 from lockgate.operators.windows import (
     Hopping,
     Session,
     Sliding,
     Tumbling,
+    WindowLogic,
     WindowSpec,
-    WindowState,
-    fold,
 )
 from polars.testing import assert_frame_equal
 
@@ -65,18 +62,17 @@ def scenarios(draw: st.DrawFn, disorder_ms: int = 4_000) -> tuple[pl.DataFrame, 
 
 def run_fold(spec: WindowSpec, records: pl.DataFrame, cuts: list[int], delay: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Fold the batches, then close everything; return (emitted, late)."""
-    state = WindowState.empty(spec)
+    logic = WindowLogic(spec)
     emitted, late = [], []
     bounds = [0, *cuts, records.height]
     seen_max = None
     for lo, hi in zip(bounds, bounds[1:]):
         batch = records.slice(lo, hi - lo)
         seen_max = batch["t"].max() if seen_max is None else max(seen_max, batch["t"].max())
-        out = fold(spec, state, batch, seen_max - delay)
-        state = out.state
+        out = logic.on_batch(batch, seen_max - delay)
         emitted.append(out.emitted)
         late.append(out.late)
-    final = fold(spec, state, records.clear(), FAR)
+    final = logic.on_batch(records.clear(), FAR)
     emitted.append(final.emitted)
     return pl.concat(emitted, how="vertical_relaxed"), pl.concat(late, how="vertical_relaxed")
 
@@ -157,14 +153,14 @@ def oracle(window, records: pl.DataFrame, aggs: dict, judged_by: list[int | None
     )
 
 
-def _same(got: pl.DataFrame, expected: pl.DataFrame) -> None:
+def assert_same_windows(got: pl.DataFrame, expected: pl.DataFrame) -> None:
     cols = ["k", "window_start", "window_end"]
     assert_frame_equal(
         got.select(expected.columns).sort(cols), expected.sort(cols), check_exact=False, rel_tol=1e-6, abs_tol=1e-6, check_dtypes=True
     )
 
 
-def _spec(window, aggs, emit, lateness_ms: int = 0, schema: pl.Schema = SCHEMA, shard: str | None = None) -> WindowSpec:
+def make_spec(window, aggs, emit, lateness_ms: int = 0, schema: pl.Schema = SCHEMA, shard: str | None = None) -> WindowSpec:
     return WindowSpec.build(
         "w", window, by="k", aggs=aggs, schema=schema, time_column="t", allowed_lateness=f"{lateness_ms}ms", emit=emit, shard=shard
     )
@@ -181,28 +177,17 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 AGGREGATIONS = {"decomposable": DECOMPOSABLE, "element-wise": ELEMENTWISE, "text-partials": TEXT, "buffered": BUFFERED}
 
 
-@pytest.mark.parametrize(
-    ("kind", "aggs"),
-    [
-        pytest.param(kind, aggs, id=f"{kind}-{name}")
-        for kind in WINDOWS
-        for name, aggs in AGGREGATIONS.items()
-        if name != "element-wise" or kind in ("tumbling", "hopping")  # only fixed windows keep a hot index
-    ],
-)
-@pytest.mark.parametrize("emit", ["final", "update"])
-@SETTINGS
-@given(data=st.data())
-def test_fold_equals_a_polars_batch_computation(kind, aggs, emit, data):
+def check_fold_equals_a_polars_batch_computation(kind: str, aggs: dict, emit: str, data: st.DataObject) -> None:
+    """The property every window kind's test runs: folds over random batches equal the batch oracle."""
     window = WINDOWS[kind]
     delay = 3_000
     lateness = data.draw(st.sampled_from([0, 2_000]))
     # sessions: disorder within the watermark delay (no late records); the others may see late records
     records, cuts = data.draw(scenarios(disorder_ms=delay if kind == "session" else 9_000))
-    spec = _spec(window, aggs, emit, lateness)
+    spec = make_spec(window, aggs, emit, lateness)
     if data.draw(st.booleans(), label="state keyed by input partition"):
         records = with_partition(records)
-        spec = _spec(window, aggs, emit, lateness, schema=records.schema, shard="p")
+        spec = make_spec(window, aggs, emit, lateness, schema=records.schema, shard="p")
     emitted, late = run_fold(spec, records, cuts, delay)
     if kind == "session":
         assert late.height == 0
@@ -217,80 +202,9 @@ def test_fold_equals_a_polars_batch_computation(kind, aggs, emit, data):
     expected = oracle(window, kept, aggs, judged, lateness)
     if emit == "final":
         assert "retracted" not in emitted.columns
-        _same(emitted, expected)
+        assert_same_windows(emitted, expected)
     else:
         last = emitted.with_row_index("__o").sort("__o").group_by("k", "window_start", maintain_order=True).last()
         if "retracted" in last.columns:
             last = last.filter(~pl.col("retracted"))
-        _same(last.drop("__o"), expected)
-
-
-def test_a_global_window_groups_everything():
-    spec = WindowSpec.build("g", Tumbling("1m"), by=None, aggs={"n": pl.len()}, schema=SCHEMA, time_column="t")
-    batch = pl.DataFrame({"k": ["a", "b"], "x": [1, 2], "y": [1.0, 2.0], "t": [0, 1_000], "z": ["a", "b"]}, schema=SCHEMA)
-    out = fold(spec, WindowState.empty(spec), batch, FAR).emitted
-    assert out.columns == ["window_start", "window_end", "n"]
-    assert out["n"].to_list() == [2]
-
-
-def test_a_late_record_of_a_closed_tumbling_window_is_reported_not_merged():
-    spec = _spec(Tumbling("10s"), {"n": pl.len()}, "final")
-    first = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a"], "x": [1], "y": [0.0], "t": [5_000], "z": ["a"]}, schema=SCHEMA), 10_000)
-    assert first.emitted["n"].to_list() == [1]
-    second = fold(spec, first.state, pl.DataFrame({"k": ["a"], "x": [2], "y": [0.0], "t": [9_000], "z": ["a"]}, schema=SCHEMA), 10_000)
-    assert second.late["x"].to_list() == [2]
-    assert second.emitted.height == 0
-
-
-def test_session_windows_merge_when_a_record_bridges_two_sessions():
-    spec = _spec(Session("5s"), {"n": pl.len(), "s": pl.col("x").sum()}, "update")
-    one = fold(spec, WindowState.empty(spec), pl.DataFrame({"k": ["a", "a"], "x": [1, 2], "y": [0.0, 0.0], "t": [0, 8_000], "z": ["a", "b"]}, schema=SCHEMA), None)
-    assert sorted(one.emitted["n"].to_list()) == [1, 1]
-    two = fold(spec, one.state, pl.DataFrame({"k": ["a"], "x": [3], "y": [0.0], "t": [4_000], "z": ["c"]}, schema=SCHEMA), None)
-    updates = two.emitted.filter(~pl.col("retracted"))
-    assert updates.select("n", "s").to_dicts() == [{"n": 3, "s": 6}]
-    assert updates["window_end"].dt.epoch("ms").to_list() == [13_000]
-    retracted = two.emitted.filter(pl.col("retracted"))
-    assert retracted["window_start"].dt.epoch("ms").to_list() == [8_000], "the merged-away session is retracted"
-    assert two.state.partials.height == 1
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"by": "nope", "aggs": {"n": pl.len()}}, "unknown key column 'nope'"),
-        ({"by": "k", "aggs": {"s": pl.col("k").sum()}}, "an aggregation cannot run on the input"),
-        ({"by": "k", "aggs": {"s": pl.col("zz").sum()}}, "zz"),
-        ({"by": "k", "aggs": {}}, "needs at least one named aggregation"),
-        ({"by": "k", "aggs": {"n": pl.len()}, "emit": "sometimes"}, "emit='sometimes'"),
-    ],
-)
-def test_bad_window_definitions_name_the_window_and_the_problem(kwargs, message):
-    with pytest.raises(PipelineDefinitionError, match=message):
-        WindowSpec.build("w1", Tumbling("1m"), schema=SCHEMA, time_column="t", **kwargs)
-
-
-def test_window_sizes_must_be_durations():
-    with pytest.raises(PipelineDefinitionError, match="lg.Tumbling"):
-        Tumbling("a while")
-    with pytest.raises(PipelineDefinitionError, match="every <= size"):
-        Hopping("1m", "2m")
-    assert math.isclose(Hopping("1m", "20s").every_ms, 20_000)
-
-
-def test_the_hot_index_finds_pairs_across_many_batches_and_sweeps_closed_ones():
-    spec = _spec(Tumbling("10s"), {"n": pl.len(), "s": pl.col("x").sum()}, "final")
-    state = WindowState.empty(spec)
-    total = {}
-    for b in range(30):  # 30 batches over 200 keys and 3 windows: inserts, updates, a merge of the index
-        keys = [f"k{(b * 37 + i) % 200}" for i in range(150)]
-        ts = [(b // 10) * 10_000 + i for i in range(150)]
-        batch = pl.DataFrame({"k": keys, "x": list(range(150)), "y": [0.0] * 150, "t": ts, "z": keys}, schema=SCHEMA)
-        for k, t, x in zip(keys, ts, range(150)):
-            total[(k, t // 10_000)] = total.get((k, t // 10_000), 0) + x
-        state = fold(spec, state, batch, None).state
-    assert state.index is not None and len(state.index) == len(total)
-    out = fold(spec, state, pl.DataFrame(schema=SCHEMA), FAR)
-    got = {(k, ws // 10_000): s for k, ws, s in out.emitted.select("k", pl.col("window_start").dt.epoch("ms"), "s").iter_rows()}
-    assert got == total
-    assert len(out.state.index) == 0
+        assert_same_windows(last.drop("__o"), expected)
