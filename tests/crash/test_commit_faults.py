@@ -13,6 +13,8 @@ import lockgate as lg
 from tests.conftest import same_rows
 from tests.integration.test_windows_on_kafka import build, make_events, oracle_minutes, produce_events
 
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # a fault, a new producer and a redo: seconds to tens of seconds
+
 
 def _redone_exactly_once_with_one_new_producer(
     brokers: str, make_topic: Any, state_dir: str, name: str, seed: int, faulted: list[str], **options: Any
@@ -29,7 +31,6 @@ def _redone_exactly_once_with_one_new_producer(
     assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
 
 
-@pytest.mark.kafka
 def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
     brokers, make_topic, state_dir, unique, monkeypatch
 ):
@@ -50,8 +51,6 @@ def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_
     _redone_exactly_once_with_one_new_producer(brokers, make_topic, state_dir, f"hung-{unique}", 5, hung, commit_timeout="2s")
 
 
-@pytest.mark.kafka
-@pytest.mark.slow
 def test_a_transaction_timed_out_while_the_instance_stalled_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
     brokers, make_topic, state_dir, unique, monkeypatch
 ):

@@ -41,7 +41,7 @@ from tests.integration.test_windows_on_kafka import (
     produce_events,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # kills, restarts and oracles: tens of seconds each
 
 PIPELINE_FILE = textwrap.dedent(
     """

@@ -23,7 +23,7 @@ from tests.conftest import (
     wait_for_rows,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # notebooks run as services in subprocesses
 
 
 def _cell(source: str, tags: list[str] | None = None) -> dict:

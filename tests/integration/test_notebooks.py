@@ -10,6 +10,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 
 
 @pytest.mark.kafka
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_the_notebook_runs_top_to_bottom(path: Path, brokers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nbformat  # in the test extra: a missing one fails the test, it never skips it

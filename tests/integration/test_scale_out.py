@@ -25,7 +25,7 @@ from tests.crash.test_crashes import (
 )
 from tests.integration.test_windows_on_kafka import make_events, produce_events
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # several instances and their rebalances
 
 
 def _start(service: Service, instance: int, log: Path) -> subprocess.Popen[bytes]:

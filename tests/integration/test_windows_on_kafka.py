@@ -103,6 +103,7 @@ def from_kafka(brokers: str, topic: str, schema: dict) -> pl.DataFrame:
     return frame.with_columns(pl.col("window_start", "window_end").str.to_datetime(time_unit="ms"))
 
 
+@pytest.mark.slow
 def test_tumbling_and_session_windows_equal_the_oracle_through_a_restart(brokers, make_topic, state_dir, unique):
     events = make_events(200_000)
     topic = make_topic(f"events-{unique}", partitions=4)

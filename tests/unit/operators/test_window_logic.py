@@ -108,6 +108,7 @@ def test_a_delta_holds_the_pairs_a_batch_touched_and_the_windows_that_closed():
 
 
 @pytest.mark.parametrize(("kind", "aggs"), CASES)
+@pytest.mark.slow  # ~60 s: three logics per example
 @settings(SETTINGS, max_examples=30)  # three logics per example: half the examples of the oracle tests
 @given(data=st.data())
 def test_deltas_taken_at_any_points_rebuild_the_state_and_a_logic_resumed_from_them_continues_it(kind, aggs, data):
