@@ -277,6 +277,51 @@ def overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings.model_dump(exclude_unset=True)
 
 
+#: a host name's trailing ordinal: a Kubernetes StatefulSet names its pods ``<set>-0``, ``<set>-1`` ...
+_ORDINAL = re.compile(r"-(\d+)$")
+#: ``LOCKGATE_INSTANCE=hostname`` (or ``instance="hostname"``): the id is the host name's trailing ordinal
+FROM_HOSTNAME = "hostname"
+
+
+def resolve_instance(given: str | None, environ: Mapping[str, str], hostname: str) -> str:
+    """This instance's id: as given, or the host name's trailing ordinal, or ``"0"``.
+
+    Each instance of a pipeline needs its own id (it names the transactional id and
+    the static group membership: two instances with one id fence each other).  Given
+    ``"hostname"``, the id is the host name's trailing ordinal (``orders-3`` is
+    instance ``3``).  Not given at all, inside Kubernetes (``KUBERNETES_SERVICE_HOST``
+    is set) a host name with a trailing ordinal gives it too, so the pods of a
+    StatefulSet need no per-pod setting; anywhere else the id is ``"0"``.
+
+    >>> resolve_instance(None, {}, "laptop-2"), resolve_instance("7", {}, "orders-3")
+    ('0', '7')
+    >>> resolve_instance("hostname", {}, "orders-3"), resolve_instance(None, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "orders-3")
+    ('3', '3')
+    >>> resolve_instance("hostname", {}, "laptop")
+    Traceback (most recent call last):
+    ...
+    lockgate.errors.PipelineDefinitionError: instance='hostname': the host name 'laptop' has no trailing ordinal (as a StatefulSet pod 'orders-3' has); set LOCKGATE_INSTANCE to this instance's id instead
+    """
+    if given is not None and given != FROM_HOSTNAME:
+        if not _NAME.match(given):
+            raise PipelineDefinitionError(
+                f"instance {given!r} must be 1-200 characters of letters, digits, '.', '_' or '-' "
+                "(it names the transactional id and the group membership)"
+            )
+        return given
+    found = _ORDINAL.search(hostname)
+    if given == FROM_HOSTNAME:
+        if found is None:
+            raise PipelineDefinitionError(
+                f"instance='hostname': the host name {hostname!r} has no trailing ordinal (as a StatefulSet pod "
+                "'orders-3' has); set LOCKGATE_INSTANCE to this instance's id instead"
+            )
+        return str(int(found.group(1)))
+    if environ.get("KUBERNETES_SERVICE_HOST") and found is not None:
+        return str(int(found.group(1)))
+    return "0"
+
+
 class PipelineConfig(_Options):
     """Validated options of an ``lg.Pipeline``."""
 
@@ -286,7 +331,7 @@ class PipelineConfig(_Options):
     brokers: str = "localhost:9092"
     state: str = "./lockgate-state"
     batch: BatchPolicy = BatchPolicy()
-    instance: str = "0"  # lg.Pipeline applies $LOCKGATE_INSTANCE through overrides()
+    instance: str = "0"  # lg.Pipeline resolves it (resolve_instance): $LOCKGATE_INSTANCE, the host name's ordinal, or "0"
     kafka: _KafkaOptions = Field(default_factory=dict)
     compact_every: _Count = Field(50, description="compact the LanceDB tables every this many committed batches")
     commit_timeout: _CommitTimeout = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")

@@ -18,6 +18,8 @@ lockgate.errors.PipelineDefinitionError: source 'more': watermark: cannot read '
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import weakref
 from collections.abc import Sequence
@@ -25,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides
+from lockgate.engine.config import BatchPolicy, PipelineConfig, overrides, resolve_instance
 from lockgate.engine.formats import Format
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.plan import Plan, PlanBuilder, Stream, Table, TableNode, source_node
@@ -61,7 +63,10 @@ class Pipeline:
     batch
         When a micro-batch closes (``lg.BatchPolicy``).
     instance
-        This instance's id (default ``$LOCKGATE_INSTANCE`` or ``0``); stable across restarts.
+        This instance's id, stable across restarts: ``$LOCKGATE_INSTANCE`` wins; ``"hostname"``
+        takes the host name's trailing ordinal (a StatefulSet pod ``orders-3`` is ``3``), as does
+        no setting inside Kubernetes; else ``0``.  Each instance needs its own id
+        (:func:`lockgate.engine.config.resolve_instance`).
     kafka
         Extra librdkafka options for every client (e.g. ``{"security.protocol": "SSL"}``).
         Options that hold secrets (``sasl.password`` ...) become ``SecretStr``: never in
@@ -114,6 +119,7 @@ class Pipeline:
             base = options["batch"].model_dump() if isinstance(options.get("batch"), BatchPolicy) else {}
             options["batch"] = BatchPolicy(**{**base, **given.pop("batch")})
         options.update(given)
+        options["instance"] = resolve_instance(options.get("instance"), os.environ, socket.gethostname())
         self.config = PipelineConfig(**options)
         self._builder = PlanBuilder()
         self._metrics = Metrics()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from lockgate.engine import pipeline as pipeline_module
 from lockgate.engine.config import Settings, overrides
 from pydantic import SecretStr
 
@@ -106,3 +107,36 @@ def test_each_kafka_client_gets_only_the_options_it_has_so_librdkafka_warns_abou
     with_everything.poll(0.2)
     assert any("session.timeout.ms" in line for line in lines), "the check can see a CONFWARN"
     assert sum("consumer property" in line for line in lines) == 1, lines
+
+
+@pytest.mark.parametrize(
+    ("environ", "hostname", "expected"),
+    [
+        ({"LOCKGATE_INSTANCE": "hostname"}, "orders-3", "3"),  # asked for: the host name's ordinal
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "orders-12", "12"),  # a StatefulSet pod: no setting needed
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "LOCKGATE_INSTANCE": "5"}, "orders-12", "5"),  # a given id wins
+        ({}, "laptop-2", "0"),  # outside Kubernetes a host name decides nothing unless asked
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "orders", "0"),  # a pod without an ordinal (a Deployment)
+    ],
+)
+def test_an_instance_id_comes_from_lockgate_instance_or_a_statefulset_pods_ordinal(monkeypatch, environ, hostname, expected):
+    for variable in ("LOCKGATE_INSTANCE", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environ.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(pipeline_module.socket, "gethostname", lambda: hostname)
+    pipe = lg.Pipeline("orders", brokers="127.0.0.1:1", state="/tmp/unused")
+    assert pipe.config.instance == expected
+    assert pipe.config.transactional_id == f"orders-{expected}"
+    assert pipe.config.consumer_options()["group.instance.id"] == f"orders-{expected}"
+
+
+def test_an_instance_id_that_cannot_be_resolved_or_named_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("LOCKGATE_INSTANCE", "hostname")
+    monkeypatch.setattr(pipeline_module.socket, "gethostname", lambda: "laptop")
+    with pytest.raises(lg.PipelineDefinitionError, match=r"host name 'laptop' has no trailing ordinal.*set LOCKGATE_INSTANCE"):
+        lg.Pipeline("orders", brokers="127.0.0.1:1", state="/tmp/unused")
+    monkeypatch.setenv("LOCKGATE_INSTANCE", "two words")
+    with pytest.raises(lg.PipelineDefinitionError, match=r"instance 'two words' must be 1-200 characters"):
+        lg.Pipeline("orders", brokers="127.0.0.1:1", state="/tmp/unused")
