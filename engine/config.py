@@ -140,6 +140,20 @@ def _mask_secrets(options: dict[str, Any]) -> dict[str, Any]:
 #: librdkafka options for every client; the values of secret ones become SecretStr
 _KafkaOptions = Annotated[dict[str, str | int | float | bool | SecretStr], AfterValidator(_mask_secrets)]
 
+#: words that make a storage option a secret (``access_key_id``, ``secret_access_key``, ``session_token``, ``account_key`` ...)
+_STORAGE_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas")
+
+
+def _mask_storage_secrets(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (SecretStr(str(v)) if any(w in k.lower() for w in _STORAGE_SECRET_WORDS) and not isinstance(v, SecretStr) else v)
+        for k, v in options.items()
+    }
+
+
+#: Lance object-store options of the state (``endpoint``, ``region``, keys ...); the keys' values become SecretStr
+_StorageOptions = Annotated[dict[str, str | int | bool | SecretStr], AfterValidator(_mask_storage_secrets)]
+
 #: the environment a Settings() reads (overrides(environ) sets it; os.environ otherwise)
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("lockgate_environ", default=None)
 
@@ -172,14 +186,14 @@ class _TomlFile(TomlConfigSettingsSource):
             data = super()._read_file(path)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise PipelineDefinitionError(f"LOCKGATE_CONFIG={str(path)!r}: cannot read it as TOML: {exc}") from None
-        unknown = set(data) - {"pipeline", "batch", "kafka"}
+        unknown = set(data) - {"pipeline", "batch", "kafka", "storage_options"}
         bad = set(data.get("pipeline", {})) - set(_TOP_LEVEL)
         if unknown or bad:
             raise PipelineDefinitionError(
                 f"{path}: unknown {'tables ' + str(sorted(unknown)) if unknown else 'options ' + str(sorted(bad))}; "
                 f"use [pipeline] ({', '.join(_TOP_LEVEL)}), [batch] and [kafka]"
             )
-        return {**data.get("pipeline", {}), **{table: data[table] for table in ("batch", "kafka") if data.get(table)}}
+        return {**data.get("pipeline", {}), **{table: data[table] for table in ("batch", "kafka", "storage_options") if data.get(table)}}
 
 
 class Settings(BaseSettings):
@@ -215,6 +229,7 @@ class Settings(BaseSettings):
     keep_history: _KeepHistory | None = None
     batch: _Batch | None = None
     kafka: _KafkaOptions = Field(default_factory=dict)
+    storage_options: _StorageOptions = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -228,7 +243,7 @@ class Settings(BaseSettings):
 
 
 #: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
-_TOP_LEVEL = tuple(name for name in Settings.model_fields if name not in ("batch", "kafka"))
+_TOP_LEVEL = tuple(name for name in Settings.model_fields if name not in ("batch", "kafka", "storage_options"))
 
 
 def _explain_settings(exc: ValidationError, environ: Mapping[str, str]) -> PipelineDefinitionError:
@@ -333,6 +348,10 @@ class PipelineConfig(_Options):
     batch: BatchPolicy = BatchPolicy()
     instance: str = "0"  # lg.Pipeline resolves it (resolve_instance): $LOCKGATE_INSTANCE, the host name's ordinal, or "0"
     kafka: _KafkaOptions = Field(default_factory=dict)
+    storage_options: _StorageOptions = Field(
+        default_factory=dict,
+        description="Lance object-store options of a state on S3 (endpoint, region, access_key_id, secret_access_key, allow_http ...)",
+    )
     compact_every: _Count = Field(50, description="compact the LanceDB tables every this many committed batches")
     commit_timeout: _CommitTimeout = Field(timedelta(seconds=60), description="timeout of each Kafka transaction call")
     snapshot_rows: _Count = Field(
@@ -347,10 +366,17 @@ class PipelineConfig(_Options):
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret option's value replaced by ``***`` (for errors from the clients)."""
-        for value in self.kafka.values():
+        for value in [*self.kafka.values(), *self.storage_options.values()]:
             if isinstance(value, SecretStr) and value.get_secret_value():
                 text = text.replace(value.get_secret_value(), "***")
         return text
+
+    def lance_storage_options(self) -> dict[str, str]:
+        """The storage options as Lance takes them: plain strings (secrets revealed only here, for the client)."""
+        return {
+            k: (v.get_secret_value() if isinstance(v, SecretStr) else str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in self.storage_options.items()
+        }
 
     @property
     def commit_timeout_s(self) -> float:

@@ -35,6 +35,7 @@ from lockgate.engine.progress import progress_display
 from lockgate.engine.runner import Runner, RunSummary, Until
 from lockgate.operators.durations import Duration
 from lockgate.errors import PipelineDefinitionError
+from lockgate.storage.lance_io import use_storage_options
 from lockgate.storage.sink_tables import read_table
 
 __all__ = ["Pipeline", "defined_pipelines"]
@@ -72,6 +73,14 @@ class Pipeline:
         Options that hold secrets (``sasl.password`` ...) become ``SecretStr``: never in
         logs, reprs or errors.  ``LOCKGATE_*`` variables and ``lockgate run --config
         FILE.toml`` override every option given here (see ``lockgate.engine.config.overrides``).
+    storage_options
+        Lance's object-store options for a ``state`` on S3 (``state="s3://bucket/prefix"``):
+        ``endpoint``, ``region``, ``access_key_id``, ``secret_access_key``, ``allow_http``
+        ...; or ``LOCKGATE_STORAGE_OPTIONS__ENDPOINT`` etc.  Keys and tokens become
+        ``SecretStr``.  Without them Lance reads the ``AWS_*`` variables.  Instances on
+        several machines share the state through it; Lance commits each table version
+        with a conditional put (``If-None-Match``), so the store must support
+        conditional writes (AWS S3 does).
     compact_every
         Compact the LanceDB tables (in the background) every this many committed batches.
     commit_timeout
@@ -99,13 +108,15 @@ class Pipeline:
         batch: BatchPolicy | None = None,
         instance: str | None = None,
         kafka: dict[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
         compact_every: int = 50,
         commit_timeout: Duration = "60s",
         snapshot_rows: int = 1_000_000,
         keep_history: Duration = "10m",
     ) -> None:
         options: dict[str, Any] = {
-            "name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {}, "compact_every": compact_every,
+            "name": name, "brokers": brokers, "state": str(state), "kafka": kafka or {},
+            "storage_options": storage_options or {}, "compact_every": compact_every,
             "commit_timeout": commit_timeout, "snapshot_rows": snapshot_rows, "keep_history": keep_history,
         }
         if batch is not None:
@@ -115,12 +126,14 @@ class Pipeline:
         # a service's environment and --config file win over what the code says (see config.overrides)
         given = overrides()
         options["kafka"] = {**options["kafka"], **given.pop("kafka", {})}
+        options["storage_options"] = {**options["storage_options"], **given.pop("storage_options", {})}
         if "batch" in given:
             base = options["batch"].model_dump() if isinstance(options.get("batch"), BatchPolicy) else {}
             options["batch"] = BatchPolicy(**{**base, **given.pop("batch")})
         options.update(given)
         options["instance"] = resolve_instance(options.get("instance"), os.environ, socket.gethostname())
         self.config = PipelineConfig(**options)
+        use_storage_options(self.config.state, self.config.lance_storage_options())
         self._builder = PlanBuilder()
         self._metrics = Metrics()
         self._stop = threading.Event()

@@ -153,10 +153,15 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
 
 def _state(args: argparse.Namespace) -> int:
     import polars as pl
+    from pydantic import SecretStr
 
-    from lockgate.storage.state import list_states
+    from lockgate.engine.config import overrides
+    from lockgate.storage.lance_io import use_storage_options
     from lockgate.storage.sink_tables import list_tables
+    from lockgate.storage.state import list_states
 
+    given = overrides().get("storage_options", {})  # a state on S3: LOCKGATE_STORAGE_OPTIONS__ENDPOINT ...
+    use_storage_options(args.state, {k: v.get_secret_value() if isinstance(v, SecretStr) else str(v) for k, v in given.items()})
     if args.action == "list":
         for name in list_tables(args.state):
             print(f"table  {name}")

@@ -1,8 +1,10 @@
 """Lance primitives every storage module shares: where a table lives, open it, append to it.
 
 Every lockgate table (window state, sink tables, the commit log) is one Lance
-dataset under the state URI.  This module is the only one that opens or writes
-a dataset by URI; what the rows mean is the business of the modules above it.
+dataset under the state URI: a local directory or an object store
+(``s3://bucket/prefix``, with the storage options registered for it).  This
+module is the only one that opens or writes a dataset by URI; what the rows mean
+is the business of the modules above it.
 
 Examples
 --------
@@ -21,13 +23,14 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import lance
 import pyarrow as pa
 from lockgate.errors import StorageError
 
-__all__ = ["append_table", "open_dataset", "sql_list", "table_uri"]
+__all__ = ["append_table", "filesystem", "open_dataset", "sql_list", "storage_options", "table_uri", "use_storage_options"]
 
 
 def table_uri(state: str, name: str) -> str:
@@ -40,13 +43,43 @@ def sql_list(values: Iterable[int]) -> str:
     return ", ".join(str(int(v)) for v in values)
 
 
+#: storage options (endpoint, region, keys ...) by state URI: every table under one uses them
+_OPTIONS: dict[str, dict[str, str]] = {}
+
+
+def use_storage_options(state: str, options: Mapping[str, str] | None) -> None:
+    """Make every table under the state URI ``state`` open with Lance ``options`` (in this process).
+
+    ``lg.Pipeline(state="s3://bucket/prefix", storage_options={...})`` calls it, as do
+    ``read_table``/``read_state`` given ``storage_options=``; the options are Lance's
+    object-store options (``endpoint``, ``region``, ``access_key_id``, ``secret_access_key``,
+    ``allow_http`` ...).  Without any, Lance reads the ``AWS_*`` variables.
+
+    >>> use_storage_options("s3://bucket/prefix", {"region": "eu-west-1"})
+    >>> storage_options("s3://bucket/prefix/_lockgate_commits.lance"), storage_options("s3://other/t.lance")
+    ({'region': 'eu-west-1'}, None)
+    """
+    key = str(state).rstrip("/")
+    if options:
+        _OPTIONS[key] = {k: str(v) for k, v in options.items()}
+    else:
+        _OPTIONS.pop(key, None)
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """The storage options of the state URI that holds ``uri`` (the longest one registered), or None."""
+    uri = str(uri)
+    found = [state for state in _OPTIONS if uri == state or uri.startswith(state + "/")]
+    return _OPTIONS[max(found, key=len)] if found else None
+
+
 def open_dataset(uri: str, version: int | None = None) -> lance.LanceDataset | None:
     """The Lance dataset at ``uri`` (its latest version, or ``version``), or None when there is none.
 
     Any other failure to open it is a ``StorageError`` that names the URI.
     """
     try:
-        return lance.dataset(uri, version=version)
+        return lance.dataset(uri, version=version, storage_options=storage_options(uri))
     except (ValueError, FileNotFoundError, OSError) as exc:
         if "not found" in str(exc).lower() or "does not exist" in str(exc).lower() or isinstance(exc, FileNotFoundError):
             return None
@@ -66,13 +99,32 @@ def append_table(uri: str, data: pa.Table) -> int:
     try:
         mode = "append" if uri in _EXISTING or open_dataset(uri) is not None else "create"
         try:
-            ds = lance.write_dataset(data, uri, mode=mode)
+            ds = lance.write_dataset(data, uri, mode=mode, storage_options=storage_options(uri))
         except OSError as exc:
             if mode == "create" and "already exists" in str(exc).lower():  # a concurrent first writer won
-                ds = lance.write_dataset(data, uri, mode="append")
+                ds = lance.write_dataset(data, uri, mode="append", storage_options=storage_options(uri))
             else:
                 raise
     except (OSError, ValueError, RuntimeError) as exc:
         raise StorageError(f"cannot write the LanceDB table at {uri}: {exc}") from exc
     _EXISTING.add(uri)
     return ds.version
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """A pyarrow filesystem and path for listing what is under ``uri``, with its storage options (S3 or local)."""
+    import pyarrow.fs as pafs
+
+    options = storage_options(uri) or {}
+    if str(uri).startswith("s3://") and options:
+        endpoint = options.get("endpoint") or options.get("aws_endpoint")
+        fs = pafs.S3FileSystem(
+            access_key=options.get("access_key_id") or options.get("aws_access_key_id"),
+            secret_key=options.get("secret_access_key") or options.get("aws_secret_access_key"),
+            session_token=options.get("session_token") or options.get("aws_session_token"),
+            region=options.get("region") or options.get("aws_region") or "us-east-1",
+            endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
+            scheme=endpoint.split("://", 1)[0] if endpoint and "://" in endpoint else "https",
+        )
+        return fs, str(uri).removeprefix("s3://")
+    return pafs.FileSystem.from_uri(str(uri))

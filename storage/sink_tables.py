@@ -25,13 +25,13 @@ Examples
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import polars as pl
 from lockgate.errors import PipelineDefinitionError, StorageError
 from lockgate.storage.commit_log import CommitLog, check_history
-from lockgate.storage.lance_io import append_table, open_dataset, sql_list, table_uri
+from lockgate.storage.lance_io import append_table, open_dataset, sql_list, storage_options, table_uri, use_storage_options
 from lockgate.storage.retention import history_due
 from lockgate.storage.row_tags import BATCH, INTERNAL_COLUMNS, ORDER, latest_rows, tag
 
@@ -134,19 +134,24 @@ def list_tables(state: str) -> list[str]:
     """Names of the sink tables under ``state``."""
     import lancedb
 
-    db = lancedb.connect(str(state))
     names: list[str] = []
     token = None
-    while True:
-        page = db.list_tables(page_token=token)
-        names.extend(page.tables)
-        token = page.page_token
-        if not token:
-            break
+    try:
+        db = lancedb.connect(str(state), storage_options=storage_options(str(state)))
+        while True:
+            page = db.list_tables(page_token=token)
+            names.extend(page.tables)
+            token = page.page_token
+            if not token:
+                break
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise StorageError(f"cannot list the tables under {state}: {str(exc).splitlines()[0][:300]}") from exc
     return sorted(n for n in names if not n.startswith("_lockgate"))
 
 
-def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl.LazyFrame:
+def read_table(
+    state: str, name: str, as_of: int | datetime | None = None, storage_options: Mapping[str, str] | None = None,
+) -> pl.LazyFrame:
     """The committed rows of table ``name`` as a ``pl.LazyFrame``, consistent as of one log version.
 
     Parameters
@@ -157,6 +162,10 @@ def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl
         The table, as given to ``to_table``.
     as_of
         An epoch number or a datetime: only batches committed by then.
+    storage_options
+        Lance's object-store options for a state on S3 (``endpoint``, ``region``,
+        ``access_key_id``, ``secret_access_key`` ...), as the pipeline was given them;
+        needed once per process and state URI.
 
     Examples
     --------
@@ -183,6 +192,8 @@ def read_table(state: str, name: str, as_of: int | datetime | None = None) -> pl
     │ /p/10 ┆ 31  │
     └───────┴─────┘
     """
+    if storage_options:
+        use_storage_options(state, storage_options)
     log = CommitLog(state)
     frame = log.frame()  # read the log first: every committed row is then in the table
     if as_of is not None:

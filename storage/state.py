@@ -35,7 +35,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -53,7 +53,7 @@ from lockgate.operators.windows import (
     current_values,
 )
 from lockgate.storage.commit_log import CommitLog, check_history
-from lockgate.storage.lance_io import append_table, open_dataset, sql_list
+from lockgate.storage.lance_io import append_table, filesystem, open_dataset, sql_list, use_storage_options
 from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
 
 __all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
@@ -221,7 +221,9 @@ def _load(
     return WindowState.resume(spec, latest, watermark), int(scanned.item())
 
 
-def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime | None = None) -> pl.LazyFrame:
+def read_state(
+    state: str, pipeline: str, operator: str, as_of: int | datetime | None = None, storage_options: Mapping[str, str] | None = None,
+) -> pl.LazyFrame:
     """The open windows of a window operator with their current values, as of one committed epoch.
 
     Parameters
@@ -234,6 +236,10 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
         The window step's name (``window_1``, or the ``name=`` given to ``window``).
     as_of
         An epoch number or a datetime: the state committed by then.
+    storage_options
+        Lance's object-store options for a state on S3 (``endpoint``, ``region``,
+        ``access_key_id``, ``secret_access_key`` ...), as the pipeline was given them;
+        needed once per process and state URI.
 
     Examples
     --------
@@ -260,6 +266,8 @@ def read_state(state: str, pipeline: str, operator: str, as_of: int | datetime |
     │ 2026-01-01 00:00:09 ┆ 2026-01-01 00:00:10 ┆ 100    │
     └─────────────────────┴─────────────────────┴────────┘
     """
+    if storage_options:
+        use_storage_options(state, storage_options)
     uri = state_uri(state, pipeline, operator)
     ds = open_dataset(uri)
     if ds is None:
@@ -276,7 +284,7 @@ def list_states(state: str) -> list[tuple[str, str]]:
     """(pipeline, operator) of every window state table under ``state`` (a directory or ``s3://`` URI)."""
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(str(state).rstrip("/") + "/_lockgate_state")
+    fs, root = filesystem(str(state).rstrip("/") + "/_lockgate_state")
     try:
         pipelines = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except (OSError, FileNotFoundError):

@@ -2,15 +2,22 @@
 
 The broker is ``lockgate broker`` (Apache Kafka in KRaft mode on the machine's JDK),
 started once on a free port in a temporary directory and stopped at the end.  Set
-``LOCKGATE_TEST_BROKERS=host:port`` to use a broker that is already running.
+``LOCKGATE_TEST_BROKERS=host:port`` to use a broker that is already running.  The
+state-on-S3 tests get moto's S3 server (``s3``), started once on 127.0.0.1 the same way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import confluent_kafka as ck
@@ -157,3 +164,53 @@ def same_rows(left: pl.DataFrame, right: pl.DataFrame) -> bool:
 def state_dir(tmp_path: Path) -> str:
     """A fresh LanceDB state directory."""
     return str(tmp_path / "state")
+
+
+@dataclass(frozen=True)
+class S3:
+    """moto's S3 server on 127.0.0.1 and one bucket in it: a state URI per test, and the options to reach it."""
+
+    endpoint: str
+    bucket: str = "lockgate-tests"
+
+    @property
+    def options(self) -> dict[str, str]:
+        """Lance's storage options for the server (test keys: moto takes any)."""
+        return {"endpoint": self.endpoint, "region": "us-east-1", "access_key_id": "lockgate-test-key",
+                "secret_access_key": "lockgate-test-secret-9f3", "allow_http": "true"}
+
+    def state(self, prefix: str) -> str:
+        """A fresh state URI in the bucket."""
+        return f"s3://{self.bucket}/{prefix}"
+
+    def env(self) -> dict[str, str]:
+        """The same options as ``LOCKGATE_STORAGE_OPTIONS__*`` variables, for a ``lockgate run`` process."""
+        return {f"LOCKGATE_STORAGE_OPTIONS__{k.upper()}": v for k, v in self.options.items()}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """moto's S3 server (``moto[server]``, the test extra), started on a free port of 127.0.0.1 for the session."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
+    server = S3(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(server.endpoint, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto's S3 server did not start on port {port}: {log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        request = urllib.request.Request(f"{server.endpoint}/{server.bucket}", method="PUT")  # create the bucket
+        urllib.request.urlopen(request, timeout=10).close()
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
