@@ -360,8 +360,9 @@ class Runner:
             deltas, late = self.windows.take()
             dead = pl.concat([dead, late], how="vertical_relaxed")
             event_times = self.windows.event_times()
-            for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
-                self.metrics.add("late", rows.height, topic=str(operator))
+            if late.height:  # the rare case: no query per batch for it
+                for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
+                    self.metrics.add("late", rows.height, topic=str(operator))
         outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))

