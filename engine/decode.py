@@ -70,7 +70,8 @@ class DecodedBatch:
 
     def event_times_ms(self) -> np.ndarray | None:
         """Every decoded record's event time (epoch ms, nulls dropped), from every source that has one; None if none has."""
-        parts = [t["__lg_t"].drop_nulls().to_numpy() for t in self.event_times.values() if t.height]
+        columns = [t.get_column("__lg_t") for t in self.event_times.values() if t.height]
+        parts = [(c.drop_nulls() if c.null_count() else c).to_numpy() for c in columns]
         return np.concatenate(parts) if parts else None
 
 

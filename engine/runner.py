@@ -358,7 +358,8 @@ class Runner:
         outputs = operate(self.plan, batch, tables, self.windows, now)
         if self.windows.active:
             deltas, late = self.windows.take()
-            dead = pl.concat([dead, late], how="vertical_relaxed")
+            if late.height:
+                dead = pl.concat([dead, late], how="vertical_relaxed") if dead.height else late
             event_times = self.windows.event_times()
             if late.height:  # the rare case: no query per batch for it
                 for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):

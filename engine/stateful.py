@@ -182,8 +182,8 @@ class WindowRuntime:
             timed = frame.with_columns(known.get_column(_TIME))
         else:
             timed = frame.with_columns(event_time_ms(column, frame.schema[column]))
-        missing = timed.filter(pl.col(_TIME).is_null())
-        if missing.height:
+        if timed.get_column(_TIME).null_count():  # the rare case: a query only then
+            missing = timed.filter(pl.col(_TIME).is_null())
             self.late.append(_dead(missing, node.name, "event_time", f"window {node.name!r}: the event time {column!r} is missing"))
             timed = timed.filter(pl.col(_TIME).is_not_null())
         if node.sharded and self.key_checks > 0:

@@ -68,9 +68,11 @@ class SourceWatermark:
         """Take a batch's event times (one group_by); returns the new maxima of the partitions it touched."""
         if frame.height == 0:
             return {}
-        tops = frame.group_by(TOPIC, PARTITION).agg(pl.col(time_column).max()).drop_nulls()
+        tops = frame.group_by(TOPIC, PARTITION).agg(pl.col(time_column).max())
         touched = {}
         for topic, partition, top in tops.iter_rows():  # one row per partition, not per record
+            if top is None:  # a partition whose records all lack an event time
+                continue
             tp = (topic, partition)
             current = self.max_event.get(tp)
             self.max_event[tp] = top if current is None else max(current, top)
