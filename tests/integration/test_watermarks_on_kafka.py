@@ -100,18 +100,26 @@ def test_records_stored_out_of_order_beyond_the_delay_are_late_and_their_dead_le
     # partition failed ("Not leader for partition"), was retried, and landed after later
     # ones.  Here partition 0 gets minutes 10-12 first, then minute 0: the minute-0 records
     # are 10 minutes behind the partition's own latest event time, far past watermark=5s.
+    # The minute-0 records come once both partitions have been read (a run until caught up,
+    # then another): were they read before partition 1's first record, no watermark would
+    # exist yet and nothing could be late, which made this test depend on the fetch order.
     topic = make_topic(f"disorder-{unique}", partitions=2)
-    rows = [{"user": "a", "url": "/", "amount": 1, "ts": BASE + 10 * MINUTE + i * 1000} for i in range(120)]
-    rows += [{"user": "a", "url": "/", "amount": 1, "ts": BASE + i * 100} for i in range(30)]
-    rows += [{"user": "b", "url": "/", "amount": 1, "ts": BASE + 10 * MINUTE + i * 1000} for i in range(120)]
+    later = [{"user": u, "url": "/", "amount": 1, "ts": BASE + 10 * MINUTE + i * 1000} for u in "ab" for i in range(120)]
+    behind = [{"user": "a", "url": "/", "amount": 1, "ts": BASE + i * 100} for i in range(30)]
     producer = ordered_producer(brokers)
-    for row in rows:
-        producer.produce(topic, json.dumps(row).encode(), row["user"].encode(), partition=0 if row["user"] == "a" else 1)
-    assert producer.flush(30) == 0
+
+    def produce_rows(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            producer.produce(topic, json.dumps(row).encode(), row["user"].encode(), partition=0 if row["user"] == "a" else 1)
+        assert producer.flush(30) == 0
 
     pipe = lg.Pipeline(f"disorder-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=50, max_wait="40ms"))
     src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s")
     src.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(n=pl.len()).to_table("per_minute")
+    produce_rows(later)
+    pipe.run(until="caught_up", timeout=120)
+    assert pipe.metrics()["late"] == {}
+    produce_rows(behind)  # stored after minutes 10-12 of partition 0
     with caplog.at_level(logging.WARNING, logger="lockgate.windows"):
         pipe.run(until="caught_up", timeout=120)
 
