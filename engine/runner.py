@@ -351,6 +351,7 @@ class Runner:
             table.refresh()
         tables = {name: table.frame() for name, table in self.changelogs.items()}
         event_times: dict[tuple[str, int], int] = {}
+        watermarks: dict[str, int | None] = {}
         deltas: tuple = ()
         dead = batch.dead
         if self.windows.active:
@@ -361,6 +362,7 @@ class Runner:
             if late.height:
                 dead = pl.concat([dead, late], how="vertical_relaxed") if dead.height else late
             event_times = self.windows.event_times()
+            watermarks = self.windows.watermarks()
             if late.height:  # the rare case: no query per batch for it
                 for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
                     self.metrics.add("late", rows.height, topic=str(operator))
@@ -372,7 +374,7 @@ class Runner:
         ranges = partition_ranges(batch.meta)
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
         epoch = Epoch(
-            self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, prev=prev,
+            self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, watermarks=watermarks, prev=prev,
             timestamps_ms=batch.meta[TIMESTAMP].dt.epoch("ms").to_numpy(), event_times_ms=batch.event_times_ms(),
         )
         built = time.monotonic()
@@ -428,6 +430,8 @@ class Runner:
             if table.prune_due(self.config.snapshot_rows):
                 self.compactor.prune(table, self.config.name, epoch.number)
         self.committed_chain.update({(r.topic, r.partition): epoch.batch_id for r in epoch.ranges})
+        if self.windows.active:
+            self.windows.committed(epoch.watermarks)
         self._count(epoch)
         self.compactor.committed()
         return True

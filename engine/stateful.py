@@ -75,6 +75,8 @@ class WindowRuntime:
         self.stores = {w.name: WindowStore(state, pipeline, w.spec) for w in self.windows if w.spec is not None}
         self.logics: dict[str, WindowLogic] = {}  # each owns its operator's hot state
         self.pending: dict[str, WindowLogic] = {}  # the logics that folded a batch since the last take
+        #: each source's watermark as of the last committed epoch (see :meth:`committed`)
+        self.floors: dict[str, int] = {}
         self.late: list[pl.DataFrame] = []
         self.loaded = False
         self.key_checks = 0  # batches left in which sharded windows check the declared key (after each load)
@@ -119,10 +121,27 @@ class WindowRuntime:
         self.loaded = True
         self.key_checks = _KEY_CHECKS
 
+    def watermarks(self) -> dict[str, int | None]:
+        """Each source's watermark as emitted so far (taken with an epoch: see :meth:`committed`)."""
+        return {name: tracker.emitted for name, tracker in self.trackers.items()}
+
+    def committed(self, watermarks: dict[str, int | None]) -> None:
+        """An epoch committed with these watermarks: a reload never starts a source's watermark below them."""
+        for name, value in watermarks.items():
+            if value is not None:
+                floor = self.floors.get(name)
+                self.floors[name] = value if floor is None else max(floor, value)
+
     def reload(self, now: float) -> None:
-        """Back to the last committed state: watermarks from the commit log, windows from LanceDB."""
+        """Back to the last committed state: watermarks from the commit log, windows from LanceDB.
+
+        A source's watermark starts at least where the last committed epoch had it:
+        rebuilt from the partitions' maximum event times alone it could come back
+        lower (a partition that had counted as idle is live again at first), and
+        watermarks never go back.
+        """
         for name, tracker in self.trackers.items():
-            self.trackers[name] = SourceWatermark(tracker.delay_ms, tracker.idle_ms)
+            self.trackers[name] = SourceWatermark(tracker.delay_ms, tracker.idle_ms, floor=self.floors.get(name))
         owned, self.owned = self.owned, set()
         self.assign(owned, now)
         self.load(now)

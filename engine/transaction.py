@@ -92,6 +92,8 @@ class Epoch:
     tables: tuple[tuple[SinkTable, pl.DataFrame], ...] = ()
     states: tuple[StateDelta, ...] = ()
     event_times: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    #: each window source's watermark when the batch was folded: the floor after a reload once the epoch commits
+    watermarks: Mapping[str, int | None] = field(default_factory=dict)
     #: per input partition, the batch this one follows on the partition's chain
     prev: Mapping[tuple[str, int], int] = field(default_factory=dict)
     #: Kafka timestamps and event times (epoch ms) of the batch's records, for the latency histograms

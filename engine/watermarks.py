@@ -40,12 +40,13 @@ __all__ = ["SourceWatermark"]
 class SourceWatermark:
     """The watermark of one source, from its partitions' maximum event times."""
 
-    def __init__(self, delay_ms: int, idle_ms: int) -> None:
+    def __init__(self, delay_ms: int, idle_ms: int, floor: int | None = None) -> None:
         self.delay_ms = delay_ms
         self.idle_ms = idle_ms
         self.max_event: dict[tuple[str, int], int | None] = {}
         self.last_seen: dict[tuple[str, int], float] = {}
-        self._emitted: int | None = None
+        #: the watermark emitted so far; ``floor``: where a rebuilt tracker starts (the last committed watermark)
+        self._emitted: int | None = floor
         #: partitions with records not read yet (set before each batch): never idle
         self.backlog: set[tuple[str, int]] = set()
 
@@ -79,6 +80,11 @@ class SourceWatermark:
             self.last_seen[tp] = now
             touched[tp] = self.max_event[tp]
         return touched
+
+    @property
+    def emitted(self) -> int | None:
+        """The watermark as last returned by :meth:`current` (None before any)."""
+        return self._emitted
 
     def current(self, now: float) -> int | None:
         """The source's watermark in epoch ms, or None while a live partition has no event time yet."""
