@@ -91,6 +91,8 @@ class WindowRuntime:
         """New partitions: their watermarks start from the committed maximum event times."""
         if not self.active or not partitions:
             return
+        if partitions - self.owned:  # the partitions changed: the committed watermark floors were of the others
+            self.floors.clear()
         self.owned |= partitions
         restored = self.log.event_times(self.pipeline)
         for name, src in self.sources.items():
@@ -98,6 +100,8 @@ class WindowRuntime:
 
     def revoke(self, partitions: set[tuple[str, int]]) -> None:
         """Partitions that left this instance."""
+        if partitions & self.owned:
+            self.floors.clear()
         self.owned -= partitions
         for tracker in self.trackers.values():
             tracker.revoke(partitions)
@@ -126,7 +130,7 @@ class WindowRuntime:
         return {name: tracker.emitted for name, tracker in self.trackers.items()}
 
     def committed(self, watermarks: dict[str, int | None]) -> None:
-        """An epoch committed with these watermarks: a reload never starts a source's watermark below them."""
+        """An epoch committed with these watermarks: a reload with the same partitions never starts below them."""
         for name, value in watermarks.items():
             if value is not None:
                 floor = self.floors.get(name)
@@ -135,15 +139,18 @@ class WindowRuntime:
     def reload(self, now: float) -> None:
         """Back to the last committed state: watermarks from the commit log, windows from LanceDB.
 
-        A source's watermark starts at least where the last committed epoch had it:
-        rebuilt from the partitions' maximum event times alone it could come back
-        lower (a partition that had counted as idle is live again at first), and
-        watermarks never go back.
+        While this instance owns the same partitions, a source's watermark starts at
+        least where the last committed epoch had it: rebuilt from the partitions'
+        maximum event times alone it could come back lower (a partition that had
+        counted as idle is live again at first), and watermarks never go back.  Once
+        partitions come or go the floor goes: it was the watermark of other partitions,
+        and records of a partition that arrives are judged by their own.
         """
+        restored = self.log.event_times(self.pipeline)
         for name, tracker in self.trackers.items():
-            self.trackers[name] = SourceWatermark(tracker.delay_ms, tracker.idle_ms, floor=self.floors.get(name))
-        owned, self.owned = self.owned, set()
-        self.assign(owned, now)
+            fresh = SourceWatermark(tracker.delay_ms, tracker.idle_ms, floor=self.floors.get(name))
+            fresh.assign([tp for tp in self.owned if tp[0] == self.sources[name].topic], now, restored)
+            self.trackers[name] = fresh
         self.load(now)
 
     def _shards(self, node: WindowNode) -> tuple[int, ...] | None:
