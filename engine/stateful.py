@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import polars as pl
-from lockgate.engine.columns import KAFKA_COLUMNS
+from lockgate.engine.columns import KAFKA_COLUMNS, PARTITION, TOPIC
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
@@ -238,16 +238,16 @@ class WindowRuntime:
             f"window {node.name!r}: the record's windows closed at watermark {watermark} ms "
             f"(allowed lateness {node.spec.allowed_lateness_ms} ms)"
         )
-        if not {"_topic", "_partition"} <= set(late.columns):  # a select before the window dropped them
+        if not {TOPIC, PARTITION} <= set(late.columns):  # a select before the window dropped them
             return _dead(late, node.name, "late", head)
         tracker = self.trackers[node.source.name]
         delay = tracker.delay_ms
         known = [(tp, v) for tp, v in tracker.max_event.items() if v is not None]
         latest = pl.DataFrame(
-            {"_topic": [tp[0] for tp, _ in known], "_partition": [tp[1] for tp, _ in known], "__lg_latest": [v for _, v in known]},
-            schema={"_topic": pl.String, "_partition": pl.Int32, "__lg_latest": pl.Int64},
+            {TOPIC: [tp[0] for tp, _ in known], PARTITION: [tp[1] for tp, _ in known], "__lg_latest": [v for _, v in known]},
+            schema={TOPIC: pl.String, PARTITION: pl.Int32, "__lg_latest": pl.Int64},
         )
-        rows = late.join(latest.cast({"_partition": late.schema["_partition"]}), on=["_topic", "_partition"], how="left")
+        rows = late.join(latest.cast({PARTITION: late.schema[PARTITION]}), on=[TOPIC, PARTITION], how="left")
         behind = (pl.col("__lg_latest") - pl.col(_TIME)).alias("__lg_behind")
         rows = rows.with_columns(behind)
         message = rows.select(
@@ -262,8 +262,8 @@ class WindowRuntime:
         ).to_series()
         disorder = (
             rows.filter(pl.col("__lg_behind") > delay)
-            .group_by("_topic", "_partition").agg(pl.len(), pl.col("__lg_behind").max())
-            .sort("_topic", "_partition")
+            .group_by(TOPIC, PARTITION).agg(pl.len(), pl.col("__lg_behind").max())
+            .sort(TOPIC, PARTITION)
         )
         for topic, partition, count, most in disorder.iter_rows():  # one line per partition, not per record
             log.warning(
@@ -279,10 +279,10 @@ class WindowRuntime:
         """A window keeping state per partition trusts the source's ``key=``: a key on two partitions breaks that."""
         assert node.spec is not None and node.source is not None
         keys = list(node.spec.by)
-        seen = frame.select(*keys, "_partition").unique()
+        seen = frame.select(*keys, PARTITION).unique()
         split = seen.filter(pl.struct(keys).is_duplicated())
         if split.height:
-            example = split.sort("_partition").group_by(keys, maintain_order=True).agg("_partition").row(0)
+            example = split.sort(PARTITION).group_by(keys, maintain_order=True).agg(PARTITION).row(0)
             raise AssignmentError(
                 f"window {node.name!r}: source {node.source.name!r} says its topic {node.source.topic!r} is keyed by "
                 f"{list(node.source.key) or ['_key']}, but {dict(zip(keys, example[:-1], strict=True))} came from partitions "
