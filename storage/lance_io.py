@@ -13,20 +13,22 @@ Examples
 >>> uri = table_uri(tempfile.mkdtemp(), "t")
 >>> open_dataset(uri) is None                       # not written yet
 True
->>> append_table(uri, pa.table({"x": [1, 2]})), append_table(uri, pa.table({"x": [3]}))
-(1, 2)
->>> open_dataset(uri).count_rows(), open_dataset(uri, version=1).count_rows()
-(3, 2)
+>>> first = append_table(uri, pa.table({"x": [1, 2]}))    # the table is created empty, then appended to
+>>> second = append_table(uri, pa.table({"x": [3]}))
+>>> second - first, open_dataset(uri).count_rows(), open_dataset(uri, version=first).count_rows()
+(1, 3, 2)
 >>> sql_list([3, 1])
 '3, 1'
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import lance
+from lance.commit import CommitConflictError
 import pyarrow as pa
 from lockgate.errors import StorageError
 
@@ -94,21 +96,43 @@ _EXISTING: set[str] = set()
 def append_table(uri: str, data: pa.Table) -> int:
     """Append ``data`` to the dataset at ``uri`` (creating it on first write); return the new version.
 
+    A table is created empty first (:func:`_create_empty`), then every write is an
+    append: two instances that write a new table at the same moment on S3 must not
+    lose a row (a plain create that lost the race to another was committed by Lance
+    as an overwrite of the next version, replacing the rows written meanwhile).
     A failure is a ``StorageError`` that names the URI.
     """
     try:
-        mode = "append" if uri in _EXISTING or open_dataset(uri) is not None else "create"
-        try:
-            ds = lance.write_dataset(data, uri, mode=mode, storage_options=storage_options(uri))
-        except OSError as exc:
-            if mode == "create" and "already exists" in str(exc).lower():  # a concurrent first writer won
-                ds = lance.write_dataset(data, uri, mode="append", storage_options=storage_options(uri))
-            else:
-                raise
+        if uri not in _EXISTING and open_dataset(uri) is None:
+            _create_empty(uri, data.schema)
+        ds = lance.write_dataset(data, uri, mode="append", storage_options=storage_options(uri))
     except (OSError, ValueError, RuntimeError) as exc:
         raise StorageError(f"cannot write the LanceDB table at {uri}: {exc}") from exc
     _EXISTING.add(uri)
     return ds.version
+
+
+@contextlib.contextmanager
+def _first_version_only(version: int) -> Iterator[None]:
+    """A commit lock that lets a create commit version 1 only: never an overwrite of a table another writer made."""
+    if version != 1:
+        raise CommitConflictError(f"the table exists already (a create would have been version {version})", retryable=False)
+    yield
+
+
+def _create_empty(uri: str, schema: pa.Schema) -> None:
+    """Create the table at ``uri`` with no rows, unless another writer does first (then nothing happens).
+
+    Creators race only for version 1, and each writes the same empty table, so
+    whichever wins loses nothing; rows only ever come in appends.
+    """
+    try:
+        lance.write_dataset(
+            schema.empty_table(), uri, mode="create", storage_options=storage_options(uri), commit_lock=_first_version_only
+        )
+    except (OSError, ValueError, RuntimeError):
+        if open_dataset(uri) is None:  # not a lost race: a real failure
+            raise
 
 
 def filesystem(uri: str) -> tuple[Any, str]:

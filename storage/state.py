@@ -23,8 +23,8 @@ Examples
 >>> logic = WindowLogic(spec)
 >>> _ = logic.on_batch(pl.DataFrame({"user": ["a", "a"], "__lg_t": [1, 2]}), watermark=0)
 >>> store = WindowStore(state_dir, "clicks", spec)
->>> store.append(logic.take_delta(), batch_id=5, epoch=1)
-1
+>>> store.append(logic.take_delta(), batch_id=5, epoch=1)   # the table version (1 is the empty table)
+2
 >>> CommitLog(state_dir).mark("clicks", epoch=1, batch_id=5)
 >>> read_state(state_dir, "clicks", "per_min").collect().select("user", "n").to_dicts()
 [{'user': 'a', 'n': 2}]

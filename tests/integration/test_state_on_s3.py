@@ -44,25 +44,30 @@ def test_tables_and_the_commit_log_live_on_s3_and_reads_see_committed_batches_on
     assert shown.stdout.split() == ["table", "views"], shown.stdout + shown.stderr
 
 
-def test_two_processes_appending_to_one_commit_log_on_s3_lose_no_commit(s3, unique):
-    state = s3.state(f"race-{unique}")
+def test_two_processes_writing_a_new_commit_log_on_s3_at_once_lose_no_commit(s3, unique):
+    # Both create the table on their first write, at the same moment: the loser's create must not become an
+    # overwrite of what the winner wrote (Lance committed it as one before tables were created empty first).
     writer = (
-        "import json, os, sys\n"
+        "import json, os, sys, time\n"
         "from lockgate.storage.commit_log import CommitLog\n"
         "from lockgate.storage.lance_io import use_storage_options\n"
         "use_storage_options(sys.argv[1], json.loads(os.environ['T_OPTIONS']))\n"
         "log = CommitLog(sys.argv[1])\n"
-        "for i in range(15):\n"
+        "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # both start writing at once\n"
+        "for i in range(10):\n"
         "    log.mark('p', epoch=i, batch_id=int(sys.argv[2]) * 100 + i)\n"
     )
     env = {**os.environ, "T_OPTIONS": json.dumps(s3.options)}
-    procs = [subprocess.Popen([sys.executable, "-c", writer, state, str(k)], env=env, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-    use_storage_options(state, s3.options)
-    marked = sorted(CommitLog(state).committed_batches().to_list())
-    assert marked == sorted([100 + i for i in range(15)] + [200 + i for i in range(15)])  # 30 commits, none overwritten
+    for round_ in range(3):
+        state = s3.state(f"race-{unique}-{round_}")
+        at = str(time.time() + 3.0)
+        procs = [subprocess.Popen([sys.executable, "-c", writer, state, str(k), at], env=env, stderr=subprocess.PIPE, text=True)
+                 for k in (1, 2)]
+        errors = [proc.communicate(timeout=300)[1] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], errors
+        use_storage_options(state, s3.options)
+        marked = sorted(CommitLog(state).committed_batches().to_list())
+        assert marked == sorted([100 + i for i in range(10)] + [200 + i for i in range(10)]), f"round {round_}: {marked}"
 
 
 def test_no_storage_secret_appears_in_a_repr_or_an_error(s3, unique):
