@@ -237,9 +237,7 @@ def read_state(
     as_of
         An epoch number or a datetime: the state committed by then.
     storage_options
-        Lance's object-store options for a state on S3 (``endpoint``, ``region``,
-        ``access_key_id``, ``secret_access_key`` ...), as the pipeline was given them;
-        needed once per process and state URI.
+        For a state on S3: as for :func:`lockgate.storage.sink_tables.read_table`.
 
     Examples
     --------
