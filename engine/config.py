@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +41,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["BatchPolicy", "PipelineConfig", "Settings", "is_secret", "overrides"]
+__all__ = ["BatchPolicy", "PipelineConfig", "Settings", "is_secret", "overrides", "plain_storage_options", "resolve_instance"]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -133,26 +133,30 @@ def is_secret(option: str) -> bool:
     return any(word in option.lower() for word in _SECRET_WORDS)
 
 
-def _mask_secrets(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: (SecretStr(str(v)) if is_secret(k) and not isinstance(v, SecretStr) else v) for k, v in options.items()}
+def _masking(words: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A validator that turns the value of every option whose name holds one of ``words`` into a ``SecretStr``."""
+
+    def mask(options: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: (SecretStr(str(v)) if any(w in k.lower() for w in words) and not isinstance(v, SecretStr) else v)
+            for k, v in options.items()
+        }
+
+    return mask
 
 
 #: librdkafka options for every client; the values of secret ones become SecretStr
-_KafkaOptions = Annotated[dict[str, str | int | float | bool | SecretStr], AfterValidator(_mask_secrets)]
+_KafkaOptions = Annotated[dict[str, str | int | float | bool | SecretStr], AfterValidator(_masking(_SECRET_WORDS))]
 
 #: words that make a storage option a secret (``access_key_id``, ``secret_access_key``, ``session_token``, ``account_key`` ...)
 _STORAGE_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas")
 
 
-def _mask_storage_secrets(options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (SecretStr(str(v)) if any(w in k.lower() for w in _STORAGE_SECRET_WORDS) and not isinstance(v, SecretStr) else v)
-        for k, v in options.items()
-    }
-
-
 #: Lance object-store options of the state (``endpoint``, ``region``, keys ...); the keys' values become SecretStr
-_StorageOptions = Annotated[dict[str, str | int | bool | SecretStr], AfterValidator(_mask_storage_secrets)]
+_StorageOptions = Annotated[dict[str, str | int | bool | SecretStr], AfterValidator(_masking(_STORAGE_SECRET_WORDS))]
+
+#: the nested option groups: TOML tables of their own (``[kafka]``) and ``LOCKGATE_KAFKA__...`` variables
+_TABLES = ("batch", "kafka", "storage_options")
 
 #: the environment a Settings() reads (overrides(environ) sets it; os.environ otherwise)
 _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("lockgate_environ", default=None)
@@ -186,14 +190,14 @@ class _TomlFile(TomlConfigSettingsSource):
             data = super()._read_file(path)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise PipelineDefinitionError(f"LOCKGATE_CONFIG={str(path)!r}: cannot read it as TOML: {exc}") from None
-        unknown = set(data) - {"pipeline", "batch", "kafka", "storage_options"}
+        unknown = set(data) - {"pipeline", *_TABLES}
         bad = set(data.get("pipeline", {})) - set(_TOP_LEVEL)
         if unknown or bad:
             raise PipelineDefinitionError(
                 f"{path}: unknown {'tables ' + str(sorted(unknown)) if unknown else 'options ' + str(sorted(bad))}; "
                 f"use [pipeline] ({', '.join(_TOP_LEVEL)}), [batch] and [kafka]"
             )
-        return {**data.get("pipeline", {}), **{table: data[table] for table in ("batch", "kafka", "storage_options") if data.get(table)}}
+        return {**data.get("pipeline", {}), **{table: data[table] for table in _TABLES if data.get(table)}}
 
 
 class Settings(BaseSettings):
@@ -243,7 +247,7 @@ class Settings(BaseSettings):
 
 
 #: top-level options a LOCKGATE_<NAME> variable or the [pipeline] table of a TOML file may set
-_TOP_LEVEL = tuple(name for name in Settings.model_fields if name not in ("batch", "kafka", "storage_options"))
+_TOP_LEVEL = tuple(name for name in Settings.model_fields if name not in _TABLES)
 
 
 def _explain_settings(exc: ValidationError, environ: Mapping[str, str]) -> PipelineDefinitionError:
@@ -325,16 +329,27 @@ def resolve_instance(given: str | None, environ: Mapping[str, str], hostname: st
             )
         return given
     found = _ORDINAL.search(hostname)
-    if given == FROM_HOSTNAME:
-        if found is None:
-            raise PipelineDefinitionError(
-                f"instance='hostname': the host name {hostname!r} has no trailing ordinal (as a StatefulSet pod "
-                "'orders-3' has); set LOCKGATE_INSTANCE to this instance's id instead"
-            )
-        return str(int(found.group(1)))
-    if environ.get("KUBERNETES_SERVICE_HOST") and found is not None:
-        return str(int(found.group(1)))
+    ordinal = None if found is None else str(int(found.group(1)))
+    if given == FROM_HOSTNAME and ordinal is None:
+        raise PipelineDefinitionError(
+            f"instance='hostname': the host name {hostname!r} has no trailing ordinal (as a StatefulSet pod "
+            "'orders-3' has); set LOCKGATE_INSTANCE to this instance's id instead"
+        )
+    if ordinal is not None and (given == FROM_HOSTNAME or environ.get("KUBERNETES_SERVICE_HOST")):
+        return ordinal
     return "0"
+
+
+def plain_storage_options(options: Mapping[str, Any]) -> dict[str, str]:
+    """Storage options as Lance takes them: plain strings, secrets revealed (only for the client).
+
+    >>> plain_storage_options({"allow_http": True, "secret_access_key": SecretStr("s3cr3t")})
+    {'allow_http': 'true', 'secret_access_key': 's3cr3t'}
+    """
+    return {
+        k: (v.get_secret_value() if isinstance(v, SecretStr) else str(v).lower() if isinstance(v, bool) else str(v))
+        for k, v in options.items()
+    }
 
 
 class PipelineConfig(_Options):
@@ -372,11 +387,8 @@ class PipelineConfig(_Options):
         return text
 
     def lance_storage_options(self) -> dict[str, str]:
-        """The storage options as Lance takes them: plain strings (secrets revealed only here, for the client)."""
-        return {
-            k: (v.get_secret_value() if isinstance(v, SecretStr) else str(v).lower() if isinstance(v, bool) else str(v))
-            for k, v in self.storage_options.items()
-        }
+        """The storage options as Lance takes them (:func:`plain_storage_options`)."""
+        return plain_storage_options(self.storage_options)
 
     @property
     def commit_timeout_s(self) -> float:

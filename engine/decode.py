@@ -40,7 +40,6 @@ from lockgate.engine.columns import PARTITION, TOPIC
 from lockgate.engine.formats import Decoded, concat_decoded
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
-    DeadLetterNode,
     Plan,
     SourceNode,
     event_time_ms,
@@ -86,11 +85,15 @@ class BatchDecoder:
         self.sources_by_topic: dict[str, list[SourceNode]] = {}
         for node in plan.sources:
             self.sources_by_topic.setdefault(node.topic, []).append(node)
-        self.dead_node = next((n for n in plan.nodes if isinstance(n, DeadLetterNode)), None)
         self.pool = (
             ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-decode-{name}")
             if threaded and len(self.sources_by_topic) == 1 else None
         )
+
+    @property
+    def threaded(self) -> bool:
+        """True when chunks are decoded ahead on a thread of its own (:meth:`start`)."""
+        return self.pool is not None
 
     @property
     def topics(self) -> list[str]:
@@ -98,7 +101,7 @@ class BatchDecoder:
         return list(self.sources_by_topic)
 
     def start(self, chunk: RawBatch) -> dict[str, Future[Decoded]] | None:
-        """Start decoding one consume call's records on the decode thread; None without one.
+        """Start decoding one consume call's records on the decode thread; None without one (see :attr:`threaded`).
 
         What it returns rides on the batch (``RawBatch.prepared``) and :meth:`decode`
         joins it instead of decoding the values again.
@@ -146,8 +149,6 @@ class BatchDecoder:
                     if errors:
                         dead.append(_dead_letters(raw, meta, idx, errors, reason, node.name))
         dead_frame = pl.concat(dead) if dead else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
-        if self.dead_node is not None:
-            inputs[self.dead_node.name] = dead_frame
         return DecodedBatch(meta, inputs, dead_frame, times, counts)
 
 

@@ -226,9 +226,6 @@ def _decoded(plan: Plan, step: Mapping[str, pl.DataFrame]) -> DecodedBatch:
     inputs = {n.name: step.get(n.topic, pl.DataFrame(schema=n.schema)) for n in plan.sources}
     times = {n.name: t for n in plan.sources if (t := source_event_times(n, inputs[n.name])) is not None}
     dead = pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
-    dead_node = next((n for n in plan.nodes if isinstance(n, DeadLetterNode)), None)
-    if dead_node is not None:
-        inputs[dead_node.name] = dead
     meta = pl.concat([f.select(list(KAFKA_COLUMNS)) for f in step.values()]) if step else pl.DataFrame(schema=KAFKA_COLUMNS)
     return DecodedBatch(meta, inputs, dead, times, {t: f.height for t, f in step.items()})
 

@@ -36,7 +36,7 @@ from lockgate.engine.decode import BatchDecoder
 from lockgate.engine.encode import dead_letter_topic, encode_sink
 from lockgate.engine.execution import operate
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import OpNode, Plan, SinkNode, SourceNode, WindowNode
+from lockgate.engine.plan import OpNode, Plan, SinkNode, WindowNode
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.transaction import Epoch, parse_offset_metadata, partition_ranges
@@ -126,9 +126,7 @@ class Runner:
             every_batches=config.compact_every, hook=lambda: faults.crash_point("during_compaction"), commit_log=self.log,
             keep_history=config.keep_history,
         )
-        self.sources_by_topic: dict[str, list[SourceNode]] = {}
-        for node in plan.sources:
-            self.sources_by_topic.setdefault(node.topic, []).append(node)
+        self.topics = list(dict.fromkeys(node.topic for node in plan.sources))
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
         self.epoch = 0
@@ -155,7 +153,7 @@ class Runner:
 
     def _open_clients(self) -> None:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
-        ensure_topics(self.config.admin_options(), list(self.sources_by_topic), sink_topics)
+        ensure_topics(self.config.admin_options(), self.topics, sink_topics)
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
             metrics=self.metrics, committed=self._committed,
@@ -164,7 +162,7 @@ class Runner:
         for table in self.changelogs.values():
             table.bootstrap()
         self.source = KafkaSource(
-            self.config.consumer_options(), list(self.sources_by_topic), before_revoke=self._wait_inflight,
+            self.config.consumer_options(), self.topics, before_revoke=self._wait_inflight,
             admin_options=self.config.admin_options(),
         )
         self.decoder = BatchDecoder(self.plan, threaded=True, name=self.config.name)
@@ -209,7 +207,7 @@ class Runner:
                         break
                     asked = time.monotonic()
                     raw = self.source.poll(
-                        self.config.batch, self.stop_event.is_set, self.decoder.start if self.decoder and self.decoder.pool else None,
+                        self.config.batch, self.stop_event.is_set, self.decoder.start if self.decoder and self.decoder.threaded else None,
                         self._wait_ready,
                     )
                     polled = _Polled(asked, self.source.batch_first_at, time.monotonic())

@@ -171,7 +171,10 @@ class KafkaSource:
         self.resubscribe = False
         #: where each partition starts (its committed offset; None: from its first offset), as last asked
         self.starts: dict[tuple[str, int], int | None] = {}
-        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, consumer: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         got = {(tp.topic, tp.partition) for tp in partitions}
@@ -249,7 +252,7 @@ class KafkaSource:
             if self.resubscribe:  # a stale assignment (see _on_assign): a new subscription makes the group rebalance
                 self.resubscribe = False
                 self.consumer.unsubscribe()
-                self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                self._subscribe()
             if got:
                 if self.batch_first_at is None:
                     self.batch_first_at = time.monotonic()

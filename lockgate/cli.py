@@ -153,15 +153,13 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
 
 def _state(args: argparse.Namespace) -> int:
     import polars as pl
-    from pydantic import SecretStr
-
-    from lockgate.engine.config import overrides
+    from lockgate.engine.config import overrides, plain_storage_options
     from lockgate.storage.lance_io import use_storage_options
     from lockgate.storage.sink_tables import list_tables
     from lockgate.storage.state import list_states
 
     given = overrides().get("storage_options", {})  # a state on S3: LOCKGATE_STORAGE_OPTIONS__ENDPOINT ...
-    use_storage_options(args.state, {k: v.get_secret_value() if isinstance(v, SecretStr) else str(v) for k, v in given.items()})
+    use_storage_options(args.state, plain_storage_options(given))
     if args.action == "list":
         for name in list_tables(args.state):
             print(f"table  {name}")
