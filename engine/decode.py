@@ -32,7 +32,7 @@ Examples
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -58,7 +58,9 @@ class DecodedBatch:
     node's frame when the plan reads ``stream.dead_letters()``; ``dead`` the records
     that failed (``DEAD_LETTER_SCHEMA``); ``event_times`` per source node with an event
     time, ``_topic``, ``_partition`` and ``__lg_t`` (epoch ms), row for row with its
-    input frame; ``records_in`` the records read per topic.
+    input frame; ``records_in`` the records read per topic; ``marks`` per repartition
+    source node, the watermark marks its records carried, with their partitions
+    (:mod:`lockgate.engine.repartition`).
     """
 
     meta: pl.DataFrame
@@ -66,6 +68,7 @@ class DecodedBatch:
     dead: pl.DataFrame
     event_times: dict[str, pl.DataFrame]
     records_in: dict[str, int]
+    marks: dict[str, list[tuple[tuple[str, int], bytes]]] = field(default_factory=dict)
 
     def event_times_ms(self) -> np.ndarray | None:
         """Every decoded record's event time (epoch ms, nulls dropped), from every source that has one; None if none has."""
@@ -127,6 +130,7 @@ class BatchDecoder:
         times: dict[str, pl.DataFrame] = {}
         dead: list[pl.DataFrame] = []
         counts: dict[str, int] = {}
+        marks: dict[str, list[tuple[tuple[str, int], bytes]]] = {}
         single = len(self.sources_by_topic) == 1
         for topic, nodes in self.sources_by_topic.items():
             if single:
@@ -145,11 +149,15 @@ class BatchDecoder:
                 timed = source_event_times(node, frame)
                 if timed is not None:
                     times[node.name] = timed
+                if decoded.marks:  # a repartition topic's: a few per epoch
+                    marks[node.name] = [
+                        ((topic, raw.partitions[i if idx is None else idx[i]]), mark) for i, mark in decoded.marks
+                    ]
                 for reason, errors in (("decode", decoded.errors), ("event_time", decoded.bad_times)):
                     if errors:
                         dead.append(_dead_letters(raw, meta, idx, errors, reason, node.name))
         dead_frame = pl.concat(dead) if dead else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
-        return DecodedBatch(meta, inputs, dead_frame, times, counts)
+        return DecodedBatch(meta, inputs, dead_frame, times, counts, marks)
 
 
 def source_event_times(node: SourceNode, frame: pl.DataFrame) -> pl.DataFrame | None:

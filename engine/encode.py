@@ -22,10 +22,11 @@ from typing import Any
 import polars as pl
 from lockgate.engine.columns import KEY, OFFSET, PARTITION, TOPIC
 from lockgate.engine.formats import ArrowIPC
-from lockgate.engine.plan import SinkNode
+from lockgate.engine.plan import RepartitionNode, SinkNode, event_time_ms
+from lockgate.engine.repartition import EVENT_TIME, RepartitionFormat, route
 from lockgate.engine.transaction import OutgoingTopic
 
-__all__ = ["dead_letter_topic", "encode_sink"]
+__all__ = ["dead_letter_topic", "encode_repartition", "encode_sink"]
 
 
 def _keys(frame: pl.DataFrame, key: str | None) -> list[Any] | None:
@@ -51,6 +52,32 @@ def encode_sink(sink: SinkNode, frame: pl.DataFrame) -> OutgoingTopic:
     if isinstance(sink.format, ArrowIPC):
         return OutgoingTopic(sink.target, sink.format.encode(values_frame))
     return OutgoingTopic(sink.target, sink.format.encode(values_frame), _keys(frame, sink.key))
+
+
+def encode_repartition(node: RepartitionNode, frame: pl.DataFrame, partitions: int, mark: bytes | None) -> OutgoingTopic:
+    """A repartition node's rows as record batches, one (or more, if large) per partition of its topic.
+
+    Each row goes to the partition of its ``by`` key (:func:`lockgate.engine.repartition.route`),
+    with its event time as ``EVENT_TIME``.  With a ``mark``, every partition gets
+    one, on its last record batch, also a partition that gets no rows.
+    """
+    assert isinstance(node.format, RepartitionFormat)
+    rows = frame.select(
+        *[c for c in node.value_columns if c != EVENT_TIME],
+        event_time_ms(node.time_column_of_parent, frame.schema[node.time_column_of_parent]).alias(EVENT_TIME),
+    )
+    values: list[bytes | None] = []
+    targets: list[int] = []
+    split = (
+        rows.with_columns(route(rows, node.by, partitions)).partition_by("__lg_partition", as_dict=True, include_key=False)
+        if rows.height else {}
+    )
+    for p in range(partitions):  # a loop per partition, not per row
+        part = split.get((p,))
+        encoded = node.format.encode_partition(rows.clear() if part is None else part, mark)
+        values.extend(encoded)
+        targets.extend([p] * len(encoded))
+    return OutgoingTopic(node.target, values, partitions=targets)
 
 
 def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:

@@ -50,6 +50,7 @@ from lockgate.engine.plan import (
     Node,
     OpNode,
     Plan,
+    RepartitionNode,
     SinkNode,
     SourceNode,
     WindowNode,
@@ -61,7 +62,7 @@ from lockgate.errors import PipelineDefinitionError
 if TYPE_CHECKING:
     from lockgate.engine.stateful import WindowRuntime
 
-__all__ = ["execute", "operate", "run_plan"]
+__all__ = ["execute", "hop", "hop_counts", "operate", "run_plan"]
 
 #: the watermark of the end of the input (``run_plan``): every window closes
 END_OF_INPUT = 2**62
@@ -125,7 +126,7 @@ def operate(
     """
     if windows is None or not windows.active:
         return execute(plan, batch.inputs, dead_letters=lambda: batch.dead, tables=tables)
-    windows.observe(batch.event_times, now)
+    windows.observe(batch.event_times, now, batch.marks)
     return execute(
         plan, batch.inputs, lambda node, frame: windows.step(node, frame, now, batch.event_times, watermark),
         lambda: pl.concat([batch.dead, *windows.late], how="vertical_relaxed"),  # windows ran first
@@ -163,27 +164,92 @@ def run_plan(
         unknown = set(step) - set(by_topic)
         if unknown:
             raise PipelineDefinitionError(f"run_plan: {sorted(unknown)} are not source topics of the plan; its sources read {sorted(by_topic)}")
+    internal = {n.topic for n in plan.sources if n.repartitioned_by is not None}
+    if any(set(step) & internal for step in steps):
+        raise PipelineDefinitionError(f"run_plan: {sorted(internal)} are the plan's repartition topics; give frames of its sources only")
     table_rows = {t.name: _table_rows(t.name, t.topic, t.schema, tables) for t in plan.tables}
     offsets: dict[tuple[str, int], int] = {}
     framed = [{topic: _with_kafka_columns(by_topic[topic], frame, offsets) for topic, frame in step.items()} for step in steps]
-    outputs: dict[str, list[pl.DataFrame]] = {s.name: [] for s in plan.sinks}
+    sinks = [s for s in plan.sinks if not isinstance(s, RepartitionNode)]
+    outputs: dict[str, list[pl.DataFrame]] = {s.name: [] for s in sinks}
+    owned = {tp for step in framed for frame in step.values() for tp in _partitions(frame)}
+    counts = hop_counts(plan, {t: len({p for tt, p in owned if tt == t}) or 1 for t in by_topic})
+    owned |= {(n.target, p) for n in plan.repartitions for p in range(counts[n.target])}
     with tempfile.TemporaryDirectory(prefix="lockgate-run-plan-") as state:
         windows = WindowRuntime("run_plan", state, plan, CommitLog(state))
         if windows.active:
-            windows.assign({tp for step in framed for frame in step.values() for tp in _partitions(frame)}, 0.0)
+            windows.set_counts(counts)
+            windows.assign(owned, 0.0)
             windows.load(0.0)
-        for step in framed:
-            out = operate(plan, _decoded(plan, step), table_rows, windows, 0.0)
-            if windows.active:
-                windows.take()  # the deltas an epoch would append: nothing is written here
-            for name, frame in out.items():
-                outputs[name].append(frame)
-        if end_of_input and windows.active:
-            empty = {node.topic: pl.DataFrame(schema=node.schema) for node in plan.sources}
-            out = operate(plan, _decoded(plan, empty), table_rows, windows, 0.0, watermark=END_OF_INPUT)
-            for name, frame in out.items():
-                outputs[name].append(frame)
-    return {s.target: _concat(outputs[s.name], s) for s in plan.sinks}
+        ends = [None] * len(framed) + ([END_OF_INPUT] if end_of_input and windows.active else [])
+        for step, watermark in zip([*framed, {}], ends, strict=False):
+            batch: DecodedBatch | None = _decoded(plan, step)
+            while batch is not None:  # the step, then what its repartition topics carry to the next stage
+                out = operate(plan, batch, table_rows, windows, 0.0, watermark=watermark)
+                if windows.active:
+                    windows.take()  # the deltas an epoch would append: nothing is written here
+                for s in sinks:
+                    outputs[s.name].append(out[s.name])
+                batch = hop(plan, out, windows, batch.records_in, counts, offsets, 0.0)
+    return {s.target: _concat(outputs[s.name], s) for s in sinks}
+
+
+def hop_counts(plan: Plan, counts: Mapping[str, int]) -> dict[str, int]:
+    """``counts`` (partitions per source topic) with each repartition topic's: its own setting, else its upstream topic's."""
+    out = dict(counts)
+    for node in plan.repartitions:
+        assert node.upstream is not None
+        out[node.target] = node.partitions or out.get(node.upstream.topic, 1)
+    return out
+
+
+def hop(
+    plan: Plan, out: Mapping[str, pl.DataFrame], windows: WindowRuntime, records_in: Mapping[str, int],
+    counts: Mapping[str, int], offsets: dict[tuple[str, int], int], now: float,
+) -> DecodedBatch | None:
+    """In memory, the batch the repartition topics would carry to the next stage (``run_plan``, ``pipe.preview``); None if nothing.
+
+    Each repartition node's rows go through :func:`~lockgate.engine.encode.encode_repartition`
+    and its topic's format, as on Kafka, marks included: the next stage sees what it
+    would read from the topic.
+    """
+    from lockgate.engine.encode import encode_repartition
+
+    inputs: dict[str, pl.DataFrame] = {}
+    marks: dict[str, list[tuple[tuple[str, int], bytes]]] = {}
+    records: dict[str, int] = {}
+    for node in plan.repartitions:
+        assert node.upstream is not None
+        mark = windows.mark(node, bool(records_in.get(node.upstream.topic)), now) if windows.active else None
+        outgoing = encode_repartition(node, out[node.name], counts[node.target], mark)
+        if not outgoing.values:
+            continue
+        if mark is not None:
+            windows.sent(node, mark)
+        assert outgoing.partitions is not None
+        source = next(s for s in plan.sources if s.repartitioned_by is node)
+        decoded = source.format.decode(outgoing.values, event_time=source.value_time_column)
+        message_offsets = []
+        for p in outgoing.partitions:  # a few record batches per partition, not rows
+            message_offsets.append(offsets.get((node.target, p), 0))
+            offsets[(node.target, p)] = message_offsets[-1] + 1
+        rows = pl.Series(list(decoded.rows), dtype=pl.Int64)
+        meta = pl.DataFrame({
+            TOPIC: pl.Series([node.target] * len(rows), dtype=pl.String),
+            PARTITION: pl.Series(outgoing.partitions, dtype=pl.Int32).gather(rows),
+            OFFSET: pl.Series(message_offsets, dtype=pl.Int64).gather(rows),
+            TIMESTAMP: pl.Series([None] * len(rows), dtype=pl.Datetime("ms")),
+            KEY: pl.Series([None] * len(rows), dtype=pl.Binary),
+        })
+        inputs[source.name] = pl.concat([meta, decoded.frame], how="horizontal").select(source.schema.names()).cast(dict(source.schema))  # type: ignore[arg-type]
+        marks[source.name] = [((node.target, outgoing.partitions[i]), mark) for i, mark in decoded.marks]
+        records[node.target] = len(outgoing.values)
+    if not records:
+        return None
+    inputs = {n.name: inputs.get(n.name, pl.DataFrame(schema=n.schema)) for n in plan.sources}
+    times = {n.name: t for n in plan.sources if (t := source_event_times(n, inputs[n.name])) is not None}
+    meta = pl.concat([f.select(list(KAFKA_COLUMNS)) for f in inputs.values() if f.height] or [pl.DataFrame(schema=KAFKA_COLUMNS)])
+    return DecodedBatch(meta, inputs, pl.DataFrame(schema=DEAD_LETTER_SCHEMA), times, records, marks)
 
 
 def _table_rows(name: str, topic: str, schema: pl.Schema, tables: Mapping[str, pl.DataFrame] | None) -> pl.DataFrame:

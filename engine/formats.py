@@ -55,13 +55,16 @@ class Decoded:
     index of ``frame``'s row ``i``; ``errors`` lists ``(input index, message)`` for
     every value that did not decode (dead letters with reason ``decode``), and
     ``bad_times`` for every value whose event time is missing, null or not a time
-    (reason ``event_time``).
+    (reason ``event_time``); ``marks`` lists ``(input index, bytes)`` for values that
+    carry a watermark mark beside their rows (a repartition topic's records, see
+    :mod:`lockgate.engine.repartition`).
     """
 
     frame: pl.DataFrame
     rows: Sequence[int]
     errors: list[tuple[int, str]] = field(default_factory=list)
     bad_times: list[tuple[int, str]] = field(default_factory=list)
+    marks: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
@@ -77,11 +80,12 @@ def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
     frame = pl.concat([d.frame for _, d in parts], how="vertical") if parts else pl.DataFrame()
     errors = [(start + i, message) for start, d in parts for i, message in d.errors]
     bad_times = [(start + i, message) for start, d in parts for i, message in d.bad_times]
+    marks = [(start + i, mark) for start, d in parts for i, mark in d.marks]
     if all(isinstance(d.rows, range) and d.rows == range(len(d.rows)) and not d.errors and not d.bad_times for _, d in parts):
         rows: Sequence[int] = range(frame.height)  # every chunk clean: no list per record
     else:
         rows = [start + i for start, d in parts for i in d.rows]
-    return Decoded(frame, rows, errors, bad_times)
+    return Decoded(frame, rows, errors, bad_times, marks)
 
 
 class Format:
@@ -373,7 +377,7 @@ def _split_times(decoded: Decoded, event_time: str | None) -> Decoded:
         for i, rows, nulls in bad.iter_rows()
     ]
     keep = ~index.is_in(bad["i"].implode())
-    return Decoded(decoded.frame.filter(keep), index.filter(keep).to_list(), decoded.errors, bad_times)
+    return Decoded(decoded.frame.filter(keep), index.filter(keep).to_list(), decoded.errors, bad_times, decoded.marks)
 
 
 def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[int, str]]]:
@@ -589,10 +593,14 @@ class ArrowIPC(Format):
         frame = pl.concat(frames, how="vertical", rechunk=False) if frames else pl.DataFrame(schema=target)
         return Decoded(frame, rows, errors)
 
+    def _step(self, frame: pl.DataFrame) -> int:
+        """Rows per message: at most ``rows_per_message`` and about ``max_message_bytes``."""
+        per_row = frame.estimated_size() / max(frame.height, 1)
+        return max(1, min(self.rows_per_message, int(self.max_message_bytes // max(per_row, 1.0))))
+
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
         out = []
-        per_row = frame.estimated_size() / max(frame.height, 1)
-        step = max(1, min(self.rows_per_message, int(self.max_message_bytes // max(per_row, 1.0))))
+        step = self._step(frame)
         for start in range(0, frame.height, step):
             sink = io.BytesIO()
             frame.slice(start, step).write_ipc_stream(sink)

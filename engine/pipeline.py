@@ -134,7 +134,7 @@ class Pipeline:
         options["instance"] = resolve_instance(options.get("instance"), os.environ, socket.gethostname())
         self.config = PipelineConfig(**options)
         use_storage_options(self.config.state, self.config.lance_storage_options())
-        self._builder = PlanBuilder()
+        self._builder = PlanBuilder(self.config.name)
         self._metrics = Metrics()
         self._stop = threading.Event()
         self._running = threading.Lock()

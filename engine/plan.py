@@ -54,6 +54,7 @@ __all__ = [
     "OpNode",
     "Plan",
     "PlanBuilder",
+    "RepartitionNode",
     "SinkNode",
     "SourceNode",
     "Stream",
@@ -105,8 +106,12 @@ class SourceNode(Node):
     watermark: Any = None
     idle_timeout: Any = None
     key: tuple[str, ...] = ()  # value columns the topic's records are keyed (partitioned) by
+    #: for the source of a repartition topic: the node that writes it (its watermarks come from its marks)
+    repartitioned_by: RepartitionNode | None = None
 
-    kind = "source"
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "source" if self.repartitioned_by is None else "repartition source"
 
     @property
     def time_column(self) -> str | None:
@@ -185,6 +190,8 @@ class WindowNode(ChildNode):
     @property
     def state_mode(self) -> str:
         """How the state is split, for the plan: per partition, or one owner of the whole topic."""
+        if self.source is not None and self.source.repartitioned_by is not None:
+            return "state per repartition partition" if self.sharded else "state in the repartition topic's one partition"
         return "state per partition" if self.sharded else "state needs all partitions in one instance"
 
 
@@ -239,6 +246,25 @@ class SinkNode(ChildNode):
         return [c for c in self.schema.names() if c not in KAFKA_COLUMNS and c != skip]
 
 
+@dataclass(frozen=True, eq=False)
+class RepartitionNode(SinkNode):
+    """Writes its parent's rows to an internal topic, each to the partition of its ``by`` key (:mod:`lockgate.engine.repartition`).
+
+    ``upstream`` is the source whose watermarks travel with the rows as marks;
+    ``partitions`` the topic's partition count when set (else the upstream topic's;
+    1 without ``by``); ``time_column`` the parent's event-time column.
+    """
+
+    by: tuple[str, ...] = ()
+    upstream: SourceNode | None = None
+    partitions: int | None = None
+    time_column_of_parent: str = ""
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "repartition"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The validated, immutable plan of a pipeline."""
@@ -257,35 +283,70 @@ class Plan:
 
     @property
     def sinks(self) -> tuple[SinkNode, ...]:
-        """The sink nodes."""
+        """The sink nodes (the repartition nodes among them)."""
         return tuple(n for n in self.nodes if isinstance(n, SinkNode))
 
+    @property
+    def repartitions(self) -> tuple[RepartitionNode, ...]:
+        """The nodes that write repartition topics."""
+        return tuple(n for n in self.nodes if isinstance(n, RepartitionNode))
+
+    def stages(self) -> dict[str, int]:
+        """Each node's stage: 1 from the sources on, one more after each repartition topic.
+
+        A stage is what runs between two Kafka topics; every instance runs every
+        stage, on the partitions it owns of the topics the stage reads.
+        """
+        stage: dict[str, int] = {}
+        for node in self.nodes:  # parents come first
+            if isinstance(node, SourceNode) and node.repartitioned_by is not None:
+                stage[node.name] = stage[node.repartitioned_by.name] + 1
+            else:
+                stage[node.name] = max((stage[p.name] for p in node.parents), default=1)
+        return stage
+
+    def _detail(self, node: Node) -> str:
+        if isinstance(node, RepartitionNode):
+            by = f"by {list(node.by)}" if node.by else "no key: one partition"
+            return f" -> {node.target} ({by}, read by stage {self.stages()[node.name] + 1})"
+        if isinstance(node, SinkNode):
+            return f" -> {node.target}"
+        if isinstance(node, SourceNode):
+            return f" <- {node.topic}"
+        if isinstance(node, WindowNode):
+            return f" [{node.state_mode}]"
+        return ""
+
     def explain(self) -> str:
-        """One line per node: name, kind, input, columns."""
+        """One line per node: name, kind, input, columns; a heading per stage when a repartition topic splits the plan."""
+        stages = self.stages()
+        split = len(set(stages.values())) > 1
         lines = []
-        for node in self.nodes:
-            src = ", ".join(p.name for p in node.parents) or "-"
-            extra = f" -> {node.target}" if isinstance(node, SinkNode) else (f" <- {node.topic}" if isinstance(node, SourceNode) else "")
-            if isinstance(node, WindowNode):
-                extra = f" [{node.state_mode}]"
-            lines.append(f"{node.name:<16} {node.kind:<13} from {src:<14}{extra}  {dict(node.schema)}")
+        for number in sorted(set(stages.values())):
+            if split:
+                reads = [n.topic for n in self.nodes if isinstance(n, SourceNode) and stages[n.name] == number]
+                lines.append(f"stage {number} (reads {', '.join(reads)})")
+            for node in (n for n in self.nodes if stages[n.name] == number):
+                src = ", ".join(p.name for p in node.parents) or "-"
+                lines.append(f"{node.name:<16} {node.kind:<13} from {src:<14}{self._detail(node)}  {dict(node.schema)}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        stages = self.stages()
         rows = "".join(
-            f"<tr><td>{html.escape(n.name)}</td><td>{html.escape(n.kind)}</td>"
-            f"<td>{html.escape(', '.join(p.name for p in n.parents))}"
-            f"{html.escape(' [' + n.state_mode + ']') if isinstance(n, WindowNode) else ''}</td>"
+            f"<tr><td>{stages[n.name]}</td><td>{html.escape(n.name)}</td><td>{html.escape(n.kind)}</td>"
+            f"<td>{html.escape(', '.join(p.name for p in n.parents))}{html.escape(self._detail(n))}</td>"
             f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in n.schema.items()))}</td></tr>"
             for n in self.nodes
         )
-        return f"<table><tr><th>step</th><th>kind</th><th>from</th><th>schema</th></tr>{rows}</table>"
+        return f"<table><tr><th>stage</th><th>step</th><th>kind</th><th>from</th><th>schema</th></tr>{rows}</table>"
 
 
 class PlanBuilder:
     """Collects nodes and hands out stable names; owned by one Pipeline."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: str = "lockgate") -> None:
+        self.pipeline = pipeline  # names the internal topics (repartition topics)
         self.nodes: list[Node] = []
         self.counts: dict[str, int] = {}
         self.names: set[str] = set()
@@ -439,6 +500,8 @@ class Stream:
         allowed_lateness: Duration = "0s",
         emit: str = "final",
         name: str | None = None,
+        repartition: bool = True,
+        partitions: int | None = None,
     ) -> WindowedStream:
         """Group this stream by ``by`` into event-time windows; finish with ``.agg(name=expr, ...)``.
 
@@ -446,6 +509,19 @@ class Stream:
         and the aggregates.  ``emit="final"`` emits one row per (key, window) when the
         watermark passes ``window_end + allowed_lateness``; ``emit="update"`` emits the
         new value of every (key, window) each batch changes.
+
+        When the source's records are keyed by the ``by`` columns
+        (``pipe.source(..., key=...)``), the window keeps its state per input
+        partition.  Otherwise the rows first go through the repartition topic
+        ``<pipeline>-<window>-repartition`` (created by lockgate with ``partitions``
+        partitions, as many as the source by default, one without ``by``), each to
+        the partition of its key, as Kafka Streams does after a ``groupBy``: the
+        window keeps its state per repartition partition, instances share those, and
+        the hop stays exactly once (the rows are produced in the epoch's transaction,
+        read ``read_committed`` by a later epoch).  After the hop the Kafka columns
+        (``_partition``, ``_offset`` ...) are those of the repartition topic.
+        ``repartition=False`` keeps one state for every partition instead: no hop,
+        but one instance must own every partition of the topic.
 
         Examples
         --------
@@ -477,7 +553,9 @@ class Stream:
         │ 2026-01-01 00:00:02 ┆ 2026-01-01 00:00:03 ┆ 100    ┆ 1     │
         └─────────────────────┴─────────────────────┴────────┴───────┘
         """
-        return WindowedStream(self, window, by, allowed_lateness, emit, name)
+        if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+            raise PipelineDefinitionError(f"window: partitions={partitions!r}; give the repartition topic's partition count, >= 1")
+        return WindowedStream(self, window, by, allowed_lateness, emit, name, repartition, partitions)
 
     def to_kafka(
         self, topic: str, *, key: str | None = None, format: Format | None = None, name: str | None = None
@@ -595,8 +673,12 @@ class Table:
 class WindowedStream:
     """A stream grouped into windows; ``.agg(...)`` makes it a stream of window results."""
 
-    def __init__(self, stream: Stream, window: WindowKind, by: Any, lateness: Duration, emit: str, name: str | None) -> None:
+    def __init__(
+        self, stream: Stream, window: WindowKind, by: Any, lateness: Duration, emit: str, name: str | None,
+        repartition: bool = True, partitions: int | None = None,
+    ) -> None:
         self._stream, self._window, self._by, self._lateness, self._emit, self._name = stream, window, by, lateness, emit, name
+        self._repartition, self._partitions = repartition, partitions
 
     def __bool__(self) -> bool:
         raise TypeError("the truth value of a lockgate WindowedStream is ambiguous: finish it with .agg(name=expr, ...)")
@@ -637,11 +719,20 @@ class WindowedStream:
                 f"{where}: the stream no longer has its event-time column "
                 f"({source.time_column if source else '?'!r}); keep it in select(...)"
             )
+        by = _names(self._by)
+        keyed = copartitioned(parent, source, by)
+        if not keyed and self._repartition:
+            # check the spec against the stream as it is before adding the hop (errors name the user's columns)
+            WindowSpec.build(
+                node_name, self._window, by=self._by, aggs=aggs, schema=pl.Schema({**dict(parent.schema), _TIME: pl.Int64()}),
+                time_column=_TIME, allowed_lateness=self._lateness, emit=self._emit,
+            )
+            parent = source = _repartitioned(builder, node_name, parent, source, by, self._partitions)
+            keyed = bool(by)
         schema = pl.Schema({**dict(parent.schema), _TIME: pl.Int64()})
         spec = WindowSpec.build(
             node_name, self._window, by=self._by, aggs=aggs, schema=schema, time_column=_TIME,
-            allowed_lateness=self._lateness, emit=self._emit,
-            shard=PARTITION if copartitioned(parent, source, _names(self._by)) else None,
+            allowed_lateness=self._lateness, emit=self._emit, shard=PARTITION if keyed else None,
         )
         node = WindowNode(node_name, spec.output_schema, parent=parent, spec=spec, source=source)
         return Stream(builder, builder.add(node))
@@ -700,6 +791,42 @@ def _redefines(op: Operator, columns: set[str]) -> bool:
             if name is None or (name in columns and not keeps(expr, name)):
                 return True  # pl.all() * 2 and the like may overwrite anything
     return False
+
+
+def _repartitioned(
+    builder: PlanBuilder, window: str, parent: Node, source: SourceNode, by: tuple[str, ...], partitions: int | None
+) -> SourceNode:
+    """Add the hop through ``window``'s repartition topic after ``parent``; returns the source that reads it.
+
+    The topic carries the parent's value columns and its event time (as ``EVENT_TIME``,
+    Int64 epoch ms); the Kafka columns after it are the repartition topic's.
+    """
+    from lockgate.engine.repartition import EVENT_TIME, RepartitionFormat, repartition_topic
+
+    kafka_only = [c for c in by if c in KAFKA_COLUMNS]
+    if kafka_only:
+        raise PipelineDefinitionError(
+            f"window {window!r}: by={list(by)} includes the Kafka column(s) {kafka_only}, which a repartition topic "
+            "replaces with its own; copy them into a value column first (with_columns(k=pl.col('_key'))), "
+            "or pass repartition=False"
+        )
+    time_column = parent.time_column
+    assert time_column is not None
+    topic = repartition_topic(builder.pipeline, window)
+    values = {c: t for c, t in parent.schema.items() if c not in KAFKA_COLUMNS and c != EVENT_TIME}
+    values[EVENT_TIME] = pl.Int64()
+    sink = RepartitionNode(
+        builder.name("repartition", None), parent.schema, parent=parent, sink="kafka", target=topic,
+        format=RepartitionFormat(schema=values), by=by, upstream=source, partitions=partitions if by else 1,
+        time_column_of_parent=time_column,
+    )
+    builder.add(sink)
+    node = SourceNode(
+        builder.name("source", topic), pl.Schema({**KAFKA_COLUMNS, **values}), topic=topic, format=sink.format,
+        event_time=EVENT_TIME, watermark=source.watermark, idle_timeout=source.idle_timeout, key=by, repartitioned_by=sink,
+    )
+    builder.add(node)
+    return node
 
 
 def _source_of(node: Node) -> SourceNode | None:

@@ -19,8 +19,8 @@ from lockgate.engine import kafka_clients
 from lockgate.engine.admin import missing_topic_message
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.decode import BatchDecoder
-from lockgate.engine.execution import operate
+from lockgate.engine.decode import BatchDecoder, DecodedBatch
+from lockgate.engine.execution import hop, hop_counts, operate
 from lockgate.engine.plan import Plan
 from lockgate.engine.stateful import WindowRuntime
 from lockgate.engine.source import RawBatch, records_only
@@ -47,11 +47,17 @@ def _start_offsets(config: PipelineConfig, topics: list[str]) -> list[ck.TopicPa
     return [ck.TopicPartition(tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), ck.OFFSET_BEGINNING)) for tp in partitions]
 
 
+def _partition_counts(config: PipelineConfig, topics: list[str]) -> dict[str, int]:
+    metadata = kafka_clients.admin(config.admin_options()).list_topics(timeout=30)
+    return {t: len(metadata.topics[t].partitions) for t in topics}
+
+
 def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -> dict[str, pl.DataFrame]:
     """The frame each sink would get from the next ``n`` records (fewer if ``timeout`` passes first)."""
     decoder = BatchDecoder(plan)
     windows = WindowRuntime(config.name, config.state, plan, CommitLog(config.state), config.snapshot_rows)
-    topics = decoder.topics
+    internal = {n.target for n in plan.repartitions}
+    topics = [t for t in decoder.topics if t not in internal]  # the hops run in memory (execution.hop)
     options = {**config.consumer_options(), "group.id": f"{config.name}-preview-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
     options.pop("group.instance.id", None)  # not a member of any group: it only reads
     consumer = kafka_clients.consumer(options)
@@ -69,11 +75,21 @@ def preview(config: PipelineConfig, plan: Plan, n: int, timeout: float = 10.0) -
         batch = decoder.decode(raw)
         now = time.monotonic()
         tables = {name: table.frame() for name, table in changelogs.items()}
+        owned = set(zip(map(ck.Message.topic, messages), map(ck.Message.partition, messages), strict=True))
+        counts = hop_counts(plan, _partition_counts(config, topics)) if internal else {}
         if windows.active:
-            windows.assign(set(zip(map(ck.Message.topic, messages), map(ck.Message.partition, messages), strict=True)), now)
+            windows.set_counts(counts)
+            windows.assign(owned | {(t, p) for t in internal for p in range(counts[t])}, now)
             windows.load(now)  # the committed state: folded into, never written back
-        outputs = operate(plan, batch, tables, windows, now)
-        return {sink.target: outputs[sink.name] for sink in plan.sinks}
+        sinks = [s for s in plan.sinks if s.target not in internal]
+        frames: dict[str, list[pl.DataFrame]] = {s.name: [] for s in sinks}
+        step: DecodedBatch | None = batch
+        while step is not None:  # the batch, then what its repartition topics would carry to the next stage
+            outputs = operate(plan, step, tables, windows, now)
+            for s in sinks:
+                frames[s.name].append(outputs[s.name])
+            step = hop(plan, outputs, windows, step.records_in, counts, {}, now) if internal else None
+        return {s.target: pl.concat(frames[s.name], how="vertical_relaxed") for s in sinks}
     finally:
         consumer.close()
         for table in changelogs.values():

@@ -25,21 +25,21 @@ from typing import Any, Literal
 
 import confluent_kafka as ck
 import polars as pl
-from lockgate.engine import faults
-from lockgate.engine.admin import ensure_topics
+from lockgate.engine import faults, kafka_clients
+from lockgate.engine.admin import create_topic, ensure_topics, partition_count
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
 from lockgate.engine.columns import TIMESTAMP
 from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
 from lockgate.engine.decode import BatchDecoder
-from lockgate.engine.encode import dead_letter_topic, encode_sink
+from lockgate.engine.encode import dead_letter_topic, encode_repartition, encode_sink
 from lockgate.engine.execution import operate
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.plan import OpNode, Plan, SinkNode, WindowNode
+from lockgate.engine.plan import OpNode, Plan, RepartitionNode, SinkNode, WindowNode
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
-from lockgate.engine.transaction import Epoch, parse_offset_metadata, partition_ranges
+from lockgate.engine.transaction import Epoch, OutgoingTopic, parse_offset_metadata, partition_ranges
 from lockgate.storage.commit_log import CommitLog, PartitionRange
 from lockgate.storage.compaction import Compactor
 from lockgate.storage.sink_tables import SinkTable
@@ -51,6 +51,9 @@ __all__ = ["RunSummary", "Runner", "Until"]
 log = logging.getLogger("lockgate.runner")
 
 Until = Literal["caught_up"] | None
+
+#: repartition topics keep what is not read yet: time-based retention would drop it (Kafka Streams purges what was committed)
+REPARTITION_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,16 @@ class Runner:
             keep_history=config.keep_history,
         )
         self.topics = list(dict.fromkeys(node.topic for node in plan.sources))
+        #: partition counts of the repartition topics (the keys: they are known before, the counts once created)
+        self.counts_of_hops: dict[str, int] = {node.target: 0 for node in plan.repartitions}
+        #: the epoch in flight wrote to a repartition topic: "caught up" must wait for it to commit and be read
+        self.hopped = False
+        self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
+        self.purge_countdown = config.compact_every
+        self.admin: Any = None
+        self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
+        self.purge_countdown = config.compact_every
+        self.admin: Any = None
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
         self.epoch = 0
@@ -152,8 +165,10 @@ class Runner:
             raise PipelineDefinitionError(f"pipeline {self.config.name!r}: the Kafka clients refused their options: {self.config.scrub(str(exc))}") from None
 
     def _open_clients(self) -> None:
-        sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka"] + [self.config.dlq_topic]
-        ensure_topics(self.config.admin_options(), self.topics, sink_topics)
+        internal = set(self.counts_of_hops)
+        sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka" and s.target not in internal] + [self.config.dlq_topic]
+        ensure_topics(self.config.admin_options(), [t for t in self.topics if t not in internal], sink_topics)
+        self._ensure_repartition_topics()
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
             metrics=self.metrics, committed=self._committed,
@@ -167,6 +182,28 @@ class Runner:
         )
         self.decoder = BatchDecoder(self.plan, threaded=True, name=self.config.name)
         self.epoch = self.log.last_epoch(self.config.name)
+
+    def _ensure_repartition_topics(self) -> None:
+        """Create the repartition topics (before subscribing to them) and learn every hop's partition counts."""
+        options = self.config.admin_options()
+        counts: dict[str, int] = {}
+        for node in self.plan.repartitions:
+            assert node.upstream is not None
+            for topic, wanted in ((node.upstream.topic, None), (node.target, node.partitions)):
+                if topic in counts:
+                    continue
+                if wanted is not None or topic == node.target:
+                    create_topic(options, topic, wanted or counts[node.upstream.topic], REPARTITION_TOPIC_CONFIG)
+                for _ in range(50):  # a topic just created may take a moment to show in the metadata
+                    count = partition_count(options, topic)
+                    if count:
+                        counts[topic] = count
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise PipelineDefinitionError(f"pipeline {self.config.name!r}: the topic {topic!r} has no partitions in the metadata")
+        self.counts_of_hops = {node.target: counts[node.target] for node in self.plan.repartitions}
+        self.windows.set_counts(counts)
 
     def close(self) -> None:
         """Leave the group and drop the clients."""
@@ -218,9 +255,10 @@ class Runner:
                     if n:
                         first_record = first_record or self.source.first_record_at
                         faults.crash_point("after_poll")
-                        if self._process(raw, polled):
+                        processed = self._process(raw, polled)
+                        if processed is not None:
                             batches += 1
-                            records += n
+                            records += processed
                     else:
                         self.metrics.add("empty_polls")
                         self._settle()
@@ -232,6 +270,10 @@ class Runner:
                         reason = "max_batches"
                         break
                     if until == "caught_up" and self.source.caught_up(ask_broker=not n):
+                        if self.hopped:  # what the last epochs wrote to a repartition topic is still to be read
+                            self.hopped = False
+                            self._settle()
+                            continue
                         reason = "caught_up"
                         break
                     collector.after_batch()
@@ -335,8 +377,8 @@ class Runner:
         """
         return self.committer is None or self.committer.wait_ready(timeout)
 
-    def _process(self, raw: RawBatch, polled: _Polled | None = None) -> bool:
-        """Decode, run and commit one batch; False when it was dropped to be redone."""
+    def _process(self, raw: RawBatch, polled: _Polled | None = None) -> int | None:
+        """Decode, run and commit one batch: how many records of the sources it read (not of repartition topics); None when it was dropped to be redone."""
         assert self.source is not None and self.committer is not None
         t0 = time.monotonic()
         assert self.decoder is not None
@@ -364,7 +406,10 @@ class Runner:
             if late.height:  # the rare case: no query per batch for it
                 for (operator,), rows in late.filter(pl.col("reason") == "late").group_by("operator"):
                     self.metrics.add("late", rows.height, topic=str(operator))
-        outgoing = [encode_sink(s, outputs[s.name]) for s in self.plan.sinks if s.sink == "kafka"]
+        outgoing = [
+            self._encode_hop(s, outputs[s.name], batch.records_in, now) if isinstance(s, RepartitionNode) else encode_sink(s, outputs[s.name])
+            for s in self.plan.sinks if s.sink == "kafka"
+        ]
         if dead.height:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
@@ -377,7 +422,7 @@ class Runner:
         )
         built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):
-            return False  # the previous epoch aborted: this batch was read past it and is redone after the rewind
+            return None  # the previous epoch aborted: this batch was read past it and is redone after the rewind
         stages = {"decode": decoded - t0, "operators": built - decoded, **(polled.stages() if polled is not None else {})}
         self.committer.start(epoch, self.source.group_metadata(), stages)
         self.prepared_chain.update({(r.topic, r.partition): epoch.batch_id for r in ranges})
@@ -386,7 +431,18 @@ class Runner:
         if self.windows.active:
             self.metrics.gauges("state_rows", self.windows.open_windows())
             self.metrics.gauges("state_bytes", self.windows.state_bytes())
-        return True
+        return sum(count for topic, count in batch.records_in.items() if topic not in self.counts_of_hops)
+
+    def _encode_hop(self, node: RepartitionNode, frame: pl.DataFrame, records_in: dict[str, int], now: float) -> OutgoingTopic:
+        """A repartition node's records: its rows by key, and the watermark mark of its upstream partitions when due."""
+        assert node.upstream is not None
+        mark = self.windows.mark(node, bool(records_in.get(node.upstream.topic)), now)
+        out = encode_repartition(node, frame, self.counts_of_hops[node.target], mark)
+        if mark is not None:
+            self.windows.sent(node, mark)
+        if out.values:
+            self.hopped = True
+        return out
 
     def _wait_inflight(self) -> None:
         """Block until the epoch in flight has finished (before its partitions move, or the runner closes)."""
@@ -428,11 +484,31 @@ class Runner:
             if table.prune_due(self.config.snapshot_rows):
                 self.compactor.prune(table, self.config.name, epoch.number)
         self.committed_chain.update({(r.topic, r.partition): epoch.batch_id for r in epoch.ranges})
+        if self.counts_of_hops:
+            self._purge_hops(epoch)
         if self.windows.active:
             self.windows.committed(epoch.watermarks)
         self._count(epoch)
         self.compactor.committed()
         return True
+
+    def _purge_hops(self, epoch: Epoch) -> None:
+        """Delete the repartition records this pipeline has committed past, every ``compact_every`` epochs (as Kafka Streams does).
+
+        They are read once, by this group: what its committed offsets passed is never
+        read again.  The call is asynchronous; a failure only leaves records longer.
+        """
+        self.purge_to.update({(r.topic, r.partition): r.next_offset for r in epoch.ranges if r.topic in self.counts_of_hops})
+        self.purge_countdown -= 1
+        if self.purge_countdown > 0 or not self.purge_to:
+            return
+        self.purge_countdown = self.config.compact_every
+        if self.admin is None:
+            self.admin = kafka_clients.admin(self.config.admin_options())
+        partitions = [ck.TopicPartition(t, p, offset) for (t, p), offset in sorted(self.purge_to.items())]
+        self.purge_to = {}
+        for tp, future in self.admin.delete_records(partitions, request_timeout=30).items():
+            future.add_done_callback(lambda f, tp=tp: f.exception() and log.info("purging %s: %s", tp, f.exception()))
 
     def _flush_marks(self) -> None:
         """Write the pending commit marks alone (no batch follows to carry them)."""

@@ -9,6 +9,7 @@ after each epoch travels with the epoch and is appended to LanceDB in its prepar
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -18,11 +19,13 @@ from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
     Plan,
+    RepartitionNode,
     SourceNode,
     WindowNode,
     event_time_ms,
 )
-from lockgate.engine.watermarks import SourceWatermark
+from lockgate.engine.repartition import route
+from lockgate.engine.watermarks import ShuffledWatermark, SourceWatermark
 from lockgate.errors import AssignmentError
 from lockgate.operators.windows import WindowDelta, WindowLogic
 from lockgate.storage.state import WindowStore
@@ -69,9 +72,15 @@ class WindowRuntime:
         for w in self.windows:
             assert w.source is not None
             self.sources[w.source.name] = w.source
-        self.trackers = {
-            name: SourceWatermark(src.delay_ms, int(src.idle_timeout.total_seconds() * 1000)) for name, src in self.sources.items()
-        }
+        #: the repartition nodes, whose upstream sources' watermarks travel as marks (:mod:`lockgate.engine.repartition`)
+        self.repartitions = plan.repartitions
+        for r in self.repartitions:
+            assert r.upstream is not None
+            self.sources[r.upstream.name] = r.upstream
+        self.sent_marks: dict[str, bytes] = {}  # the last mark each repartition node wrote
+        #: partition counts of the upstream and repartition topics (set by the runner, or by run_plan)
+        self.counts: dict[str, int] = {}
+        self.trackers = {name: self._tracker(src) for name, src in self.sources.items()}
         self.stores = {w.name: WindowStore(state, pipeline, w.spec) for w in self.windows if w.spec is not None}
         self.logics: dict[str, WindowLogic] = {}  # each owns its operator's hot state
         self.pending: dict[str, WindowLogic] = {}  # the logics that folded a batch since the last take
@@ -81,6 +90,42 @@ class WindowRuntime:
         self.loaded = False
         self.key_checks = 0  # batches left in which sharded windows check the declared key (after each load)
         self.owned: set[tuple[str, int]] = set()
+
+    def _tracker(self, src: SourceNode, floor: int | None = None) -> SourceWatermark:
+        """A new watermark tracker for ``src``: from its event times, or from the marks of its repartition topic."""
+        idle = int(src.idle_timeout.total_seconds() * 1000)
+        if src.repartitioned_by is None:
+            return SourceWatermark(src.delay_ms, idle, floor=floor)
+        upstream = src.repartitioned_by.upstream
+        assert upstream is not None
+        return ShuffledWatermark(src.delay_ms, idle, floor=floor, upstream=self.counts.get(upstream.topic, 0))
+
+    def set_counts(self, counts: dict[str, int]) -> None:
+        """The partition counts of the upstream and repartition topics (a mark counts once it names every upstream partition)."""
+        self.counts.update(counts)
+        for name, tracker in self.trackers.items():
+            by = self.sources[name].repartitioned_by
+            if isinstance(tracker, ShuffledWatermark) and by is not None and by.upstream is not None:
+                tracker.upstream = self.counts.get(by.upstream.topic, tracker.upstream)
+
+    def mark(self, node: RepartitionNode, had_records: bool, now: float) -> bytes | None:
+        """The watermark mark ``node`` writes this epoch, or None.
+
+        When the upstream source had records, or when what it would say changed (a
+        partition went idle): an epoch that only read the repartition topic writes no
+        mark, or marks would feed epochs forever.
+        """
+        upstream = node.upstream
+        assert upstream is not None
+        report = self.trackers[upstream.name].report(upstream.topic, now)
+        mark = json.dumps({"p": {str(p): [top, live] for p, (top, live) in sorted(report.items())}}, separators=(",", ":")).encode()
+        if not report or (not had_records and self.sent_marks.get(node.name) == mark):
+            return None
+        return mark
+
+    def sent(self, node: RepartitionNode, mark: bytes) -> None:
+        """``node`` wrote ``mark`` in an epoch (an aborted one is no harm: the next differs or repeats it)."""
+        self.sent_marks[node.name] = mark
 
     @property
     def active(self) -> bool:
@@ -147,8 +192,8 @@ class WindowRuntime:
         and records of a partition that arrives are judged by their own.
         """
         restored = self.log.event_times(self.pipeline)
-        for name, tracker in self.trackers.items():
-            fresh = SourceWatermark(tracker.delay_ms, tracker.idle_ms, floor=self.floors.get(name))
+        for name in list(self.trackers):
+            fresh = self._tracker(self.sources[name], floor=self.floors.get(name))
             fresh.assign([tp for tp in self.owned if tp[0] == self.sources[name].topic], now, restored)
             self.trackers[name] = fresh
         self.load(now)
@@ -173,8 +218,15 @@ class WindowRuntime:
         for tracker in self.trackers.values():
             tracker.backlog = partitions
 
-    def observe(self, times: dict[str, pl.DataFrame], now: float) -> dict[tuple[str, int], int]:
-        """Advance the watermarks with a batch's event times (``DecodedBatch.event_times``); returns each touched partition's maximum."""
+    def observe(
+        self, times: dict[str, pl.DataFrame], now: float, marks: dict[str, list[tuple[tuple[str, int], bytes]]] | None = None,
+    ) -> dict[tuple[str, int], int]:
+        """Advance the watermarks with a batch's event times and marks (``DecodedBatch``); returns each touched partition's maximum."""
+        for name, taken in (marks or {}).items():
+            tracker = self.trackers.get(name)
+            if isinstance(tracker, ShuffledWatermark):
+                for tp, mark in taken:
+                    tracker.take_mark(tp, mark, now)
         touched: dict[tuple[str, int], int] = {}
         for name in self.sources:
             frame = times.get(name)
@@ -240,6 +292,9 @@ class WindowRuntime:
         )
         if not {TOPIC, PARTITION} <= set(late.columns):  # a select before the window dropped them
             return _dead(late, node.name, "late", head)
+        if node.source.repartitioned_by is not None:
+            return _dead(late, node.name, "late", head + "; upstream of the repartition topic, its partition was behind the "
+                         "watermark of the others (out of order by more than watermark=, or counted as idle)")
         tracker = self.trackers[node.source.name]
         delay = tracker.delay_ms
         known = [(tp, v) for tp, v in tracker.max_event.items() if v is not None]
@@ -279,6 +334,16 @@ class WindowRuntime:
         """A window keeping state per partition trusts the source's ``key=``: a key on two partitions breaks that."""
         assert node.spec is not None and node.source is not None
         keys = list(node.spec.by)
+        by = node.source.repartitioned_by
+        if by is not None:
+            count = self.counts.get(node.source.topic)
+            if count and frame.height and not (route(frame, by.by, count) == frame[PARTITION].cast(pl.Int32)).all():
+                raise AssignmentError(
+                    f"window {node.name!r}: rows of the repartition topic {node.source.topic!r} are not on the partition "
+                    f"this instance routes their key {list(by.by)} to: instances that write it hash keys differently. "
+                    f"Run every instance with the same Polars version (this one has {pl.__version__}); its row hash "
+                    "may change between versions, so drain the repartition topic before upgrading Polars."
+                )
         seen = frame.select(*keys, PARTITION).unique()
         split = seen.filter(pl.struct(keys).is_duplicated())
         if split.height:

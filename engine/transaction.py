@@ -80,6 +80,8 @@ class OutgoingTopic:
     values: list[bytes | None]
     keys: list[Any] | None = None
     headers: list[list[tuple[str, bytes]]] | None = None
+    #: the partition of each record (a repartition topic's); None: the producer's partitioner picks
+    partitions: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,10 @@ class TransactionalProducer:
         n, i = len(values), 0
         while i < n:
             try:
-                if headers is not None:
+                if out.partitions is not None:  # a few record batches per partition
+                    for i in range(i, n):  # noqa: B020
+                        produce(topic, values[i], partition=out.partitions[i])
+                elif headers is not None:
                     for i in range(i, n):  # noqa: B020 - resumes at the record that met a full queue
                         produce(topic, values[i], None if keys is None else keys[i], headers=headers[i])
                 elif keys is None:

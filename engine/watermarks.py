@@ -29,12 +29,13 @@ Examples
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 
 import polars as pl
 from lockgate.engine.columns import PARTITION, TOPIC
 
-__all__ = ["SourceWatermark"]
+__all__ = ["ShuffledWatermark", "SourceWatermark"]
 
 
 class SourceWatermark:
@@ -81,6 +82,14 @@ class SourceWatermark:
             touched[tp] = self.max_event[tp]
         return touched
 
+    def live(self, tp: tuple[str, int], now: float) -> bool:
+        """Whether ``tp`` holds the watermark: records not read yet, or records within ``idle_timeout``."""
+        return tp in self.backlog or (now - self.last_seen.get(tp, now)) * 1000 < self.idle_ms
+
+    def report(self, topic: str, now: float) -> dict[int, tuple[int | None, bool]]:
+        """Each owned partition of ``topic``: its maximum event time and whether it is live (a repartition mark's content)."""
+        return {p: (top, self.live((t, p), now)) for (t, p), top in self.max_event.items() if t == topic}
+
     @property
     def emitted(self) -> int | None:
         """The watermark as last returned by :meth:`current` (None before any)."""
@@ -88,17 +97,102 @@ class SourceWatermark:
 
     def current(self, now: float) -> int | None:
         """The source's watermark in epoch ms, or None while a live partition has no event time yet."""
-        backlog = self.backlog
-        live = [tp for tp in self.max_event if tp in backlog or (now - self.last_seen.get(tp, now)) * 1000 < self.idle_ms]
+        live = [tp for tp in self.max_event if self.live(tp, now)]
         if live:
             values = [self.max_event[tp] for tp in live]
             if any(v is None for v in values):
                 return self._emitted
             candidate = min(v for v in values if v is not None) - self.delay_ms
         else:
-            known = [v for v in self.max_event.values() if v is not None]
+            known = [v for v in self._peaks().values() if v is not None]
             if not known:
                 return self._emitted
             candidate = max(known) - self.delay_ms
         self._emitted = candidate if self._emitted is None else max(self._emitted, candidate)
         return self._emitted
+
+    def _peaks(self) -> dict[tuple[str, int], int | None]:
+        """What counts when every partition is idle: the maximum event times."""
+        return self.max_event
+
+
+class ShuffledWatermark(SourceWatermark):
+    """The watermark of a repartition topic, from the marks its records carry (:mod:`lockgate.engine.repartition`).
+
+    A repartition partition mixes the rows of every upstream partition.  Its
+    "maximum event time" is what the marks read in it say: once every one of the
+    ``upstream`` partitions has been heard of, the minimum over the live ones of
+    their maximum event times (an idle upstream partition does not hold it, as on
+    a source), and never less than before.  Rows of a repartition partition only
+    keep it live (from processing time, as a source's records do); when every
+    repartition partition is idle, the watermark is the highest any mark reported.
+    The restored maxima (the commit log's, after a restart) are where each
+    partition starts until the marks have been heard again.
+
+    >>> wm = ShuffledWatermark(delay_ms=0, idle_ms=30_000, upstream=2)
+    >>> wm.assign([("t-repartition", 0)], now=0.0)
+    >>> wm.take_mark(("t-repartition", 0), b'{"p": {"0": [50000, true]}}', now=1.0)
+    >>> wm.current(now=1.0) is None              # upstream partition 1 not heard of yet
+    True
+    >>> wm.take_mark(("t-repartition", 0), b'{"p": {"1": [40000, true]}}', now=1.0)
+    >>> wm.current(now=1.0)
+    40000
+    >>> wm.take_mark(("t-repartition", 0), b'{"p": {"1": [45000, false]}}', now=2.0)   # 1 went idle
+    >>> wm.current(now=2.0)
+    50000
+    """
+
+    def __init__(self, delay_ms: int, idle_ms: int, floor: int | None = None, upstream: int = 0) -> None:
+        super().__init__(delay_ms, idle_ms, floor)
+        #: how many partitions the upstream topic has (a mark must have named each before it counts)
+        self.upstream = upstream
+        #: per repartition partition, what the marks read in it say of each upstream partition
+        self.heard: dict[tuple[str, int], dict[int, tuple[int | None, bool]]] = {}
+        #: per repartition partition, the highest maximum event time a mark named
+        self.peak: dict[tuple[str, int], int | None] = {}
+
+    def assign(self, partitions: Iterable[tuple[str, int]], now: float, restored: Mapping[tuple[str, int], int] | None = None) -> None:
+        partitions = list(partitions)
+        super().assign(partitions, now, restored)
+        for tp in partitions:
+            self.heard.setdefault(tp, {})
+            self.peak.setdefault(tp, self.max_event[tp])
+
+    def revoke(self, partitions: Iterable[tuple[str, int]]) -> None:
+        partitions = list(partitions)
+        super().revoke(partitions)
+        for tp in partitions:
+            self.heard.pop(tp, None)
+            self.peak.pop(tp, None)
+
+    def observe(self, frame: pl.DataFrame, now: float, time_column: str = "__lg_t") -> dict[tuple[str, int], int]:
+        """Rows keep their partitions live; their event times move nothing (the marks do)."""
+        if frame.height:
+            for topic, partition in frame.select(TOPIC, PARTITION).unique().iter_rows():  # one row per partition
+                self.last_seen[(topic, partition)] = now
+        return {}
+
+    def take_mark(self, tp: tuple[str, int], mark: bytes, now: float) -> None:
+        """A mark read in repartition partition ``tp`` (after the rows before it in the partition)."""
+        if tp not in self.max_event:
+            return  # a partition revoked meanwhile
+        heard = self.heard.setdefault(tp, {})
+        for partition, (top, live) in json.loads(mark)["p"].items():
+            heard[int(partition)] = (top, bool(live))
+        self.last_seen[tp] = now
+        tops = [top for top, _ in heard.values() if top is not None]
+        if tops:
+            peak = self.peak.get(tp)
+            self.peak[tp] = max(tops) if peak is None else max(peak, max(tops))
+        if len(heard) < self.upstream:
+            return
+        live = [top for top, is_live in heard.values() if is_live]
+        if any(top is None for top in live):
+            return
+        value = min(live) if live else (max(tops) if tops else None)  # type: ignore[type-var]
+        if value is not None:
+            current = self.max_event.get(tp)
+            self.max_event[tp] = value if current is None else max(current, value)
+
+    def _peaks(self) -> dict[tuple[str, int], int | None]:
+        return self.peak

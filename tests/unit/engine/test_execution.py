@@ -107,7 +107,7 @@ def test_run_plan_names_what_is_wrong_with_its_input(tmp_path):
 
 def test_a_window_fed_by_its_source_reuses_the_event_times_decoded_once(tmp_path, monkeypatch):
     pipe = _pipe(tmp_path)
-    src = pipe.source("clicks", format=lg.JSON(schema=SCHEMA), event_time="t")
+    src = pipe.source("clicks", format=lg.JSON(schema=SCHEMA), event_time="t", key="user")
     src.window(lg.Tumbling("10s"), by="user").agg(count=pl.len()).to_table("counts")
     plan = pipe.plan()
     raw = RawBatch(topic="clicks", topics=None, partitions=[0, 0], offsets=[0, 1], timestamps=[0, 0], keys=[None, None],
