@@ -135,7 +135,7 @@ wait = os.environ.get("B_MAX_WAIT_MS")
 batch = lg.BatchPolicy(max_wait=f"{wait}ms") if wait else lg.BatchPolicy()
 pipe = lg.Pipeline(os.environ["B_NAME"], brokers=os.environ["B_BROKERS"], state=os.environ["B_STATE"], batch=batch)
 events = pipe.source(os.environ["B_IN"], format=lg.JSON(schema={"k": pl.Int64, "v": pl.Int64, "ts": pl.Int64}), event_time="ts")
-(events.window(lg.Tumbling("10s"), by="k", emit="update")
+(events.window(lg.Tumbling("10s"), by="k", emit="update", repartition=os.environ.get("B_REPARTITION") == "1")
        .agg(count=pl.len(), sum=pl.col("v").sum())
        .to_kafka(os.environ["B_OUT"], key="k"))
 signal.signal(signal.SIGTERM, lambda *_: pipe.stop())
@@ -303,9 +303,10 @@ def _start_engine(engine: dict[str, Any], brokers: str, in_topic: str, out_topic
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
     env = {**os.environ, "B_NAME": name, "B_BROKERS": brokers, "B_IN": in_topic, "B_OUT": out_topic, "B_STATE": str(work / "state")}
     env.pop("B_MAX_WAIT_MS", None)
+    env["B_REPARTITION"] = "1" if engine.get("repartition") else ""  # lg_repartition: the rows go through a repartition topic
     if engine["cadence_ms"] is not None:
         env["B_MAX_WAIT_MS"] = str(engine["cadence_ms"])
-    code = LOCKGATE if engine["kind"] == "lockgate" else FLOOR
+    code = LOCKGATE if engine["kind"].startswith("lockgate") else FLOOR
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=log)
 
 
@@ -505,6 +506,9 @@ def engines(cadence_ms: int, default_wait_ms: int, only: set[str]) -> list[dict[
     out.append({"key": "lg_default", "kind": "lockgate", "cadence_ms": None, "label": f"lockgate, defaults (max_wait {default_wait_ms} ms)"})
     if cadence_ms != default_wait_ms:
         out.append({"key": "lg_cadence", "kind": "lockgate", "cadence_ms": cadence_ms, "label": f"lockgate, max_wait {cadence_ms} ms"})
+    # the same window without key=: its rows go through a repartition topic first (the cost of the hop)
+    out.append({"key": "lg_repartition", "kind": "lockgate_repartition", "cadence_ms": None, "repartition": True,
+                "label": f"lockgate through a repartition topic, defaults (max_wait {default_wait_ms} ms)"})
     return [e for e in out if e["kind"] in only]
 
 

@@ -15,8 +15,11 @@ wall
 steady
     from the first record any instance read to the end of the last one.
 
-Runs are interleaved (1, N, 1, N, ...); the headline is the median of ``--runs`` of each
-and the ratio N/1.  The first run of each is checked: the committed output topic holds
+Each run count is done for two pipelines: keyed (``key="user"``: no hop) and repartitioned
+(no ``key=``, ``repartition=True``: the window's rows go through its repartition topic first), so the hop's cost
+(repartitioned / keyed on one instance, target >= 0.6) is measured in the same run.
+Runs are interleaved (keyed 1, keyed N, repartitioned 1, repartitioned N, ...); the headline
+is the median of ``--runs`` of each and the ratio N/1.  The first run of each is checked: the committed output topic holds
 exactly the closed windows of the oracle and the tables of all instances equal it.
 
 Usage::
@@ -44,23 +47,25 @@ import _common as common
 import windows as wb
 
 
-def _instance(i: int, name: str, brokers: str, topic: str, state: str, out_topic: str, queue: Any) -> None:
+def _instance(i: int, name: str, brokers: str, topic: str, state: str, out_topic: str, queue: Any, hop: bool = False) -> None:
     os.environ["LOCKGATE_INSTANCE"] = str(i)
-    pipe = wb.build_pipeline(name, brokers, state, topic, out_topic)
+    pipe = wb.build_pipeline(name, brokers, state, topic, out_topic, per_partition=not hop, repartition=hop)
     summary = pipe.run(until="caught_up", timeout=1800)
     queue.put({"instance": i, "records": summary.records, "batches": summary.batches, "end": time.time(),
                "first_record": None if summary.seconds_from_first_record is None else time.time() - summary.seconds_from_first_record,
                "stopped_because": summary.stopped_because})
 
 
-def run(brokers: str, topic: str, instances: int, records: int, tag: str, run_no: int, state_root: Path) -> dict[str, Any]:
-    """One fresh pipeline as ``instances`` processes until every one is caught up."""
-    name = f"bench-scale-{tag}-n{instances}-r{run_no}"
+def run(
+    brokers: str, topic: str, instances: int, records: int, tag: str, run_no: int, state_root: Path, hop: bool = False
+) -> dict[str, Any]:
+    """One fresh pipeline as ``instances`` processes until every one is caught up (``hop``: through a repartition topic)."""
+    name = f"bench-scale-{tag}-{'hop' if hop else 'keyed'}-n{instances}-r{run_no}"
     state, out_topic = str(state_root / name), f"{name}-out"
     ctx = mp.get_context("spawn")  # no fork: the parent has Polars' and librdkafka's threads
     queue = ctx.Queue()
     started = time.time()
-    procs = [ctx.Process(target=_instance, args=(i, name, brokers, topic, state, out_topic, queue)) for i in range(instances)]
+    procs = [ctx.Process(target=_instance, args=(i, name, brokers, topic, state, out_topic, queue, hop)) for i in range(instances)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=1900) for _ in procs]
@@ -72,7 +77,7 @@ def run(brokers: str, topic: str, instances: int, records: int, tag: str, run_no
     if total < records:
         raise RuntimeError(f"{name}: the instances read {total} of {records} records: {results}")
     return {
-        "instances": instances, "run": run_no, "pipeline": name, "output_topic": out_topic, "state": state,
+        "instances": instances, "hop": hop, "run": run_no, "pipeline": name, "output_topic": out_topic, "state": state,
         "records_read": total, "per_instance": sorted((r["instance"], r["records"], r["batches"]) for r in results),
         "wall_seconds": round(end - started, 3), "steady_seconds": round(end - first, 3),
         "wall_rps": round(records / (end - started)), "steady_rps": round(records / (end - first)),
@@ -101,34 +106,47 @@ def main() -> None:
     produced = wb.produce(brokers, topic, events, "lz4")
     expected, oracle_info = wb.oracle(events)
     state_root = Path(tempfile.mkdtemp(prefix="lockgate-bench-scale-"))
-    runs: dict[int, list[dict[str, Any]]] = {1: [], args.instances: []}
+    variants = [(hop, n) for hop in (False, True) for n in (1, args.instances)]
+    runs: dict[tuple[bool, int], list[dict[str, Any]]] = {v: [] for v in variants}
     checks = []
     try:
         for run_no in range(1, args.runs + 1):
-            for n in (1, args.instances):
-                r = run(brokers, topic, n, args.records, tag, run_no, state_root)
-                runs[n].append(r)
-                print(f"# {n} instance(s), run {run_no}: {r['steady_rps']:,} rec/s steady, {r['wall_rps']:,} wall "
-                      f"{r['per_instance']}", file=sys.stderr)
+            for hop, n in variants:  # interleaved: keyed 1, keyed N, repartitioned 1, repartitioned N, ...
+                r = run(brokers, topic, n, args.records, tag, run_no, state_root, hop)
+                runs[(hop, n)].append(r)
+                print(f"# {'repartitioned' if hop else 'keyed'}, {n} instance(s), run {run_no}: {r['steady_rps']:,} rec/s steady, "
+                      f"{r['wall_rps']:,} wall {r['per_instance']}", file=sys.stderr)
                 if run_no == 1:
-                    checks.append({"instances": n, **check(brokers, r, expected)})
+                    checks.append({"instances": n, "hop": hop, **check(brokers, r, expected)})
                     print(f"# check: {checks[-1]}", file=sys.stderr)
     finally:
         shutil.rmtree(state_root, ignore_errors=True)
         common.delete_topics(brokers, [topic, *(r["output_topic"] for rs in runs.values() for r in rs)])
-    one, many = (common.median([r["steady_rps"] for r in runs[k]]) for k in (1, args.instances))
-    one_w, many_w = (common.median([r["wall_rps"] for r in runs[k]]) for k in (1, args.instances))
+    steady = {v: common.median([r["steady_rps"] for r in runs[v]]) for v in variants}
+    wall = {v: common.median([r["wall_rps"] for r in runs[v]]) for v in variants}
+    n = args.instances
+    label = {False: "keyed (key=user: no hop)", True: "repartitioned (no key=: through the repartition topic)"}
     result = {
-        "benchmark": "scale_out", "records": args.records, "instances": args.instances, "runs": args.runs,
+        "benchmark": "scale_out", "records": args.records, "instances": n, "runs": args.runs,
         "input": produced, "oracle": oracle_info, "machine": common.machine(), "checks": checks,
-        "median_steady_rps": {"1": one, str(args.instances): many}, "median_wall_rps": {"1": one_w, str(args.instances): many_w},
-        "ratio_steady": round(many / one, 2), "ratio_wall": round(many_w / one_w, 2), "all_runs": runs,
+        "median_steady_rps": {f"{'hop' if h else 'keyed'}-{k}": v for (h, k), v in steady.items()},
+        "median_wall_rps": {f"{'hop' if h else 'keyed'}-{k}": v for (h, k), v in wall.items()},
+        "ratio_steady": round(steady[(False, n)] / steady[(False, 1)], 2), "ratio_wall": round(wall[(False, n)] / wall[(False, 1)], 2),
+        "ratio_steady_repartitioned": round(steady[(True, n)] / steady[(True, 1)], 2),
+        "hop_cost_steady_1": round(steady[(True, 1)] / steady[(False, 1)], 2),
+        "hop_cost_wall_1": round(wall[(True, 1)] / wall[(False, 1)], 2),
+        "all_runs": {f"{'hop' if h else 'keyed'}-{k}": rs for (h, k), rs in runs.items()},
     }
     path = common.write_json(args.out, "scale_out", result)
+    rows = []
+    for hop in (False, True):
+        for kind, table in (("steady", steady), ("wall", wall)):
+            one, many = table[(hop, 1)], table[(hop, n)]
+            rows.append([f"windows, {label[hop]}, {kind} (median of {args.runs})", f"{args.records:,}", f"{one:,.0f}", f"{many:,.0f}", f"{many / one:.2f}"])
+    print(common.markdown_table(["benchmark", "records", "1 instance rec/s", f"{n} instances rec/s", "ratio"], rows))
     print(common.markdown_table(
-        ["benchmark", "records", "1 instance rec/s", f"{args.instances} instances rec/s", "ratio"],
-        [[f"windows, steady (median of {args.runs})", f"{args.records:,}", f"{one:,.0f}", f"{many:,.0f}", f"{many / one:.2f}"],
-         [f"windows, wall (median of {args.runs})", f"{args.records:,}", f"{one_w:,.0f}", f"{many_w:,.0f}", f"{many_w / one_w:.2f}"]],
+        ["the hop's cost, 1 instance", "keyed rec/s", "repartitioned rec/s", "repartitioned / keyed (target >= 0.6)"],
+        [[kind, f"{t[(False, 1)]:,.0f}", f"{t[(True, 1)]:,.0f}", f"{t[(True, 1)] / t[(False, 1)]:.2f}"] for kind, t in (("steady", steady), ("wall", wall))],
     ))
     print(f"\n# written to {path}")
     print(json.dumps({"ok": all(c["ok"] for c in checks)}), file=sys.stderr)

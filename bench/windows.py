@@ -287,14 +287,16 @@ def check_quix(brokers: str, out_topic: str, expected: pl.DataFrame) -> dict[str
 # ---------------------------------------------------------------- lockgate
 
 
-def build_pipeline(name: str, brokers: str, state: str, topic: str, out_topic: str, per_partition: bool = True) -> lg.Pipeline:
+def build_pipeline(
+    name: str, brokers: str, state: str, topic: str, out_topic: str, per_partition: bool = True, repartition: bool = False
+) -> lg.Pipeline:
     """source JSON -> tumbling 1-minute windows per user, final -> count, sum, max -> to_kafka + to_table."""
     pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=BATCH)
     ev = pipe.source(
         topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark=f"{WATERMARK_MS // 1000}s",
         key="user" if per_partition else None,
     )
-    w = ev.window(lg.Tumbling("1m"), by="user", emit="final").agg(
+    w = ev.window(lg.Tumbling("1m"), by="user", emit="final", repartition=repartition).agg(
         count=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
     )
     w.to_kafka(out_topic, key="user")

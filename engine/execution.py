@@ -30,7 +30,7 @@ Examples
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -116,19 +116,20 @@ def execute(
 
 def operate(
     plan: Plan, batch: DecodedBatch, tables: Mapping[str, pl.DataFrame], windows: WindowRuntime | None, now: float,
-    watermark: int | None = None,
+    watermark: int | None = None, closing: Collection[str] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Every operator over one decoded batch; windows fold into ``windows``' hot state (``windows.take()`` collects their deltas).
 
     The watermarks first move on with the batch's event times (``now`` is the
-    processing time, for idle partitions); ``watermark`` overrides every window's
-    watermark (``run_plan``'s end of input).
+    processing time, for idle partitions); ``watermark`` overrides the watermark of
+    the windows named in ``closing`` (every window when None): ``run_plan``'s end of input.
     """
     if windows is None or not windows.active:
         return execute(plan, batch.inputs, dead_letters=lambda: batch.dead, tables=tables)
     windows.observe(batch.event_times, now, batch.marks)
     return execute(
-        plan, batch.inputs, lambda node, frame: windows.step(node, frame, now, batch.event_times, watermark),
+        plan, batch.inputs,
+        lambda node, frame: windows.step(node, frame, now, batch.event_times, watermark if closing is None or node.name in closing else None),
         lambda: pl.concat([batch.dead, *windows.late], how="vertical_relaxed"),  # windows ran first
         tables,
     )
@@ -181,16 +182,28 @@ def run_plan(
             windows.set_counts(counts)
             windows.assign(owned, 0.0)
             windows.load(0.0)
-        ends = [None] * len(framed) + ([END_OF_INPUT] if end_of_input and windows.active else [])
-        for step, watermark in zip([*framed, {}], ends, strict=False):
+        stages = plan.stages()
+
+        def run(batch: DecodedBatch, closing: set[str] | None = None) -> DecodedBatch | None:
+            out = operate(plan, batch, table_rows, windows, 0.0, watermark=None if closing is None else END_OF_INPUT, closing=closing)
+            if windows.active:
+                windows.take()  # the deltas an epoch would append: nothing is written here
+            for s in sinks:
+                outputs[s.name].append(out[s.name])
+            return hop(plan, out, windows, batch.records_in, counts, offsets, 0.0)
+
+        for step in framed:
             batch: DecodedBatch | None = _decoded(plan, step)
             while batch is not None:  # the step, then what its repartition topics carry to the next stage
-                out = operate(plan, batch, table_rows, windows, 0.0, watermark=watermark)
-                if windows.active:
-                    windows.take()  # the deltas an epoch would append: nothing is written here
-                for s in sinks:
-                    outputs[s.name].append(out[s.name])
-                batch = hop(plan, out, windows, batch.records_in, counts, offsets, 0.0)
+                batch = run(batch)
+        if end_of_input and windows.active:
+            # the end of the input reaches the stages one after the other: a window closes once what the
+            # windows before its repartition topic emitted at the end has reached it
+            for stage in range(1, max(stages[w.name] for w in windows.windows) + 1):
+                closing = {w.name for w in windows.windows if stages[w.name] <= stage}
+                batch = _decoded(plan, {})
+                while batch is not None:
+                    batch = run(batch, closing)
     return {s.target: _concat(outputs[s.name], s) for s in sinks}
 
 

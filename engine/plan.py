@@ -500,7 +500,7 @@ class Stream:
         allowed_lateness: Duration = "0s",
         emit: str = "final",
         name: str | None = None,
-        repartition: bool = True,
+        repartition: bool = False,
         partitions: int | None = None,
     ) -> WindowedStream:
         """Group this stream by ``by`` into event-time windows; finish with ``.agg(name=expr, ...)``.
@@ -512,7 +512,9 @@ class Stream:
 
         When the source's records are keyed by the ``by`` columns
         (``pipe.source(..., key=...)``), the window keeps its state per input
-        partition.  Otherwise the rows first go through the repartition topic
+        partition.  Otherwise it keeps one state for every partition of its topic
+        (one instance must own them all), or, with ``repartition=True``, the rows
+        first go through the repartition topic
         ``<pipeline>-<window>-repartition`` (created by lockgate with ``partitions``
         partitions, as many as the source by default, one without ``by``), each to
         the partition of its key, as Kafka Streams does after a ``groupBy``: the
@@ -520,8 +522,7 @@ class Stream:
         the hop stays exactly once (the rows are produced in the epoch's transaction,
         read ``read_committed`` by a later epoch).  After the hop the Kafka columns
         (``_partition``, ``_offset`` ...) are those of the repartition topic.
-        ``repartition=False`` keeps one state for every partition instead: no hop,
-        but one instance must own every partition of the topic.
+        ``repartition`` has no effect on a window keyed like its source.
 
         Examples
         --------
@@ -675,7 +676,7 @@ class WindowedStream:
 
     def __init__(
         self, stream: Stream, window: WindowKind, by: Any, lateness: Duration, emit: str, name: str | None,
-        repartition: bool = True, partitions: int | None = None,
+        repartition: bool = False, partitions: int | None = None,
     ) -> None:
         self._stream, self._window, self._by, self._lateness, self._emit, self._name = stream, window, by, lateness, emit, name
         self._repartition, self._partitions = repartition, partitions

@@ -344,9 +344,10 @@ class Runner:
             raise AssignmentError(
                 f"pipeline {self.config.name!r}: windows {self.windows.unsharded} keep one state for all partitions of "
                 f"{topic!r}, but another instance of the pipeline owns {missing[topic]} of its {self.whole_counts[topic]} "
-                "partitions. Run one instance, or key the topic by the window's `by` columns and say so with "
-                "pipe.source(..., key=[...]) so that the state is kept per partition (keep `_partition` and the key "
-                "columns unchanged up to the window, and no map_batches before it)."
+                "partitions. Run one instance; or pass window(..., repartition=True), so that its rows go through a "
+                "repartition topic keyed by `by` and the state is kept per partition of it; or key the topic by the window's "
+                "`by` columns and say so with pipe.source(..., key=[...]) (keep `_partition` and the key columns unchanged "
+                "up to the window, and no map_batches before it)."
             )
         if len(raw):
             self.source.rewind(_polled_from(raw))

@@ -104,16 +104,12 @@ class SourceWatermark:
                 return self._emitted
             candidate = min(v for v in values if v is not None) - self.delay_ms
         else:
-            known = [v for v in self._peaks().values() if v is not None]
+            known = [v for v in self.max_event.values() if v is not None]
             if not known:
                 return self._emitted
             candidate = max(known) - self.delay_ms
         self._emitted = candidate if self._emitted is None else max(self._emitted, candidate)
         return self._emitted
-
-    def _peaks(self) -> dict[tuple[str, int], int | None]:
-        """What counts when every partition is idle: the maximum event times."""
-        return self.max_event
 
 
 class ShuffledWatermark(SourceWatermark):
@@ -124,8 +120,11 @@ class ShuffledWatermark(SourceWatermark):
     ``upstream`` partitions has been heard of, the minimum over the live ones of
     their maximum event times (an idle upstream partition does not hold it, as on
     a source), and never less than before.  Rows of a repartition partition only
-    keep it live (from processing time, as a source's records do); when every
-    repartition partition is idle, the watermark is the highest any mark reported.
+    keep it live (from processing time, as a source's records do).  When every
+    repartition partition is silent the watermark stays where the marks put it:
+    jumping to the highest maximum a mark reported (as a source does when all its
+    partitions are idle) made the rows of an upstream partition still waiting in the
+    fetch queue late, and only a mark can say that upstream partitions went idle.
     The restored maxima (the commit log's, after a restart) are where each
     partition starts until the marks have been heard again.
 
@@ -148,22 +147,18 @@ class ShuffledWatermark(SourceWatermark):
         self.upstream = upstream
         #: per repartition partition, what the marks read in it say of each upstream partition
         self.heard: dict[tuple[str, int], dict[int, tuple[int | None, bool]]] = {}
-        #: per repartition partition, the highest maximum event time a mark named
-        self.peak: dict[tuple[str, int], int | None] = {}
 
     def assign(self, partitions: Iterable[tuple[str, int]], now: float, restored: Mapping[tuple[str, int], int] | None = None) -> None:
         partitions = list(partitions)
         super().assign(partitions, now, restored)
         for tp in partitions:
             self.heard.setdefault(tp, {})
-            self.peak.setdefault(tp, self.max_event[tp])
 
     def revoke(self, partitions: Iterable[tuple[str, int]]) -> None:
         partitions = list(partitions)
         super().revoke(partitions)
         for tp in partitions:
             self.heard.pop(tp, None)
-            self.peak.pop(tp, None)
 
     def observe(self, frame: pl.DataFrame, now: float, time_column: str = "__lg_t") -> dict[tuple[str, int], int]:
         """Rows keep their partitions live; their event times move nothing (the marks do)."""
@@ -181,9 +176,6 @@ class ShuffledWatermark(SourceWatermark):
             heard[int(partition)] = (top, bool(live))
         self.last_seen[tp] = now
         tops = [top for top, _ in heard.values() if top is not None]
-        if tops:
-            peak = self.peak.get(tp)
-            self.peak[tp] = max(tops) if peak is None else max(peak, max(tops))
         if len(heard) < self.upstream:
             return
         live = [top for top, is_live in heard.values() if is_live]
@@ -193,6 +185,3 @@ class ShuffledWatermark(SourceWatermark):
         if value is not None:
             current = self.max_event.get(tp)
             self.max_event[tp] = value if current is None else max(current, value)
-
-    def _peaks(self) -> dict[tuple[str, int], int | None]:
-        return self.peak

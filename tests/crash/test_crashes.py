@@ -1,7 +1,9 @@
 """Exactly once under crashes: real SIGKILLs at every step of the commit, then restarts.
 
 Each test runs a windowed pipeline (tumbling + session windows, into ``to_kafka`` and
-``to_table``) as ``lockgate run`` in a subprocess.  ``LOCKGATE_CRASH_AT`` makes the
+``to_table``) as ``lockgate run`` in a subprocess.  ``T_REPARTITION=1`` sends both
+windows' rows through repartition topics: the kill points then also hit the stage
+after the hop (an epoch reads the input and the repartition topics together).  ``LOCKGATE_CRASH_AT`` makes the
 process SIGKILL itself at a step of the commit protocol; the test restarts it until a
 run ends by itself, then compares the read_committed output topics, ``read_table``
 and ``read_state`` with the Polars oracle over the same input.
@@ -74,12 +76,13 @@ PIPELINE_FILE = textwrap.dedent(
             return df
 
         events = events.map_batches(slowly)
-    per_minute = events.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
+    hop = os.environ.get("T_REPARTITION") == "1"  # without key=: through a repartition topic, or one state for the topic
+    per_minute = events.window(lg.Tumbling("1m"), by="user", name="per_minute", repartition=hop).agg(
         n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
     )
     per_minute.to_kafka(f"{name}-minutes", key="user")
     per_minute.to_table("per_minute")
-    sessions = events.window(lg.Session("30s"), by="user", name="sessions").agg(
+    sessions = events.window(lg.Session("30s"), by="user", name="sessions", repartition=hop).agg(
         clicks=pl.len(), pages=pl.col("url").n_unique()
     )
     sessions.to_kafka(f"{name}-sessions", key="user")

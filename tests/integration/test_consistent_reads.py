@@ -29,7 +29,8 @@ PIPELINE = textwrap.dedent(
                          event_time="ts", watermark="1s")
     events.select("k", "n").to_table("a")
     events.select("k", "n").to_table("b")
-    events.window(lg.Tumbling("1m"), by="k", emit="update", name="counts").agg(c=pl.len()).to_table("counts")
+    # no hop: the counts must be of the very rows of the same epoch
+    events.window(lg.Tumbling("1m"), by="k", emit="update", name="counts", repartition=False).agg(c=pl.len()).to_table("counts")
     """
 )
 

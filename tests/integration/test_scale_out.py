@@ -89,7 +89,7 @@ def test_a_window_that_needs_every_partition_stops_instances_that_split_them_and
 ):
     events = make_events(30_000, seed=12)
     topic = make_topic(f"whole-in-{unique}", partitions=4)
-    service = Service(brokers, topic, f"whole-{unique}", tmp_path)  # no key=: the windows need the whole topic
+    service = Service(brokers, topic, f"whole-{unique}", tmp_path, T_REPARTITION="0")  # no key=, no hop: the windows need the whole topic
     logs = [tmp_path / "instance-0.log", tmp_path / "instance-1.log"]
     produce_events(brokers, topic, events[:10_000], flush_at=None)
     procs = [_start(service, 0, logs[0])]
@@ -105,6 +105,7 @@ def test_a_window_that_needs_every_partition_stops_instances_that_split_them_and
     assert 2 in codes, (codes, [t[-2000:] for t in texts])
     stopped = next(t for code, t in zip(codes, texts, strict=True) if code == 2)
     assert "keep one state for all partitions of" in stopped and "pipe.source(..., key=[...])" in stopped, stopped[-2000:]
+    assert "repartition=True" in stopped, stopped[-2000:]
     produce_events(brokers, topic, events[10_000:])
     service.until_done()  # one instance alone: exact, nothing half-done by the two
     assert_exact(brokers, service, events)
