@@ -95,28 +95,28 @@ def _only_flush_open(service: Service) -> bool:
 
 
 def test_two_instances_killed_restarted_and_scaled_one_two_one_count_every_country_exactly(brokers, make_topic, tmp_path, unique):
-    events = make_events(60_000, seed=21)
+    events = make_events(40_000, seed=21)
     topic = make_topic(f"hop-in-{unique}", partitions=4)
     service = _service(brokers, topic, f"hop-{unique}", tmp_path)
     logs = [tmp_path / "instance-0.log", tmp_path / "instance-1.log", tmp_path / "instance-1-again.log"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        produce_events(brokers, topic, events[:15_000], flush_at=None)
+        produce_events(brokers, topic, events[:10_000], flush_at=None)
         procs.append(_start(service, 0, logs[0]))  # one instance
         _wait_until_quiet(service.state)
         procs.append(_start(service, 1, logs[1]))  # 1 -> 2
         _wait_for_line(logs[1], "window per_country: loaded")
-        produce_events(brokers, topic, events[15_000:35_000], flush_at=None)
+        produce_events(brokers, topic, events[10_000:24_000], flush_at=None)
         time.sleep(1.5)
         procs[1].send_signal(signal.SIGKILL)  # mid-run: its epoch in flight is lost, its partitions move
         assert procs[1].wait(timeout=30) == KILLED
         procs.append(_start(service, 1, logs[2]))  # restarted with its id: it fences what the killed one left
         _wait_for_line(logs[2], "window per_country: loaded")
-        produce_events(brokers, topic, events[35_000:45_000], flush_at=None)
+        produce_events(brokers, topic, events[24_000:30_000], flush_at=None)
         time.sleep(2)
         _wait_until_quiet(service.state)
         _stop(procs[2], logs[2])  # 2 -> 1
-        produce_events(brokers, topic, events[45_000:], flush_per_partition=True)
+        produce_events(brokers, topic, events[30_000:], flush_per_partition=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not _only_flush_open(service):
             time.sleep(0.5)
