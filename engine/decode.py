@@ -31,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -142,8 +143,7 @@ class BatchDecoder:
             counts[topic] = len(values)
             for node in nodes:
                 decoded = _decoded(raw, node, values)
-                rows = decoded.rows if idx is None else [idx[r] for r in decoded.rows]
-                base = meta if len(rows) == len(raw.values) else meta[list(rows)]
+                base = meta if _every_record_one_row(decoded.rows, idx, meta.height) else meta[_record_of_each_row(decoded.rows, idx)]
                 frame = pl.concat([base, decoded.frame], how="horizontal")
                 inputs[node.name] = frame
                 timed = source_event_times(node, frame)
@@ -166,6 +166,28 @@ def source_event_times(node: SourceNode, frame: pl.DataFrame) -> pl.DataFrame | 
     if column is None:
         return None
     return frame.select(TOPIC, PARTITION, event_time_ms(column, frame.schema[column]))
+
+
+def _every_record_one_row(rows: Sequence[int], idx: list[int] | None, records: int) -> bool:
+    """True when row i of a decoded frame is record i of the batch (then the metadata needs no gather).
+
+    Not the same as "as many rows as records": an Arrow IPC value holds many rows
+    or none (a repartition topic's mark alone), so with a value that failed to
+    decode the counts can agree while the rows sit at other records.
+    """
+    if idx is not None and len(idx) != records:
+        return False
+    if isinstance(rows, range):
+        return rows == range(records)
+    return len(rows) == records and bool((np.asarray(rows, dtype=np.int64) == np.arange(records)).all())
+
+
+def _record_of_each_row(rows: Sequence[int], idx: list[int] | None) -> pl.Series:
+    """The batch's record index of each decoded row (``idx``: the topic's records among the batch's)."""
+    at = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, range) else np.asarray(rows, dtype=np.int64)
+    if idx is not None:
+        at = np.asarray(idx, dtype=np.int64)[at]
+    return pl.Series(at)
 
 
 def _decoded(raw: RawBatch, node: SourceNode, values: list[bytes | None]) -> Decoded:

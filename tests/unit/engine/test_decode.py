@@ -48,3 +48,20 @@ def test_chunks_decoded_on_the_decode_thread_join_into_the_same_batch(tmp_path):
     finally:
         decoder.close()
     assert BatchDecoder(pipe.plan()).start(first) is None, "without a decode thread nothing is decoded ahead"
+
+
+def test_arrow_ipc_rows_keep_their_own_records_metadata_when_a_value_holds_two_rows_and_another_none(tmp_path):
+    # as many rows as records, but not one row per record: a bad value, then a value of two rows
+    fmt = lg.ArrowIPC(schema=SCHEMA)
+    two = fmt.encode(pl.DataFrame({"user": ["x", "y"], "t": [1, 2]}, schema=SCHEMA))
+    assert len(two) == 1
+    pipe = lg.Pipeline("ipc", brokers="127.0.0.1:1", state=str(tmp_path))
+    pipe.source("a", format=fmt).to_table("ta")
+    batch = BatchDecoder(pipe.plan()).decode(_raw("a", [b"not arrow", two[0]]))
+    assert batch.inputs["a"].select("_offset", "user").rows() == [(1, "x"), (1, "y")]
+    assert batch.dead.select("_offset", "reason").rows() == [(0, "decode")]
+
+    pipe.source("b", format=lg.JSON(schema=SCHEMA)).to_table("tb")  # two topics: the rows of "a" are picked out first
+    batch = BatchDecoder(pipe.plan()).decode(_raw(None, [b"not arrow", b'{"user": "z", "t": 3}', two[0]], topics=["a", "b", "a"]))
+    assert batch.inputs["a"].select("_offset", "user").rows() == [(2, "x"), (2, "y")]
+    assert batch.inputs["b"].select("_offset", "user").rows() == [(1, "z")]
