@@ -269,11 +269,7 @@ class Runner:
                     if max_batches is not None and batches >= max_batches:
                         reason = "max_batches"
                         break
-                    if until == "caught_up" and self.source.caught_up(ask_broker=not n):
-                        if self.hopped:  # what the last epochs wrote to a repartition topic is still to be read
-                            self.hopped = False
-                            self._settle()
-                            continue
+                    if until == "caught_up" and self.source.caught_up(ask_broker=not n) and self._hops_read():
                         reason = "caught_up"
                         break
                     collector.after_batch()
@@ -283,6 +279,20 @@ class Runner:
             self.close()
         ended = time.monotonic()
         return RunSummary(batches, records, ended - started, reason, None if first_record is None else ended - first_record)
+
+    def _hops_read(self) -> bool:
+        """After the sources are read to their end: True unless what the last epochs wrote to a repartition topic is unread.
+
+        The epoch that wrote it commits first (its records become readable then),
+        and the broker's last stable offsets decide: the last fetch predates them.
+        """
+        assert self.source is not None
+        if not self.hopped:
+            return True
+        self._settle()
+        if self.source.caught_up(ask_broker=True, verify=set(self.counts_of_hops)):
+            self.hopped = False
+        return not self.hopped
 
     def _rebalance(self, raw: RawBatch) -> bool:
         """Take the partitions assigned and revoked since the last poll: redo lost marks, move window state.

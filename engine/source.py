@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from operator import itemgetter
@@ -338,18 +338,25 @@ class KafkaSource:
         """
         return {key for key, position, high in self._read_to() if high < 0 or position < 0 or position < high}
 
-    def caught_up(self, ask_broker: bool = False) -> bool:
+    def caught_up(self, ask_broker: bool = False, verify: Collection[str] = ()) -> bool:
         """True when every assigned partition has been read to its end (lag 0).
 
         The fast check compares each position with the high watermark of the last
         fetch (no network).  A partition whose last records are an open or aborted
         transaction never reaches its high watermark under ``read_committed``: with
         ``ask_broker`` (after a poll that brought nothing), the broker's last stable
-        offset decides for the partitions the fast check left behind.
+        offset decides for the partitions the fast check left behind.  The partitions
+        of the ``verify`` topics always ask the broker: this instance has just
+        committed records to them (a repartition topic), which the last fetch's high
+        watermark may not include yet.
         """
         if not self.assignment.owned:
             return False
-        behind = [tp for tp, _, high in self._positions() if tp.offset < 0 or high < 0 or tp.offset < high]
+        behind = [
+            tp for tp, _, high in self._positions() if tp.offset < 0 or high < 0 or tp.offset < high or tp.topic in verify
+        ]
+        if verify and any(tp.topic in verify for tp in behind):
+            ask_broker = True
         if not behind:
             return True
         if not ask_broker:
