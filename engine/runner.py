@@ -51,6 +51,8 @@ __all__ = ["RunSummary", "Runner", "Until"]
 log = logging.getLogger("lockgate.runner")
 
 Until = Literal["caught_up"] | None
+#: records per owned repartition partition left unread beyond which the upstream topics pause (see ``Runner._pace_hops``)
+HOP_BACKLOG_EPOCHS = 4
 
 #: repartition topics keep what is not read yet: time-based retention would drop it (Kafka Streams purges what was committed)
 REPARTITION_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
@@ -134,10 +136,11 @@ class Runner:
         self.counts_of_hops: dict[str, int] = {node.target: 0 for node in plan.repartitions}
         #: the epoch in flight wrote to a repartition topic: "caught up" must wait for it to commit and be read
         self.hopped = False
+        #: the topics whose rows go through a repartition topic (paused while it is behind: :meth:`_pace_hops`)
+        self.upstream_topics = {node.upstream.topic for node in plan.repartitions if node.upstream is not None}
         self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
         self.purge_countdown = config.compact_every
         self.admin: Any = None
-        self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
         self.purge_countdown = config.compact_every
         self.admin: Any = None
         self.source: KafkaSource | None = None
@@ -251,7 +254,9 @@ class Runner:
                     n = len(raw)
                     if not (self._rebalance(raw) and self._owns_whole_topics(raw)):
                         continue  # the batch was rewound, to be read again
-                    self.metrics.gauges("lag", self.source.lag())
+                    lag = self.source.lag()
+                    self.metrics.gauges("lag", lag)
+                    self._pace_hops(lag, polled_nothing=not n)
                     if n:
                         first_record = first_record or self.source.first_record_at
                         faults.crash_point("after_poll")
@@ -279,6 +284,26 @@ class Runner:
             self.close()
         ended = time.monotonic()
         return RunSummary(batches, records, ended - started, reason, None if first_record is None else ended - first_record)
+
+    def _pace_hops(self, lag: dict[tuple[str, int], int], polled_nothing: bool) -> None:
+        """Pause the upstream topics while this instance's repartition partitions are behind; resume once they are read.
+
+        One consumer reads both, and librdkafka serves one queue: behind an input
+        backlog it had prefetched, the rows an epoch wrote to the repartition topic
+        would wait until the input is nearly drained, and the windows behind the
+        hop with them.  As Kafka Streams pauses a partition whose buffer is full
+        (``buffered.records.per.partition``), the upstream partitions pause while the
+        owned repartition partitions hold more than ``HOP_BACKLOG_EPOCHS`` records
+        each (about that many epochs), and resume once those are read, or when a
+        poll brings nothing (then there is nothing to let through).
+        """
+        assert self.source is not None
+        hop = [behind for (topic, _), behind in lag.items() if topic in self.counts_of_hops]
+        if self.source.paused:
+            if not hop or sum(hop) == 0 or polled_nothing:
+                self.source.resume()
+        elif hop and sum(hop) > HOP_BACKLOG_EPOCHS * len(hop):
+            self.source.pause(self.upstream_topics)
 
     def _hops_read(self) -> bool:
         """After the sources are read to their end: True unless what the last epochs wrote to a repartition topic is unread.

@@ -171,6 +171,8 @@ class KafkaSource:
         self.resubscribe = False
         #: where each partition starts (its committed offset; None: from its first offset), as last asked
         self.starts: dict[tuple[str, int], int | None] = {}
+        #: owned partitions not fetched for now (see :meth:`pause`)
+        self.paused: set[tuple[str, int]] = set()
         self._subscribe()
 
     def _subscribe(self) -> None:
@@ -205,6 +207,7 @@ class KafkaSource:
         self.assignment.owned -= lost
         self.assignment.new -= lost
         self.assignment.revoked |= lost
+        self.paused -= lost
 
     def poll(
         self, policy: BatchPolicy, should_stop: Callable[[], bool] = lambda: False,
@@ -451,8 +454,29 @@ class KafkaSource:
         log.info("the group's committed offsets came through a new client")
         return list(got.topic_partitions)
 
+    def pause(self, topics: Collection[str]) -> None:
+        """Stop fetching the owned partitions of ``topics`` until :meth:`resume`.
+
+        librdkafka drops what it prefetched of them, and the records of the other
+        partitions come next (a repartition topic's, queued behind an input backlog);
+        resumed, they are fetched again from the position the pipeline read them to.
+        """
+        partitions = {tp for tp in self.assignment.owned if tp[0] in topics} - self.paused
+        if partitions:
+            self.consumer.pause([ck.TopicPartition(t, p) for t, p in sorted(partitions)])
+            self.paused |= partitions
+
+    def resume(self) -> None:
+        """Fetch the paused partitions again."""
+        partitions = self.paused & self.assignment.owned
+        if partitions:
+            self.consumer.resume([ck.TopicPartition(t, p) for t, p in sorted(partitions)])
+        self.paused = set()
+
     def rewind(self, positions: dict[tuple[str, int], int]) -> None:
         """Seek partitions back to ``positions`` (after an aborted transaction)."""
+        if self.paused & set(positions):
+            self.resume()  # a seek of a paused partition is not to wait for the next resume
         for (topic, partition), offset in positions.items():
             if (topic, partition) in self.assignment.owned:
                 self.consumer.seek(ck.TopicPartition(topic, partition, offset))
