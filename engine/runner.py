@@ -141,8 +141,6 @@ class Runner:
         self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
         self.purge_countdown = config.compact_every
         self.admin: Any = None
-        self.purge_countdown = config.compact_every
-        self.admin: Any = None
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
         self.epoch = 0

@@ -348,18 +348,16 @@ class KafkaSource:
         fetch (no network).  A partition whose last records are an open or aborted
         transaction never reaches its high watermark under ``read_committed``: with
         ``ask_broker`` (after a poll that brought nothing), the broker's last stable
-        offset decides for the partitions the fast check left behind.  The partitions
-        of the ``verify`` topics always ask the broker: this instance has just
-        committed records to them (a repartition topic), which the last fetch's high
-        watermark may not include yet.
+        offset decides for the partitions the fast check left behind, and for every
+        partition of the ``verify`` topics: this instance has just committed records
+        to them (a repartition topic), which the last fetch's high watermark may not
+        include yet.
         """
         if not self.assignment.owned:
             return False
         behind = [
             tp for tp, _, high in self._positions() if tp.offset < 0 or high < 0 or tp.offset < high or tp.topic in verify
         ]
-        if verify and any(tp.topic in verify for tp in behind):
-            ask_broker = True
         if not behind:
             return True
         if not ask_broker:
