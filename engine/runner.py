@@ -272,8 +272,8 @@ class Runner:
                     if max_batches is not None and batches >= max_batches:
                         reason = "max_batches"
                         break
-                    if until == "caught_up" and self.source.caught_up(ask_broker=not n) and self._hops_read():
-                        reason = "caught_up"
+                    if until == "caught_up" and self.source.caught_up(ask_broker=not n) and self._settle() and self._hops_read():
+                        reason = "caught_up"  # read to the end, and the epoch in flight committed (aborted: rewound, redo it)
                         break
                     collector.after_batch()
                 self._settle()

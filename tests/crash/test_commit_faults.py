@@ -73,3 +73,35 @@ def test_a_transaction_timed_out_while_the_instance_stalled_gets_a_new_producer_
     _redone_exactly_once_with_one_new_producer(
         brokers, make_topic, state_dir, f"stalled-{unique}", 6, stalled, kafka={"transaction.timeout.ms": 1000}
     )
+
+
+def test_the_last_epoch_aborted_after_the_input_was_read_to_its_end_is_redone_before_run_until_caught_up_returns(
+    brokers, make_topic, state_dir, unique, monkeypatch
+):
+    # One batch holds every record, the flush records too, so the consumer is at the end of each
+    # partition while that epoch's commit is still in flight.  Its commit hangs and is aborted:
+    # run(until="caught_up") must redo it rather than return with nothing committed.  Before: the
+    # fast caught-up check saw the positions at the end, the loop ended, and the abort came at the
+    # last settle: the run returned "caught_up" with an empty table.
+    monkeypatch.setattr(commit, "HANG_GRACE_S", 1.0)
+    real_retry = TransactionalProducer._retry
+    hung: list[str] = []
+
+    def retry(self: TransactionalProducer, what: str, call: Any, attempts: int = 40) -> Any:
+        if what == "send_offsets_to_transaction" and not hung:
+            hung.append(self.transactional_id)
+            self.call = (what, time.monotonic())
+            time.sleep(5)
+        return real_retry(self, what, call, attempts)
+
+    monkeypatch.setattr(TransactionalProducer, "_retry", retry)
+    events = make_events(2_000, seed=7)
+    topic = make_topic(f"last-{unique}", partitions=4)
+    produce_events(brokers, topic, events)
+    pipe = build(f"last-{unique}", brokers, state_dir, topic, batch=lg.BatchPolicy(max_records=100_000, max_wait="3s"),
+                 commit_timeout="2s")
+    summary = pipe.run(until="caught_up", timeout=120)
+
+    metrics = pipe.metrics()
+    assert hung and metrics["aborts"] == 1 and summary.stopped_because == "caught_up", (hung, metrics, summary)
+    assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
