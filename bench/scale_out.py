@@ -16,7 +16,7 @@ steady
     from the first record any instance read to the end of the last one.
 
 Each run count is done for two pipelines: keyed (``key="user"``: no hop) and repartitioned
-(no ``key=``, ``repartition=True``: the window's rows go through its repartition topic first), so the hop's cost
+(no ``key=``: the window's rows go through its repartition topic first, the default), so the hop's cost
 (repartitioned / keyed on one instance, target >= 0.6) is measured in the same run.
 Runs are interleaved (keyed 1, keyed N, repartitioned 1, repartitioned N, ...); the headline
 is the median of ``--runs`` of each and the ratio N/1.  The first run of each is checked: the committed output topic holds

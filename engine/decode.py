@@ -31,7 +31,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -60,7 +60,7 @@ class DecodedBatch:
     that failed (``DEAD_LETTER_SCHEMA``); ``event_times`` per source node with an event
     time, ``_topic``, ``_partition`` and ``__lg_t`` (epoch ms), row for row with its
     input frame; ``records_in`` the records read per topic; ``marks`` per repartition
-    source node, the watermark marks its records carried, with their partitions
+    source node, the watermark marks its records carried, with their partitions and offsets
     (:mod:`lockgate.engine.repartition`).
     """
 
@@ -69,11 +69,11 @@ class DecodedBatch:
     dead: pl.DataFrame
     event_times: dict[str, pl.DataFrame]
     records_in: dict[str, int]
-    marks: dict[str, list[tuple[tuple[str, int], bytes]]] = field(default_factory=dict)
+    marks: dict[str, list[tuple[tuple[str, int], int, bytes]]] = field(default_factory=dict)
 
-    def event_times_ms(self) -> np.ndarray | None:
-        """Every decoded record's event time (epoch ms, nulls dropped), from every source that has one; None if none has."""
-        columns = [t.get_column("__lg_t") for t in self.event_times.values() if t.height]
+    def event_times_ms(self, sources: Collection[str] | None = None) -> np.ndarray | None:
+        """Every decoded record's event time (epoch ms, nulls dropped), from every source that has one (of ``sources`` if given); None if none has."""
+        columns = [t.get_column("__lg_t") for name, t in self.event_times.items() if t.height and (sources is None or name in sources)]
         parts = [(c.drop_nulls() if c.null_count() else c).to_numpy() for c in columns]
         return np.concatenate(parts) if parts else None
 
@@ -131,7 +131,7 @@ class BatchDecoder:
         times: dict[str, pl.DataFrame] = {}
         dead: list[pl.DataFrame] = []
         counts: dict[str, int] = {}
-        marks: dict[str, list[tuple[tuple[str, int], bytes]]] = {}
+        marks: dict[str, list[tuple[tuple[str, int], int, bytes]]] = {}
         single = len(self.sources_by_topic) == 1
         for topic, nodes in self.sources_by_topic.items():
             if single:
@@ -151,7 +151,8 @@ class BatchDecoder:
                     times[node.name] = timed
                 if decoded.marks:  # a repartition topic's: a few per epoch
                     marks[node.name] = [
-                        ((topic, raw.partitions[i if idx is None else idx[i]]), mark) for i, mark in decoded.marks
+                        ((topic, raw.partitions[j]), raw.offsets[j], mark)
+                        for j, mark in ((i if idx is None else idx[i], mark) for i, mark in decoded.marks)
                     ]
                 for reason, errors in (("decode", decoded.errors), ("event_time", decoded.bad_times)):
                     if errors:

@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-from lockgate.engine.columns import KEY, OFFSET, PARTITION, TOPIC
+from lockgate.engine.columns import KEY, OFFSET, PARTITION, TIMESTAMP, TOPIC
 from lockgate.engine.formats import ArrowIPC
 from lockgate.engine.plan import RepartitionNode, SinkNode, event_time_ms
-from lockgate.engine.repartition import EVENT_TIME, RepartitionFormat, route
+from lockgate.engine.repartition import EVENT_TIME, SOURCE_COLUMNS, RepartitionFormat, route
 from lockgate.engine.transaction import OutgoingTopic
 
 __all__ = ["dead_letter_topic", "encode_repartition", "encode_sink"]
@@ -58,13 +58,16 @@ def encode_repartition(node: RepartitionNode, frame: pl.DataFrame, partitions: i
     """A repartition node's rows as record batches, one (or more, if large) per partition of its topic.
 
     Each row goes to the partition of its ``by`` key (:func:`lockgate.engine.repartition.route`),
-    with its event time as ``EVENT_TIME``.  With a ``mark``, every partition gets
-    one, on its last record batch, also a partition that gets no rows.
+    with its event time as ``EVENT_TIME`` and its input record's partition, offset
+    and timestamp (``SOURCE_COLUMNS``: those of the first hop's input after two hops;
+    null where a ``select`` dropped the Kafka columns).  With a ``mark``, every
+    partition gets one, on its last record batch, also a partition that gets no rows.
     """
     assert isinstance(node.format, RepartitionFormat)
     rows = frame.select(
-        *[c for c in node.value_columns if c != EVENT_TIME],
+        *[c for c in node.value_columns if c != EVENT_TIME and c not in SOURCE_COLUMNS],
         event_time_ms(node.time_column_of_parent, frame.schema[node.time_column_of_parent]).alias(EVENT_TIME),
+        *_provenance(frame),
     )
     values: list[bytes | None] = []
     targets: list[int] = []
@@ -78,6 +81,18 @@ def encode_repartition(node: RepartitionNode, frame: pl.DataFrame, partitions: i
         values.extend(encoded)
         targets.extend([p] * len(encoded))
     return OutgoingTopic(node.target, values, partitions=targets)
+
+
+def _provenance(frame: pl.DataFrame) -> list[pl.Expr]:
+    """The ``SOURCE_COLUMNS`` of each row: carried over from an earlier hop, else from its Kafka columns (null if dropped)."""
+    own = {
+        name: pl.col(kafka).dt.epoch("ms") if kafka == TIMESTAMP else pl.col(kafka)
+        for name, kafka in zip(SOURCE_COLUMNS, (PARTITION, OFFSET, TIMESTAMP), strict=True)
+    }
+    return [
+        (pl.col(name) if name in frame.columns else own[name] if kafka in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+        for (name, dtype), kafka in zip(SOURCE_COLUMNS.items(), (PARTITION, OFFSET, TIMESTAMP), strict=True)
+    ]
 
 
 def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:

@@ -127,12 +127,14 @@ def operate(
     if windows is None or not windows.active:
         return execute(plan, batch.inputs, dead_letters=lambda: batch.dead, tables=tables)
     windows.observe(batch.event_times, now, batch.marks)
-    return execute(
+    outputs = execute(
         plan, batch.inputs,
         lambda node, frame: windows.step(node, frame, now, batch.event_times, watermark if closing is None or node.name in closing else None),
         lambda: pl.concat([batch.dead, *windows.late], how="vertical_relaxed"),  # windows ran first
         tables,
     )
+    windows.take_marks(now)
+    return outputs
 
 
 def run_plan(
@@ -229,7 +231,7 @@ def hop(
     from lockgate.engine.encode import encode_repartition
 
     inputs: dict[str, pl.DataFrame] = {}
-    marks: dict[str, list[tuple[tuple[str, int], bytes]]] = {}
+    marks: dict[str, list[tuple[tuple[str, int], int, bytes]]] = {}
     records: dict[str, int] = {}
     for node in plan.repartitions:
         assert node.upstream is not None
@@ -255,7 +257,7 @@ def hop(
             KEY: pl.Series([None] * len(rows), dtype=pl.Binary),
         })
         inputs[source.name] = pl.concat([meta, decoded.frame], how="horizontal").select(source.schema.names()).cast(dict(source.schema))  # type: ignore[arg-type]
-        marks[source.name] = [((node.target, outgoing.partitions[i]), mark) for i, mark in decoded.marks]
+        marks[source.name] = [((node.target, outgoing.partitions[i]), message_offsets[i], mark) for i, mark in decoded.marks]
         records[node.target] = len(outgoing.values)
     if not records:
         return None

@@ -500,7 +500,7 @@ class Stream:
         allowed_lateness: Duration = "0s",
         emit: str = "final",
         name: str | None = None,
-        repartition: bool = False,
+        repartition: bool = True,
         partitions: int | None = None,
     ) -> WindowedStream:
         """Group this stream by ``by`` into event-time windows; finish with ``.agg(name=expr, ...)``.
@@ -512,17 +512,18 @@ class Stream:
 
         When the source's records are keyed by the ``by`` columns
         (``pipe.source(..., key=...)``), the window keeps its state per input
-        partition.  Otherwise it keeps one state for every partition of its topic
-        (one instance must own them all), or, with ``repartition=True``, the rows
-        first go through the repartition topic
+        partition.  Otherwise the rows first go through the repartition topic
         ``<pipeline>-<window>-repartition`` (created by lockgate with ``partitions``
         partitions, as many as the source by default, one without ``by``), each to
         the partition of its key, as Kafka Streams does after a ``groupBy``: the
         window keeps its state per repartition partition, instances share those, and
         the hop stays exactly once (the rows are produced in the epoch's transaction,
         read ``read_committed`` by a later epoch).  After the hop the Kafka columns
-        (``_partition``, ``_offset`` ...) are those of the repartition topic.
-        ``repartition`` has no effect on a window keyed like its source.
+        (``_partition``, ``_offset`` ...) are those of the repartition topic.  The hop
+        costs a second epoch of latency; ``repartition=False`` keeps one state for
+        every partition of the source instead (one instance must own them all, a
+        second one stops with ``AssignmentError``).  ``repartition`` has no effect on
+        a window keyed like its source.
 
         Examples
         --------
@@ -676,7 +677,7 @@ class WindowedStream:
 
     def __init__(
         self, stream: Stream, window: WindowKind, by: Any, lateness: Duration, emit: str, name: str | None,
-        repartition: bool = False, partitions: int | None = None,
+        repartition: bool = True, partitions: int | None = None,
     ) -> None:
         self._stream, self._window, self._by, self._lateness, self._emit, self._name = stream, window, by, lateness, emit, name
         self._repartition, self._partitions = repartition, partitions
@@ -799,10 +800,12 @@ def _repartitioned(
 ) -> SourceNode:
     """Add the hop through ``window``'s repartition topic after ``parent``; returns the source that reads it.
 
-    The topic carries the parent's value columns and its event time (as ``EVENT_TIME``,
-    Int64 epoch ms); the Kafka columns after it are the repartition topic's.
+    The topic carries the parent's value columns, its event time (as ``EVENT_TIME``,
+    Int64 epoch ms) and the partition, offset and timestamp of the input record each
+    row came from (``SOURCE_COLUMNS``: for dead letters and the end-to-end latency);
+    the Kafka columns after it are the repartition topic's.
     """
-    from lockgate.engine.repartition import EVENT_TIME, RepartitionFormat, repartition_topic
+    from lockgate.engine.repartition import EVENT_TIME, SOURCE_COLUMNS, RepartitionFormat, repartition_topic
 
     kafka_only = [c for c in by if c in KAFKA_COLUMNS]
     if kafka_only:
@@ -814,8 +817,9 @@ def _repartitioned(
     time_column = parent.time_column
     assert time_column is not None
     topic = repartition_topic(builder.pipeline, window)
-    values = {c: t for c, t in parent.schema.items() if c not in KAFKA_COLUMNS and c != EVENT_TIME}
+    values = {c: t for c, t in parent.schema.items() if c not in KAFKA_COLUMNS and c != EVENT_TIME and c not in SOURCE_COLUMNS}
     values[EVENT_TIME] = pl.Int64()
+    values.update(SOURCE_COLUMNS)
     sink = RepartitionNode(
         builder.name("repartition", None), parent.schema, parent=parent, sink="kafka", target=topic,
         format=RepartitionFormat(schema=values), by=by, upstream=source, partitions=partitions if by else 1,
@@ -828,6 +832,23 @@ def _repartitioned(
     )
     builder.add(node)
     return node
+
+
+def input_topic(source: SourceNode) -> str:
+    """The input topic whose records ``source``'s rows came from: its own, or before its repartition topics the upstream one.
+
+    >>> import polars as pl
+    >>> import lockgate as lg
+    >>> pipe = lg.Pipeline("doc-input")
+    >>> clicks = pipe.source("clicks", format=lg.JSON(schema={"user": pl.String, "ts": pl.Int64}), event_time="ts")
+    >>> clicks.window(lg.Tumbling("1m"), by="user", name="per_user").agg(n=pl.len()).to_table("n")
+    >>> hop = next(s for s in pipe.plan().sources if s.repartitioned_by is not None)
+    >>> hop.topic, input_topic(hop)
+    ('doc-input-per_user-repartition', 'clicks')
+    """
+    while source.repartitioned_by is not None and source.repartitioned_by.upstream is not None:
+        source = source.repartitioned_by.upstream
+    return source.topic
 
 
 def _source_of(node: Node) -> SourceNode | None:

@@ -47,10 +47,21 @@ import polars as pl
 import pyarrow as pa
 from lockgate.engine.formats import ArrowIPC, Decoded
 
-__all__ = ["EVENT_TIME", "MARK_KEY", "RepartitionFormat", "repartition_topic", "route"]
+__all__ = [
+    "EVENT_TIME", "MARK_KEY", "SOURCE_COLUMNS", "SOURCE_OFFSET", "SOURCE_PARTITION", "SOURCE_TIMESTAMP", "RepartitionFormat",
+    "repartition_topic", "route",
+]
 
 #: the event time (Int64 epoch ms) the upstream stage computes and the downstream window reads
 EVENT_TIME = "__lg_event_time"
+#: the input record each row came from (its partition, offset and timestamp as Int64 epoch ms): dead letters
+#: after the hop name it, and the end-to-end latency is measured from its timestamp (the topic is the
+#: upstream source's, one per hop)
+SOURCE_PARTITION = "__lg_source_partition"
+SOURCE_OFFSET = "__lg_source_offset"
+SOURCE_TIMESTAMP = "__lg_source_ts"
+#: those columns with their types, in the order a repartition topic carries them
+SOURCE_COLUMNS: dict[str, pl.DataType] = {SOURCE_PARTITION: pl.Int32(), SOURCE_OFFSET: pl.Int64(), SOURCE_TIMESTAMP: pl.Int64()}
 #: the schema metadata key of a record batch's watermark mark
 MARK_KEY = b"lockgate.watermark_mark"
 #: fixed seeds: every instance must route a key to the same partition

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import confluent_kafka as ck
+import numpy as np
 import polars as pl
 from lockgate.engine import faults, kafka_clients
 from lockgate.engine.admin import create_topic, ensure_topics, partition_count
@@ -32,10 +33,11 @@ from lockgate.engine.collector import BatchCollector
 from lockgate.engine.columns import TIMESTAMP
 from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
-from lockgate.engine.decode import BatchDecoder
+from lockgate.engine.decode import BatchDecoder, DecodedBatch
 from lockgate.engine.encode import dead_letter_topic, encode_repartition, encode_sink
 from lockgate.engine.execution import operate
 from lockgate.engine.metrics import Metrics
+from lockgate.engine.repartition import SOURCE_TIMESTAMP
 from lockgate.engine.plan import OpNode, Plan, RepartitionNode, SinkNode, WindowNode
 from lockgate.engine.source import KafkaSource, RawBatch
 from lockgate.engine.stateful import WindowRuntime
@@ -137,6 +139,7 @@ class Runner:
         #: the epoch in flight wrote to a repartition topic: "caught up" must wait for it to commit and be read
         self.hopped = False
         #: the topics whose rows go through a repartition topic (paused while it is behind: :meth:`_pace_hops`)
+        self.hop_sources = {node.name for node in plan.sources if node.repartitioned_by is not None}
         self.upstream_topics = {node.upstream.topic for node in plan.repartitions if node.upstream is not None}
         self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
         self.purge_countdown = config.compact_every
@@ -209,7 +212,10 @@ class Runner:
     def close(self) -> None:
         """Leave the group and drop the clients."""
         self._wait_inflight()
-        self.compactor.wait()
+        if self.committer is not None and self.committer.inflight is None:  # every epoch settled: what is due goes now
+            self.compactor.finish()
+        else:
+            self.compactor.wait()
         if self.source is not None:
             self.source.close()
             self.source = None
@@ -377,8 +383,9 @@ class Runner:
             raise AssignmentError(
                 f"pipeline {self.config.name!r}: windows {self.windows.unsharded} keep one state for all partitions of "
                 f"{topic!r}, but another instance of the pipeline owns {missing[topic]} of its {self.whole_counts[topic]} "
-                "partitions. Run one instance; or pass window(..., repartition=True), so that its rows go through a "
-                "repartition topic keyed by `by` and the state is kept per partition of it; or key the topic by the window's "
+                "partitions: they were built with window(..., repartition=False). Run one instance; or leave out "
+                "repartition=False, so that their rows go through a repartition topic keyed by `by` and the state is kept "
+                "per partition of it; or key the topic by the window's "
                 "`by` columns and say so with pipe.source(..., key=[...]) (keep `_partition` and the key columns unchanged "
                 "up to the window, and no map_batches before it)."
             )
@@ -452,7 +459,7 @@ class Runner:
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
         epoch = Epoch(
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, watermarks=watermarks, prev=prev,
-            timestamps_ms=batch.meta[TIMESTAMP].dt.epoch("ms").to_numpy(), event_times_ms=batch.event_times_ms(),
+            timestamps_ms=self._record_timestamps_ms(batch), event_times_ms=batch.event_times_ms(self.hop_sources or None),
         )
         built = time.monotonic()
         if not self._settle(also_rewind=_first_offsets(ranges)):
@@ -466,6 +473,23 @@ class Runner:
             self.metrics.gauges("state_rows", self.windows.open_windows())
             self.metrics.gauges("state_bytes", self.windows.state_bytes())
         return sum(count for topic, count in batch.records_in.items() if topic not in self.counts_of_hops)
+
+    def _record_timestamps_ms(self, batch: DecodedBatch) -> np.ndarray:
+        """The input records' timestamps, once per record, for the end-to-end latency (``latency_seconds``).
+
+        Without a repartition topic, each record of the batch.  With one, a record's
+        end is its window's stage: the rows read from the repartition topics, with the
+        timestamp of the input record each came from (``SOURCE_TIMESTAMP``), so a
+        record is not measured at each stage (a record dropped before the hop is not
+        measured at all).
+        """
+        if not self.hop_sources:
+            return batch.meta[TIMESTAMP].dt.epoch("ms").to_numpy()
+        columns = [
+            frame.get_column(SOURCE_TIMESTAMP).drop_nulls().to_numpy()
+            for name, frame in batch.inputs.items() if name in self.hop_sources and SOURCE_TIMESTAMP in frame.columns
+        ]
+        return np.concatenate(columns) if columns else np.empty(0, dtype=np.int64)
 
     def _encode_hop(self, node: RepartitionNode, frame: pl.DataFrame, records_in: dict[str, int], now: float) -> OutgoingTopic:
         """A repartition node's records: its rows by key, and the watermark mark of its upstream partitions when due."""

@@ -363,12 +363,16 @@ class KafkaSource:
         if not ask_broker:
             return False
         unread = [tp for tp in behind if tp.offset < 0]  # nothing consumed since the assignment
-        starts = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(unread, timeout=30)} if unread else {}
-        for tp in behind:
-            low, stable = self.consumer.get_watermark_offsets(tp, timeout=30)  # read_committed: the LSO
-            position = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)
-            if max(position, low) < stable:
-                return False
+        try:
+            starts = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(unread, timeout=30)} if unread else {}
+            for tp in behind:
+                low, stable = self.consumer.get_watermark_offsets(tp, timeout=30)  # read_committed: the LSO
+                position = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)
+                if max(position, low) < stable:
+                    return False
+        except ck.KafkaException as exc:  # the broker is away (restarting): not known to be caught up; the next poll waits for it
+            log.info("caught up? the broker did not answer (%s); reading on", exc)
+            return False
         return True
 
     def take_new_partitions(self) -> set[tuple[str, int]]:

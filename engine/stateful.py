@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 import polars as pl
-from lockgate.engine.columns import KAFKA_COLUMNS, PARTITION, TOPIC
+from lockgate.engine.columns import KAFKA_COLUMNS, OFFSET, PARTITION, TIMESTAMP, TOPIC
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
@@ -22,9 +22,10 @@ from lockgate.engine.plan import (
     RepartitionNode,
     SourceNode,
     WindowNode,
+    input_topic,
     event_time_ms,
 )
-from lockgate.engine.repartition import route
+from lockgate.engine.repartition import SOURCE_COLUMNS, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TIMESTAMP, route
 from lockgate.engine.watermarks import ShuffledWatermark, SourceWatermark
 from lockgate.errors import AssignmentError
 from lockgate.operators.windows import WindowDelta, WindowLogic
@@ -87,6 +88,8 @@ class WindowRuntime:
         #: each source's watermark as of the last committed epoch (see :meth:`committed`)
         self.floors: dict[str, int] = {}
         self.late: list[pl.DataFrame] = []
+        #: per repartition source, the marks of this batch not taken yet: its window takes them round by round (:meth:`step`)
+        self.unapplied: dict[str, list[tuple[tuple[str, int], int, bytes]]] = {}
         self.loaded = False
         self.key_checks = 0  # batches left in which sharded windows check the declared key (after each load)
         self.owned: set[tuple[str, int]] = set()
@@ -219,14 +222,16 @@ class WindowRuntime:
             tracker.backlog = partitions
 
     def observe(
-        self, times: dict[str, pl.DataFrame], now: float, marks: dict[str, list[tuple[tuple[str, int], bytes]]] | None = None,
+        self, times: dict[str, pl.DataFrame], now: float, marks: dict[str, list[tuple[tuple[str, int], int, bytes]]] | None = None,
     ) -> dict[tuple[str, int], int]:
-        """Advance the watermarks with a batch's event times and marks (``DecodedBatch``); returns each touched partition's maximum."""
+        """Advance the watermarks with a batch's event times; returns each touched partition's maximum.
+
+        A repartition source's ``marks`` (``DecodedBatch.marks``) wait for its window's
+        :meth:`step`, which takes them between the rows they follow.
+        """
         for name, taken in (marks or {}).items():
-            tracker = self.trackers.get(name)
-            if isinstance(tracker, ShuffledWatermark):
-                for tp, mark in taken:
-                    tracker.take_mark(tp, mark, now)
+            if isinstance(self.trackers.get(name), ShuffledWatermark):
+                self.unapplied.setdefault(name, []).extend(taken)
         touched: dict[tuple[str, int], int] = {}
         for name in self.sources:
             frame = times.get(name)
@@ -266,14 +271,30 @@ class WindowRuntime:
             timed = timed.filter(pl.col(_TIME).is_not_null())
         if node.sharded and self.key_checks > 0:
             self._check_keyed(node, timed)
-        if watermark is None:
-            watermark = self.trackers[node.source.name].current(now)
         logic = self.logics[node.name]
-        result = logic.on_batch(timed.select(node.spec.input_schema.names()), watermark)
         self.pending[node.name] = logic
-        if result.late.height:
-            self.late.append(self._late_letters(node, result.late, watermark))
-        return result.emitted
+        tracker = self.trackers[node.source.name]
+        emitted = []
+        names = node.spec.input_schema.names()
+        for rows, marks in _rounds(timed, self.unapplied.pop(node.source.name, [])):
+            rows = rows.select(names)
+            for tp, _, mark in marks:
+                tracker.take_mark(tp, mark, now)  # type: ignore[attr-defined]
+            closing = tracker.current(now) if watermark is None else watermark
+            result = logic.on_batch(rows, closing)
+            emitted.append(result.emitted)
+            if result.late.height:
+                self.late.append(self._late_letters(node, result.late, closing))
+        return emitted[0] if len(emitted) == 1 else pl.concat(emitted, how="vertical_relaxed")
+
+    def take_marks(self, now: float) -> None:
+        """Take the marks no window step took (a batch that reached no window behind the repartition topic)."""
+        for name, marks in self.unapplied.items():
+            tracker = self.trackers[name]
+            assert isinstance(tracker, ShuffledWatermark)
+            for tp, _, mark in marks:
+                tracker.take_mark(tp, mark, now)
+        self.unapplied = {}
 
     def _late_letters(self, node: WindowNode, late: pl.DataFrame, watermark: int | None) -> pl.DataFrame:
         """Late rows as dead letters, each saying why: its own partition's disorder, or the others' watermark.
@@ -284,6 +305,10 @@ class WindowRuntime:
         stores a retried request after the ones behind it).  Otherwise its partition had
         counted as idle while the other partitions moved the watermark past it.  The
         first case is also logged once per batch and partition, as a WARNING.
+
+        Behind a repartition topic the dead letter names the input record the row came
+        from (its topic, partition, offset and timestamp travel with the row), and its
+        partition's latest event time is what the watermark marks said of it.
         """
         assert node.spec is not None and node.source is not None
         head = (
@@ -292,12 +317,15 @@ class WindowRuntime:
         )
         if not {TOPIC, PARTITION} <= set(late.columns):  # a select before the window dropped them
             return _dead(late, node.name, "late", head)
-        if node.source.repartitioned_by is not None:
-            return _dead(late, node.name, "late", head + "; upstream of the repartition topic, its partition was behind the "
-                         "watermark of the others (out of order by more than watermark=, or counted as idle)")
         tracker = self.trackers[node.source.name]
         delay = tracker.delay_ms
-        known = [(tp, v) for tp, v in tracker.max_event.items() if v is not None]
+        if node.source.repartitioned_by is not None:
+            late, known = self._input_records(node, late)
+            if known is None:
+                return _dead(late, node.name, "late", head + "; upstream of the repartition topic, its partition was behind "
+                             "the watermark of the others (out of order by more than watermark=, or counted as idle)")
+        else:
+            known = [(tp, v) for tp, v in tracker.max_event.items() if v is not None]
         latest = pl.DataFrame(
             {TOPIC: [tp[0] for tp, _ in known], PARTITION: [tp[1] for tp, _ in known], "__lg_latest": [v for _, v in known]},
             schema={TOPIC: pl.String, PARTITION: pl.Int32, "__lg_latest": pl.Int64},
@@ -329,6 +357,34 @@ class WindowRuntime:
                 node.name, count, topic, partition, most, delay,
             )
         return _dead(late, node.name, "late", message)
+
+    def _input_records(
+        self, node: WindowNode, late: pl.DataFrame
+    ) -> tuple[pl.DataFrame, list[tuple[tuple[str, int], int]] | None]:
+        """Late rows read from a repartition topic, with the Kafka columns of the input records they came from.
+
+        Also each upstream partition's latest event time, as the marks read by this
+        instance reported it (None after two hops: the marks then speak of the first
+        repartition topic's partitions).
+        """
+        assert node.source is not None and node.source.repartitioned_by is not None
+        if not set(SOURCE_COLUMNS) <= set(late.columns) or late[SOURCE_PARTITION].null_count():
+            return late, None  # a select before the hop dropped the Kafka columns
+        upstream = node.source.repartitioned_by.upstream
+        assert upstream is not None
+        late = late.with_columns(
+            pl.lit(input_topic(upstream)).alias(TOPIC), pl.col(SOURCE_PARTITION).alias(PARTITION),
+            pl.col(SOURCE_OFFSET).alias(OFFSET), pl.from_epoch(SOURCE_TIMESTAMP, time_unit="ms").alias(TIMESTAMP),
+        )
+        tracker = self.trackers[node.source.name]
+        if upstream.repartitioned_by is not None or not isinstance(tracker, ShuffledWatermark):
+            return late, None
+        latest: dict[int, int] = {}
+        for heard in tracker.heard.values():
+            for partition, (top, _) in heard.items():
+                if top is not None:
+                    latest[partition] = max(top, latest.get(partition, top))
+        return late, [((upstream.topic, p), top) for p, top in sorted(latest.items())]
 
     def _check_keyed(self, node: WindowNode, frame: pl.DataFrame) -> None:
         """A window keeping state per partition trusts the source's ``key=``: a key on two partitions breaks that."""
@@ -384,6 +440,57 @@ class WindowRuntime:
     def state_bytes(self) -> dict[str, int]:
         """Bytes of hot state per operator."""
         return {name: logic.state.nbytes for name, logic in self.logics.items()}
+
+
+def _rounds(
+    frame: pl.DataFrame, marks: list[tuple[tuple[str, int], int, bytes]]
+) -> list[tuple[pl.DataFrame, list[tuple[tuple[str, int], int, bytes]]]]:
+    """A repartition source's rows cut where its marks fall: (rows, the marks after them), in read order.
+
+    Each upstream epoch ends its record batches in every repartition partition with
+    a mark, so the k-th mark of each partition closes the k-th *round*: the rows of
+    round k are judged late against the watermark of the marks before them, as they
+    would have been upstream (a batch that reads many epochs of a repartition topic,
+    after a backlog, would otherwise judge its first rows by the marks of the last
+    epochs: on-time rows late, and late rows taken).  Round k's rows are those of a
+    partition up to (and with) the record of its k-th mark; the rows after the last
+    mark form a last round.  Without marks: one round, the whole frame.
+
+    >>> f = pl.DataFrame({"_topic": ["r"] * 4, "_partition": [0, 0, 1, 0], "_offset": [5, 6, 2, 7], "v": [1, 2, 3, 4]})
+    >>> [(rows["v"].to_list(), [o for _, o, _ in m]) for rows, m in _rounds(f, [(("r", 0), 5, b""), (("r", 1), 2, b""), (("r", 0), 6, b"")])]
+    [([1, 3], [2, 5]), ([2], [6]), ([4], [])]
+    """
+    if not marks:
+        return [(frame, [])]
+    per_partition: dict[int, list[int]] = {}
+    for (_, partition), offset, _ in marks:
+        per_partition.setdefault(partition, []).append(offset)
+    rounds = max(len(v) for v in per_partition.values())
+    ordered = pl.DataFrame(
+        {PARTITION: [p for p, v in per_partition.items() for _ in v], OFFSET: [o for v in per_partition.values() for o in sorted(v)],
+         "__lg_round": [k for v in per_partition.values() for k in range(len(v))]},
+        schema={PARTITION: frame.schema.get(PARTITION, pl.Int32), OFFSET: pl.Int64, "__lg_round": pl.Int64},
+    ).sort(OFFSET)
+    # a row's round: that of the first mark at or after it in its partition (the last round when none is)
+    of_row = (
+        frame.with_row_index("__lg_row").sort(OFFSET)
+        .join_asof(ordered, on=OFFSET, by=PARTITION, strategy="forward", check_sortedness=False)  # both sorted by offset
+        .sort("__lg_row")["__lg_round"].fill_null(rounds)
+    )
+    by_round = {k[0]: part for k, part in frame.with_columns(of_row.alias("__lg_round")).partition_by("__lg_round", as_dict=True).items()}
+    mark_round: dict[int, list[tuple[tuple[str, int], int, bytes]]] = {}
+    seen: dict[int, int] = {}
+    for entry in sorted(marks, key=lambda m: m[1]):  # per partition in offset order: the k-th is round k
+        partition = entry[0][1]
+        mark_round.setdefault(seen.get(partition, 0), []).append(entry)
+        seen[partition] = seen.get(partition, 0) + 1
+    out = []
+    for k in range(rounds + 1):
+        rows = by_round.get(k)
+        if k == rounds and rows is None:
+            break
+        out.append((frame.clear() if rows is None else rows.drop("__lg_round"), mark_round.get(k, [])))
+    return out
 
 
 def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str | pl.Series) -> pl.DataFrame:

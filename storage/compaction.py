@@ -253,3 +253,17 @@ class Compactor:
         """Wait for a running compaction (at shutdown)."""
         if self.thread is not None:
             self.thread.join()
+
+    def finish(self) -> None:
+        """At a clean stop: wait for a running compaction, then delete the history and superseded rows already due.
+
+        A snapshot committed by one of the last epochs (fewer than ``every_batches``
+        before the stop) would otherwise keep its history until the next run's
+        compaction.  Failures are logged: the next run tries again.
+        """
+        self.wait()
+        try:
+            self._forget_due()
+            self._prune_due()
+        except (StorageError, OSError, ValueError, RuntimeError) as exc:
+            log.error("compaction at the stop failed (the next run tries again): %s", exc)

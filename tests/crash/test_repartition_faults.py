@@ -45,7 +45,7 @@ PIPELINE_FILE = textwrap.dedent(
     per_minute.to_table("per_minute")
     per_country = (
         events.with_columns(country=pl.format("c{}", pl.col("amount") % 7))
-        .window(lg.Tumbling("1m"), by="country", name="per_country", repartition=True)
+        .window(lg.Tumbling("1m"), by="country", name="per_country")
         .agg(n=pl.len(), total=pl.col("amount").sum())
     )
     per_country.to_kafka(f"{name}-countries", key="country")

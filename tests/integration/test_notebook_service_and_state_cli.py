@@ -45,7 +45,7 @@ def write_notebook(path: Path) -> None:
                                batch=lg.BatchPolicy(max_records=1_000, max_wait="20ms"))
 
             def slowly(df: pl.DataFrame) -> pl.DataFrame:
-                time.sleep(0.05)
+                time.sleep(0.1)  # 40 batches: the SIGTERM comes while they last, also on a loaded machine
                 return df
 
             numbers = pipe.source(os.environ["T_SOURCE"], format=lg.JSON(schema={"n": pl.Int64}))

@@ -43,7 +43,7 @@ def test_caught_up_waits_for_the_rows_the_last_epochs_wrote_to_the_repartition_t
     produce_events(brokers, topic, events, partitions=3, flush_at=None)
     pipe = lg.Pipeline(f"hop-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=500, max_wait="50ms"))
     clicks = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", key="user")
-    clicks.window(lg.Tumbling("1m"), by="url", emit="update", name="per_page", repartition=True).agg(
+    clicks.window(lg.Tumbling("1m"), by="url", emit="update", name="per_page").agg(
         n=pl.len(), total=pl.col("amount").sum()
     ).to_table("per_page")
     summary = pipe.run(until="caught_up", timeout=300)
@@ -72,7 +72,7 @@ def test_behind_an_input_backlog_the_window_after_the_hop_gets_its_rows_before_t
     def build() -> lg.Pipeline:
         pipe = lg.Pipeline(name, brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=2_000, max_wait="50ms"))
         src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s")
-        src.window(lg.Tumbling("1m"), by="user", name="per_minute", repartition=True).agg(
+        src.window(lg.Tumbling("1m"), by="user", name="per_minute").agg(
             n=pl.len(), total=pl.col("amount").sum(), biggest=pl.col("amount").max()
         ).to_table("per_minute")
         return pipe

@@ -105,7 +105,7 @@ def test_a_window_that_needs_every_partition_stops_instances_that_split_them_and
     assert 2 in codes, (codes, [t[-2000:] for t in texts])
     stopped = next(t for code, t in zip(codes, texts, strict=True) if code == 2)
     assert "keep one state for all partitions of" in stopped and "pipe.source(..., key=[...])" in stopped, stopped[-2000:]
-    assert "repartition=True" in stopped, stopped[-2000:]
+    assert "leave out repartition=False" in stopped, stopped[-2000:]
     produce_events(brokers, topic, events[10_000:])
     service.until_done()  # one instance alone: exact, nothing half-done by the two
     assert_exact(brokers, service, events)

@@ -68,6 +68,8 @@ def test_a_partition_paused_for_seconds_holds_the_watermark_back_through_an_abor
         if "at" not in resumed and time.monotonic() - first_poll[0] > 2.0:
             self.consumer.resume([held])
             resumed["at"] = time.monotonic()
+        elif "at" not in resumed:  # held, also when the runner's hop pacing resumed the input it had paused
+            self.consumer.pause([held])
         return real_poll(self, *args, **kwargs)
 
     aborted: list[int] = []

@@ -50,8 +50,8 @@ def _oracle(events: pl.DataFrame, by: list[str]) -> pl.DataFrame:
 
 def test_a_window_grouped_by_another_column_reads_a_repartition_topic_in_a_second_stage(tmp_path):
     pipe, orders = _pipe(tmp_path)
-    orders.window(lg.Tumbling("1m"), by="country", name="per_country", repartition=True).agg(n=pl.len()).to_table("per_country")
-    orders.window(lg.Tumbling("1m"), by="user", name="per_user", repartition=True).agg(n=pl.len()).to_table("per_user")
+    orders.window(lg.Tumbling("1m"), by="country", name="per_country").agg(n=pl.len()).to_table("per_country")
+    orders.window(lg.Tumbling("1m"), by="user", name="per_user").agg(n=pl.len()).to_table("per_user")
     plan = pipe.plan()
     (hop,) = plan.repartitions
     assert hop.target == "shop-per_country-repartition" and hop.by == ("country",)
@@ -65,9 +65,16 @@ def test_a_window_grouped_by_another_column_reads_a_repartition_topic_in_a_secon
     assert window.sharded and window.source.repartitioned_by is hop
 
 
-def test_without_repartition_a_window_keeps_one_state_for_the_topic_and_no_hop(tmp_path):
+def test_a_window_grouped_by_a_column_the_source_is_not_keyed_by_goes_through_a_repartition_topic_by_default(tmp_path):
     pipe, orders = _pipe(tmp_path, key=None)
-    orders.window(lg.Tumbling("1m"), by="country").agg(n=pl.len()).to_table("per_country")
+    orders.window(lg.Tumbling("1m"), by="country", name="per_country").agg(n=pl.len()).to_table("per_country")
+    (hop,) = pipe.plan().repartitions
+    assert hop.by == ("country",) and "state needs all partitions in one instance" not in pipe.plan().explain()
+
+
+def test_with_repartition_false_a_window_keeps_one_state_for_the_topic_and_no_hop(tmp_path):
+    pipe, orders = _pipe(tmp_path, key=None)
+    orders.window(lg.Tumbling("1m"), by="country", repartition=False).agg(n=pl.len()).to_table("per_country")
     plan = pipe.plan()
     assert plan.repartitions == () and "state needs all partitions in one instance" in plan.explain()
 
@@ -75,7 +82,7 @@ def test_without_repartition_a_window_keeps_one_state_for_the_topic_and_no_hop(t
 def test_grouping_by_a_kafka_column_other_than_the_key_cannot_cross_a_hop(tmp_path):
     pipe, orders = _pipe(tmp_path)
     with pytest.raises(lg.PipelineDefinitionError, match=r"includes the Kafka column\(s\) \['_partition'\].*repartition=False"):
-        orders.window(lg.Tumbling("1m"), by=["country", "_partition"], repartition=True).agg(n=pl.len())
+        orders.window(lg.Tumbling("1m"), by=["country", "_partition"]).agg(n=pl.len())
 
 
 def test_a_key_always_goes_to_one_partition_and_keys_spread_over_all():
@@ -88,7 +95,7 @@ def test_a_key_always_goes_to_one_partition_and_keys_spread_over_all():
 
 def test_each_partition_gets_its_rows_and_a_mark_on_its_last_record_batch(tmp_path):
     pipe, orders = _pipe(tmp_path)
-    orders.window(lg.Tumbling("1m"), by="country", repartition=True).agg(n=pl.len()).to_table("per_country")
+    orders.window(lg.Tumbling("1m"), by="country").agg(n=pl.len()).to_table("per_country")
     (hop,) = pipe.plan().repartitions
     hop = RepartitionNode(**{**hop.__dict__, "format": type(hop.format)(schema=hop.format.schema, rows_per_message=100)})
     events = _events(1_000, seed=1)
@@ -109,7 +116,7 @@ def test_each_partition_gets_its_rows_and_a_mark_on_its_last_record_batch(tmp_pa
 
 def test_a_mark_is_written_when_the_upstream_had_records_or_what_it_says_changed(tmp_path):
     pipe, orders = _pipe(tmp_path)
-    orders.window(lg.Tumbling("1m"), by="country", repartition=True).agg(n=pl.len()).to_table("per_country")
+    orders.window(lg.Tumbling("1m"), by="country").agg(n=pl.len()).to_table("per_country")
     plan = pipe.plan()
     (hop,) = plan.repartitions
     runtime = WindowRuntime("shop", str(tmp_path), plan, CommitLog(str(tmp_path)))
@@ -144,7 +151,7 @@ def test_a_shuffled_watermark_waits_for_every_upstream_partition_then_takes_the_
 @pytest.mark.parametrize("by", [["country"], ["country", "amount"], []])
 def test_run_plan_through_the_hop_equals_a_polars_group_by(tmp_path, by):
     pipe, orders = _pipe(tmp_path)
-    orders.window(lg.Tumbling("1m"), by=by or None, name="w", repartition=True).agg(n=pl.len(), total=pl.col("amount").sum()).to_table("out")
+    orders.window(lg.Tumbling("1m"), by=by or None, name="w").agg(n=pl.len(), total=pl.col("amount").sum()).to_table("out")
     assert len(pipe.plan().repartitions) == 1
     events = _events(6_000, seed=7)
     batches = [{"orders": chunk} for chunk in events.iter_slices(650)]
@@ -155,8 +162,8 @@ def test_run_plan_through_the_hop_equals_a_polars_group_by(tmp_path, by):
 
 def test_a_window_after_a_window_hops_twice_and_stays_exact(tmp_path):
     pipe, orders = _pipe(tmp_path)
-    per_country = orders.window(lg.Tumbling("1m"), by="country", name="per_country", repartition=True).agg(n=pl.len())
-    per_country.window(lg.Tumbling("5m"), name="all", repartition=True).agg(windows=pl.len(), n=pl.col("n").sum()).to_table("all")
+    per_country = orders.window(lg.Tumbling("1m"), by="country", name="per_country").agg(n=pl.len())
+    per_country.window(lg.Tumbling("5m"), name="all").agg(windows=pl.len(), n=pl.col("n").sum()).to_table("all")
     plan = pipe.plan()
     assert max(plan.stages().values()) == 3
     events = _events(20_000, seed=3)
