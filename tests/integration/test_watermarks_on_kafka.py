@@ -131,6 +131,8 @@ def test_records_stored_out_of_order_beyond_the_delay_are_late_and_their_dead_le
     for m in dead:
         headers = dict(m.headers())
         assert headers["lockgate.reason"] == b"late" and headers["lockgate.partition"] == b"0"
+        # the window reads a repartition topic (by user, the topic is not keyed): the letter names the input record
+        assert headers["lockgate.topic"] == topic.encode() and int(headers["lockgate.offset"]) >= len(later) // 2, headers
         error = headers["lockgate.error"].decode()
         assert "its own partition had already delivered event time" in error, error
         assert "out of order by more than watermark=5000 ms" in error, error
