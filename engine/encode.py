@@ -85,14 +85,16 @@ def encode_repartition(node: RepartitionNode, frame: pl.DataFrame, partitions: i
 
 def _provenance(frame: pl.DataFrame) -> list[pl.Expr]:
     """The ``SOURCE_COLUMNS`` of each row: carried over from an earlier hop, else from its Kafka columns (null if dropped)."""
-    own = {
-        name: pl.col(kafka).dt.epoch("ms") if kafka == TIMESTAMP else pl.col(kafka)
-        for name, kafka in zip(SOURCE_COLUMNS, (PARTITION, OFFSET, TIMESTAMP), strict=True)
-    }
-    return [
-        (pl.col(name) if name in frame.columns else own[name] if kafka in frame.columns else pl.lit(None)).cast(dtype).alias(name)
-        for (name, dtype), kafka in zip(SOURCE_COLUMNS.items(), (PARTITION, OFFSET, TIMESTAMP), strict=True)
-    ]
+    out = []
+    for (name, dtype), kafka in zip(SOURCE_COLUMNS.items(), (PARTITION, OFFSET, TIMESTAMP), strict=True):
+        if name in frame.columns:
+            column = pl.col(name)
+        elif kafka in frame.columns:
+            column = pl.col(kafka).dt.epoch("ms") if kafka == TIMESTAMP else pl.col(kafka)
+        else:
+            column = pl.lit(None)
+        out.append(column.cast(dtype).alias(name))
+    return out
 
 
 def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:

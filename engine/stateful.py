@@ -278,8 +278,7 @@ class WindowRuntime:
         names = node.spec.input_schema.names()
         for rows, marks in _rounds(timed, self.unapplied.pop(node.source.name, [])):
             rows = rows.select(names)
-            for tp, _, mark in marks:
-                tracker.take_mark(tp, mark, now)  # type: ignore[attr-defined]
+            self._take_marks(node.source.name, marks, now)
             closing = tracker.current(now) if watermark is None else watermark
             result = logic.on_batch(rows, closing)
             emitted.append(result.emitted)
@@ -290,11 +289,15 @@ class WindowRuntime:
     def take_marks(self, now: float) -> None:
         """Take the marks no window step took (a batch that reached no window behind the repartition topic)."""
         for name, marks in self.unapplied.items():
-            tracker = self.trackers[name]
-            assert isinstance(tracker, ShuffledWatermark)
-            for tp, _, mark in marks:
-                tracker.take_mark(tp, mark, now)
+            self._take_marks(name, marks, now)
         self.unapplied = {}
+
+    def _take_marks(self, source: str, marks: list[tuple[tuple[str, int], int, bytes]], now: float) -> None:
+        """Move repartition source ``source``'s watermark on with ``marks`` (in read order)."""
+        tracker = self.trackers[source]
+        assert isinstance(tracker, ShuffledWatermark) or not marks
+        for tp, _, mark in marks:
+            tracker.take_mark(tp, mark, now)  # type: ignore[attr-defined]
 
     def _late_letters(self, node: WindowNode, late: pl.DataFrame, watermark: int | None) -> pl.DataFrame:
         """Late rows as dead letters, each saying why: its own partition's disorder, or the others' watermark.
@@ -462,28 +465,27 @@ def _rounds(
     """
     if not marks:
         return [(frame, [])]
-    per_partition: dict[int, list[int]] = {}
-    for (_, partition), offset, _ in marks:
-        per_partition.setdefault(partition, []).append(offset)
-    rounds = max(len(v) for v in per_partition.values())
-    ordered = pl.DataFrame(
-        {PARTITION: [p for p, v in per_partition.items() for _ in v], OFFSET: [o for v in per_partition.values() for o in sorted(v)],
-         "__lg_round": [k for v in per_partition.values() for k in range(len(v))]},
+    ordered = sorted(marks, key=lambda m: m[1])  # by offset: per partition, the k-th mark closes round k
+    seen: dict[int, int] = {}
+    ranks = []
+    for (_, partition), _, _ in ordered:
+        ranks.append(seen.get(partition, 0))
+        seen[partition] = ranks[-1] + 1
+    rounds = max(seen.values())
+    mark_round: dict[int, list[tuple[tuple[str, int], int, bytes]]] = {}
+    for entry, k in zip(ordered, ranks, strict=True):
+        mark_round.setdefault(k, []).append(entry)
+    where = pl.DataFrame(
+        {PARTITION: [m[0][1] for m in ordered], OFFSET: [m[1] for m in ordered], "__lg_round": ranks},
         schema={PARTITION: frame.schema.get(PARTITION, pl.Int32), OFFSET: pl.Int64, "__lg_round": pl.Int64},
-    ).sort(OFFSET)
+    )
     # a row's round: that of the first mark at or after it in its partition (the last round when none is)
     of_row = (
         frame.with_row_index("__lg_row").sort(OFFSET)
-        .join_asof(ordered, on=OFFSET, by=PARTITION, strategy="forward", check_sortedness=False)  # both sorted by offset
+        .join_asof(where, on=OFFSET, by=PARTITION, strategy="forward", check_sortedness=False)  # both sorted by offset
         .sort("__lg_row")["__lg_round"].fill_null(rounds)
     )
     by_round = {k[0]: part for k, part in frame.with_columns(of_row.alias("__lg_round")).partition_by("__lg_round", as_dict=True).items()}
-    mark_round: dict[int, list[tuple[tuple[str, int], int, bytes]]] = {}
-    seen: dict[int, int] = {}
-    for entry in sorted(marks, key=lambda m: m[1]):  # per partition in offset order: the k-th is round k
-        partition = entry[0][1]
-        mark_round.setdefault(seen.get(partition, 0), []).append(entry)
-        seen[partition] = seen.get(partition, 0) + 1
     out = []
     for k in range(rounds + 1):
         rows = by_round.get(k)

@@ -31,11 +31,8 @@ def _redone_exactly_once_with_one_new_producer(
     assert same_rows(lg.read_table(state_dir, "per_minute").collect(), oracle_minutes(events))
 
 
-def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
-    brokers, make_topic, state_dir, unique, monkeypatch
-):
-    # librdkafka#5456/#5511: send_offsets_to_transaction can block for good after the group
-    # coordinator moved.  Here the first call blocks 8 s, far past commit_timeout (2 s) + grace (1 s).
+def _hang_the_first_send_offsets(monkeypatch: Any, seconds: float) -> list[str]:
+    """Make the first ``send_offsets_to_transaction`` block ``seconds`` (grace 1 s); returns the ids of the producers it hung."""
     monkeypatch.setattr(commit, "HANG_GRACE_S", 1.0)
     real_retry = TransactionalProducer._retry
     hung: list[str] = []
@@ -44,10 +41,19 @@ def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_
         if what == "send_offsets_to_transaction" and not hung:
             hung.append(self.transactional_id)
             self.call = (what, time.monotonic())
-            time.sleep(8)  # the replaced producer is fenced meanwhile: what this thread does next is never read
+            time.sleep(seconds)  # the replaced producer is fenced meanwhile: what this thread does next is never read
         return real_retry(self, what, call, attempts)
 
     monkeypatch.setattr(TransactionalProducer, "_retry", retry)
+    return hung
+
+
+def test_a_commit_that_hangs_past_its_timeout_gets_a_new_producer_and_the_batch_is_redone_exactly_once(
+    brokers, make_topic, state_dir, unique, monkeypatch
+):
+    # librdkafka#5456/#5511: send_offsets_to_transaction can block for good after the group
+    # coordinator moved.  Here the first call blocks 8 s, far past commit_timeout (2 s) + grace (1 s).
+    hung = _hang_the_first_send_offsets(monkeypatch, 8)
     _redone_exactly_once_with_one_new_producer(brokers, make_topic, state_dir, f"hung-{unique}", 5, hung, commit_timeout="2s")
 
 
@@ -83,18 +89,7 @@ def test_the_last_epoch_aborted_after_the_input_was_read_to_its_end_is_redone_be
     # run(until="caught_up") must redo it rather than return with nothing committed.  Before: the
     # fast caught-up check saw the positions at the end, the loop ended, and the abort came at the
     # last settle: the run returned "caught_up" with an empty table.
-    monkeypatch.setattr(commit, "HANG_GRACE_S", 1.0)
-    real_retry = TransactionalProducer._retry
-    hung: list[str] = []
-
-    def retry(self: TransactionalProducer, what: str, call: Any, attempts: int = 40) -> Any:
-        if what == "send_offsets_to_transaction" and not hung:
-            hung.append(self.transactional_id)
-            self.call = (what, time.monotonic())
-            time.sleep(5)
-        return real_retry(self, what, call, attempts)
-
-    monkeypatch.setattr(TransactionalProducer, "_retry", retry)
+    hung = _hang_the_first_send_offsets(monkeypatch, 5)
     events = make_events(2_000, seed=7)
     topic = make_topic(f"last-{unique}", partitions=4)
     produce_events(brokers, topic, events)
