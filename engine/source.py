@@ -35,6 +35,8 @@ _UNREACHABLE = frozenset({ck.KafkaError._ALL_BROKERS_DOWN, ck.KafkaError._TRANSP
 _CONSUME_CHUNK = 10_000
 #: longest consume() call of a poll that has no ``ready``: how late a batch may notice the input is read out
 _SLICE_S = 0.005
+#: how long a caught-up check waits for the admin client's offsets (a broker that is away: not caught up yet)
+_ADMIN_ASK_SECONDS = 5.0
 #: longest wait of a poll in one call: how late it notices a stop request
 _WAIT_S = 0.1
 
@@ -391,12 +393,19 @@ class KafkaSource:
         from confluent_kafka.admin import OffsetSpec
 
         keys = [ck.TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        asked = {
-            spec: admin.list_offsets({k: getattr(OffsetSpec, spec)() for k in keys}, isolation_level=ck.IsolationLevel.READ_COMMITTED,
-                                     request_timeout=30)
-            for spec in ("earliest", "latest")
-        }
-        got = {spec: {(k.topic, k.partition): f.result(35).offset for k, f in futures.items()} for spec, futures in asked.items()}
+        try:
+            asked = {
+                spec: admin.list_offsets({k: getattr(OffsetSpec, spec)() for k in keys}, isolation_level=ck.IsolationLevel.READ_COMMITTED,
+                                         request_timeout=_ADMIN_ASK_SECONDS)
+                for spec in ("earliest", "latest")
+            }
+            got = {spec: {(k.topic, k.partition): f.result(_ADMIN_ASK_SECONDS + 1).offset for k, f in futures.items()}
+                   for spec, futures in asked.items()}
+        except Exception:
+            # a client that did not answer is not asked again: after a broker restart a long-lived admin
+            # client may never answer (seen with librdkafka 2.x); the next check makes a fresh one
+            self.admin = None
+            raise
         return {key: (got["earliest"][key], got["latest"][key]) for key in got["latest"]}
 
     def take_new_partitions(self) -> set[tuple[str, int]]:

@@ -140,9 +140,15 @@ def test_records_stored_out_of_order_beyond_the_delay_are_late_and_their_dead_le
     assert warned and f"{topic}[0]" in warned[0] and "enable.idempotence=true" in warned[0], warned
 
 
-def _kill_and_restart(data_dir: Any, port: int, after: float, down: float, done: list[str]) -> None:
-    """SIGKILL the broker ``after`` seconds from now, start it again ``down`` seconds later."""
-    time.sleep(after)
+def _kill_and_restart(data_dir: Any, port: int, pipe: lg.Pipeline, down: float, done: list[str]) -> None:
+    """SIGKILL the broker once ``pipe`` has committed its first micro-batch, start it again ``down`` seconds later.
+
+    After the first commit, not after a fixed time: a run that reads the input out
+    before the kill would not be hit by it.
+    """
+    deadline = time.monotonic() + 120
+    while pipe.metrics()["commits"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
     info = broker.status(data_dir)
     assert info is not None
     os.kill(info.pid, signal.SIGKILL)
@@ -156,7 +162,7 @@ def _kill_and_restart(data_dir: Any, port: int, after: float, down: float, done:
 def test_on_a_freshly_formatted_broker_every_run_from_scratch_is_exact_also_when_the_broker_is_killed_early(tmp_path, unique):
     # The first runs on a freshly formatted broker: the group and transaction coordinators
     # load while the run starts, and each topic is new.  Three runs from scratch (new topic,
-    # group, state); in the third, the broker is SIGKILLed 1.5 s into the run and started
+    # group, state); in the third, the broker is SIGKILLed after the run's first commit and started
     # again 8 s later.  No record may turn late, and the tables equal the Polars oracle.
     data_dir = tmp_path / "kafka"
     port = broker.free_port()
@@ -173,7 +179,7 @@ def test_on_a_freshly_formatted_broker_every_run_from_scratch_is_exact_also_when
                          commit_timeout="10s")
             outage: list[str] = []
             if run == 2:
-                threading.Thread(target=_kill_and_restart, args=(data_dir, port, 1.5, 8.0, outage), daemon=True).start()
+                threading.Thread(target=_kill_and_restart, args=(data_dir, port, pipe, 8.0, outage), daemon=True).start()
             summary = pipe.run(until="caught_up", timeout=400)
             assert summary.stopped_because == "caught_up", summary
             if run == 2:
