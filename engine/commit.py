@@ -45,10 +45,11 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+import confluent_kafka as ck
 import numpy as np
 from lockgate.engine import faults
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.transaction import Epoch, EpochTransaction, TransactionAborted, TransactionalProducer, parse_offset_metadata
+from lockgate.engine.transaction import Epoch, EpochTransaction, TransactionAborted, TransactionalProducer, is_fatal, parse_offset_metadata
 from lockgate.storage.commit_log import CommitLog
 
 __all__ = ["HANG_GRACE_S", "Committer", "Settled", "run_epoch"]
@@ -276,6 +277,49 @@ class Committer:
             self.commit_estimate = _ewma(self.commit_estimate, txn.finished_at - self.started_at)
         self._observe(txn)
         return Settled(txn)
+
+    def commit_offsets(self, offsets: list[ck.TopicPartition], group: object) -> bool:
+        """Commit ``offsets`` alone in a transaction of their own; False when it did not commit (ask again later).
+
+        For the offsets a consumer passes without reading a record: the commit
+        markers that end a transactional topic's partitions (read_committed skips
+        them; the last epoch committed the offset before them).  Committed, the
+        group's lag is 0 and the other instances can tell that this one has read
+        its partitions out (see ``Runner._group_read``); each offset keeps the
+        metadata of the batch the partition committed last, so recovery finds the
+        same batch.  Only between epochs: a hung call replaces the producer, as
+        :meth:`wait` does.
+        """
+        if self.inflight is not None:
+            raise AssertionError("commit_offsets while an epoch is in flight")
+        p = self.producer
+
+        def run() -> None:
+            p._retry("begin_transaction", p.producer.begin_transaction)
+            try:
+                p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, group, p.call_timeout))
+                p._retry("commit_transaction", lambda: p.producer.commit_transaction(p.call_timeout))
+            except ck.KafkaException:
+                p.abort()
+                raise
+
+        future = in_thread(run, f"lockgate-offsets-{self.pipeline}")
+        while not wait([future], timeout=min(1.0, self.hang_grace_s)).done:
+            call = p.hung(grace=self.hang_grace_s)
+            if call is not None:
+                log.warning("waiting for Kafka: an offsets-only commit hung in %s; replacing the transactional producer", call)
+                self.metrics.add("producer_replacements")
+                self.producer = self._new_producer()
+                return False
+        try:
+            future.result()
+        except ck.KafkaException as exc:
+            log.info("the offsets-only commit did not go through (%s); asking again later", exc)
+            if is_fatal(exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None):
+                self.metrics.add("producer_replacements")
+                self.producer = self._new_producer()
+            return False
+        return True
 
     def flush_marks(self) -> None:
         """Write the pending commit marks alone (no batch follows to carry them)."""

@@ -150,6 +150,8 @@ class Runner:
         # the last batch on each input partition's chain: as committed in Kafka, and as prepared (one ahead)
         self.committed_chain: dict[tuple[str, int], int] = {}
         self.prepared_chain: dict[tuple[str, int], int] = {}
+        #: per partition, the next offset the group has committed (from the epochs this instance committed, or recovery): a tick's range
+        self.read_to: dict[tuple[str, int], int] = {}
         self.changelogs: dict[str, ChangelogTable] = {}
         self.whole_counts: dict[str, int] = {}  # partition counts of the topics an unsharded window needs whole
         self.short_since: float | None = None  # since when this instance lacks some of them
@@ -271,15 +273,18 @@ class Runner:
                     else:
                         self.metrics.add("empty_polls")
                         self._settle()
-                        self._flush_marks()
+                        if not self._tick():
+                            self._flush_marks()
                     if on_batch is not None:  # after empty polls too: a progress display's clock and rate move on
                         on_batch(self.metrics.snapshot())
                     del raw  # the collection below need not walk its columns
                     if max_batches is not None and batches >= max_batches:
                         reason = "max_batches"
                         break
-                    if until == "caught_up" and self.source.caught_up(ask_broker=not n) and self._settle() and self._hops_read():
-                        reason = "caught_up"  # read to the end, and the epoch in flight committed (aborted: rewound, redo it)
+                    if (until == "caught_up" and self.source.caught_up(ask_broker=not n) and self._settle() and self._hops_read()
+                            and self._group_read()):
+                        # read to the end, the epoch in flight committed (aborted: rewound, redo it), and so has every instance
+                        reason = "caught_up"
                         break
                     collector.after_batch()
                 self._settle()
@@ -322,6 +327,43 @@ class Runner:
         if self.source.caught_up(ask_broker=True, verify=set(self.counts_of_hops)):
             self.hopped = False
         return not self.hopped
+
+    def _group_read(self) -> bool:
+        """After this instance read its partitions out: True when the whole group has read every partition of its topics.
+
+        ``run(until="caught_up")`` stops every instance of a pipeline then, not when
+        its own partitions are read: a repartition topic's partitions take rows
+        from every instance's upstream partitions, and an instance that stopped
+        early would leave the rows written to its partitions after it stopped
+        unread (and would leave the group mid-rebalance, which held up the other
+        instance for a session time-out, 45 s).  The group's committed offsets say
+        it, with one step first: where this instance passed the commit markers that
+        end a transactional partition, reading no record, it commits those offsets
+        (see :meth:`Committer.commit_offsets`), so that its committed offsets reach
+        the last stable offsets (and the group's lag is 0, as monitoring shows it).
+        """
+        assert self.source is not None and self.committer is not None
+        try:
+            committed, ends = self.source.group_offsets()
+            positions = self.source.positions()
+        except (ck.KafkaException, TimeoutError) as exc:
+            log.info("caught up? the group's offsets did not come (%s); reading on", exc)
+            return False
+        passed = []
+        for tp, position in positions.items():
+            offset, metadata = committed.get(tp, (-1, None))
+            low, stable = ends.get(tp, (-1, -1))
+            if max(offset, low) < position <= stable:
+                passed.append(ck.TopicPartition(tp[0], tp[1], position, metadata=metadata or ""))
+        if passed:
+            if not self.committer.commit_offsets(passed, self.source.group_metadata()):
+                return False
+            committed.update({(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in passed})
+        behind = {tp: (committed.get(tp, (-1, None))[0], stable) for tp, (low, stable) in ends.items()
+                  if max(committed.get(tp, (-1, None))[0], low) < stable}
+        if behind:
+            log.debug("caught up here; the group is still behind on %s", behind)
+        return not behind
 
     def _rebalance(self, raw: RawBatch) -> bool:
         """Take the partitions assigned and revoked since the last poll: redo lost marks, move window state.
@@ -397,6 +439,7 @@ class Runner:
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
         assert self.source is not None
         committed = {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in self.source.committed(partitions).items()}
+        self.read_to.update({tp: offset for tp, (offset, _) in committed.items()})
         redone = self.log.recover(self.config.name, committed)
         for tp in partitions:
             batch_id = committed.get(tp, (None, None))[1]
@@ -418,7 +461,28 @@ class Runner:
         """
         return self.committer is None or self.committer.wait_ready(timeout)
 
-    def _process(self, raw: RawBatch, polled: _Polled | None = None) -> int | None:
+    def _tick(self) -> bool:
+        """After a poll that brought nothing: fold an empty batch when the windows are due (see ``WindowRuntime.due``).
+
+        The windows a watermark passed without records close now, not at the next
+        record.  The tick commits like any epoch, exactly once: its ranges are empty,
+        one at the committed offset of each owned partition, so the offsets do not
+        move and recovery finds it by the batch id they carry.  Returns True when a
+        tick started (its commit carries the pending commit marks).
+        """
+        assert self.source is not None
+        if not self.windows.active or self.committer is None or self.committer.inflight is not None:
+            return False
+        self.windows.backlog(self.source.backlog())
+        if not self.windows.due(time.monotonic()):
+            return False
+        owned = self.source.assignment.owned
+        ranges = tuple(PartitionRange(t, p, offset, offset) for (t, p), offset in sorted(self.read_to.items()) if (t, p) in owned)
+        if not ranges:
+            return False  # nothing committed here yet: the first batch will close them
+        return self._process(RawBatch.from_messages([], self.source.topics), ticks=ranges) is not None
+
+    def _process(self, raw: RawBatch, polled: _Polled | None = None, ticks: tuple[PartitionRange, ...] = ()) -> int | None:
         """Decode, run and commit one batch: how many records of the sources it read (not of repartition topics); None when it was dropped to be redone."""
         assert self.source is not None and self.committer is not None
         t0 = time.monotonic()
@@ -455,7 +519,7 @@ class Runner:
             outgoing.append(dead_letter_topic(dead, self.config.dlq_topic))
         tables = tuple((self.tables[s.name], outputs[s.name].select(s.value_columns)) for s in self.plan.sinks if s.sink == "table")
         self.epoch += 1  # epoch numbers never repeat, even for a batch that is dropped and redone
-        ranges = partition_ranges(batch.meta)
+        ranges = ticks or partition_ranges(batch.meta)
         prev = {(r.topic, r.partition): self.prepared_chain[(r.topic, r.partition)] for r in ranges if (r.topic, r.partition) in self.prepared_chain}
         epoch = Epoch(
             self.epoch, ranges, tuple(outgoing), tables, states=deltas, event_times=event_times, watermarks=watermarks, prev=prev,
@@ -542,6 +606,7 @@ class Runner:
             if table.prune_due(self.config.snapshot_rows):
                 self.compactor.prune(table, self.config.name, epoch.number)
         self.committed_chain.update({(r.topic, r.partition): epoch.batch_id for r in epoch.ranges})
+        self.read_to.update({(r.topic, r.partition): r.next_offset for r in epoch.ranges})
         if self.counts_of_hops:
             self._purge_hops(epoch)
         if self.windows.active:

@@ -408,6 +408,32 @@ class KafkaSource:
             raise
         return {key: (got["earliest"][key], got["latest"][key]) for key in got["latest"]}
 
+    def group_offsets(self) -> tuple[dict[tuple[str, int], tuple[int, str | None]], dict[tuple[str, int], tuple[int, int]]]:
+        """Of every partition of the subscribed topics, the group's committed offset (with metadata) and its first and last stable offsets.
+
+        All instances' partitions, not only this one's: whether the group as a
+        whole has read its topics out.  Raises ``KafkaException``/``TimeoutError``
+        when the broker does not answer.
+        """
+        counts = self.partition_counts(self.topics)
+        keys = [ck.TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))]
+        if len(counts) < len(self.topics):
+            raise TimeoutError(f"no metadata yet for {sorted(set(self.topics) - set(counts))}")
+        ends = self._stable_ends(keys)
+        admin = self._admin()
+        if admin is self.consumer:
+            got = self.consumer.committed(keys, timeout=_ADMIN_ASK_SECONDS)
+        else:
+            request = [ck.ConsumerGroupTopicPartitions(self.group, keys)]
+            got = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=_ADMIN_ASK_SECONDS)[self.group]
+            got = got.result(_ADMIN_ASK_SECONDS + 1).topic_partitions
+        committed = {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in got if tp.error is None and tp.offset >= 0}
+        return committed, ends
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Where each owned partition is read to (the next offset; only those that have one)."""
+        return {(tp.topic, tp.partition): tp.offset for tp, _, _ in self._positions() if tp.offset >= 0}
+
     def take_new_partitions(self) -> set[tuple[str, int]]:
         """Partitions assigned since the last call (to recover their state)."""
         new, self.assignment.new = self.assignment.new, set()

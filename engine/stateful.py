@@ -91,6 +91,8 @@ class WindowRuntime:
         #: per repartition source, the marks of this batch not taken yet: its window takes them round by round (:meth:`step`)
         self.unapplied: dict[str, list[tuple[tuple[str, int], int, bytes]]] = {}
         self.loaded = False
+        #: the windows that folded no batch since they were loaded (see :meth:`due`)
+        self.unfolded: set[str] = set()
         self.key_checks = 0  # batches left in which sharded windows check the declared key (after each load)
         self.owned: set[tuple[str, int]] = set()
 
@@ -170,8 +172,32 @@ class WindowRuntime:
                 "" if shards is None else f" of partitions {list(shards)}", watermark,
             )
         self.pending.clear()
+        self.unfolded = {w.name for w in self.windows}
         self.loaded = True
         self.key_checks = _KEY_CHECKS
+
+    def due(self, now: float) -> bool:
+        """True when an epoch without records would change something: a window would close, or a repartition mark is news.
+
+        A window closes what its source's watermark passed only when it folds a
+        batch; a watermark can move on without records (every partition went idle,
+        partitions moved to another instance and the ones left are further on), and
+        then the windows it passed wait for the next record, which may be long in
+        coming (or never: the end of the input).  Flink fires its timers on the
+        watermark itself; the runner folds an empty batch (a *tick*) when this says so.
+        """
+        if not self.loaded:
+            return False
+        for w in self.windows:
+            logic = self.logics.get(w.name)
+            if logic is None or w.source is None or not logic.state.open_windows:
+                continue
+            current = self.trackers[w.source.name].current(now)
+            if current is None:
+                continue
+            if logic.state.watermark is None or current > logic.state.watermark or w.name in self.unfolded:
+                return True  # unfolded: loaded at a watermark (a rebalance's) that may have passed windows the load kept open
+        return any(self.mark(node, False, now) is not None for node in self.repartitions)
 
     def watermarks(self) -> dict[str, int | None]:
         """Each source's watermark as emitted so far (taken with an epoch: see :meth:`committed`)."""
@@ -273,6 +299,7 @@ class WindowRuntime:
             self._check_keyed(node, timed)
         logic = self.logics[node.name]
         self.pending[node.name] = logic
+        self.unfolded.discard(node.name)
         tracker = self.trackers[node.source.name]
         emitted = []
         names = node.spec.input_schema.names()

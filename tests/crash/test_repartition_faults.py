@@ -10,6 +10,7 @@ partition.  Real broker, real processes (``lockgate run``).
 from __future__ import annotations
 
 import signal
+import sys
 import subprocess
 import textwrap
 import time
@@ -125,4 +126,62 @@ def test_two_instances_killed_restarted_and_scaled_one_two_one_count_every_count
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    _assert_exact(brokers, service, events)
+
+
+def _group_lag(brokers: str, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Per partition of ``topics``, how far the group's committed offset is behind the last stable offset (0: read out)."""
+    import confluent_kafka as ck
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    meta = admin.list_topics(timeout=10).topics
+    keys = [ck.TopicPartition(t, p) for t in topics for p in meta[t].partitions]
+    ends = admin.list_offsets({k: OffsetSpec.latest() for k in keys}, isolation_level=ck.IsolationLevel.READ_COMMITTED)
+    stable = {(k.topic, k.partition): f.result(30).offset for k, f in ends.items()}
+    done = admin.list_consumer_group_offsets([ck.ConsumerGroupTopicPartitions(group, keys)])[group].result(30)
+    committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in done.topic_partitions}
+    return {tp: stable[tp] - committed.get(tp, 0) for tp in stable}
+
+
+def test_two_instances_run_until_caught_up_stop_only_once_the_whole_group_has_read_everything_and_are_exact(
+    brokers, make_topic, tmp_path, unique
+):
+    # Instance 0 folds slowly (0.2 s per batch before the hop), instance 1 quickly: instance 1
+    # reads its own partitions out long before instance 0, whose epochs still write rows to
+    # instance 1's repartition partitions.  `--until caught_up` means the group's lag is 0:
+    # instance 1 returns only then (its committed offsets also pass the commit markers that end
+    # the repartition partitions), so when it returns nothing is left unread anywhere.
+    events = make_events(20_000, seed=31)
+    topic = make_topic(f"hop-until-{unique}", partitions=4)
+    produce_events(brokers, topic, events, flush_per_partition=True)
+    service = _service(brokers, topic, f"hop-until-{unique}", tmp_path)
+    service.path.write_text(PIPELINE_FILE.replace(
+        'key="user")\n',
+        'key="user")\nif os.environ.get("T_SLOW"):\n    import time\n'
+        '    events = events.map_batches(lambda df: (time.sleep(float(os.environ["T_SLOW"])), df)[1])\n', 1,
+    ))
+    assert "T_SLOW" in service.path.read_text()
+    logs = [tmp_path / "instance-0.log", tmp_path / "instance-1.log"]
+
+    def start(instance: int, **env: str) -> subprocess.Popen[bytes]:
+        with logs[instance].open("w") as err:
+            return subprocess.Popen(
+                [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(service.path), "--until", "caught_up"],
+                env={**service.env, "LOCKGATE_INSTANCE": str(instance), "T_BATCH": "500", **env}, stdout=subprocess.DEVNULL, stderr=err,
+            )
+
+    procs = [start(0, T_SLOW="0.2")]
+    try:
+        _wait_for_line(logs[0], "window per_country: loaded")
+        procs.append(start(1, T_SLOW="0"))  # the same plan (a map_batches that does not wait): instances must run one plan
+        assert procs[1].wait(timeout=240) == 0, logs[1].read_text()[-3000:]
+        lag = _group_lag(brokers, service.name, [topic, f"{service.name}-per_country-repartition"])
+        assert procs[0].wait(timeout=60) == 0, logs[0].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert "revoked" in logs[0].read_text(), "instance 1 took partitions from instance 0"
+    assert lag and not any(lag.values()), lag
     _assert_exact(brokers, service, events)

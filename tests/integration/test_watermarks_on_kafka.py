@@ -189,3 +189,45 @@ def test_on_a_freshly_formatted_broker_every_run_from_scratch_is_exact_also_when
             assert same_rows(lg.read_table(state, "sessions").collect(), oracle_sessions(events)), run
     finally:
         broker.stop(data_dir)
+
+
+@pytest.mark.parametrize("repartition", [False, True], ids=["keyed", "through-the-hop"])
+def test_windows_that_the_watermark_passed_when_every_partition_went_idle_close_without_a_new_record(
+    brokers, make_topic, state_dir, unique, repartition
+):
+    # Partition 0 ends at second 80, partition 1 at second 370.  While both are live the
+    # watermark is the minimum (75 s); once both are idle (idle_timeout 3 s, longer than the
+    # first run) it is the maximum (365 s).  The second run reads no record at all: an epoch
+    # of no records (a tick) must close the windows the idle watermark passed; before, they
+    # waited for a record that never came.
+    topic = make_topic(f"idle-close-{unique}", partitions=2)
+    ends = {"a": 80, "b": 370}
+    rows = [{"user": u, "url": "/", "amount": 1, "ts": BASE + i * 1000} for u, last in ends.items() for i in range(last)]
+    producer = ordered_producer(brokers)
+    for row in rows:
+        producer.produce(topic, json.dumps(row).encode(), row["user"].encode(), partition=0 if row["user"] == "a" else 1)
+    assert producer.flush(30) == 0
+    pipe = lg.Pipeline(f"idle-close-{unique}", brokers=brokers, state=state_dir, batch=lg.BatchPolicy(max_records=100, max_wait="40ms"))
+    src = pipe.source(topic, format=lg.JSON(schema=SCHEMA), event_time="ts", watermark="5s", idle_timeout="3s",
+                      key=None if repartition else "user")
+    src.window(lg.Tumbling("1m"), by="user", name="per_minute", repartition=repartition).agg(n=pl.len()).to_table("per_minute")
+    windows = (
+        pl.DataFrame(rows).with_columns(window_start=(pl.col("ts") // MINUTE) * MINUTE)
+        .group_by("user", "window_start").agg(n=pl.len()).with_columns(window_end=pl.col("window_start") + MINUTE)
+    )
+
+    def closed_at(watermark_ms: int) -> pl.DataFrame:
+        return (
+            windows.filter(pl.col("window_end") <= watermark_ms)
+            .select("user", pl.col("window_start").cast(pl.Datetime("ms")), pl.col("n").cast(pl.UInt32)).sort("user", "window_start")
+        )
+
+    def table() -> pl.DataFrame:
+        got = lg.read_table(state_dir, "per_minute").collect()
+        return got.select("user", "window_start", pl.col("n").cast(pl.UInt32)).sort("user", "window_start")
+
+    pipe.run(until="caught_up", timeout=120)
+    assert table().equals(closed_at(BASE + (ends["a"] - 1 - 5) * 1000)), "both partitions live: the minimum holds"
+    idle = pipe.run(timeout=8)  # no record to read: the partitions turn idle 3 s after the last one was seen
+    assert idle.records == 0, idle
+    assert table().equals(closed_at(BASE + (ends["b"] - 1 - 5) * 1000)), table()
