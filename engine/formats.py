@@ -44,6 +44,8 @@ from lockgate.errors import PipelineDefinitionError
 __all__ = ["JSON", "ArrowIPC", "Decoded", "Format", "Raw", "concat_decoded"]
 
 _TEMPORAL = (pl.Datetime, pl.Date)
+#: how far past ``max_message_bytes`` an Arrow IPC stream may come out before it is split (under the broker's 1 MB default)
+_IPC_SLACK = 1.1
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d")
 
 
@@ -599,10 +601,28 @@ class ArrowIPC(Format):
         return max(1, min(self.rows_per_message, int(self.max_message_bytes // max(per_row, 1.0))))
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
+        """The rows as IPC streams of about ``max_message_bytes`` each (see :meth:`encode_slices`)."""
+        return [value for _, _, value in self.encode_slices(frame)]
+
+    def encode_slices(self, frame: pl.DataFrame) -> list[tuple[int, int, bytes]]:
+        """Each IPC stream with the rows it holds (start, length), in row order.
+
+        The rows per stream come from the frame's estimated size, which can be short of
+        what IPC writes (seen: 1,076,600 bytes for a 900,000-byte estimate of Nexmark
+        bids, over the broker's 1 MB ``message.max.bytes``): such a stream is written
+        again as two halves, until each fits or holds one row.
+        """
         out = []
         step = self._step(frame)
-        for start in range(0, frame.height, step):
+        pending = [(start, min(step, frame.height - start)) for start in range(0, frame.height, step)][::-1]
+        while pending:
+            start, length = pending.pop()
             sink = io.BytesIO()
-            frame.slice(start, step).write_ipc_stream(sink)
-            out.append(sink.getvalue())
+            frame.slice(start, length).write_ipc_stream(sink)
+            value = sink.getvalue()
+            if len(value) > self.max_message_bytes * _IPC_SLACK and length > 1:
+                half = length // 2
+                pending += [(start + half, length - half), (start, half)]  # the first half next: row order kept
+                continue
+            out.append((start, length, value))
         return out

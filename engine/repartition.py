@@ -102,20 +102,16 @@ class RepartitionFormat(ArrowIPC):
 
     def encode_partition(self, frame: pl.DataFrame, mark: bytes | None) -> list[bytes]:
         """One partition's rows of one epoch as IPC streams; the last one carries ``mark`` (if any) in its schema metadata."""
-        values = self.encode(frame) if frame.height else []
+        slices = self.encode_slices(frame) if frame.height else []
+        values = [value for _, _, value in slices]
         if mark is None:
             return values
-        table = (frame.slice(self._last_start(frame)) if values else frame).to_arrow()
+        table = (frame.slice(slices[-1][0], slices[-1][1]) if slices else frame).to_arrow()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), MARK_KEY: mark})
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
         return [*values[:-1], sink.getvalue()]
-
-    def _last_start(self, frame: pl.DataFrame) -> int:
-        """Where :meth:`encode`'s last stream starts."""
-        step = self._step(frame)
-        return ((frame.height - 1) // step) * step
 
     def _decode(self, values: Sequence[bytes | None]) -> Decoded:
         decoded = super()._decode(values)

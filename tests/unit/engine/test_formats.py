@@ -384,3 +384,26 @@ def test_json_decodes_any_time_value_as_the_text_reading_does(ts):
     assert got.frame.equals(expected.frame)
     assert list(got.rows) == list(expected.rows)
     assert got.errors == expected.errors
+
+
+def test_an_arrow_ipc_stream_larger_than_its_estimate_is_split_until_each_value_fits(monkeypatch):
+    from lockgate.engine.formats import ArrowIPC
+
+    fmt = ArrowIPC(schema={"url": pl.String, "n": pl.Int64}, max_message_bytes=20_000)
+    frame = pl.DataFrame({"url": [f"https://www.nexmark.com/channel-{i}/item.htm?query=1" for i in range(5_000)], "n": range(5_000)})
+    monkeypatch.setattr(ArrowIPC, "_step", lambda self, frame: frame.height)  # an estimate far short of what IPC writes
+    values = fmt.encode(frame)
+    assert len(values) > 10 and max(map(len, values)) <= 20_000 * 1.1
+    assert fmt.decode(values).frame.equals(frame)
+
+
+def test_a_repartition_value_with_a_mark_after_a_split_holds_each_row_once(monkeypatch):
+    from lockgate.engine.formats import ArrowIPC
+    from lockgate.engine.repartition import RepartitionFormat
+
+    fmt = RepartitionFormat(schema={"url": pl.String, "n": pl.Int64}, max_message_bytes=20_000)
+    frame = pl.DataFrame({"url": [f"https://www.nexmark.com/channel-{i}/item.htm?query=1" for i in range(5_000)], "n": range(5_000)})
+    monkeypatch.setattr(ArrowIPC, "_step", lambda self, frame: frame.height)
+    decoded = fmt.decode(fmt.encode_partition(frame, mark=b'{"p": {}}'))
+    assert decoded.frame["n"].to_list() == list(range(5_000))
+    assert len(decoded.marks) == 1
