@@ -79,10 +79,19 @@ QUERIES: dict[str, Callable[[lg.Pipeline, str], None]] = {
 }
 
 
-def oracle(query: str, events: Events) -> pl.DataFrame:
-    """What ``query``'s output holds once all ``events`` have been read (a Polars batch computation)."""
+def oracle(query: str, events: Events, partitions: int | None = None) -> pl.DataFrame:
+    """What ``query``'s output holds once all ``events`` have been read (a Polars batch computation).
+
+    Windows: the ones the last watermark closed.  With ``partitions`` (the bid topic's,
+    bids in partition ``auction % partitions``, as ``produce.write`` puts them) that
+    watermark is the minimum over the partitions of their latest event time, as the
+    engine's (and Flink's) is; without, the latest event time.
+    """
     bids = events.bids.with_columns(pl.col("date_time").cast(pl.Datetime("ms")))
-    last = bids["date_time"].max()
+    if partitions is None:
+        last = bids["date_time"].max()
+    else:
+        last = bids.group_by(pl.col("auction") % partitions).agg(pl.col("date_time").max())["date_time"].min()
     if query == "q0":
         return bids.select("auction", "bidder", "price", "date_time")
     if query == "q1":
