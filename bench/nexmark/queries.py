@@ -79,6 +79,13 @@ QUERIES: dict[str, Callable[[lg.Pipeline, str], None]] = {
 }
 
 
+def last_watermark(events: Events, partitions: int | None = None) -> int:
+    """The watermark (epoch ms, delay 0) once every bid has been read: the minimum over the partitions of their latest event time."""
+    if partitions is None:
+        return int(events.bids["date_time"].max())  # type: ignore[arg-type]
+    return int(events.bids.group_by(pl.col("auction") % partitions).agg(pl.col("date_time").max())["date_time"].min())  # type: ignore[arg-type]
+
+
 def oracle(query: str, events: Events, partitions: int | None = None) -> pl.DataFrame:
     """What ``query``'s output holds once all ``events`` have been read (a Polars batch computation).
 
@@ -88,10 +95,7 @@ def oracle(query: str, events: Events, partitions: int | None = None) -> pl.Data
     engine's (and Flink's) is; without, the latest event time.
     """
     bids = events.bids.with_columns(pl.col("date_time").cast(pl.Datetime("ms")))
-    if partitions is None:
-        last = bids["date_time"].max()
-    else:
-        last = bids.group_by(pl.col("auction") % partitions).agg(pl.col("date_time").max())["date_time"].min()
+    last = pl.Series([last_watermark(events, partitions)]).cast(pl.Datetime("ms"))[0]
     if query == "q0":
         return bids.select("auction", "bidder", "price", "date_time")
     if query == "q1":

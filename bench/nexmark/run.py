@@ -8,11 +8,17 @@ per second, ``steady`` from the first record read to the end, ``wall`` with the 
 join; lockgate runs one process (one core of the machine's two for the operators, the
 other for librdkafka's threads and Lance's), so events/s per core is the rate over 1.
 
-The Flink peer of issue 15 (``bench/peers/flink``) is not in this table yet.
+With ``--engines lockgate,flink`` the Flink peer (``bench/peers/flink``: Flink 2.2 SQL in
+local mode, parallelism 1, exactly-once Kafka sink, checkpoints every second; built with
+``mvn -q package`` on the first run) runs the same queries on the same topic, one after
+the other; its ``job`` rate is from the job's own start to its end (no JVM start, no SQL
+planning), its ``wall`` rate includes them.  Flink closes every window at the end of its
+bounded input; its check keeps the windows the last watermark closed, as the oracle does.
 
 Usage::
 
-    python bench/nexmark/run.py [--brokers HOST:PORT] [--events 1000000] [--runs 3] [--queries q0,q1,q2,q7,q11] [--out bench/results]
+    python bench/nexmark/run.py [--brokers HOST:PORT] [--events 1000000] [--runs 3] [--queries q0,q1,q2,q7,q11]
+                                [--engines lockgate,flink] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -34,7 +41,10 @@ import lockgate as lg  # noqa: E402
 from bench import _common as common  # noqa: E402
 from bench.nexmark.generator import generate  # noqa: E402
 from bench.nexmark.produce import write  # noqa: E402
-from bench.nexmark.queries import QUERIES, oracle  # noqa: E402
+from bench.nexmark.queries import QUERIES, last_watermark, oracle  # noqa: E402
+
+FLINK_DIR = Path(__file__).resolve().parents[1] / "peers" / "flink"
+FLINK_JAR = FLINK_DIR / "target" / "flink-nexmark.jar"
 
 BATCH = lg.BatchPolicy(max_records=50_000, max_wait="100ms")
 
@@ -48,10 +58,49 @@ def run_lockgate(brokers: str, topic: str, query: str, bids: int, tag: str, run:
     return {**timings, "output_topic": f"{name}-out", "records_out": metrics.get("records_out", {}).get(f"{name}-out", 0)}
 
 
-def check(brokers: str, query: str, output_topic: str, expected: pl.DataFrame) -> dict[str, Any]:
+def build_flink() -> Path:
+    """``mvn -q package`` in bench/peers/flink when the jar is missing or older than its sources; the jar."""
+    sources = [p for p in FLINK_DIR.rglob("*") if p.is_file() and "target" not in p.parts]
+    if not FLINK_JAR.exists() or max(p.stat().st_mtime for p in sources) > FLINK_JAR.stat().st_mtime:
+        print("# building bench/peers/flink (mvn -q package)", file=sys.stderr)
+        subprocess.run(["mvn", "-q", "package", "-DskipTests"], cwd=FLINK_DIR, check=True)
+    return FLINK_JAR
+
+
+def run_flink(brokers: str, topic: str, query: str, bids: int, tag: str, run: int) -> dict[str, Any]:
+    """The Flink peer's job for ``query`` over ``topic`` (one JVM, parallelism 1); its timings."""
+    name = f"nexmark-{tag}-flink-{query}-r{run}"
+    common.create_topic(brokers, f"{name}-out", 8)
+    done = subprocess.run(
+        ["java", "-jar", str(FLINK_JAR), "--brokers", brokers, "--bids", topic, "--query", query, "--out", f"{name}-out", "--group", name],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"flink {query}: exit {done.returncode}: {done.stderr[-3000:]}")
+    timings = json.loads(done.stdout.strip().splitlines()[-1])
+    if timings.get("records_in") not in (bids, -1):
+        raise RuntimeError(f"flink {query}: read {timings.get('records_in')} of {bids} bids")
+    return {"run": run, "pipeline": name, "output_topic": f"{name}-out", "records": bids, "wall_seconds": timings["seconds"],
+            "job_seconds": timings.get("job_seconds"), "wall_rps": round(bids / timings["seconds"]),
+            "steady_rps": round(bids / (timings.get("job_seconds") or timings["seconds"]))}
+
+
+def _flink_rows(query: str, got: pl.DataFrame, watermark_ms: int) -> pl.DataFrame:
+    """Flink's output in the oracle's shape: windows (epoch ms bounds) the last watermark closed; q7's bids per window as lists."""
+    if query not in ("q7", "q11"):
+        return got
+    got = got.filter(pl.col("window_end") <= watermark_ms)
+    if query == "q7":
+        got = got.group_by("window_start", "window_end", "price").agg(pl.col("auction"), pl.col("bidder"))
+    return got.with_columns(pl.col("window_start", "window_end").cast(pl.Datetime("ms")))
+
+
+def check(brokers: str, query: str, output_topic: str, expected: pl.DataFrame, flink_watermark_ms: int | None = None) -> dict[str, Any]:
     """The committed output topic against the oracle (as multisets of rows)."""
     values = [m.value() for m in common.committed_messages(brokers, output_topic)]
     got = pl.read_ndjson(b"\n".join(values)) if values else pl.DataFrame(schema=expected.schema)
+    if flink_watermark_ms is not None:
+        got = _flink_rows(query, got, flink_watermark_ms)
     got = got.select(
         pl.col(c).str.to_datetime(time_unit="ms") if t == pl.Datetime("ms") and got.schema[c] == pl.String else pl.col(c).cast(t)
         for c, t in expected.schema.items()
@@ -71,41 +120,64 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--queries", default=",".join(QUERIES))
+    parser.add_argument("--engines", default="lockgate", help="lockgate, flink or both (comma-separated)")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     brokers = common.resolve_brokers(args.brokers)
-    queries = args.queries.split(",")
+    queries, engines = args.queries.split(","), args.engines.split(",")
+    if "flink" in engines:
+        build_flink()
     tag = uuid.uuid4().hex[:8]
     events = generate(args.events, seed=1, rate=10_000)
     produced = write(brokers, events, f"nexmark-{tag}")
-    topic = produced["topics"]["bid"]
+    topic, bids = produced["topics"]["bid"], events.bids.height
+    watermark_ms = last_watermark(events, produced["partitions"])
     print(f"# {produced}", file=sys.stderr)
     state_root = Path(tempfile.mkdtemp(prefix="lockgate-bench-nexmark-"))
-    runs: dict[str, list[dict[str, Any]]] = {q: [] for q in queries}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(e, q): [] for e in engines for q in queries}
     checks = []
     try:
         for run in range(1, args.runs + 1):
-            for query in queries:  # interleaved: q0, q1, ... then again
-                r = run_lockgate(brokers, topic, query, events.bids.height, tag, run, state_root)
-                runs[query].append(r)
-                print(f"# {query} run {run}: {r['steady_rps']:,} events/s steady, {r['wall_rps']:,} wall", file=sys.stderr)
-                if run == 1:
-                    checks.append(check(brokers, query, r["output_topic"], oracle(query, events, produced["partitions"])))
-                    print(f"# check: {checks[-1]}", file=sys.stderr)
+            for query in queries:  # interleaved: q0 on each engine, q1, ... then again
+                for engine in engines:
+                    if engine == "flink":
+                        r = run_flink(brokers, topic, query, bids, tag, run)
+                    else:
+                        r = run_lockgate(brokers, topic, query, bids, tag, run, state_root)
+                    runs[(engine, query)].append(r)
+                    print(f"# {engine} {query} run {run}: {r['steady_rps']:,} events/s steady, {r['wall_rps']:,} wall", file=sys.stderr)
+                    if run == 1:
+                        expected = oracle(query, events, produced["partitions"])
+                        c = check(brokers, query, r["output_topic"], expected, watermark_ms if engine == "flink" else None)
+                        checks.append({"engine": engine, **c})
+                        print(f"# check: {checks[-1]}", file=sys.stderr)
     finally:
         shutil.rmtree(state_root, ignore_errors=True)
         common.delete_topics(brokers, [*produced["topics"].values(), *(r["output_topic"] for rs in runs.values() for r in rs)])
-    steady = {q: common.median([r["steady_rps"] for r in rs]) for q, rs in runs.items()}
-    wall = {q: common.median([r["wall_rps"] for r in rs]) for q, rs in runs.items()}
-    result = {"benchmark": "nexmark", "events": args.events, "bids": events.bids.height, "runs": args.runs, "machine": common.machine(),
-              "input": produced, "checks": checks, "median_steady_events_per_s": steady, "median_wall_events_per_s": wall, "all_runs": runs}
+    steady = {k: common.median([r["steady_rps"] for r in rs]) for k, rs in runs.items()}
+    wall = {k: common.median([r["wall_rps"] for r in rs]) for k, rs in runs.items()}
+    result = {"benchmark": "nexmark", "events": args.events, "bids": bids, "runs": args.runs, "machine": common.machine(), "input": produced,
+              "checks": checks, "median_steady_events_per_s": {f"{e}-{q}": v for (e, q), v in steady.items()},
+              "median_wall_events_per_s": {f"{e}-{q}": v for (e, q), v in wall.items()},
+              "all_runs": {f"{e}-{q}": rs for (e, q), rs in runs.items()}}
     path = common.write_json(args.out, "nexmark", result)
-    rows = [[q, f"{events.bids.height:,}", f"{steady[q]:,.0f}", f"{wall[q]:,.0f}", next(c["ok"] for c in checks if c["query"] == q)]
-            for q in queries]
-    print(common.markdown_table(["query", "bids", f"lockgate events/s steady (median of {args.runs})", "wall", "exact"], rows))
+    exact = {(c["engine"], c["query"]): c["ok"] for c in checks}
+    columns = ["query", "bids"]
+    for engine in engines:
+        columns += [f"{engine} events/s (median of {args.runs})", f"{engine} wall", f"{engine} exact"]
+    if "flink" in engines and "lockgate" in engines:
+        columns.append("lockgate / flink")
+    rows = []
+    for q in queries:
+        row: list[Any] = [q, f"{bids:,}"]
+        for engine in engines:
+            row += [f"{steady[(engine, q)]:,.0f}", f"{wall[(engine, q)]:,.0f}", exact[(engine, q)]]
+        if "flink" in engines and "lockgate" in engines:
+            row.append(f"{steady[('lockgate', q)] / steady[('flink', q)]:.2f}")
+        rows.append(row)
+    print(common.markdown_table(columns, rows))
     print(f"\n# written to {path}")
     print(json.dumps({"ok": all(c["ok"] for c in checks)}), file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()
