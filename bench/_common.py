@@ -50,6 +50,16 @@ BASELINE_CONSUMER = {
 }
 
 
+def produce_waiting(producer: ck.Producer, topic: str, value: bytes, key: bytes | None = None, **kwargs: Any) -> None:
+    """``producer.produce``, waiting (serving delivery reports) while the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def resolve_brokers(brokers: str | None) -> str:
     """``brokers`` as given, else the local broker (started if it is not running)."""
     if brokers:

@@ -98,17 +98,11 @@ def setup(brokers: str, topic: str, records: int, compression: str) -> dict[str,
             errors.append(err.str())
 
     kept = nbytes = 0
-    produce = producer.produce
     for i in range(records):
         key, value, keep = record(i)
         kept += keep
         nbytes += len(value)
-        while True:
-            try:
-                produce(topic, value, key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        common.produce_waiting(producer, topic, value, key, on_delivery=on_delivery)
         if i % 20_000 == 0:
             producer.poll(0)
     left = producer.flush(120)

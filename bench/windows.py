@@ -187,17 +187,11 @@ def produce(brokers: str, topic: str, events: pl.DataFrame, compression: str) ->
         if err is not None:
             errors.append(err.str())
 
-    produce_ = producer.produce
     nbytes = 0
     for i, (user, partition, value) in enumerate(events.select("user", "partition", "value").iter_rows()):
         v = value.encode()
         nbytes += len(v)
-        while True:
-            try:
-                produce_(topic, v, user.encode(), partition=partition, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        common.produce_waiting(producer, topic, v, user.encode(), partition=partition, on_delivery=on_delivery)
         if i % 20_000 == 0:
             producer.poll(0)
     left = producer.flush(120)

@@ -66,18 +66,12 @@ def write(brokers: str, events: Events, prefix: str, partitions: int = 8, rate: 
             errors.append(err.str())
 
     started = time.perf_counter()
-    produce = producer.produce
     for i, (kind, key, partition, _, row) in enumerate(order.iter_rows()):  # the producer side of the bench, not timed by it
         if rate is not None and i % 1_000 == 0:
             due = started + i / rate
             if due > time.perf_counter():
                 time.sleep(due - time.perf_counter())
-        while True:
-            try:
-                produce(names[kind], values[kind][row], key.encode(), partition=partition, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        common.produce_waiting(producer, names[kind], values[kind][row], key.encode(), partition=partition, on_delivery=on_delivery)
         if i % 20_000 == 0:
             producer.poll(0)
     left = producer.flush(120)
