@@ -47,7 +47,7 @@ from typing import Any
 
 import confluent_kafka as ck
 import numpy as np
-from lockgate.engine import faults
+from lockgate.engine import faults, kafka_clients
 from lockgate.engine.metrics import Metrics
 from lockgate.engine.transaction import Epoch, EpochTransaction, TransactionAborted, TransactionalProducer, is_fatal, parse_offset_metadata
 from lockgate.storage.commit_log import CommitLog
@@ -203,11 +203,17 @@ class Committer:
         if self.inflight is None:
             return
         txn, future = self.inflight
+        call = self._wait_or_hung(future, txn.producer)
+        if call is not None:
+            self.inflight = (txn, self._replace_hung_producer(txn, call))
+
+    def _wait_or_hung(self, future: Future[None], producer: TransactionalProducer) -> str | None:
+        """Wait for ``future``; the call of ``producer`` that hung past its timeout first (None once it is done)."""
         while not wait([future], timeout=min(1.0, self.hang_grace_s)).done:
-            call = txn.producer.hung(grace=self.hang_grace_s)
+            call = producer.hung(grace=self.hang_grace_s)
             if call is not None:
-                self.inflight = (txn, self._replace_hung_producer(txn, call))
-                return
+                return call
+        return None
 
     def _replace_hung_producer(self, txn: EpochTransaction, call: str) -> Future[None]:
         """Replace a producer whose ``call`` hangs; return the epoch's outcome as a finished future.
@@ -304,18 +310,17 @@ class Committer:
                 raise
 
         future = in_thread(run, f"lockgate-offsets-{self.pipeline}")
-        while not wait([future], timeout=min(1.0, self.hang_grace_s)).done:
-            call = p.hung(grace=self.hang_grace_s)
-            if call is not None:
-                log.warning("waiting for Kafka: an offsets-only commit hung in %s; replacing the transactional producer", call)
-                self.metrics.add("producer_replacements")
-                self.producer = self._new_producer()
-                return False
+        call = self._wait_or_hung(future, p)
+        if call is not None:
+            log.warning("waiting for Kafka: an offsets-only commit hung in %s; replacing the transactional producer", call)
+            self.metrics.add("producer_replacements")
+            self.producer = self._new_producer()
+            return False
         try:
             future.result()
         except ck.KafkaException as exc:
             log.info("the offsets-only commit did not go through (%s); asking again later", exc)
-            if is_fatal(exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None):
+            if is_fatal(kafka_clients.kafka_error(exc)):
                 self.metrics.add("producer_replacements")
                 self.producer = self._new_producer()
             return False

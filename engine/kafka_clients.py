@@ -50,7 +50,7 @@ from lockgate.engine.config import is_secret
 from lockgate.engine.kafka_log import kafka_logger
 from lockgate.errors import KafkaOptionsError
 
-__all__ = ["admin", "client_options", "consumer", "producer"]
+__all__ = ["admin", "client_options", "consumer", "kafka_error", "producer"]
 
 Role = Literal["consumer", "producer", "admin"]
 C = TypeVar("C")
@@ -95,11 +95,18 @@ def admin(options: Mapping[str, Any]) -> AdminClient:
     return _build(_ServedAdmin, "admin", client_options("admin", options))
 
 
+def kafka_error(exc: BaseException) -> ck.KafkaError | None:
+    """The ``KafkaError`` a ``KafkaException`` carries (None for any other exception, or one without it)."""
+    if isinstance(exc, ck.KafkaException) and exc.args and isinstance(exc.args[0], ck.KafkaError):
+        return exc.args[0]
+    return None
+
+
 def _build(make: Callable[[dict[str, Any]], C], role: Role, options: dict[str, Any]) -> C:
     try:
         return make(options)
     except ck.KafkaException as exc:
-        err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
+        err = kafka_error(exc)
         if err is None or err.code() != ck.KafkaError._INVALID_ARG:
             raise
         raise KafkaOptionsError(

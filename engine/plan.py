@@ -33,6 +33,7 @@ import polars as pl
 from lockgate.engine.columns import KAFKA_COLUMNS, KEY, PARTITION, TIMESTAMP
 from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
+from lockgate.operators.event_time import epoch_ms
 from lockgate.errors import PipelineDefinitionError
 from lockgate.operators.joins import TableJoin
 from lockgate.operators.stateless import (
@@ -861,13 +862,8 @@ def _source_of(node: Node) -> SourceNode | None:
 
 
 def event_time_ms(column: str, dtype: pl.DataType) -> pl.Expr:
-    """An event-time column as Int64 epoch milliseconds (Datetime, or integer epoch ms)."""
-    if isinstance(dtype, pl.Datetime):
-        expr = pl.col(column)
-        if dtype.time_zone is not None:
-            expr = expr.dt.convert_time_zone("UTC")
-        return expr.dt.epoch("ms").alias(_TIME)
-    return pl.col(column).cast(pl.Int64).alias(_TIME)
+    """An event-time column as Int64 epoch milliseconds (Datetime, or integer epoch ms), in the engine's time column."""
+    return epoch_ms(column, dtype).alias(_TIME)
 
 
 def source_node(

@@ -359,8 +359,8 @@ class Runner:
             if not self.committer.commit_offsets(passed, self.source.group_metadata()):
                 return False
             committed.update({(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in passed})
-        behind = {tp: (committed.get(tp, (-1, None))[0], stable) for tp, (low, stable) in ends.items()
-                  if max(committed.get(tp, (-1, None))[0], low) < stable}
+        done = {tp: offset for tp, (offset, _) in committed.items()}
+        behind = {tp: (done.get(tp, -1), stable) for tp, (low, stable) in ends.items() if max(done.get(tp, -1), low) < stable}
         if behind:
             log.debug("caught up here; the group is still behind on %s", behind)
         return not behind

@@ -485,7 +485,7 @@ class KafkaSource:
                 tps = self.consumer.committed(wanted, timeout=timeout)
                 break
             except ck.KafkaException as exc:
-                err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
+                err = kafka_clients.kafka_error(exc)
                 waiting = err is not None and not is_fatal(err) and (err.retriable() or err.code() == ck.KafkaError._TIMED_OUT)
                 if not waiting or attempt == attempts - 1:
                     raise

@@ -148,12 +148,6 @@ def is_fatal(err: ck.KafkaError | None) -> bool:
     return err is not None and (err.fatal() or err.code() == ck.KafkaError._FATAL)
 
 
-def _kafka_error(exc: BaseException) -> ck.KafkaError | None:
-    if isinstance(exc, ck.KafkaException) and exc.args and isinstance(exc.args[0], ck.KafkaError):
-        return exc.args[0]
-    return None
-
-
 class TransactionalProducer:
     """The one transactional producer of a pipeline instance (stable ``transactional.id``)."""
 
@@ -174,7 +168,7 @@ class TransactionalProducer:
                 self.call = (what, time.monotonic())
                 return call()
             except ck.KafkaException as exc:
-                err = _kafka_error(exc)
+                err = kafka_clients.kafka_error(exc)
                 if err is not None and err.retriable() and not is_fatal(err) and attempt < attempts - 1:
                     log.warning("waiting for Kafka: %s: %s; retrying in %.1fs", what, err.str(), delay)
                     time.sleep(delay)
@@ -224,7 +218,7 @@ class TransactionalProducer:
         try:
             self.producer.abort_transaction(self.call_timeout)
         except ck.KafkaException as exc:
-            err = _kafka_error(exc)
+            err = kafka_clients.kafka_error(exc)
             if err is not None and err.code() == ck.KafkaError._STATE:
                 return  # no transaction open
             raise
@@ -394,7 +388,7 @@ class EpochTransaction:
         return age if age > self.producer.transaction_timeout_s else None
 
     def _on_kafka_error(self, exc: ck.KafkaException) -> None:
-        err = _kafka_error(exc)
+        err = kafka_clients.kafka_error(exc)
         if err is not None and err.txn_requires_abort() and not is_fatal(err):
             self._abort_quietly()
             self.state = "aborted"

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import polars as pl
 from lockgate.errors import PipelineDefinitionError
+from lockgate.operators.event_time import epoch_ms
 
 __all__ = ["IntervalJoinLogic", "IntervalJoinOutput", "IntervalJoinSpec"]
 
@@ -105,13 +106,6 @@ class IntervalJoinOutput:
     late_right: pl.DataFrame
 
 
-def _output_columns(spec: IntervalJoinSpec, schema: pl.Schema) -> list[str]:
-    """The output columns of a joined frame: the left schema's, then the right's (renamed where they clash), no internals."""
-    left = list(spec.left_schema.names())
-    right = [c if c not in spec.left_schema else f"{c}_right" for c in spec.right_schema.names() if c not in spec.on]
-    return [c for c in left + right if c in schema]
-
-
 class IntervalJoinLogic:
     """A running interval join: buffers both sides, emits pairs once, drops what the watermark passed.
 
@@ -129,8 +123,8 @@ class IntervalJoinLogic:
     ) -> IntervalJoinOutput:
         """Fold one batch of each side (either may be empty); ``watermark_*`` in epoch ms (None: none yet)."""
         spec = self.spec
-        new_left = left.with_columns(_time(spec.left_time, left.schema))
-        new_right = right.with_columns(_time(spec.right_time, right.schema))
+        new_left = left.with_columns(epoch_ms(spec.left_time, left.schema[spec.left_time]).alias(_T))
+        new_right = right.with_columns(epoch_ms(spec.right_time, right.schema[spec.right_time]).alias(_T))
         late_left = late_right = None
         if watermark_before is not None:
             late_left, new_left = _split_late(new_left, watermark_before)
@@ -175,22 +169,11 @@ class IntervalJoinLogic:
 
 
 def _pairs_with(spec: IntervalJoinSpec, left: pl.LazyFrame, right: pl.LazyFrame, index: str) -> pl.LazyFrame:
-    """:func:`_pairs`, keeping the left rows' ``index`` column (which left rows matched)."""
+    """Every matching pair of ``left`` and ``right`` rows (both carry ``__lg_t``) in the output's columns, and the left rows' ``index`` (which matched)."""
     joined = left.join(right, on=list(spec.on), how="inner", suffix="_right")
     t_right = f"{_T}_right"
     joined = joined.filter((pl.col(t_right) >= pl.col(_T) + spec.lower_ms) & (pl.col(t_right) <= pl.col(_T) + spec.upper_ms))
-    return joined.select([*_output_columns(spec, joined.collect_schema()), index])
-
-
-def _time(column: str, schema: pl.Schema) -> pl.Expr:
-    """The event-time column as Int64 epoch ms, in ``_T``."""
-    dtype = schema[column]
-    if isinstance(dtype, pl.Datetime):
-        expr = pl.col(column)
-        if dtype.time_zone is not None:
-            expr = expr.dt.convert_time_zone("UTC")
-        return expr.dt.epoch("ms").alias(_T)
-    return pl.col(column).cast(pl.Int64).alias(_T)
+    return joined.select([*spec.output_schema().names(), index])
 
 
 def _split_late(frame: pl.DataFrame, watermark: int) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -62,12 +62,14 @@ def build_q2(pipe: lg.Pipeline, topic: str) -> None:
     _bids(pipe, topic).filter(pl.col("auction") % 123 == 0).select("auction", "price").to_kafka(f"{pipe.name}-out")
 
 
+def _highest() -> dict[str, pl.Expr]:
+    """q7's aggregation of one window's bids: the highest price, and the auctions and bidders of the bids at it."""
+    top = pl.col("price") == pl.col("price").max()
+    return {"auction": pl.col("auction").filter(top), "bidder": pl.col("bidder").filter(top), "price": pl.col("price").max()}
+
+
 def build_q7(pipe: lg.Pipeline, topic: str) -> None:
-    _bids(pipe, topic).window(lg.Tumbling(f"{WINDOW_MS}ms"), name="highest").agg(
-        auction=pl.col("auction").filter(pl.col("price") == pl.col("price").max()),
-        bidder=pl.col("bidder").filter(pl.col("price") == pl.col("price").max()),
-        price=pl.col("price").max(),
-    ).to_kafka(f"{pipe.name}-out")
+    _bids(pipe, topic).window(lg.Tumbling(f"{WINDOW_MS}ms"), name="highest").agg(**_highest()).to_kafka(f"{pipe.name}-out")
 
 
 def build_q11(pipe: lg.Pipeline, topic: str) -> None:
@@ -104,11 +106,9 @@ def oracle(query: str, events: Events, partitions: int | None = None) -> pl.Data
         return bids.filter(pl.col("auction") % 123 == 0).select("auction", "price")
     if query == "q7":
         windows = bids.with_columns(window_start=pl.col("date_time").dt.truncate(f"{WINDOW_MS}ms"))
-        top = windows.group_by("window_start").agg(
-            auction=pl.col("auction").filter(pl.col("price") == pl.col("price").max()),
-            bidder=pl.col("bidder").filter(pl.col("price") == pl.col("price").max()),
-            price=pl.col("price").max(),
-        ).with_columns(window_end=pl.col("window_start") + pl.duration(milliseconds=WINDOW_MS))
+        top = windows.group_by("window_start").agg(**_highest()).with_columns(
+            window_end=pl.col("window_start") + pl.duration(milliseconds=WINDOW_MS)
+        )
         return top.filter(pl.col("window_end") <= last).select("window_start", "window_end", "auction", "bidder", "price")
     if query == "q11":
         ordered = bids.sort("bidder", "date_time")
@@ -121,3 +121,9 @@ def oracle(query: str, events: Events, partitions: int | None = None) -> pl.Data
         )
         return sessions.filter(pl.col("window_end") <= last).select("bidder", "window_start", "window_end", "bids")
     raise KeyError(f"{query!r}: the queries are {sorted(QUERIES)}")
+
+
+def canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    """A query's rows in one order, list values sorted: two outputs are the same multiset when these are equal."""
+    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
+    return frame.with_columns(pl.col(c).list.sort() for c in lists).sort(pl.all())

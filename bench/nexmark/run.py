@@ -41,7 +41,7 @@ import lockgate as lg  # noqa: E402
 from bench import _common as common  # noqa: E402
 from bench.nexmark.generator import generate  # noqa: E402
 from bench.nexmark.produce import write  # noqa: E402
-from bench.nexmark.queries import QUERIES, last_watermark, oracle  # noqa: E402
+from bench.nexmark.queries import QUERIES, canonical, last_watermark, oracle  # noqa: E402
 
 FLINK_DIR = Path(__file__).resolve().parents[1] / "peers" / "flink"
 FLINK_JAR = FLINK_DIR / "target" / "flink-nexmark.jar"
@@ -105,10 +105,6 @@ def check(brokers: str, query: str, output_topic: str, expected: pl.DataFrame, f
         pl.col(c).str.to_datetime(time_unit="ms") if t == pl.Datetime("ms") and got.schema[c] == pl.String else pl.col(c).cast(t)
         for c, t in expected.schema.items()
     )
-
-    def canonical(frame: pl.DataFrame) -> pl.DataFrame:
-        lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
-        return frame.with_columns(pl.col(c).list.sort() for c in lists).sort(pl.all())
 
     same = got.height == expected.height and canonical(got).equals(canonical(expected))
     return {"query": query, "rows": got.height, "expected": expected.height, "ok": same}

@@ -7,13 +7,7 @@ import pytest
 
 import lockgate as lg
 from bench.nexmark.generator import generate
-from bench.nexmark.queries import QUERIES, oracle
-
-
-def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
-    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
-    frame = frame.with_columns(pl.col(c).list.sort() for c in lists)
-    return frame.select(sorted(frame.columns)).sort(pl.all())
+from bench.nexmark.queries import QUERIES, canonical, oracle
 
 
 @pytest.mark.parametrize("query", sorted(QUERIES))
@@ -27,4 +21,4 @@ def test_a_nexmark_query_fed_in_batches_equals_its_polars_oracle(query):
     expected = oracle(query, events)
     assert expected.height > 0
     got = got.select(expected.columns).cast(dict(expected.schema))  # type: ignore[arg-type]
-    assert _canonical(got).equals(_canonical(expected)), (got, expected)
+    assert canonical(got).equals(canonical(expected)), (got, expected)
