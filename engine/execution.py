@@ -46,6 +46,7 @@ from lockgate.engine.decode import DecodedBatch, source_event_times
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     DeadLetterNode,
+    IntervalJoinNode,
     JoinNode,
     Node,
     OpNode,
@@ -74,13 +75,15 @@ def execute(
     window_step: Callable[[WindowNode, pl.DataFrame], pl.DataFrame] | None = None,
     dead_letters: Callable[[], pl.DataFrame] | None = None,
     tables: Mapping[str, pl.DataFrame] | None = None,
+    join_step: Callable[[IntervalJoinNode, pl.DataFrame, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Run every operator of ``plan`` over one batch; returns each sink's frame, by sink node name.
 
     ``inputs`` maps source node names to their frames.  Stateless steps are lazy
     queries collected together, so shared steps run once; a window step collects
-    its input and folds it with ``window_step``.  Windows run first, so that the
-    dead letters (``dead_letters()``) include their late records.
+    its input and folds it with ``window_step``, a stream join its two inputs with
+    ``join_step``.  Those stateful steps run first, so that the dead letters
+    (``dead_letters()``) include their late records.
     """
     lazy: dict[str, pl.LazyFrame] = {}
 
@@ -96,6 +99,10 @@ def execute(
             elif isinstance(node, WindowNode):
                 assert node.parent is not None and window_step is not None
                 lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
+            elif isinstance(node, IntervalJoinNode):
+                assert node.left is not None and node.right is not None and join_step is not None
+                left, right = pl.collect_all([build(node.left), build(node.right)])
+                lazy[node.name] = join_step(node, left, right).lazy()
             elif isinstance(node, JoinNode):
                 assert node.parent is not None and node.table is not None and node.join is not None
                 lazy[node.name] = node.join.apply(build(node.parent), (tables or {})[node.table.name].lazy())
@@ -104,7 +111,7 @@ def execute(
         return lazy[node.name]
 
     for node in plan.nodes:
-        if isinstance(node, WindowNode):
+        if isinstance(node, (WindowNode, IntervalJoinNode)):
             build(node)
 
     sinks = plan.sinks
@@ -132,6 +139,7 @@ def operate(
         lambda node, frame: windows.step(node, frame, now, batch.event_times, watermark if closing is None or node.name in closing else None),
         lambda: pl.concat([batch.dead, *windows.late], how="vertical_relaxed"),  # windows ran first
         tables,
+        lambda node, left, right: windows.join(node, left, right, now, watermark if closing is None or node.name in closing else None),
     )
     windows.take_marks(now)
     return outputs
@@ -201,8 +209,8 @@ def run_plan(
         if end_of_input and windows.active:
             # the end of the input reaches the stages one after the other: a window closes once what the
             # windows before its repartition topic emitted at the end has reached it
-            for stage in range(1, max(stages[w.name] for w in windows.windows) + 1):
-                closing = {w.name for w in windows.windows if stages[w.name] <= stage}
+            for stage in range(1, max(stages[w.name] for w in windows.operators) + 1):
+                closing = {w.name for w in windows.operators if stages[w.name] <= stage}
                 batch = _decoded(plan, {})
                 while batch is not None:
                     batch = run(batch, closing)

@@ -35,6 +35,7 @@ from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.event_time import epoch_ms
 from lockgate.errors import PipelineDefinitionError
+from lockgate.operators.interval_join import IntervalJoinSpec
 from lockgate.operators.joins import TableJoin
 from lockgate.operators.stateless import (
     Filter,
@@ -49,6 +50,7 @@ __all__ = [
     "DEAD_LETTER_SCHEMA",
     "TIME_COLUMN",
     "DeadLetterNode",
+    "IntervalJoinNode",
     "JoinNode",
     "Node",
     "ChildNode",
@@ -228,6 +230,34 @@ class JoinNode(ChildNode):
 
 
 @dataclass(frozen=True, eq=False)
+class IntervalJoinNode(Node):
+    """Two streams joined on key within an event-time interval (stateful; :mod:`lockgate.operators.interval_join`).
+
+    ``left_source``/``right_source``: the sources whose watermarks drive the join
+    (its watermark is the smaller of the two).  The state needs every partition of
+    both source topics in one instance.
+    """
+
+    left: Node | None = None
+    right: Node | None = None
+    spec: IntervalJoinSpec | None = None
+    left_source: SourceNode | None = None
+    right_source: SourceNode | None = None
+
+    kind = "interval_join"
+
+    @property
+    def parents(self) -> tuple[Node, ...]:
+        assert self.left is not None and self.right is not None
+        return (self.left, self.right)
+
+    @property
+    def state_mode(self) -> str:
+        """How the state is split, for the plan."""
+        return "state needs all partitions of both sides in one instance"
+
+
+@dataclass(frozen=True, eq=False)
 class SinkNode(ChildNode):
     """Writes its parent's batches to a Kafka topic (``to_kafka``) or a LanceDB table (``to_table``)."""
 
@@ -314,7 +344,7 @@ class Plan:
             return f" -> {node.target}"
         if isinstance(node, SourceNode):
             return f" <- {node.topic}"
-        if isinstance(node, WindowNode):
+        if isinstance(node, (WindowNode, IntervalJoinNode)):
             return f" [{node.state_mode}]"
         return ""
 
@@ -452,11 +482,32 @@ class Stream:
         """Apply ``fn`` to each whole batch; it must return a ``pl.DataFrame``."""
         return self._op(MapBatches(self._builder.name("map_batches", name), fn, schema))
 
-    def join(self, table: Table, *, on: str | Sequence[str], how: str = "left", name: str | None = None) -> Stream:
-        """Enrich each batch with the current rows of ``table`` (one Polars join per batch).
+    def join(
+        self, other: Table | Stream, *, on: str | Sequence[str], how: str | None = None,
+        within: Duration | tuple[Duration, Duration] | None = None, name: str | None = None,
+    ) -> Stream:
+        """Join with a changelog table (``pipe.table``) or, given ``within=``, with another stream.
 
-        ``how="left"`` keeps every record (table columns null when the key is absent);
-        ``how="inner"`` keeps only records whose key is in the table.
+        **With a table**: each batch is enriched with the table's current rows (one
+        Polars join per batch).  ``how="left"`` (the default) keeps every record (table
+        columns null when the key is absent); ``how="inner"`` keeps only records whose
+        key is in the table.
+
+        **With a stream** (an interval join, as Flink's): a pair matches when the keys
+        are equal and the right row's event time lies within ``within`` of the left
+        row's: ``within="10s"`` means ``|left.t - right.t| <= 10 s``;
+        ``within=("5s", "30s")`` means ``left.t - 5 s <= right.t <= left.t + 30 s``.
+        Each pair is emitted once, as soon as both rows have been read; ``how="inner"``
+        (the default for streams) emits pairs only, ``how="left"`` also each left row
+        that found no match, with nulls, once the watermark has passed
+        ``left.t + after`` (never earlier, never twice).  Output: the left columns, then
+        the right value columns but the keys (a name the left has gets ``_right``).  The
+        join keeps both sides' rows in its state (LanceDB, committed with the epoch)
+        until the watermark, the smaller of the two sources' watermarks, makes a match
+        impossible; a row whose event time is below the watermark is late and goes to
+        the dead letters (reason ``late``).  The state needs every partition of both
+        source topics in one instance (a second instance stops with
+        ``AssignmentError``); a window after a stream join is not supported yet.
 
         Examples
         --------
@@ -485,12 +536,63 @@ class Stream:
         │ US      ┆ 233 │
         └─────────┴─────┘
         """
-        if not isinstance(table, Table):
-            raise PipelineDefinitionError(f"join: give a table made by pipe.table(topic, key=...), not {type(table).__name__}")
+        if isinstance(other, Stream):
+            return self._interval_join(other, on=on, how=how or "inner", within=within, name=name)
+        if not isinstance(other, Table):
+            raise PipelineDefinitionError(
+                f"join: give a table made by pipe.table(topic, key=...) or a stream of the same pipeline, not {type(other).__name__}"
+            )
         node_name = self._builder.name("join", name)
-        spec = TableJoin(node_name, on if isinstance(on, str) else tuple(on), how)
-        schema = spec.resolve(self.schema, table.schema)
-        node = JoinNode(node_name, schema, parent=self._node, table=table._node, join=spec)
+        if within is not None:
+            raise PipelineDefinitionError(f"join {node_name!r}: within= is for joining two streams; a table join matches the table's current rows")
+        spec = TableJoin(node_name, on if isinstance(on, str) else tuple(on), how or "left")
+        schema = spec.resolve(self.schema, other.schema)
+        node = JoinNode(node_name, schema, parent=self._node, table=other._node, join=spec)
+        return Stream(self._builder, self._builder.add(node))
+
+    def _interval_join(
+        self, other: Stream, *, on: str | Sequence[str], how: str, within: Duration | tuple[Duration, Duration] | None, name: str | None,
+    ) -> Stream:
+        """``join`` with a stream: the checks, then the node."""
+        node_name = self._builder.name("join", name)
+        where = f"join {node_name!r}"
+        if other._builder is not self._builder:
+            raise PipelineDefinitionError(f"{where}: the right stream belongs to another pipeline; build both from one lg.Pipeline")
+        if within is None:
+            raise PipelineDefinitionError(f"{where}: joining two streams needs within='10s' (or within=(before, after)): how far apart in event time a pair may be")
+        if isinstance(within, tuple):
+            if len(within) != 2:
+                raise PipelineDefinitionError(f"{where}: within={within!r}; give one duration or (before, after)")
+            before, after = (parse_duration(w, what=f"{where}: within", allow_zero=True) for w in within)
+        else:
+            before = after = parse_duration(within, what=f"{where}: within", allow_zero=True)
+        sides = []
+        for side, node in (("left", self._node), ("right", other._node)):
+            source = _source_of(node)
+            column = node.time_column
+            if source is None or any(isinstance(n, (WindowNode, IntervalJoinNode)) or (isinstance(n, SourceNode) and n.repartitioned_by)
+                                     for n in _ancestors(node)):
+                raise PipelineDefinitionError(
+                    f"{where}: the {side} stream comes from a window, a repartition topic or another stream join; "
+                    "a stream join reads streams of sources (with stateless steps between) for now"
+                )
+            if column is None:
+                if source.event_time is None:
+                    raise PipelineDefinitionError(
+                        f"{where}: the {side} source {source.name!r} has no event time; pass event_time='<column>' "
+                        "(or 'kafka' for the record timestamp) and watermark='5s' to pipe.source(...)"
+                    )
+                raise PipelineDefinitionError(f"{where}: the {side} stream no longer has its event-time column {source.time_column!r}; keep it in select(...)")
+            sides.append((source, column))
+        spec = IntervalJoinSpec.build(
+            node_name, on=_names(on), lower_ms=-int(before.total_seconds() * 1000), upper_ms=int(after.total_seconds() * 1000), how=how,
+            left_schema=self.schema, right_schema=other.schema, left_time=sides[0][1], right_time=sides[1][1],
+            right_hidden=tuple(KAFKA_COLUMNS),
+        )
+        node = IntervalJoinNode(
+            node_name, spec.output_schema(), left=self._node, right=other._node, spec=spec,
+            left_source=sides[0][0], right_source=sides[1][0],
+        )
         return Stream(self._builder, self._builder.add(node))
 
     def window(
@@ -722,6 +824,11 @@ class WindowedStream:
                 f"{where}: the stream no longer has its event-time column "
                 f"({source.time_column if source else '?'!r}); keep it in select(...)"
             )
+        if any(isinstance(n, IntervalJoinNode) for n in _ancestors(parent)):
+            raise PipelineDefinitionError(
+                f"window {node_name!r}: windows after a stream join are not supported yet (a pair's event time may lie behind "
+                "the left source's watermark); write the join's output to a topic and window a source that reads it"
+            )
         by = _names(self._by)
         keyed = copartitioned(parent, source, by)
         if not keyed and self._repartition:
@@ -850,6 +957,17 @@ def input_topic(source: SourceNode) -> str:
     while source.repartitioned_by is not None and source.repartitioned_by.upstream is not None:
         source = source.repartitioned_by.upstream
     return source.topic
+
+
+def _ancestors(node: Node) -> list[Node]:
+    """``node`` and every node it reads from, directly or not."""
+    seen, todo = [], [node]
+    while todo:
+        current = todo.pop()
+        if all(current is not n for n in seen):
+            seen.append(current)
+            todo.extend(current.parents)
+    return seen
 
 
 def _source_of(node: Node) -> SourceNode | None:

@@ -129,7 +129,7 @@ class Runner:
         }
         self.windows = WindowRuntime(config.name, config.state, plan, self.log, config.snapshot_rows)
         self.compactor = Compactor(
-            lambda: [self.log.uri, *(t.uri for t in self.tables.values()), *(s.uri for s in self.windows.stores.values())],
+            lambda: [self.log.uri, *(t.uri for t in self.tables.values()), *self.windows.state_uris()],
             every_batches=config.compact_every, hook=lambda: faults.crash_point("during_compaction"), commit_log=self.log,
             keep_history=config.keep_history,
         )

@@ -18,6 +18,7 @@ from lockgate.engine.columns import KAFKA_COLUMNS, OFFSET, PARTITION, TIMESTAMP,
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
+    IntervalJoinNode,
     Plan,
     RepartitionNode,
     SourceNode,
@@ -28,7 +29,10 @@ from lockgate.engine.plan import (
 from lockgate.engine.repartition import SOURCE_COLUMNS, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TIMESTAMP, route
 from lockgate.engine.watermarks import ShuffledWatermark, SourceWatermark
 from lockgate.errors import AssignmentError
+from lockgate.operators.event_time import epoch_ms
+from lockgate.operators.interval_join import IntervalJoinLogic, JoinRowsDelta
 from lockgate.operators.windows import WindowDelta, WindowLogic
+from lockgate.storage.join_state import JoinSideStore
 from lockgate.storage.state import WindowStore
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.retention import history_due
@@ -47,8 +51,8 @@ _META = tuple(KAFKA_COLUMNS)
 class StateDelta:
     """What one window operator's state changed in an epoch, to append to its store."""
 
-    store: WindowStore
-    changes: WindowDelta
+    store: WindowStore | JoinSideStore
+    changes: WindowDelta | JoinRowsDelta
     shards: tuple[int, ...] | None = None  # the input partitions the snapshot covers (sharded operators)
 
     @property
@@ -58,21 +62,27 @@ class StateDelta:
 
 
 class WindowRuntime:
-    """Hot state and watermarks of every window operator of a plan."""
+    """Hot state and watermarks of every stateful operator of a plan: its windows and its stream joins."""
 
     def __init__(self, pipeline: str, state: str, plan: Plan, log_: CommitLog, snapshot_rows: int = 1_000_000) -> None:
         self.pipeline = pipeline
         self.snapshot_rows = snapshot_rows
         self.log = log_
         self.windows = [n for n in plan.nodes if isinstance(n, WindowNode)]
+        self.joins = [n for n in plan.nodes if isinstance(n, IntervalJoinNode)]
         self.by_name = {w.name: w for w in self.windows}
-        #: the window operators whose state needs every partition of their topic, and those topics
-        self.unsharded = [w.name for w in self.windows if not w.sharded]
+        #: the operators whose state needs every partition of their topics, and those topics
+        self.unsharded = [w.name for w in self.windows if not w.sharded] + [j.name for j in self.joins]
         self.whole_topics = {w.source.topic for w in self.windows if w.source is not None and not w.sharded}
         self.sources: dict[str, SourceNode] = {}
         for w in self.windows:
             assert w.source is not None
             self.sources[w.source.name] = w.source
+        for j in self.joins:
+            assert j.left_source is not None and j.right_source is not None
+            for src in (j.left_source, j.right_source):
+                self.sources[src.name] = src
+                self.whole_topics.add(src.topic)
         #: the repartition nodes, whose upstream sources' watermarks travel as marks (:mod:`lockgate.engine.repartition`)
         self.repartitions = plan.repartitions
         for r in self.repartitions:
@@ -85,6 +95,9 @@ class WindowRuntime:
         self.stores = {w.name: WindowStore(state, pipeline, w.spec) for w in self.windows if w.spec is not None}
         self.logics: dict[str, WindowLogic] = {}  # each owns its operator's hot state
         self.pending: dict[str, WindowLogic] = {}  # the logics that folded a batch since the last take
+        self.join_stores = {j.name: JoinSideStore.pair(state, pipeline, j.spec) for j in self.joins if j.spec is not None}
+        self.join_logics: dict[str, IntervalJoinLogic] = {}
+        self.pending_joins: dict[str, IntervalJoinLogic] = {}
         #: each source's watermark as of the last committed epoch (see :meth:`committed`)
         self.floors: dict[str, int] = {}
         self.late: list[pl.DataFrame] = []
@@ -134,8 +147,17 @@ class WindowRuntime:
 
     @property
     def active(self) -> bool:
-        """True when the plan has window operators."""
-        return bool(self.windows)
+        """True when the plan has window operators or stream joins."""
+        return bool(self.windows or self.joins)
+
+    @property
+    def operators(self) -> list[WindowNode | IntervalJoinNode]:
+        """The stateful nodes: the windows, then the stream joins."""
+        return [*self.windows, *self.joins]
+
+    def state_uris(self) -> list[str]:
+        """Every state table's URI (for compaction)."""
+        return [s.uri for s in self.stores.values()] + [s.uri for pair in self.join_stores.values() for s in pair]
 
     def assign(self, partitions: set[tuple[str, int]], now: float) -> None:
         """New partitions: their watermarks start from the committed maximum event times."""
@@ -171,8 +193,15 @@ class WindowRuntime:
                 "window %s: loaded %d open windows%s, watermark %s", w.name, self.logics[w.name].state.open_windows,
                 "" if shards is None else f" of partitions {list(shards)}", watermark,
             )
+        for j in self.joins:
+            assert j.spec is not None
+            left, right = self.join_stores[j.name]
+            self.join_logics[j.name] = IntervalJoinLogic(j.spec, left.load(), right.load(), watermark=self.join_watermark(j, now))
+            log.info("join %s: loaded %d left and %d right rows, watermark %s", j.name, *self.join_logics[j.name].buffered,
+                     self.join_logics[j.name].watermark)
         self.pending.clear()
-        self.unfolded = {w.name for w in self.windows}
+        self.pending_joins.clear()
+        self.unfolded = {n.name for n in self.operators}
         self.loaded = True
         self.key_checks = _KEY_CHECKS
 
@@ -197,6 +226,13 @@ class WindowRuntime:
                 continue
             if logic.state.watermark is None or current > logic.state.watermark or w.name in self.unfolded:
                 return True  # unfolded: loaded at a watermark (a rebalance's) that may have passed windows the load kept open
+        for j in self.joins:
+            joined = self.join_logics.get(j.name)
+            if joined is None or not any(joined.buffered):
+                continue
+            current = self.join_watermark(j, now)
+            if current is not None and (joined.watermark is None or current > joined.watermark or j.name in self.unfolded):
+                return True  # buffered rows to drop, unmatched left rows to emit
         return any(self.mark(node, False, now) is not None for node in self.repartitions)
 
     def watermarks(self) -> dict[str, int | None]:
@@ -312,6 +348,58 @@ class WindowRuntime:
             if result.late.height:
                 self.late.append(self._late_letters(node, result.late, closing))
         return emitted[0] if len(emitted) == 1 else pl.concat(emitted, how="vertical_relaxed")
+
+    def join_watermark(self, node: IntervalJoinNode, now: float) -> int | None:
+        """A stream join's watermark: the smaller of its two sources' watermarks.
+
+        A side none of whose partitions has an event time yet holds the join (None)
+        while one of them is live; once all of them are idle it holds nothing, and
+        the other side's watermark alone counts (Flink's idle inputs).
+        """
+        values = []
+        for src in (node.left_source, node.right_source):
+            assert src is not None
+            tracker = self.trackers[src.name]
+            value = tracker.current(now)
+            if value is None:
+                if any(tracker.live(tp, now) for tp in tracker.max_event):
+                    return None
+                continue
+            values.append(value)
+        return min(values) if values else None
+
+    def join(self, node: IntervalJoinNode, left: pl.DataFrame, right: pl.DataFrame, now: float, watermark: int | None = None) -> pl.DataFrame:
+        """Fold one batch of each side into a stream join; returns its pairs (late rows go to ``self.late``).
+
+        Rows are late when their event time is below the join's watermark before the
+        batch; ``watermark`` overrides the join's watermark after it (the end of a
+        bounded input).
+        """
+        spec = node.spec
+        assert spec is not None
+        logic = self.join_logics[node.name]
+        self.pending_joins[node.name] = logic
+        self.unfolded.discard(node.name)
+        frames = []
+        for side, frame, column in (("left", left, spec.left_time), ("right", right, spec.right_time)):
+            missing = epoch_ms(column, frame.schema[column]).is_null()
+            if frame.height and frame.select(missing.any()).item():  # the rare case: a query only then
+                self.late.append(_dead(frame.filter(missing), node.name, "event_time",
+                                       f"join {node.name!r}: the {side} record's event time {column!r} is missing"))
+                frame = frame.filter(~missing)
+            frames.append(frame)
+        before = logic.watermark
+        after = self.join_watermark(node, now) if watermark is None else watermark
+        out = logic.on_batch(frames[0], frames[1], watermark_before=before, watermark_after=after)
+        for side, late, column in (("left", out.late_left, spec.left_time), ("right", out.late_right, spec.right_time)):
+            if late.height:
+                self.late.append(_dead(late, node.name, "late", late.select(pl.format(
+                    f"join {node.name!r}: the {side} record's event time {{}} ms ({column!r}) is below the join's watermark "
+                    f"{before} ms (the smaller of both sources' watermarks), so the pairs it could make are already complete; "
+                    "raise watermark= on the sources if the disorder is real",
+                    epoch_ms(column, late.schema[column]),
+                )).to_series()))
+        return out.pairs
 
     def take_marks(self, now: float) -> None:
         """Take the marks no window step took (a batch that reached no window behind the repartition topic)."""
@@ -458,18 +546,30 @@ class WindowRuntime:
             if snapshot:  # counted from now on (an abort reloads, and the load counts again)
                 store.loaded_rows, store.appended = 0, 0
             deltas.append(StateDelta(store, logic.take_delta(snapshot=snapshot), self._shards(self.by_name[name])))
+        for name, joined in self.pending_joins.items():
+            stores = self.join_stores[name]
+            history = sum(store.loaded_rows + store.appended for store in stores)
+            snapshot = history_due(history, sum(joined.buffered), self.snapshot_rows)
+            if snapshot:
+                for store in stores:
+                    store.loaded_rows, store.appended = 0, 0
+            for store, changes in zip(stores, joined.take_delta(snapshot=snapshot), strict=True):
+                deltas.append(StateDelta(store, changes))
         dead = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
         self.pending = {}
+        self.pending_joins = {}
         self.late = []
         return tuple(deltas), dead
 
     def open_windows(self) -> dict[str, int]:
         """Open (key, window) pairs, or kept rows, per operator."""
-        return {name: logic.state.open_windows for name, logic in self.logics.items()}
+        out = {name: logic.state.open_windows for name, logic in self.logics.items()}
+        return out | {name: sum(joined.buffered) for name, joined in self.join_logics.items()}
 
     def state_bytes(self) -> dict[str, int]:
         """Bytes of hot state per operator."""
-        return {name: logic.state.nbytes for name, logic in self.logics.items()}
+        out = {name: logic.state.nbytes for name, logic in self.logics.items()}
+        return out | {name: joined.nbytes for name, joined in self.join_logics.items()}
 
 
 def _rounds(

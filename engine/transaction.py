@@ -296,7 +296,7 @@ class EpochTransaction:
             if frame.height:
                 writes[table.name] = functools.partial(table.append, frame, batch_id=batch_id, epoch=epoch)
         for delta in self.epoch.states:
-            writes[f"state:{delta.store.spec.name}"] = functools.partial(
+            writes[f"state:{delta.store.name}"] = functools.partial(
                 delta.store.append, delta.changes, batch_id=batch_id, epoch=epoch
             )
         pending = [_appender().submit(write) for write in writes.values()]

@@ -223,7 +223,7 @@ class Compactor:
         deleted = 0
         for _, store, pipeline, epoch, shards, moment in due:
             if self.commit_log is not None:  # first: no as_of read may start on what is about to go
-                self.commit_log.horizon(pipeline, store.spec.name, epoch, moment)
+                self.commit_log.horizon(pipeline, store.name, epoch, moment)
             deleted += store.forget_before(epoch, shards)
         return deleted
 

@@ -128,6 +128,11 @@ class WindowStore:
         self.appended = 0  # rows appended since the last load (for the snapshot decision)
         self.loaded_rows = 0  # rows the last load scanned
 
+    @property
+    def name(self) -> str:
+        """The operator's name (what the commit log's horizons and the epoch's writes call this store)."""
+        return self.spec.name
+
     def append(self, delta: WindowDelta, *, batch_id: int, epoch: int) -> int | None:
         """Append a window logic's delta: its upserts, then its deletes as tombstones.
 
@@ -271,6 +276,10 @@ def read_state(
     if ds is None:
         raise StorageError(f"no state for window {operator!r} of pipeline {pipeline!r} under {state}")
     meta = ds.schema.metadata or {}
+    if b"lockgate.join_side" in meta:  # one side of a stream join: its buffered rows
+        from lockgate.storage.join_state import read_join_side
+
+        return read_join_side(state, pipeline, operator).lazy()
     raw = meta.get(b"lockgate.window_spec")
     if raw is None:
         raise StorageError(f"{uri} is not a lockgate window state table")
