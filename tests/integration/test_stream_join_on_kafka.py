@@ -57,9 +57,13 @@ def oracle(views: list[dict], clicks: list[dict], how: str) -> pl.DataFrame:
     return pairs.select("ad", "viewer", "t", "clicker", "t_right")
 
 
-def join_pipeline(name: str, brokers: str, state: str, views_topic: str, clicks_topic: str, *, batch: int = 2_000) -> lg.Pipeline:
+def join_pipeline(
+    name: str, brokers: str, state: str, views_topic: str, clicks_topic: str, *, batch: int = 2_000, compact_every: int = 100,
+) -> lg.Pipeline:
     """Views joined with clicks, inner and left, into topics and tables; late rows into a table."""
-    pipe = lg.Pipeline(name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=batch, max_wait="50ms"))
+    pipe = lg.Pipeline(
+        name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=batch, max_wait="50ms"), compact_every=compact_every
+    )
     views = pipe.source(views_topic, format=lg.JSON(schema=VIEWS), event_time="t", watermark=DELAY)
     clicks = pipe.source(clicks_topic, format=lg.JSON(schema=CLICKS), event_time="t", watermark=DELAY)
     for how in ("inner", "left"):
