@@ -1,0 +1,75 @@
+"""Exactly once for a stream join under crashes: one join pipeline SIGKILLed at every step of the commit, then restarted.
+
+The pipeline (views joined with clicks, inner and left, into topics and tables) runs
+as ``lockgate run`` in a subprocess; each run arms ``LOCKGATE_CRASH_AT`` at the next
+commit step, so one input sees a kill at every step, each from the state the kills
+before left; then a clean run ends it.  The outputs must equal the Polars join of
+the input: no pair lost, none twice, every unmatched view once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+from lockgate.engine import faults
+
+import lockgate as lg
+from tests.conftest import same_rows
+from tests.integration.test_stream_join_on_kafka import flush_rows, from_topic, make_side, oracle, produce_rows
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PIPELINE_FILE = textwrap.dedent(
+    """
+    import os
+    import lockgate as lg
+    from tests.integration.test_stream_join_on_kafka import join_pipeline
+
+    pipe = join_pipeline(os.environ["T_NAME"], os.environ["T_BROKERS"], os.environ["T_STATE"], os.environ["T_VIEWS"],
+                         os.environ["T_CLICKS"], batch=1_500, compact_every=2)
+    """
+)
+KILLED = -9
+
+
+def test_a_join_killed_at_every_commit_step_in_turn_then_restarted_is_exactly_the_oracle(brokers, make_topic, tmp_path: Path, unique):
+    views_topic, clicks_topic = make_topic(f"cviews-{unique}", partitions=2), make_topic(f"cclicks-{unique}", partitions=2)
+    views, clicks = make_side(12_000, "viewer", 5, 10), make_side(9_000, "clicker", 6, 13)
+    produce_rows(brokers, views_topic, views, 2, flush_rows("viewer", 10**6, 2))
+    produce_rows(brokers, clicks_topic, clicks, 2, flush_rows("clicker", 10**6, 2))
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE_FILE)
+    name, state = f"cjoin-{unique}", str(tmp_path / "state")
+    env = {
+        **os.environ, "T_NAME": name, "T_BROKERS": brokers, "T_STATE": state, "T_VIEWS": views_topic, "T_CLICKS": clicks_topic,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    log = []
+    for point in [*faults.POINTS, None]:
+        run_env = dict(env)
+        if point is not None:
+            run_env["LOCKGATE_CRASH_AT"] = f"{point}:{1 if point == 'during_compaction' else 2}"
+        else:
+            run_env.pop("LOCKGATE_CRASH_AT", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "lockgate.cli", "run", str(path), "--until", "caught_up"],
+            env=run_env, capture_output=True, text=True, timeout=300, check=False,
+        )
+        log.append((point, done.returncode))
+        expected = KILLED if point is not None else 0
+        assert done.returncode == expected, f"{log}:\n{done.stderr[-3000:]}"
+
+    for how in ("inner", "left"):
+        want = oracle(views, clicks, how)
+        got = from_topic(brokers, f"{name}-{how}").filter(~pl.col("ad").str.starts_with("__flush"))
+        assert got.height == want.height and same_rows(got, want), f"{how} topic: {got.height} rows, oracle {want.height}"
+        table = lg.read_table(state, how).collect().filter(~pl.col("ad").str.starts_with("__flush"))
+        assert same_rows(table, want), f"{how} table: {table.height} rows, oracle {want.height}"
+    for side in ("left", "right"):
+        assert set(lg.read_state(state, name, f"views_left.{side}").collect()["ad"]) <= {"__flush0", "__flush1"}
