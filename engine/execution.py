@@ -218,12 +218,16 @@ def run_plan(
 
 
 def hop_counts(plan: Plan, counts: Mapping[str, int]) -> dict[str, int]:
-    """``counts`` (partitions per source topic) with each repartition topic's: its own setting, else its upstream topic's."""
+    """``counts`` (partitions per source topic) with each repartition topic's: its own setting, else its upstream topic's.
+
+    A stream join's topic has two upstream topics: it takes the larger count.
+    """
     out = dict(counts)
+    hops: dict[str, int] = {}
     for node in plan.repartitions:
         assert node.upstream is not None
-        out[node.target] = node.partitions or out.get(node.upstream.topic, 1)
-    return out
+        hops[node.target] = max(hops.get(node.target, 0), node.partitions or out.get(node.upstream.topic, 1))
+    return out | hops
 
 
 def hop(
@@ -238,7 +242,7 @@ def hop(
     """
     from lockgate.engine.encode import encode_repartition
 
-    inputs: dict[str, pl.DataFrame] = {}
+    inputs: dict[str, list[pl.DataFrame]] = {}
     marks: dict[str, list[tuple[tuple[str, int], int, bytes]]] = {}
     records: dict[str, int] = {}
     for node in plan.repartitions:
@@ -250,7 +254,7 @@ def hop(
         if mark is not None:
             windows.sent(node, mark)
         assert outgoing.partitions is not None
-        source = next(s for s in plan.sources if s.repartitioned_by is node)
+        source = next(s for s in plan.sources if any(w is node for w in s.writers))
         decoded = source.format.decode(outgoing.values, event_time=source.value_time_column)
         message_offsets = []
         for p in outgoing.partitions:  # a few record batches per partition, not rows
@@ -264,12 +268,15 @@ def hop(
             TIMESTAMP: pl.Series([None] * len(rows), dtype=pl.Datetime("ms")),
             KEY: pl.Series([None] * len(rows), dtype=pl.Binary),
         })
-        inputs[source.name] = pl.concat([meta, decoded.frame], how="horizontal").select(source.schema.names()).cast(dict(source.schema))  # type: ignore[arg-type]
-        marks[source.name] = [((node.target, outgoing.partitions[i]), message_offsets[i], mark) for i, mark in decoded.marks]
-        records[node.target] = len(outgoing.values)
+        frame = pl.concat([meta, decoded.frame], how="horizontal").select(source.schema.names()).cast(dict(source.schema))  # type: ignore[arg-type]
+        inputs.setdefault(source.name, []).append(frame)
+        marks.setdefault(source.name, []).extend(
+            ((node.target, outgoing.partitions[i]), message_offsets[i], mark) for i, mark in decoded.marks
+        )
+        records[node.target] = records.get(node.target, 0) + len(outgoing.values)
     if not records:
         return None
-    inputs = {n.name: inputs.get(n.name, pl.DataFrame(schema=n.schema)) for n in plan.sources}
+    inputs = {n.name: pl.concat(inputs[n.name]) if n.name in inputs else pl.DataFrame(schema=n.schema) for n in plan.sources}
     times = {n.name: t for n in plan.sources if (t := source_event_times(n, inputs[n.name])) is not None}
     meta = pl.concat([f.select(list(KAFKA_COLUMNS)) for f in inputs.values() if f.height] or [pl.DataFrame(schema=KAFKA_COLUMNS)])
     return DecodedBatch(meta, inputs, pl.DataFrame(schema=DEAD_LETTER_SCHEMA), times, records, marks)

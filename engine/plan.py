@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
-from lockgate.engine.columns import KAFKA_COLUMNS, KEY, PARTITION, TIMESTAMP
+from lockgate.engine.columns import KAFKA_COLUMNS, KEY, OFFSET, PARTITION, TIMESTAMP, TOPIC
 from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.event_time import epoch_ms
@@ -111,6 +111,15 @@ class SourceNode(Node):
     key: tuple[str, ...] = ()  # value columns the topic's records are keyed (partitioned) by
     #: for the source of a repartition topic: the node that writes it (its watermarks come from its marks)
     repartitioned_by: RepartitionNode | None = None
+    #: for a stream join's repartition topic: both nodes that write it (the first is ``repartitioned_by``)
+    hops: tuple[RepartitionNode, ...] = ()
+
+    @property
+    def writers(self) -> tuple[RepartitionNode, ...]:
+        """The repartition nodes that write this source's topic (none for an input topic)."""
+        if self.hops:
+            return self.hops
+        return () if self.repartitioned_by is None else (self.repartitioned_by,)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -252,9 +261,14 @@ class IntervalJoinNode(Node):
         return (self.left, self.right)
 
     @property
+    def sharded(self) -> bool:
+        """True when the state is kept per partition of the join's repartition topic."""
+        return self.spec is not None and self.spec.shard is not None
+
+    @property
     def state_mode(self) -> str:
         """How the state is split, for the plan."""
-        return "state needs all partitions of both sides in one instance"
+        return "state per repartition partition" if self.sharded else "state needs all partitions of both sides in one instance"
 
 
 @dataclass(frozen=True, eq=False)
@@ -290,6 +304,9 @@ class RepartitionNode(SinkNode):
     upstream: SourceNode | None = None
     partitions: int | None = None
     time_column_of_parent: str = ""
+    #: a stream join's hop: its marks carry each upstream partition's watermark (the maximum event time less
+    #: the upstream source's delay), as the two sides' delays may differ; a window's carry the maximum
+    marks_watermarks: bool = False
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -485,6 +502,7 @@ class Stream:
     def join(
         self, other: Table | Stream, *, on: str | Sequence[str], how: str | None = None,
         within: Duration | tuple[Duration, Duration] | None = None, name: str | None = None,
+        repartition: bool = True, partitions: int | None = None,
     ) -> Stream:
         """Join with a changelog table (``pipe.table``) or, given ``within=``, with another stream.
 
@@ -505,9 +523,20 @@ class Stream:
         join keeps both sides' rows in its state (LanceDB, committed with the epoch)
         until the watermark, the smaller of the two sources' watermarks, makes a match
         impossible; a row whose event time is below the watermark is late and goes to
-        the dead letters (reason ``late``).  The state needs every partition of both
-        source topics in one instance (a second instance stops with
-        ``AssignmentError``); a window after a stream join is not supported yet.
+        the dead letters (reason ``late``, naming the input record).
+
+        Both sides' rows first go through one repartition topic
+        ``<pipeline>-<join>-repartition`` (``partitions`` partitions, by default as many
+        as the larger input topic), each row to the partition of its key, so the state
+        is kept per repartition partition and instances share them, as Kafka Streams
+        repartitions a join's inputs.  One topic for both sides, not one per side: a
+        Kafka consumer group cannot promise that partition p of two topics goes to one
+        instance (Kafka Streams' own assignor does that; librdkafka's cannot).  After
+        the hop ``_topic``, ``_partition`` and ``_offset`` are the repartition topic's
+        (``_timestamp`` stays the input record's).  ``repartition=False`` keeps one
+        state for every partition of both topics instead (one instance must own them
+        all; a second one stops with ``AssignmentError``).  A window after a stream
+        join is not supported yet.
 
         Examples
         --------
@@ -537,7 +566,11 @@ class Stream:
         └─────────┴─────┘
         """
         if isinstance(other, Stream):
-            return self._interval_join(other, on=on, how=how or "inner", within=within, name=name)
+            if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+                raise PipelineDefinitionError(f"join: partitions={partitions!r}; give the repartition topic's partition count, >= 1")
+            return self._interval_join(
+                other, on=on, how=how or "inner", within=within, name=name, repartition=repartition, partitions=partitions
+            )
         if not isinstance(other, Table):
             raise PipelineDefinitionError(
                 f"join: give a table made by pipe.table(topic, key=...) or a stream of the same pipeline, not {type(other).__name__}"
@@ -552,6 +585,7 @@ class Stream:
 
     def _interval_join(
         self, other: Stream, *, on: str | Sequence[str], how: str, within: Duration | tuple[Duration, Duration] | None, name: str | None,
+        repartition: bool, partitions: int | None,
     ) -> Stream:
         """``join`` with a stream: the checks, then the node."""
         node_name = self._builder.name("join", name)
@@ -584,14 +618,25 @@ class Stream:
                     )
                 raise PipelineDefinitionError(f"{where}: the {side} stream no longer has its event-time column {source.time_column!r}; keep it in select(...)")
             sides.append((source, column))
-        spec = IntervalJoinSpec.build(
-            node_name, on=_names(on), lower_ms=-int(before.total_seconds() * 1000), upper_ms=int(after.total_seconds() * 1000), how=how,
-            left_schema=self.schema, right_schema=other.schema, left_time=sides[0][1], right_time=sides[1][1],
-            right_hidden=tuple(KAFKA_COLUMNS),
+        bounds = {"lower_ms": -int(before.total_seconds() * 1000), "upper_ms": int(after.total_seconds() * 1000)}
+        spec = IntervalJoinSpec.build(  # checked on the streams as the user wrote them: errors name their columns
+            node_name, on=_names(on), **bounds, how=how, left_schema=self.schema, right_schema=other.schema,
+            left_time=sides[0][1], right_time=sides[1][1], right_hidden=tuple(KAFKA_COLUMNS),
         )
+        left, right = self._node, other._node
+        left_source, right_source = sides[0][0], sides[1][0]
+        if repartition:
+            from lockgate.engine.repartition import SOURCE_COLUMNS
+
+            left, right, union = _join_repartitioned(self._builder, node_name, sides, (left, right), spec.on, partitions)
+            left_source = right_source = union
+            spec = IntervalJoinSpec.build(
+                node_name, on=spec.on, **bounds, how=how, left_schema=left.schema, right_schema=right.schema,
+                left_time=sides[0][1], right_time=sides[1][1], right_hidden=tuple(KAFKA_COLUMNS), hidden=tuple(SOURCE_COLUMNS),
+                shard=PARTITION,
+            )
         node = IntervalJoinNode(
-            node_name, spec.output_schema(), left=self._node, right=other._node, spec=spec,
-            left_source=sides[0][0], right_source=sides[1][0],
+            node_name, spec.output_schema(), left=left, right=right, spec=spec, left_source=left_source, right_source=right_source,
         )
         return Stream(self._builder, self._builder.add(node))
 
@@ -940,6 +985,88 @@ def _repartitioned(
     )
     builder.add(node)
     return node
+
+
+#: which side of a stream join a row of its repartition topic came from (0 left, 1 right), and the column prefixes there
+JOIN_SIDE = "__lg_side"
+_SIDE_PREFIX = ("__lg_left:", "__lg_right:")
+_KEY_PREFIX = "__lg_key:"
+
+
+def _join_repartitioned(
+    builder: PlanBuilder, join: str, sides: list[tuple[SourceNode, str]], nodes: tuple[Node, Node], on: tuple[str, ...],
+    partitions: int | None,
+) -> tuple[Node, Node, SourceNode]:
+    """Add the hop of both sides of stream join ``join`` through one repartition topic; returns (left, right, its source).
+
+    Each side writes its value columns under a prefix of its own (the other side's
+    null), the join key under ``__lg_key:<column>`` (both sides route by it, so one key
+    lands on one partition), its side in ``__lg_side``, its event time and its input
+    record's provenance; after the hop a filter and a select give each side back its
+    columns.
+    """
+    from lockgate.engine.repartition import EVENT_TIME, SOURCE_COLUMNS, SOURCE_TIMESTAMP, RepartitionFormat, repartition_topic
+
+    kafka_only = [c for c in on if c in KAFKA_COLUMNS]
+    if kafka_only:
+        raise PipelineDefinitionError(
+            f"join {join!r}: on={list(on)} includes the Kafka column(s) {kafka_only}, which a repartition topic replaces with its own; "
+            "copy them into a value column first (with_columns(k=pl.col('_key'))), or pass repartition=False"
+        )
+    internal = {EVENT_TIME, *SOURCE_COLUMNS}
+    values = [{c: t for c, t in node.schema.items() if c not in KAFKA_COLUMNS and c not in internal} for node in nodes]
+    union: dict[str, pl.DataType] = {JOIN_SIDE: pl.Int8(), **{f"{_KEY_PREFIX}{k}": nodes[0].schema[k] for k in on}}
+    for prefix, columns in zip(_SIDE_PREFIX, values, strict=True):
+        union.update({f"{prefix}{c}": t for c, t in columns.items()})
+    union[EVENT_TIME] = pl.Int64()
+    union.update(SOURCE_COLUMNS)
+    topic = repartition_topic(builder.pipeline, join)
+    fmt = RepartitionFormat(schema=union)
+    by = tuple(f"{_KEY_PREFIX}{k}" for k in on)
+    hops = []
+    for index, (node, (source, time_column)) in enumerate(zip(nodes, sides, strict=True)):
+        prefix, other = _SIDE_PREFIX[index], _SIDE_PREFIX[1 - index]
+        columns = {
+            JOIN_SIDE: pl.lit(index, pl.Int8),
+            **{f"{_KEY_PREFIX}{k}": pl.col(k) for k in on},
+            **{f"{prefix}{c}": pl.col(c) for c in values[index]},
+            **{f"{other}{c}": pl.lit(None, t) for c, t in values[1 - index].items()},
+        }
+        exprs = [
+            *(columns[c].alias(c) for c in union if c in columns),  # in the topic's column order, both sides alike
+            *(pl.col(c) for c in KAFKA_COLUMNS if c in node.schema),  # the provenance of each row
+            *(pl.col(c) for c in SOURCE_COLUMNS if c in node.schema),
+        ]
+        side = "left" if index == 0 else "right"
+        op = Select(f"{join}_{side}_to_hop", tuple(exprs), {})
+        shaped = builder.add(OpNode(op.name, op.resolve(node.schema), parent=node, op=op))
+        hop = RepartitionNode(
+            builder.name("repartition", None), shaped.schema, parent=shaped, sink="kafka", target=topic, format=fmt, by=by,
+            upstream=source, partitions=partitions, time_column_of_parent=f"{prefix}{time_column}" if time_column in values[index] else time_column,
+            marks_watermarks=True,
+        )
+        hops.append(builder.add(hop))
+    idle = min(s.idle_timeout for s, _ in sides)
+    reader = SourceNode(
+        builder.name("source", topic), pl.Schema({**KAFKA_COLUMNS, **union}), topic=topic, format=fmt, event_time=EVENT_TIME,
+        watermark=parse_duration("0s"), idle_timeout=idle, key=by, repartitioned_by=hops[0], hops=tuple(hops),  # type: ignore[arg-type]
+    )
+    builder.add(reader)
+    out = []
+    for index, side in enumerate(("left", "right")):
+        prefix = _SIDE_PREFIX[index]
+        keep = Filter(f"{join}_{side}_from_hop", pl.col(JOIN_SIDE) == index)
+        kept = builder.add(OpNode(keep.name, keep.resolve(reader.schema), parent=reader, op=keep))
+        exprs = [
+            pl.col(TOPIC), pl.col(PARTITION), pl.col(OFFSET),
+            pl.from_epoch(pl.col(SOURCE_TIMESTAMP), time_unit="ms").cast(KAFKA_COLUMNS[TIMESTAMP]).alias(TIMESTAMP),  # the input record's, not the hop's
+            pl.col(KEY),
+            *(pl.col(f"{prefix}{c}").alias(c) for c in values[index]),
+            *(pl.col(c) for c in SOURCE_COLUMNS),
+        ]
+        back = Select(f"{join}_{side}_side", tuple(exprs), {})
+        out.append(builder.add(OpNode(back.name, back.resolve(kept.schema), parent=kept, op=back)))
+    return out[0], out[1], reader
 
 
 def input_topic(source: SourceNode) -> str:

@@ -199,7 +199,11 @@ class Runner:
                 if topic in counts:
                     continue
                 if wanted is not None or topic == node.target:
-                    create_topic(options, topic, wanted or counts[node.upstream.topic], REPARTITION_TOPIC_CONFIG)
+                    # a stream join's topic has two upstream topics: as many partitions as the larger
+                    uppers = [n.upstream.topic for n in self.plan.repartitions if n.target == node.target and n.upstream is not None]
+                    for upper in uppers:
+                        counts.setdefault(upper, partition_count(options, upper) or 1)
+                    create_topic(options, topic, wanted or max(counts[u] for u in uppers), REPARTITION_TOPIC_CONFIG)
                 for _ in range(50):  # a topic just created may take a moment to show in the metadata
                     count = partition_count(options, topic)
                     if count:

@@ -70,9 +70,10 @@ class WindowRuntime:
         self.log = log_
         self.windows = [n for n in plan.nodes if isinstance(n, WindowNode)]
         self.joins = [n for n in plan.nodes if isinstance(n, IntervalJoinNode)]
+        self.joins_by_name = {j.name: j for j in self.joins}
         self.by_name = {w.name: w for w in self.windows}
         #: the operators whose state needs every partition of their topics, and those topics
-        self.unsharded = [w.name for w in self.windows if not w.sharded] + [j.name for j in self.joins]
+        self.unsharded = [w.name for w in self.windows if not w.sharded] + [j.name for j in self.joins if not j.sharded]
         self.whole_topics = {w.source.topic for w in self.windows if w.source is not None and not w.sharded}
         self.sources: dict[str, SourceNode] = {}
         for w in self.windows:
@@ -82,7 +83,8 @@ class WindowRuntime:
             assert j.left_source is not None and j.right_source is not None
             for src in (j.left_source, j.right_source):
                 self.sources[src.name] = src
-                self.whole_topics.add(src.topic)
+                if not j.sharded:
+                    self.whole_topics.add(src.topic)
         #: the repartition nodes, whose upstream sources' watermarks travel as marks (:mod:`lockgate.engine.repartition`)
         self.repartitions = plan.repartitions
         for r in self.repartitions:
@@ -114,17 +116,19 @@ class WindowRuntime:
         idle = int(src.idle_timeout.total_seconds() * 1000)
         if src.repartitioned_by is None:
             return SourceWatermark(src.delay_ms, idle, floor=floor)
-        upstream = src.repartitioned_by.upstream
-        assert upstream is not None
-        return ShuffledWatermark(src.delay_ms, idle, floor=floor, upstream=self.counts.get(upstream.topic, 0))
+        return ShuffledWatermark(src.delay_ms, idle, floor=floor, upstream=self._upstream_partitions(src))
+
+    def _upstream_partitions(self, src: SourceNode) -> int:
+        """How many upstream partitions the marks of repartition source ``src`` speak of (of both topics, for a stream join's)."""
+        topics = {w.upstream.topic for w in src.writers if w.upstream is not None}
+        return sum(self.counts.get(topic, 0) for topic in topics)
 
     def set_counts(self, counts: dict[str, int]) -> None:
         """The partition counts of the upstream and repartition topics (a mark counts once it names every upstream partition)."""
         self.counts.update(counts)
         for name, tracker in self.trackers.items():
-            by = self.sources[name].repartitioned_by
-            if isinstance(tracker, ShuffledWatermark) and by is not None and by.upstream is not None:
-                tracker.upstream = self.counts.get(by.upstream.topic, tracker.upstream)
+            if isinstance(tracker, ShuffledWatermark):
+                tracker.upstream = self._upstream_partitions(self.sources[name]) or tracker.upstream
 
     def mark(self, node: RepartitionNode, had_records: bool, now: float) -> bytes | None:
         """The watermark mark ``node`` writes this epoch, or None.
@@ -136,7 +140,10 @@ class WindowRuntime:
         upstream = node.upstream
         assert upstream is not None
         report = self.trackers[upstream.name].report(upstream.topic, now)
-        mark = json.dumps({"p": {str(p): [top, live] for p, (top, live) in sorted(report.items())}}, separators=(",", ":")).encode()
+        if node.marks_watermarks:  # a stream join's: each side's own delay, so that one delay fits both downstream
+            report = {p: (None if top is None else top - upstream.delay_ms, live) for p, (top, live) in report.items()}
+        said = {"t": upstream.topic, "p": {str(p): [top, live] for p, (top, live) in sorted(report.items())}}
+        mark = json.dumps(said, separators=(",", ":")).encode()
         if not report or (not had_records and self.sent_marks.get(node.name) == mark):
             return None
         return mark
@@ -196,7 +203,10 @@ class WindowRuntime:
         for j in self.joins:
             assert j.spec is not None
             left, right = self.join_stores[j.name]
-            self.join_logics[j.name] = IntervalJoinLogic(j.spec, left.load(), right.load(), watermark=self.join_watermark(j, now))
+            shards = self._shards(j)
+            self.join_logics[j.name] = IntervalJoinLogic(
+                j.spec, left.load(shards), right.load(shards), watermark=self.join_watermark(j, now)
+            )
             log.info("join %s: loaded %d left and %d right rows, watermark %s", j.name, *self.join_logics[j.name].buffered,
                      self.join_logics[j.name].watermark)
         self.pending.clear()
@@ -263,11 +273,12 @@ class WindowRuntime:
             self.trackers[name] = fresh
         self.load(now)
 
-    def _shards(self, node: WindowNode) -> tuple[int, ...] | None:
-        """The owned partitions of a sharded window's topic (None for a window that keeps one state)."""
-        if not node.sharded or node.source is None:
+    def _shards(self, node: WindowNode | IntervalJoinNode) -> tuple[int, ...] | None:
+        """The owned partitions of a sharded operator's topic (None for one that keeps one state)."""
+        source = node.source if isinstance(node, WindowNode) else node.left_source
+        if not node.sharded or source is None:
             return None
-        return tuple(sorted(p for t, p in self.owned if t == node.source.topic))
+        return tuple(sorted(p for t, p in self.owned if t == source.topic))
 
     def missing_partitions(self, counts: dict[str, int]) -> dict[str, int]:
         """For each whole-topic window source of which this instance owns some partitions: how many it lacks."""
@@ -380,6 +391,9 @@ class WindowRuntime:
         logic = self.join_logics[node.name]
         self.pending_joins[node.name] = logic
         self.unfolded.discard(node.name)
+        assert node.left_source is not None
+        if node.left_source.repartitioned_by is not None:  # the marks read with this batch: rows are judged by the ones before
+            self._take_marks(node.left_source.name, self.unapplied.pop(node.left_source.name, []), now)
         frames = []
         for side, frame, column in (("left", left, spec.left_time), ("right", right, spec.right_time)):
             missing = epoch_ms(column, frame.schema[column]).is_null()
@@ -393,6 +407,7 @@ class WindowRuntime:
         out = logic.on_batch(frames[0], frames[1], watermark_before=before, watermark_after=after)
         for side, late, column in (("left", out.late_left, spec.left_time), ("right", out.late_right, spec.right_time)):
             if late.height:
+                late = self._join_input_records(node, side, late)
                 self.late.append(_dead(late, node.name, "late", late.select(pl.format(
                     f"join {node.name!r}: the {side} record's event time {{}} ms ({column!r}) is below the join's watermark "
                     f"{before} ms (the smaller of both sources' watermarks), so the pairs it could make are already complete; "
@@ -400,6 +415,18 @@ class WindowRuntime:
                     epoch_ms(column, late.schema[column]),
                 )).to_series()))
         return out.pairs
+
+    def _join_input_records(self, node: IntervalJoinNode, side: str, late: pl.DataFrame) -> pl.DataFrame:
+        """Late rows of a join side read from its repartition topic, with the Kafka columns of the input records they came from."""
+        source = node.left_source
+        assert source is not None
+        if not source.hops or not set(SOURCE_COLUMNS) <= set(late.columns):
+            return late
+        upstream = source.hops[0 if side == "left" else 1].upstream
+        assert upstream is not None
+        return late.with_columns(
+            pl.lit(input_topic(upstream)).alias(TOPIC), pl.col(SOURCE_PARTITION).alias(PARTITION), pl.col(SOURCE_OFFSET).alias(OFFSET),
+        )
 
     def take_marks(self, now: float) -> None:
         """Take the marks no window step took (a batch that reached no window behind the repartition topic)."""
@@ -499,8 +526,8 @@ class WindowRuntime:
             return late, None
         latest: dict[int, int] = {}
         for heard in tracker.heard.values():
-            for partition, (top, _) in heard.items():
-                if top is not None:
+            for (topic, partition), (top, _) in heard.items():
+                if top is not None and topic in ("", upstream.topic):
                     latest[partition] = max(top, latest.get(partition, top))
         return late, [((upstream.topic, p), top) for p, top in sorted(latest.items())]
 
@@ -553,8 +580,9 @@ class WindowRuntime:
             if snapshot:
                 for store in stores:
                     store.loaded_rows, store.appended = 0, 0
+            shards = self._shards(self.joins_by_name[name])
             for store, changes in zip(stores, joined.take_delta(snapshot=snapshot), strict=True):
-                deltas.append(StateDelta(store, changes))
+                deltas.append(StateDelta(store, changes, shards))
         dead = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
         self.pending = {}
         self.pending_joins = {}

@@ -128,6 +128,9 @@ class ShuffledWatermark(SourceWatermark):
     The restored maxima (the commit log's, after a restart) are where each
     partition starts until the marks have been heard again.
 
+    A stream join's repartition topic has two upstream topics: its marks name theirs
+    (``"t"``), and ``upstream`` counts the partitions of both.
+
     >>> wm = ShuffledWatermark(delay_ms=0, idle_ms=30_000, upstream=2)
     >>> wm.assign([("t-repartition", 0)], now=0.0)
     >>> wm.take_mark(("t-repartition", 0), b'{"p": {"0": [50000, true]}}', now=1.0)
@@ -143,10 +146,10 @@ class ShuffledWatermark(SourceWatermark):
 
     def __init__(self, delay_ms: int, idle_ms: int, floor: int | None = None, upstream: int = 0) -> None:
         super().__init__(delay_ms, idle_ms, floor)
-        #: how many partitions the upstream topic has (a mark must have named each before it counts)
+        #: how many partitions the upstream topics have (a mark must have named each before it counts)
         self.upstream = upstream
-        #: per repartition partition, what the marks read in it say of each upstream partition
-        self.heard: dict[tuple[str, int], dict[int, tuple[int | None, bool]]] = {}
+        #: per repartition partition, what the marks read in it say of each upstream (topic, partition)
+        self.heard: dict[tuple[str, int], dict[tuple[str, int], tuple[int | None, bool]]] = {}
 
     def assign(self, partitions: Iterable[tuple[str, int]], now: float, restored: Mapping[tuple[str, int], int] | None = None) -> None:
         partitions = list(partitions)
@@ -172,8 +175,10 @@ class ShuffledWatermark(SourceWatermark):
         if tp not in self.max_event:
             return  # a partition revoked meanwhile
         heard = self.heard.setdefault(tp, {})
-        for partition, (top, live) in json.loads(mark)["p"].items():
-            heard[int(partition)] = (top, bool(live))
+        said = json.loads(mark)
+        topic = said.get("t", "")
+        for partition, (top, live) in said["p"].items():
+            heard[(topic, int(partition))] = (top, bool(live))
         self.last_seen[tp] = now
         tops = [top for top, _ in heard.values() if top is not None]
         if len(heard) < self.upstream:

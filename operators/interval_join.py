@@ -65,11 +65,16 @@ class IntervalJoinSpec:
     right_time: str
     #: right columns left out of the output (the engine's Kafka metadata columns: the left's stay)
     right_hidden: tuple[str, ...] = ()
+    #: columns of either side left out of the output (the engine's internal ones)
+    hidden: tuple[str, ...] = ()
+    #: the column that says which shard (input partition) a buffered row belongs to, when the state is kept per partition
+    shard: str | None = None
 
     @staticmethod
     def build(
         name: str, *, on: str | tuple[str, ...] | list[str], lower_ms: int, upper_ms: int, how: str,
         left_schema: pl.Schema, right_schema: pl.Schema, left_time: str, right_time: str, right_hidden: tuple[str, ...] = (),
+        hidden: tuple[str, ...] = (), shard: str | None = None,
     ) -> IntervalJoinSpec:
         """A checked spec; raises :class:`PipelineDefinitionError` naming the join, the column and the fix."""
         keys = (on,) if isinstance(on, str) else tuple(on)
@@ -93,16 +98,21 @@ class IntervalJoinSpec:
         for side, schema, column in (("left", left_schema, left_time), ("right", right_schema, right_time)):
             if column not in schema:
                 raise PipelineDefinitionError(f"join {name!r}: the {side} stream has no event-time column {column!r}")
-        hidden = tuple(c for c in right_hidden if c in right_schema and c not in keys)
-        return IntervalJoinSpec(name, keys, lower_ms, upper_ms, how, left_schema, right_schema, left_time, right_time, hidden)
+        right_only = tuple(c for c in right_hidden if c in right_schema and c not in keys)
+        for side, schema in (("left", left_schema), ("right", right_schema)):
+            if shard is not None and shard not in schema:
+                raise PipelineDefinitionError(f"join {name!r}: the {side} stream has no shard column {shard!r}")
+        return IntervalJoinSpec(
+            name, keys, lower_ms, upper_ms, how, left_schema, right_schema, left_time, right_time, right_only, tuple(hidden), shard
+        )
 
     def output_schema(self) -> pl.Schema:
         """The left columns, then the right ones but the keys (a clashing name gets ``_right``, as Polars names it)."""
         right = {
             c if c not in self.left_schema else f"{c}_right": t
-            for c, t in self.right_schema.items() if c not in self.on and c not in self.right_hidden
+            for c, t in self.right_schema.items() if c not in self.on and c not in self.right_hidden and c not in self.hidden
         }
-        return pl.Schema({**self.left_schema, **right})
+        return pl.Schema({**{c: t for c, t in self.left_schema.items() if c not in self.hidden}, **right})
 
     def state_schema(self, side: str) -> pl.Schema:
         """The columns of one side's buffered rows: the side's, its event time, (left) whether it matched, its id."""
@@ -126,7 +136,8 @@ class JoinRowsDelta:
 
     ``upserts``: the new value of every row that came or changed (in a snapshot: of
     every buffered row), in ``spec.state_schema(side)``; ``deletes``: the ids
-    (``__lg_row``) of rows that left.  Apply upserts, then deletes.
+    (``__lg_row``, with the shard column when the state is kept per partition: ids
+    are unique within a shard) of rows that left.  Apply upserts, then deletes.
     """
 
     upserts: pl.DataFrame
@@ -160,7 +171,9 @@ class IntervalJoinLogic:
         self._next = {side: int(frame[ROW_ID].max() or 0) + 1 for side, frame in (("left", self.left), ("right", self.right))}  # type: ignore[operator]
         #: since the last take: ids that came or changed, and ids that left, per side
         self._changed: dict[str, list[pl.Series]] = {"left": [], "right": []}
-        self._gone: dict[str, list[pl.Series]] = {"left": [], "right": []}
+        self._gone: dict[str, list[pl.DataFrame]] = {"left": [], "right": []}
+        #: what names a buffered row in the state: its id, and its shard when the state is kept per partition
+        self._ident = [ROW_ID] if spec.shard is None else [spec.shard, ROW_ID]
 
     def _ids(self, side: str, count: int) -> pl.Series:
         start = self._next[side]
@@ -203,9 +216,9 @@ class IntervalJoinLogic:
             gone = buffered_left.filter(done)
             buffered_left = buffered_left.filter(~done)
             expired = pl.col(_T) - spec.lower_ms < watermark_after
-            self._gone["right"].append(buffered_right.filter(expired).get_column(ROW_ID))
+            self._gone["right"].append(buffered_right.filter(expired).select(self._ident))
             buffered_right = buffered_right.filter(~expired)
-            self._gone["left"].append(gone.get_column(ROW_ID))
+            self._gone["left"].append(gone.select(self._ident))
             if spec.how == "left" and gone.height:
                 emitted.append(gone.filter(~pl.col(_MATCHED)).drop(_T, _MATCHED, ROW_ID))
             self.watermark = watermark_after if self.watermark is None else max(self.watermark, watermark_after)
@@ -223,13 +236,13 @@ class IntervalJoinLogic:
         """Each side's changes since the last take (left, right); a snapshot holds every buffered row."""
         out = []
         for side, frame in (("left", self.left), ("right", self.right)):
-            gone = pl.concat([pl.Series(ROW_ID, [], dtype=pl.Int64), *self._gone[side]])
+            gone = pl.concat([frame.select(self._ident).clear(), *self._gone[side]])
             if snapshot:
                 upserts = frame
             else:
                 changed = pl.concat([pl.Series(ROW_ID, [], dtype=pl.Int64), *self._changed[side]])
                 upserts = frame.filter(pl.col(ROW_ID).is_in(changed.implode())) if changed.len() else frame.clear()
-            out.append(JoinRowsDelta(upserts, gone.to_frame(), snapshot))
+            out.append(JoinRowsDelta(upserts, gone, snapshot))
             self._changed[side], self._gone[side] = [], []
         return out[0], out[1]
 

@@ -38,7 +38,7 @@ import pyarrow as pa
 from lockgate.errors import StorageError
 from lockgate.operators.interval_join import ROW_ID, IntervalJoinSpec, JoinRowsDelta
 from lockgate.storage.commit_log import CommitLog
-from lockgate.storage.lance_io import append_table, open_dataset
+from lockgate.storage.lance_io import append_table, open_dataset, sql_list
 from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
 from lockgate.storage.state import state_uri
 
@@ -46,14 +46,16 @@ __all__ = ["JOIN_SIDE_KEY", "JoinSideStore", "read_join_side"]
 
 #: the schema metadata key that marks a table as one side of a stream join (its value: the side)
 JOIN_SIDE_KEY = b"lockgate.join_side"
+_SHARD_KEY = b"lockgate.join_shard"
 _META = (*INTERNAL_COLUMNS, DELETED)
 
 
 class JoinSideStore:
     """The durable copy of one side's buffered rows of a stream join."""
 
-    def __init__(self, state: str, pipeline: str, name: str, side: str, schema: pl.Schema) -> None:
+    def __init__(self, state: str, pipeline: str, name: str, side: str, schema: pl.Schema, shard: str | None = None) -> None:
         self.state = str(state)
+        self.shard = shard  # the column of the input partition each row belongs to, when the state is kept per partition
         self.pipeline = pipeline
         self.name = name
         self.side = side
@@ -61,7 +63,7 @@ class JoinSideStore:
         fields = pl.DataFrame(schema=schema).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
         for tag_field in [*tag_fields(), pa.field(DELETED, pa.bool_())]:
             fields = fields.append(tag_field)
-        self.arrow_schema = fields.with_metadata({JOIN_SIDE_KEY: side.encode()})
+        self.arrow_schema = fields.with_metadata({JOIN_SIDE_KEY: side.encode(), _SHARD_KEY: (shard or "").encode()})
         self.appended = 0  # rows appended since the last load (for the snapshot decision)
         self.loaded_rows = 0  # rows the last load scanned
 
@@ -69,8 +71,8 @@ class JoinSideStore:
     def pair(state: str, pipeline: str, spec: IntervalJoinSpec) -> tuple[JoinSideStore, JoinSideStore]:
         """The left and the right store of ``spec``'s join (tables ``<join>.left`` and ``<join>.right``)."""
         return (
-            JoinSideStore(state, pipeline, f"{spec.name}.left", "left", spec.state_schema("left")),
-            JoinSideStore(state, pipeline, f"{spec.name}.right", "right", spec.state_schema("right")),
+            JoinSideStore(state, pipeline, f"{spec.name}.left", "left", spec.state_schema("left"), spec.shard),
+            JoinSideStore(state, pipeline, f"{spec.name}.right", "right", spec.state_schema("right"), spec.shard),
         )
 
     def append(self, delta: JoinRowsDelta, *, batch_id: int, epoch: int) -> int | None:
@@ -94,34 +96,43 @@ class JoinSideStore:
         return version
 
     def forget_before(self, epoch: int, shards: Collection[int] | None) -> int:
-        """Delete the rows of epochs before ``epoch`` (which committed a snapshot); returns how many."""
+        """Delete the rows of epochs before ``epoch`` (which committed a snapshot of ``shards``); returns how many."""
         ds = open_dataset(self.uri)
         if ds is None:
             return 0
+        where = f"{EPOCH} < {int(epoch)}"
+        if self.shard is not None and shards is not None:
+            if not shards:
+                return 0
+            where += f" AND {self.shard} IN ({sql_list(sorted(shards))})"
         before = ds.count_rows()
         try:
-            ds.delete(f"{EPOCH} < {int(epoch)}")
+            ds.delete(where)
         except (OSError, ValueError, RuntimeError) as exc:
             raise StorageError(f"join {self.name!r} state: deleting the history before epoch {epoch} failed: {exc}") from exc
         after = open_dataset(self.uri)
         return before - (after.count_rows() if after is not None else 0)
 
-    def load(self) -> pl.DataFrame:
-        """The committed buffered rows (the latest row of each id, tombstones applied)."""
-        rows, scanned = _load(self.state, self.uri, self.arrow_schema)
+    def load(self, shards: Collection[int] | None = None) -> pl.DataFrame:
+        """The committed buffered rows (the latest row of each id, tombstones applied); of ``shards`` only, when given."""
+        rows, scanned = _load(self.state, self.uri, self.arrow_schema, self.shard, shards)
         self.loaded_rows, self.appended = scanned, 0
         return rows
 
 
-def _load(state: str, uri: str, arrow_schema: pa.Schema | None = None) -> tuple[pl.DataFrame, int]:
+def _load(
+    state: str, uri: str, arrow_schema: pa.Schema | None = None, shard: str | None = None, shards: Collection[int] | None = None,
+) -> tuple[pl.DataFrame, int]:
     ds = open_dataset(uri)
     if ds is None:
         assert arrow_schema is not None
         return pl.from_arrow(arrow_schema.empty_table()).drop(_META), 0  # type: ignore[union-attr]
     committed = CommitLog(state).committed_batches()
     scan = pl.scan_pyarrow_dataset(ds).filter(pl.col(BATCH).is_in(committed.implode()))
+    if shard is not None and shards is not None:  # tombstones carry the shard too
+        scan = scan.filter(pl.col(shard).is_in(pl.Series(sorted(shards), dtype=pl.Int32).implode()))
     latest, scanned = pl.collect_all([
-        latest_rows(scan, [ROW_ID]).filter(~pl.col(DELETED)).drop(_META).sort(ROW_ID),
+        latest_rows(scan, [ROW_ID] if shard is None else [shard, ROW_ID]).filter(~pl.col(DELETED)).drop(_META).sort(ROW_ID),
         scan.select(pl.len()),
     ])
     return latest, int(scanned.item())
@@ -130,6 +141,8 @@ def _load(state: str, uri: str, arrow_schema: pa.Schema | None = None) -> tuple[
 def read_join_side(state: str, pipeline: str, operator: str) -> pl.DataFrame:
     """The committed buffered rows of one side of a stream join (``operator`` is ``<join>.left`` or ``<join>.right``)."""
     uri = state_uri(state, pipeline, operator)
-    if open_dataset(uri) is None:
+    ds = open_dataset(uri)
+    if ds is None:
         raise StorageError(f"no state for join side {operator!r} of pipeline {pipeline!r} under {state}")
-    return _load(state, uri)[0]
+    shard = (ds.schema.metadata or {}).get(_SHARD_KEY, b"").decode() or None
+    return _load(state, uri, shard=shard)[0]

@@ -125,11 +125,11 @@ def test_a_mark_is_written_when_the_upstream_had_records_or_what_it_says_changed
     times = pl.DataFrame({"_topic": ["orders"], "_partition": [0], "__lg_t": [5_000]}, schema_overrides={"_partition": pl.Int32})
     runtime.observe({"orders": times}, 1.0)
     mark = runtime.mark(hop, True, 1.0)
-    assert json.loads(mark) == {"p": {"0": [5000, True], "1": [None, True]}}
+    assert json.loads(mark) == {"t": "orders", "p": {"0": [5000, True], "1": [None, True]}}
     runtime.sent(hop, mark)
     assert runtime.mark(hop, False, 2.0) is None  # only the repartition topic was read, and nothing changed
     later = runtime.mark(hop, False, 40.0)  # partition 1 has been idle past the 30 s idle timeout
-    assert json.loads(later) == {"p": {"0": [5000, False], "1": [None, False]}}
+    assert json.loads(later) == {"t": "orders", "p": {"0": [5000, False], "1": [None, False]}}
 
 
 def test_a_shuffled_watermark_waits_for_every_upstream_partition_then_takes_the_live_ones_minimum():
