@@ -207,8 +207,8 @@ class WindowRuntime:
             self.join_logics[j.name] = IntervalJoinLogic(
                 j.spec, left.load(shards), right.load(shards), watermark=self.join_watermark(j, now)
             )
-            log.info("join %s: loaded %d left and %d right rows, watermark %s", j.name, *self.join_logics[j.name].buffered,
-                     self.join_logics[j.name].watermark)
+            log.info("join %s: loaded %d left and %d right rows%s, watermark %s", j.name, *self.join_logics[j.name].buffered,
+                     "" if shards is None else f" of partitions {list(shards)}", self.join_logics[j.name].watermark)
         self.pending.clear()
         self.pending_joins.clear()
         self.unfolded = {n.name for n in self.operators}

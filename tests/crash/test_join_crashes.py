@@ -10,6 +10,7 @@ the input: no pair lost, none twice, every unmatched view once.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -73,3 +74,44 @@ def test_a_join_killed_at_every_commit_step_in_turn_then_restarted_is_exactly_th
         assert same_rows(table, want), f"{how} table: {table.height} rows, oracle {want.height}"
     for side in ("left", "right"):
         assert set(lg.read_state(state, name, f"views_left.{side}").collect()["ad"]) <= {"__flush0", "__flush1"}
+
+
+def test_two_instances_share_the_join_repartition_partitions_and_the_result_is_exact(brokers, make_topic, tmp_path: Path, unique):
+    views_topic, clicks_topic = make_topic(f"sviews-{unique}", partitions=4), make_topic(f"sclicks-{unique}", partitions=2)
+    views, clicks = make_side(12_000, "viewer", 7, 10), make_side(9_000, "clicker", 8, 13)
+    produce_rows(brokers, views_topic, views, 4, flush_rows("viewer", 10**6, 4))
+    produce_rows(brokers, clicks_topic, clicks, 2, flush_rows("clicker", 10**6, 2))
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE_FILE.replace("batch=1_500", "batch=500"))
+    name, state = f"sjoin-{unique}", str(tmp_path / "state")
+    env = {
+        **os.environ, "T_NAME": name, "T_BROKERS": brokers, "T_STATE": state, "T_VIEWS": views_topic, "T_CLICKS": clicks_topic,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("LOCKGATE_CRASH_AT", None)
+    logs = [tmp_path / f"instance-{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for instance, log in enumerate(logs):
+            with log.open("w") as err:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(path), "--until", "caught_up"],
+                    env={**env, "LOCKGATE_INSTANCE": str(instance)}, stdout=subprocess.DEVNULL, stderr=err,
+                ))
+        for proc, log in zip(procs, logs, strict=True):
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    # the union topic has 4 partitions (the larger input's); each instance held some of them
+    held = [
+        {p for line in log.read_text().splitlines() if "join views_inner: loaded" in line
+         for p in re.findall(r"\d+", line.split("of partitions")[1].split("]")[0])}
+        for log in logs
+    ]
+    assert all(held) and held[0] | held[1] == {"0", "1", "2", "3"}, held
+    for how in ("inner", "left"):
+        want = oracle(views, clicks, how)
+        got = from_topic(brokers, f"{name}-{how}").filter(~pl.col("ad").str.starts_with("__flush"))
+        assert got.height == want.height and same_rows(got, want), f"{how} topic: {got.height} rows, oracle {want.height}"
