@@ -46,7 +46,7 @@ from lockgate.engine.decode import DecodedBatch, source_event_times
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     DeadLetterNode,
-    IntervalJoinNode,
+    StreamJoinNode,
     JoinNode,
     Node,
     OpNode,
@@ -75,7 +75,7 @@ def execute(
     window_step: Callable[[WindowNode, pl.DataFrame], pl.DataFrame] | None = None,
     dead_letters: Callable[[], pl.DataFrame] | None = None,
     tables: Mapping[str, pl.DataFrame] | None = None,
-    join_step: Callable[[IntervalJoinNode, pl.DataFrame, pl.DataFrame], pl.DataFrame] | None = None,
+    join_step: Callable[[StreamJoinNode, pl.DataFrame, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Run every operator of ``plan`` over one batch; returns each sink's frame, by sink node name.
 
@@ -99,7 +99,7 @@ def execute(
             elif isinstance(node, WindowNode):
                 assert node.parent is not None and window_step is not None
                 lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
-            elif isinstance(node, IntervalJoinNode):
+            elif isinstance(node, StreamJoinNode):
                 assert node.left is not None and node.right is not None and join_step is not None
                 left, right = pl.collect_all([build(node.left), build(node.right)])
                 lazy[node.name] = join_step(node, left, right).lazy()
@@ -111,7 +111,7 @@ def execute(
         return lazy[node.name]
 
     for node in plan.nodes:
-        if isinstance(node, (WindowNode, IntervalJoinNode)):
+        if isinstance(node, (WindowNode, StreamJoinNode)):
             build(node)
 
     sinks = plan.sinks

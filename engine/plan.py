@@ -35,7 +35,7 @@ from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.event_time import epoch_ms
 from lockgate.errors import PipelineDefinitionError
-from lockgate.operators.interval_join import IntervalJoinSpec
+from lockgate.operators.join_rows import StreamJoinSpec
 from lockgate.operators.joins import TableJoin
 from lockgate.operators.stateless import (
     Filter,
@@ -50,7 +50,7 @@ __all__ = [
     "DEAD_LETTER_SCHEMA",
     "TIME_COLUMN",
     "DeadLetterNode",
-    "IntervalJoinNode",
+    "StreamJoinNode",
     "JoinNode",
     "Node",
     "ChildNode",
@@ -239,8 +239,8 @@ class JoinNode(ChildNode):
 
 
 @dataclass(frozen=True, eq=False)
-class IntervalJoinNode(Node):
-    """Two streams joined on key within an event-time interval (stateful; :mod:`lockgate.operators.interval_join`).
+class StreamJoinNode(Node):
+    """Two streams joined on key within an event-time interval or window (stateful; :mod:`lockgate.operators.interval_join`, :mod:`lockgate.operators.window_join`).
 
     ``left_source``/``right_source``: the sources whose watermarks drive the join
     (its watermark is the smaller of the two).  The state needs every partition of
@@ -249,11 +249,13 @@ class IntervalJoinNode(Node):
 
     left: Node | None = None
     right: Node | None = None
-    spec: IntervalJoinSpec | None = None
+    spec: StreamJoinSpec | None = None
     left_source: SourceNode | None = None
     right_source: SourceNode | None = None
 
-    kind = "interval_join"
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "window_join" if self.spec is not None and self.spec.window is not None else "interval_join"
 
     @property
     def parents(self) -> tuple[Node, ...]:
@@ -361,7 +363,7 @@ class Plan:
             return f" -> {node.target}"
         if isinstance(node, SourceNode):
             return f" <- {node.topic}"
-        if isinstance(node, (WindowNode, IntervalJoinNode)):
+        if isinstance(node, (WindowNode, StreamJoinNode)):
             return f" [{node.state_mode}]"
         return ""
 
@@ -501,7 +503,7 @@ class Stream:
 
     def join(
         self, other: Table | Stream, *, on: str | Sequence[str], how: str | None = None,
-        within: Duration | tuple[Duration, Duration] | None = None, name: str | None = None,
+        within: Duration | tuple[Duration, Duration] | None = None, window: WindowKind | None = None, name: str | None = None,
         repartition: bool = True, partitions: int | None = None,
     ) -> Stream:
         """Join with a changelog table (``pipe.table``) or, given ``within=``, with another stream.
@@ -518,7 +520,15 @@ class Stream:
         Each pair is emitted once, as soon as both rows have been read; ``how="inner"``
         (the default for streams) emits pairs only, ``how="left"`` also each left row
         that found no match, with nulls, once the watermark has passed
-        ``left.t + after`` (never earlier, never twice).  Output: the left columns, then
+        ``left.t + after`` (never earlier, never twice).
+
+        **With a stream, given ``window=``** (a window join, Nexmark q8's and Kafka
+        Streams' windowed join): a pair matches when the keys are equal and both event
+        times fall in one ``lg.Tumbling`` or ``lg.Hopping`` window; pairs come out when
+        the watermark passes the window's end, with ``window_start`` and ``window_end``
+        (``how="left"``: also each left row whose window closed without a match).
+
+        Output of a stream join: the left columns, then
         the right value columns but the keys (a name the left has gets ``_right``).  The
         join keeps both sides' rows in its state (LanceDB, committed with the epoch)
         until the watermark, the smaller of the two sources' watermarks, makes a match
@@ -568,33 +578,40 @@ class Stream:
         if isinstance(other, Stream):
             if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
                 raise PipelineDefinitionError(f"join: partitions={partitions!r}; give the repartition topic's partition count, >= 1")
-            return self._interval_join(
-                other, on=on, how=how or "inner", within=within, name=name, repartition=repartition, partitions=partitions
+            return self._stream_join(
+                other, on=on, how=how or "inner", within=within, window=window, name=name, repartition=repartition, partitions=partitions
             )
         if not isinstance(other, Table):
             raise PipelineDefinitionError(
                 f"join: give a table made by pipe.table(topic, key=...) or a stream of the same pipeline, not {type(other).__name__}"
             )
         node_name = self._builder.name("join", name)
-        if within is not None:
-            raise PipelineDefinitionError(f"join {node_name!r}: within= is for joining two streams; a table join matches the table's current rows")
+        if within is not None or window is not None:
+            raise PipelineDefinitionError(
+                f"join {node_name!r}: within= and window= are for joining two streams; a table join matches the table's current rows"
+            )
         spec = TableJoin(node_name, on if isinstance(on, str) else tuple(on), how or "left")
         schema = spec.resolve(self.schema, other.schema)
         node = JoinNode(node_name, schema, parent=self._node, table=other._node, join=spec)
         return Stream(self._builder, self._builder.add(node))
 
-    def _interval_join(
-        self, other: Stream, *, on: str | Sequence[str], how: str, within: Duration | tuple[Duration, Duration] | None, name: str | None,
-        repartition: bool, partitions: int | None,
+    def _stream_join(
+        self, other: Stream, *, on: str | Sequence[str], how: str, within: Duration | tuple[Duration, Duration] | None,
+        window: WindowKind | None, name: str | None, repartition: bool, partitions: int | None,
     ) -> Stream:
         """``join`` with a stream: the checks, then the node."""
         node_name = self._builder.name("join", name)
         where = f"join {node_name!r}"
         if other._builder is not self._builder:
             raise PipelineDefinitionError(f"{where}: the right stream belongs to another pipeline; build both from one lg.Pipeline")
+        if (within is None) == (window is None):
+            raise PipelineDefinitionError(
+                f"{where}: joining two streams needs either within='10s' (or within=(before, after)): how far apart in event time "
+                "a pair may be, or window=lg.Tumbling('10s'): the window both rows must share"
+            )
         if within is None:
-            raise PipelineDefinitionError(f"{where}: joining two streams needs within='10s' (or within=(before, after)): how far apart in event time a pair may be")
-        if isinstance(within, tuple):
+            before = after = parse_duration("0s")
+        elif isinstance(within, tuple):
             if len(within) != 2:
                 raise PipelineDefinitionError(f"{where}: within={within!r}; give one duration or (before, after)")
             before, after = (parse_duration(w, what=f"{where}: within", allow_zero=True) for w in within)
@@ -604,7 +621,7 @@ class Stream:
         for side, node in (("left", self._node), ("right", other._node)):
             source = _source_of(node)
             column = node.time_column
-            if source is None or any(isinstance(n, (WindowNode, IntervalJoinNode)) or (isinstance(n, SourceNode) and n.repartitioned_by)
+            if source is None or any(isinstance(n, (WindowNode, StreamJoinNode)) or (isinstance(n, SourceNode) and n.repartitioned_by)
                                      for n in _ancestors(node)):
                 raise PipelineDefinitionError(
                     f"{where}: the {side} stream comes from a window, a repartition topic or another stream join; "
@@ -619,9 +636,9 @@ class Stream:
                 raise PipelineDefinitionError(f"{where}: the {side} stream no longer has its event-time column {source.time_column!r}; keep it in select(...)")
             sides.append((source, column))
         bounds = {"lower_ms": -int(before.total_seconds() * 1000), "upper_ms": int(after.total_seconds() * 1000)}
-        spec = IntervalJoinSpec.build(  # checked on the streams as the user wrote them: errors name their columns
+        spec = StreamJoinSpec.build(  # checked on the streams as the user wrote them: errors name their columns
             node_name, on=_names(on), **bounds, how=how, left_schema=self.schema, right_schema=other.schema,
-            left_time=sides[0][1], right_time=sides[1][1], right_hidden=tuple(KAFKA_COLUMNS),
+            left_time=sides[0][1], right_time=sides[1][1], right_hidden=tuple(KAFKA_COLUMNS), window=window,  # type: ignore[arg-type]
         )
         left, right = self._node, other._node
         left_source, right_source = sides[0][0], sides[1][0]
@@ -630,12 +647,12 @@ class Stream:
 
             left, right, union = _join_repartitioned(self._builder, node_name, sides, (left, right), spec.on, partitions)
             left_source = right_source = union
-            spec = IntervalJoinSpec.build(
+            spec = StreamJoinSpec.build(
                 node_name, on=spec.on, **bounds, how=how, left_schema=left.schema, right_schema=right.schema,
                 left_time=sides[0][1], right_time=sides[1][1], right_hidden=tuple(KAFKA_COLUMNS), hidden=tuple(SOURCE_COLUMNS),
-                shard=PARTITION,
+                shard=PARTITION, window=window,  # type: ignore[arg-type]
             )
-        node = IntervalJoinNode(
+        node = StreamJoinNode(
             node_name, spec.output_schema(), left=left, right=right, spec=spec, left_source=left_source, right_source=right_source,
         )
         return Stream(self._builder, self._builder.add(node))
@@ -869,7 +886,7 @@ class WindowedStream:
                 f"{where}: the stream no longer has its event-time column "
                 f"({source.time_column if source else '?'!r}); keep it in select(...)"
             )
-        if any(isinstance(n, IntervalJoinNode) for n in _ancestors(parent)):
+        if any(isinstance(n, StreamJoinNode) for n in _ancestors(parent)):
             raise PipelineDefinitionError(
                 f"window {node_name!r}: windows after a stream join are not supported yet (a pair's event time may lie behind "
                 "the left source's watermark); write the join's output to a topic and window a source that reads it"

@@ -18,7 +18,7 @@ from lockgate.engine.columns import KAFKA_COLUMNS, OFFSET, PARTITION, TIMESTAMP,
 from lockgate.engine.plan import (
     DEAD_LETTER_SCHEMA,
     TIME_COLUMN,
-    IntervalJoinNode,
+    StreamJoinNode,
     Plan,
     RepartitionNode,
     SourceNode,
@@ -30,7 +30,9 @@ from lockgate.engine.repartition import SOURCE_COLUMNS, SOURCE_OFFSET, SOURCE_PA
 from lockgate.engine.watermarks import ShuffledWatermark, SourceWatermark
 from lockgate.errors import AssignmentError
 from lockgate.operators.event_time import epoch_ms
-from lockgate.operators.interval_join import IntervalJoinLogic, JoinRowsDelta
+from lockgate.operators.interval_join import IntervalJoinLogic
+from lockgate.operators.join_rows import JoinRows, JoinRowsDelta
+from lockgate.operators.window_join import WindowJoinLogic
 from lockgate.operators.windows import WindowDelta, WindowLogic
 from lockgate.storage.join_state import JoinSideStore
 from lockgate.storage.state import WindowStore
@@ -69,7 +71,7 @@ class WindowRuntime:
         self.snapshot_rows = snapshot_rows
         self.log = log_
         self.windows = [n for n in plan.nodes if isinstance(n, WindowNode)]
-        self.joins = [n for n in plan.nodes if isinstance(n, IntervalJoinNode)]
+        self.joins = [n for n in plan.nodes if isinstance(n, StreamJoinNode)]
         self.joins_by_name = {j.name: j for j in self.joins}
         self.by_name = {w.name: w for w in self.windows}
         #: the operators whose state needs every partition of their topics, and those topics
@@ -98,8 +100,8 @@ class WindowRuntime:
         self.logics: dict[str, WindowLogic] = {}  # each owns its operator's hot state
         self.pending: dict[str, WindowLogic] = {}  # the logics that folded a batch since the last take
         self.join_stores = {j.name: JoinSideStore.pair(state, pipeline, j.spec) for j in self.joins if j.spec is not None}
-        self.join_logics: dict[str, IntervalJoinLogic] = {}
-        self.pending_joins: dict[str, IntervalJoinLogic] = {}
+        self.join_logics: dict[str, JoinRows] = {}  # IntervalJoinLogic or WindowJoinLogic
+        self.pending_joins: dict[str, JoinRows] = {}
         #: each source's watermark as of the last committed epoch (see :meth:`committed`)
         self.floors: dict[str, int] = {}
         self.late: list[pl.DataFrame] = []
@@ -158,7 +160,7 @@ class WindowRuntime:
         return bool(self.windows or self.joins)
 
     @property
-    def operators(self) -> list[WindowNode | IntervalJoinNode]:
+    def operators(self) -> list[WindowNode | StreamJoinNode]:
         """The stateful nodes: the windows, then the stream joins."""
         return [*self.windows, *self.joins]
 
@@ -204,9 +206,8 @@ class WindowRuntime:
             assert j.spec is not None
             left, right = self.join_stores[j.name]
             shards = self._shards(j)
-            self.join_logics[j.name] = IntervalJoinLogic(
-                j.spec, left.load(shards), right.load(shards), watermark=self.join_watermark(j, now)
-            )
+            kind = IntervalJoinLogic if j.spec.window is None else WindowJoinLogic
+            self.join_logics[j.name] = kind(j.spec, left.load(shards), right.load(shards), watermark=self.join_watermark(j, now))
             log.info("join %s: loaded %d left and %d right rows%s, watermark %s", j.name, *self.join_logics[j.name].buffered,
                      "" if shards is None else f" of partitions {list(shards)}", self.join_logics[j.name].watermark)
         self.pending.clear()
@@ -273,7 +274,7 @@ class WindowRuntime:
             self.trackers[name] = fresh
         self.load(now)
 
-    def _shards(self, node: WindowNode | IntervalJoinNode) -> tuple[int, ...] | None:
+    def _shards(self, node: WindowNode | StreamJoinNode) -> tuple[int, ...] | None:
         """The owned partitions of a sharded operator's topic (None for one that keeps one state)."""
         source = node.source if isinstance(node, WindowNode) else node.left_source
         if not node.sharded or source is None:
@@ -360,7 +361,7 @@ class WindowRuntime:
                 self.late.append(self._late_letters(node, result.late, closing))
         return emitted[0] if len(emitted) == 1 else pl.concat(emitted, how="vertical_relaxed")
 
-    def join_watermark(self, node: IntervalJoinNode, now: float) -> int | None:
+    def join_watermark(self, node: StreamJoinNode, now: float) -> int | None:
         """A stream join's watermark: the smaller of its two sources' watermarks.
 
         A side none of whose partitions has an event time yet holds the join (None)
@@ -379,7 +380,7 @@ class WindowRuntime:
             values.append(value)
         return min(values) if values else None
 
-    def join(self, node: IntervalJoinNode, left: pl.DataFrame, right: pl.DataFrame, now: float, watermark: int | None = None) -> pl.DataFrame:
+    def join(self, node: StreamJoinNode, left: pl.DataFrame, right: pl.DataFrame, now: float, watermark: int | None = None) -> pl.DataFrame:
         """Fold one batch of each side into a stream join; returns its pairs (late rows go to ``self.late``).
 
         Rows are late when their event time is below the join's watermark before the
@@ -404,19 +405,22 @@ class WindowRuntime:
             frames.append(frame)
         before = logic.watermark
         after = self.join_watermark(node, now) if watermark is None else watermark
-        out = logic.on_batch(frames[0], frames[1], watermark_before=before, watermark_after=after)
+        out = logic.on_batch(frames[0], frames[1], watermark_before=before, watermark_after=after)  # type: ignore[attr-defined]
         for side, late, column in (("left", out.late_left, spec.left_time), ("right", out.late_right, spec.right_time)):
             if late.height:
                 late = self._join_input_records(node, side, late)
+                why = (
+                    "is below the join's watermark" if spec.window is None else "puts it in windows that had closed at the join's watermark"
+                )
                 self.late.append(_dead(late, node.name, "late", late.select(pl.format(
-                    f"join {node.name!r}: the {side} record's event time {{}} ms ({column!r}) is below the join's watermark "
+                    f"join {node.name!r}: the {side} record's event time {{}} ms ({column!r}) {why} "
                     f"{before} ms (the smaller of both sources' watermarks), so the pairs it could make are already complete; "
                     "raise watermark= on the sources if the disorder is real",
                     epoch_ms(column, late.schema[column]),
                 )).to_series()))
         return out.pairs
 
-    def _join_input_records(self, node: IntervalJoinNode, side: str, late: pl.DataFrame) -> pl.DataFrame:
+    def _join_input_records(self, node: StreamJoinNode, side: str, late: pl.DataFrame) -> pl.DataFrame:
         """Late rows of a join side read from its repartition topic, with the Kafka columns of the input records they came from."""
         source = node.left_source
         assert source is not None

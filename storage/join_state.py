@@ -12,11 +12,12 @@ row, so that once it committed the rows before it can be deleted.
 Examples
 --------
 >>> import tempfile, polars as pl
->>> from lockgate.operators.interval_join import IntervalJoinLogic, IntervalJoinSpec
+>>> from lockgate.operators.interval_join import IntervalJoinLogic
+>>> from lockgate.operators.join_rows import StreamJoinSpec
 >>> from lockgate.storage.commit_log import CommitLog
 >>> from lockgate.storage.join_state import JoinSideStore
 >>> schema = pl.Schema({"ad": pl.String, "t": pl.Int64})
->>> spec = IntervalJoinSpec.build("j", on="ad", lower_ms=0, upper_ms=1_000, how="inner",
+>>> spec = StreamJoinSpec.build("j", on="ad", lower_ms=0, upper_ms=1_000, how="inner",
 ...     left_schema=schema, right_schema=schema, left_time="t", right_time="t")
 >>> logic = IntervalJoinLogic(spec)
 >>> _ = logic.on_batch(pl.DataFrame({"ad": ["a"], "t": [5]}), pl.DataFrame(schema=schema), watermark_before=None, watermark_after=0)
@@ -36,7 +37,7 @@ from collections.abc import Collection
 import polars as pl
 import pyarrow as pa
 from lockgate.errors import StorageError
-from lockgate.operators.interval_join import ROW_ID, IntervalJoinSpec, JoinRowsDelta
+from lockgate.operators.join_rows import ROW_ID, JoinRowsDelta, StreamJoinSpec
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.lance_io import append_table, open_dataset, sql_list
 from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
@@ -68,7 +69,7 @@ class JoinSideStore:
         self.loaded_rows = 0  # rows the last load scanned
 
     @staticmethod
-    def pair(state: str, pipeline: str, spec: IntervalJoinSpec) -> tuple[JoinSideStore, JoinSideStore]:
+    def pair(state: str, pipeline: str, spec: StreamJoinSpec) -> tuple[JoinSideStore, JoinSideStore]:
         """The left and the right store of ``spec``'s join (tables ``<join>.left`` and ``<join>.right``)."""
         return (
             JoinSideStore(state, pipeline, f"{spec.name}.left", "left", spec.state_schema("left"), spec.shard),

@@ -34,13 +34,17 @@ from lockgate.operators.windows.index import PartialIndex
 from lockgate.operators.windows.specs import WE, WS, Hopping, Tumbling, WindowSpec
 from lockgate.operators.windows.state import FoldStep, WindowState
 
-__all__ = ["advance_fixed", "assign"]
+__all__ = ["advance_fixed", "assign", "assign_windows"]
 
 
 def assign(spec: WindowSpec, frame: pl.DataFrame) -> pl.DataFrame:
     """(row, window) pairs for tumbling and hopping windows."""
+    return assign_windows(spec.window, frame)  # type: ignore[arg-type]
+
+
+def assign_windows(window: Tumbling | Hopping, frame: pl.DataFrame) -> pl.DataFrame:
+    """(row, window) pairs of ``frame`` (event time in ``__t``, epoch ms): ``window_start``, ``window_end`` as Int64 epoch ms."""
     t = pl.col("__t")
-    window = spec.window
     if isinstance(window, Tumbling):
         start = (t // window.size_ms) * window.size_ms
         return frame.with_columns(start.alias(WS), (start + window.size_ms).alias(WE))

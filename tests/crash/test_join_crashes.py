@@ -66,7 +66,7 @@ def test_a_join_killed_at_every_commit_step_in_turn_then_restarted_is_exactly_th
         expected = KILLED if point is not None else 0
         assert done.returncode == expected, f"{log}:\n{done.stderr[-3000:]}"
 
-    for how in ("inner", "left"):
+    for how in ("inner", "left", "window"):
         want = oracle(views, clicks, how)
         got = from_topic(brokers, f"{name}-{how}").filter(~pl.col("ad").str.starts_with("__flush"))
         assert got.height == want.height and same_rows(got, want), f"{how} topic: {got.height} rows, oracle {want.height}"
@@ -111,7 +111,7 @@ def test_two_instances_share_the_join_repartition_partitions_and_the_result_is_e
         for log in logs
     ]
     assert all(held) and held[0] | held[1] == {"0", "1", "2", "3"}, held
-    for how in ("inner", "left"):
+    for how in ("inner", "left", "window"):
         want = oracle(views, clicks, how)
         got = from_topic(brokers, f"{name}-{how}").filter(~pl.col("ad").str.starts_with("__flush"))
         assert got.height == want.height and same_rows(got, want), f"{how} topic: {got.height} rows, oracle {want.height}"

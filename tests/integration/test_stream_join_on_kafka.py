@@ -20,6 +20,8 @@ BASE = 1_767_225_600_000  # 2026-01-01 in epoch ms
 BEFORE_MS, AFTER_MS = 1_000, 3_000
 #: the sources' watermark delay; the generated disorder stays within it, so no generated row is late
 DELAY = "1s"
+#: the window join's tumbling windows
+WINDOW_MS = 2_000
 
 
 def make_side(count: int, column: str, seed: int, spacing_ms: int, start_ms: int = 0) -> list[dict]:
@@ -47,8 +49,13 @@ def produce_rows(brokers: str, topic: str, rows: list[dict], partitions: int, fl
 
 
 def oracle(views: list[dict], clicks: list[dict], how: str) -> pl.DataFrame:
-    """The Polars batch join of the same rows: every pair, and (left) every view without one."""
+    """The Polars batch join of the same rows: every pair, and (left) every view without one; ``window``: pairs in one window."""
     v, c = pl.DataFrame(views, schema=VIEWS), pl.DataFrame(clicks, schema=CLICKS)
+    if how == "window":
+        start = (pl.col("t") // WINDOW_MS) * WINDOW_MS
+        return v.with_columns(start.alias("w")).join(c.with_columns(start.alias("w")), on=["ad", "w"], suffix="_right").select(
+            "ad", "viewer", "t", "clicker", "t_right"
+        )
     pairs = v.join(c, on="ad", suffix="_right").filter(
         (pl.col("t_right") >= pl.col("t") - BEFORE_MS) & (pl.col("t_right") <= pl.col("t") + AFTER_MS)
     )
@@ -60,14 +67,17 @@ def oracle(views: list[dict], clicks: list[dict], how: str) -> pl.DataFrame:
 def join_pipeline(
     name: str, brokers: str, state: str, views_topic: str, clicks_topic: str, *, batch: int = 2_000, compact_every: int = 100,
 ) -> lg.Pipeline:
-    """Views joined with clicks, inner and left, into topics and tables; late rows into a table."""
+    """Views joined with clicks (interval joins inner and left, a tumbling window join) into topics and tables; late rows into a table."""
     pipe = lg.Pipeline(
         name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=batch, max_wait="50ms"), compact_every=compact_every
     )
     views = pipe.source(views_topic, format=lg.JSON(schema=VIEWS), event_time="t", watermark=DELAY)
     clicks = pipe.source(clicks_topic, format=lg.JSON(schema=CLICKS), event_time="t", watermark=DELAY)
-    for how in ("inner", "left"):
-        joined = views.join(clicks, on="ad", within=(f"{BEFORE_MS}ms", f"{AFTER_MS}ms"), how=how, name=f"views_{how}")
+    for how in ("inner", "left", "window"):
+        if how == "window":
+            joined = views.join(clicks, on="ad", window=lg.Tumbling(f"{WINDOW_MS}ms"), name="views_window")
+        else:
+            joined = views.join(clicks, on="ad", within=(f"{BEFORE_MS}ms", f"{AFTER_MS}ms"), how=how, name=f"views_{how}")
         out = joined.select("ad", "viewer", "t", "clicker", "t_right")
         out.to_kafka(f"{name}-{how}", key="ad")
         out.to_table(how)
@@ -101,7 +111,7 @@ def test_an_interval_join_of_two_topics_is_exact_across_a_restart_and_late_rows_
     produce_rows(brokers, clicks_topic, late_c + [r for r in clicks if r not in first_c], 2, flush_rows("clicker", 10**6, 2))
     join_pipeline(name, brokers, state_dir, views_topic, clicks_topic).run(until="caught_up", timeout=300)
 
-    for how in ("inner", "left"):
+    for how in ("inner", "left", "window"):
         expected = oracle(views, clicks, how)
         got = from_topic(brokers, f"{name}-{how}").filter(~pl.col("ad").str.starts_with("__flush"))
         table = lg.read_table(state_dir, how).collect().filter(~pl.col("ad").str.starts_with("__flush"))
@@ -111,10 +121,17 @@ def test_an_interval_join_of_two_topics_is_exact_across_a_restart_and_late_rows_
     assert pairs_across_runs.height > 0, "the test needs pairs of a view of the first run and a click of the second"
 
     dead = lg.read_table(state_dir, "dead").collect()
-    assert sorted(dead.filter(pl.col("topic") == views_topic).group_by("operator").len().rows()) == [("views_inner", 3), ("views_left", 3)]
-    assert sorted(dead.filter(pl.col("topic") == clicks_topic).group_by("operator").len().rows()) == [("views_inner", 2), ("views_left", 2)]
+    by_operator = [("views_inner", 3), ("views_left", 3), ("views_window", 3)]
+    assert sorted(dead.filter(pl.col("topic") == views_topic).group_by("operator").len().rows()) == by_operator
+    assert sorted(dead.filter(pl.col("topic") == clicks_topic).group_by("operator").len().rows()) == [(o, 2) for o, _ in by_operator]
     assert set(dead["reason"]) == {"late"}
-    assert dead["error"].str.contains("below the join's watermark").all()
+    interval = dead.filter(pl.col("operator") != "views_window")
+    assert interval["error"].str.contains("below the join's watermark").all()
+    assert dead.filter(pl.col("operator") == "views_window")["error"].str.contains("windows that had closed").all()
+    # each names its input record: late view i went to partition i % 2, after the first run's rows there
+    firsts = [len(first_v[p::2]) for p in range(2)]
+    named = dead.filter((pl.col("topic") == views_topic) & (pl.col("operator") == "views_inner")).select("partition", "offset")
+    assert sorted(named.rows()) == sorted((i % 2, firsts[i % 2] + i // 2) for i in range(3))
     # what the state keeps at the end: the flush rows only (the watermark passed every generated row)
     for side in ("left", "right"):
         assert set(lg.read_state(state_dir, name, f"views_left.{side}").collect()["ad"]) <= {"__flush0", "__flush1"}

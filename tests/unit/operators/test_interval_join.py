@@ -8,14 +8,15 @@ import polars as pl
 import pytest
 
 from lockgate.errors import PipelineDefinitionError
-from lockgate.operators.interval_join import IntervalJoinLogic, IntervalJoinSpec
+from lockgate.operators.interval_join import IntervalJoinLogic
+from lockgate.operators.join_rows import StreamJoinSpec
 
 LEFT = pl.Schema({"k": pl.Int64, "t": pl.Int64, "v": pl.Int64})
 RIGHT = pl.Schema({"k": pl.Int64, "t": pl.Int64, "w": pl.Int64})
 
 
-def _spec(lower_ms: int, upper_ms: int, how: str) -> IntervalJoinSpec:
-    return IntervalJoinSpec.build("j", on="k", lower_ms=lower_ms, upper_ms=upper_ms, how=how, left_schema=LEFT, right_schema=RIGHT,
+def _spec(lower_ms: int, upper_ms: int, how: str) -> StreamJoinSpec:
+    return StreamJoinSpec.build("j", on="k", lower_ms=lower_ms, upper_ms=upper_ms, how=how, left_schema=LEFT, right_schema=RIGHT,
                                   left_time="t", right_time="t")
 
 
@@ -26,7 +27,7 @@ def _stream(rng: random.Random, n: int, keys: int, disorder_ms: int, column: str
     return rows
 
 
-def _run(spec: IntervalJoinSpec, left: list[dict], right: list[dict], batches: int, delay_ms: int, rng: random.Random):
+def _run(spec: StreamJoinSpec, left: list[dict], right: list[dict], batches: int, delay_ms: int, rng: random.Random):
     """Feed both streams in random batch boundaries, watermark = max seen - delay; returns (emitted, late left, late right, on-time rows)."""
     logic = IntervalJoinLogic(spec)
     cuts_l = sorted(rng.sample(range(1, len(left)), batches - 1))
@@ -52,7 +53,7 @@ def _run(spec: IntervalJoinSpec, left: list[dict], right: list[dict], batches: i
     return pl.concat(emitted), pl.concat(late_l), pl.concat(late_r), on_time_l, on_time_r, logic
 
 
-def _oracle(spec: IntervalJoinSpec, left: list[dict], right: list[dict]) -> pl.DataFrame:
+def _oracle(spec: StreamJoinSpec, left: list[dict], right: list[dict]) -> pl.DataFrame:
     lf, rf = pl.DataFrame(left, schema=LEFT), pl.DataFrame(right, schema=RIGHT)
     pairs = lf.join(rf, on="k", suffix="_right").filter(
         (pl.col("t_right") >= pl.col("t") + spec.lower_ms) & (pl.col("t_right") <= pl.col("t") + spec.upper_ms)
@@ -125,7 +126,7 @@ def test_a_bad_interval_join_is_refused_naming_the_join_the_column_and_the_fix(k
     args = {"on": "k", "lower_ms": -1, "upper_ms": 1, "how": "inner", "left_schema": LEFT, "right_schema": RIGHT,
             "left_time": "t", "right_time": "t", **kwargs}
     with pytest.raises(PipelineDefinitionError, match=message) as err:
-        IntervalJoinSpec.build("j", **args)
+        StreamJoinSpec.build("j", **args)
     assert "join 'j'" in str(err.value)
 
 

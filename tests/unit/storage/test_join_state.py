@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from lockgate.operators.interval_join import IntervalJoinLogic, IntervalJoinSpec
+from lockgate.operators.interval_join import IntervalJoinLogic
+from lockgate.operators.join_rows import StreamJoinSpec
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.join_state import JoinSideStore
 
 SCHEMA = pl.Schema({"_partition": pl.Int32, "k": pl.String, "t": pl.Int64})
 
 
-def _spec(shard: str | None) -> IntervalJoinSpec:
-    return IntervalJoinSpec.build("j", on="k", lower_ms=0, upper_ms=1_000, how="left", left_schema=SCHEMA, right_schema=SCHEMA,
+def _spec(shard: str | None) -> StreamJoinSpec:
+    return StreamJoinSpec.build("j", on="k", lower_ms=0, upper_ms=1_000, how="left", left_schema=SCHEMA, right_schema=SCHEMA,
                                   left_time="t", right_time="t", shard=shard)
 
 
