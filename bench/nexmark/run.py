@@ -1,10 +1,10 @@
 """Nexmark from Kafka, exactly once: each query's throughput on lockgate, checked against its oracle.
 
-One input (``bench/nexmark/produce.py``'s three topics, the bids read by the queries),
-then for each query and run a fresh pipeline (group, output topic, state) reads the bid
-topic until caught up; the first run of each query is checked: the committed output
-topic equals the Polars oracle of ``bench/nexmark/queries.py``.  Rates are events (bids)
-per second, ``steady`` from the first record read to the end, ``wall`` with the group
+One input (``bench/nexmark/produce.py``'s three topics), then for each query and run a
+fresh pipeline (group, output topic, state) reads the topics the query needs until caught
+up; the first run of each query is checked: the committed output topic equals the Polars
+oracle of ``bench/nexmark/queries.py``.  Rates are events of the topics the query reads
+(bids; persons and auctions for q3 and q8) per second, ``steady`` from the first record read to the end, ``wall`` with the group
 join; lockgate runs one process (one core of the machine's two for the operators, the
 other for librdkafka's threads and Lance's), so events/s per core is the rate over 1.
 
@@ -17,7 +17,7 @@ bounded input; its check keeps the windows the last watermark closed, as the ora
 
 Usage::
 
-    python bench/nexmark/run.py [--brokers HOST:PORT] [--events 1000000] [--runs 3] [--queries q0,q1,q2,q7,q11]
+    python bench/nexmark/run.py [--brokers HOST:PORT] [--events 1000000] [--runs 3] [--queries q0,q1,q2,q3,q5,q7,q8,q11]
                                 [--engines lockgate,flink] [--out bench/results]
 """
 
@@ -41,7 +41,7 @@ import lockgate as lg  # noqa: E402
 from bench import _common as common  # noqa: E402
 from bench.nexmark.generator import generate  # noqa: E402
 from bench.nexmark.produce import write  # noqa: E402
-from bench.nexmark.queries import QUERIES, canonical, last_watermark, oracle  # noqa: E402
+from bench.nexmark.queries import QUERIES, READS, WINDOW_MS, SLIDE_MS, canonical, last_watermark, oracle  # noqa: E402
 
 FLINK_DIR = Path(__file__).resolve().parents[1] / "peers" / "flink"
 FLINK_JAR = FLINK_DIR / "target" / "flink-nexmark.jar"
@@ -49,12 +49,12 @@ FLINK_JAR = FLINK_DIR / "target" / "flink-nexmark.jar"
 BATCH = lg.BatchPolicy(max_records=50_000, max_wait="100ms")
 
 
-def run_lockgate(brokers: str, topic: str, query: str, bids: int, tag: str, run: int, state_root: Path) -> dict[str, Any]:
-    """One fresh pipeline of ``query`` until caught up; its timings."""
+def run_lockgate(brokers: str, topics: dict[str, str], query: str, records: int, tag: str, run: int, state_root: Path) -> dict[str, Any]:
+    """One fresh pipeline of ``query`` until caught up; its timings (``records``: the events of the topics it reads)."""
     name = f"nexmark-{tag}-{query}-r{run}"
     pipe = lg.Pipeline(name, brokers=brokers, state=str(state_root / name), batch=BATCH)
-    QUERIES[query](pipe, topic)
-    timings, metrics = common.timed_run(pipe, bids, run, timeout=1800)
+    QUERIES[query](pipe, topics)
+    timings, metrics = common.timed_run(pipe, records, run, timeout=1800)
     return {**timings, "output_topic": f"{name}-out", "records_out": metrics.get("records_out", {}).get(f"{name}-out", 0)}
 
 
@@ -67,29 +67,36 @@ def build_flink() -> Path:
     return FLINK_JAR
 
 
-def run_flink(brokers: str, topic: str, query: str, bids: int, tag: str, run: int) -> dict[str, Any]:
-    """The Flink peer's job for ``query`` over ``topic`` (one JVM, parallelism 1); its timings."""
+def run_flink(brokers: str, topics: dict[str, str], query: str, records: int, tag: str, run: int) -> dict[str, Any]:
+    """The Flink peer's job for ``query`` over its topics (one JVM, parallelism 1); its timings."""
     name = f"nexmark-{tag}-flink-{query}-r{run}"
     common.create_topic(brokers, f"{name}-out", 8)
     done = subprocess.run(
-        ["java", "-jar", str(FLINK_JAR), "--brokers", brokers, "--bids", topic, "--query", query, "--out", f"{name}-out", "--group", name],
+        ["java", "-jar", str(FLINK_JAR), "--brokers", brokers, "--bids", topics["bid"], "--persons", topics["person"],
+         "--auctions", topics["auction"], "--query", query, "--out", f"{name}-out", "--group", name],
         capture_output=True, text=True, timeout=1800, check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"flink {query}: exit {done.returncode}: {done.stderr[-3000:]}")
     timings = json.loads(done.stdout.strip().splitlines()[-1])
-    if timings.get("records_in") not in (bids, -1):
-        raise RuntimeError(f"flink {query}: read {timings.get('records_in')} of {bids} bids")
-    return {"run": run, "pipeline": name, "output_topic": f"{name}-out", "records": bids, "wall_seconds": timings["seconds"],
-            "job_seconds": timings.get("job_seconds"), "wall_rps": round(bids / timings["seconds"]),
-            "steady_rps": round(bids / (timings.get("job_seconds") or timings["seconds"]))}
+    if timings.get("records_in") not in (records, -1):
+        raise RuntimeError(f"flink {query}: read {timings.get('records_in')} of {records} events")
+    return {"run": run, "pipeline": name, "output_topic": f"{name}-out", "records": records, "wall_seconds": timings["seconds"],
+            "job_seconds": timings.get("job_seconds"), "wall_rps": round(records / timings["seconds"]),
+            "steady_rps": round(records / (timings.get("job_seconds") or timings["seconds"]))}
 
 
 def _flink_rows(query: str, got: pl.DataFrame, watermark_ms: int) -> pl.DataFrame:
-    """Flink's output in the oracle's shape: windows (epoch ms bounds) the last watermark closed; q7's bids per window as lists."""
-    if query not in ("q7", "q11"):
+    """Flink's output in the oracle's shape: windows (epoch ms bounds) the last watermark closed; q7's bids per window as lists.
+
+    Flink closes every window at the end of its bounded input; lockgate's windows close
+    at the last watermark: q5's once the 2 s window over the counts has closed too.
+    """
+    if query == "q8":
+        return got.filter(pl.col("starttime") + WINDOW_MS <= watermark_ms).with_columns(pl.col("starttime").cast(pl.Datetime("ms")))
+    if query not in ("q5", "q7", "q11"):
         return got
-    got = got.filter(pl.col("window_end") <= watermark_ms)
+    got = got.filter(pl.col("window_end") + (SLIDE_MS if query == "q5" else 0) <= watermark_ms)
     if query == "q7":
         got = got.group_by("window_start", "window_end", "price").agg(pl.col("auction"), pl.col("bidder"))
     return got.with_columns(pl.col("window_start", "window_end").cast(pl.Datetime("ms")))
@@ -126,8 +133,9 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     events = generate(args.events, seed=1, rate=10_000)
     produced = write(brokers, events, f"nexmark-{tag}")
-    topic, bids = produced["topics"]["bid"], events.bids.height
-    watermark_ms = last_watermark(events, produced["partitions"])
+    topics, bids = produced["topics"], events.bids.height
+    counts = {"bid": bids, "person": events.persons.height, "auction": events.auctions.height}
+    records = {q: sum(counts[k] for k in READS[q]) for q in queries}
     print(f"# {produced}", file=sys.stderr)
     state_root = Path(tempfile.mkdtemp(prefix="lockgate-bench-nexmark-"))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {(e, q): [] for e in engines for q in queries}
@@ -137,13 +145,14 @@ def main() -> None:
             for query in queries:  # interleaved: q0 on each engine, q1, ... then again
                 for engine in engines:
                     if engine == "flink":
-                        r = run_flink(brokers, topic, query, bids, tag, run)
+                        r = run_flink(brokers, topics, query, records[query], tag, run)
                     else:
-                        r = run_lockgate(brokers, topic, query, bids, tag, run, state_root)
+                        r = run_lockgate(brokers, topics, query, records[query], tag, run, state_root)
                     runs[(engine, query)].append(r)
                     print(f"# {engine} {query} run {run}: {r['steady_rps']:,} events/s steady, {r['wall_rps']:,} wall", file=sys.stderr)
                     if run == 1:
                         expected = oracle(query, events, produced["partitions"])
+                        watermark_ms = last_watermark(events, produced["partitions"], READS[query])
                         c = check(brokers, query, r["output_topic"], expected, watermark_ms if engine == "flink" else None)
                         checks.append({"engine": engine, **c})
                         print(f"# check: {checks[-1]}", file=sys.stderr)
@@ -158,14 +167,14 @@ def main() -> None:
               "all_runs": {f"{e}-{q}": rs for (e, q), rs in runs.items()}}
     path = common.write_json(args.out, "nexmark", result)
     exact = {(c["engine"], c["query"]): c["ok"] for c in checks}
-    columns = ["query", "bids"]
+    columns = ["query", "events"]
     for engine in engines:
         columns += [f"{engine} events/s (median of {args.runs})", f"{engine} wall", f"{engine} exact"]
     if "flink" in engines and "lockgate" in engines:
         columns.append("lockgate / flink")
     rows = []
     for q in queries:
-        row: list[Any] = [q, f"{bids:,}"]
+        row: list[Any] = [q, f"{records[q]:,}"]
         for engine in engines:
             row += [f"{steady[(engine, q)]:,.0f}", f"{wall[(engine, q)]:,.0f}", exact[(engine, q)]]
         if "flink" in engines and "lockgate" in engines:

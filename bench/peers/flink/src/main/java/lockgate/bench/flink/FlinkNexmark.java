@@ -18,13 +18,14 @@ import org.apache.flink.table.api.TableResult;
 import org.apache.flink.table.api.bridge.java.StreamTableEnvironment;
 
 /**
- * One Nexmark query (q0, q1, q2, q7 or q11) in Flink SQL, from a Kafka bid topic to a Kafka
- * output topic, exactly-once, in Flink local mode (a MiniCluster in this JVM). The source is
- * bounded (it reads the topic up to the offsets it finds at start), so the job ends.
+ * One Nexmark query (q0, q1, q2, q3, q5, q7, q8 or q11) in Flink SQL, from the Kafka topics of
+ * bids, persons and auctions to a Kafka output topic, exactly-once, in Flink local mode (a
+ * MiniCluster in this JVM). The sources are bounded (each reads its topic up to the offsets it
+ * finds at start), so the job ends.
  *
  * <pre>
- * java -jar target/flink-nexmark.jar --brokers HOST:PORT --bids TOPIC --query q0|q1|q2|q7|q11
- *      --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]
+ * java -jar target/flink-nexmark.jar --brokers HOST:PORT --bids TOPIC [--persons TOPIC --auctions TOPIC]
+ *      --query q0|q1|q2|q3|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]
  * </pre>
  *
  * Prints one JSON line to stdout at the end: {"query":..,"seconds":..,"records_in":..,"job_seconds":..}
@@ -53,8 +54,14 @@ public final class FlinkNexmark {
                 return "window_start BIGINT, window_end BIGINT, auction BIGINT, bidder BIGINT, price BIGINT";
             case "q11":
                 return "bidder BIGINT, window_start BIGINT, window_end BIGINT, bids BIGINT";
+            case "q3":
+                return "name STRING, city STRING, state STRING, id BIGINT";
+            case "q5":
+                return "auction BIGINT, num BIGINT, window_start BIGINT, window_end BIGINT";
+            case "q8":
+                return "id BIGINT, name STRING, starttime BIGINT";
             default:
-                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q7, q11");
+                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q3, q5, q7, q8, q11");
         }
     }
 
@@ -92,8 +99,45 @@ public final class FlinkNexmark {
                         + epochMs("window_end") + " + 1 AS window_end, COUNT(*) AS bids\n"
                         + "FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(ts), INTERVAL '9.999' SECOND))\n"
                         + "GROUP BY bidder, window_start, window_end";
+            case "q3":
+                // the suite's q3: an unbounded (regular) join; Flink keeps every person and auction in its state
+                return "SELECT P.name, P.city, P.state, A.id\n"
+                        + "FROM auction AS A INNER JOIN person AS P ON A.seller = P.id\n"
+                        + "WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')";
+            case "q5":
+                // the suite's q5 (window TVF form): per 10 s window sliding by 2 s, the auctions with the most bids;
+                // the window bounds are output too, so that the check compares rows, not only (auction, num)
+                return "SELECT AuctionBids.auction, AuctionBids.num, " + epochMs("AuctionBids.starttime") + " AS window_start, "
+                        + epochMs("AuctionBids.endtime") + " AS window_end\n"
+                        + "FROM (\n"
+                        + "  SELECT auction, COUNT(*) AS num, window_start AS starttime, window_end AS endtime\n"
+                        + "  FROM TABLE(HOP(TABLE bid, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND))\n"
+                        + "  GROUP BY auction, window_start, window_end\n"
+                        + ") AS AuctionBids JOIN (\n"
+                        + "  SELECT MAX(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime\n"
+                        + "  FROM (\n"
+                        + "    SELECT COUNT(*) AS num, window_start AS starttime, window_end AS endtime\n"
+                        + "    FROM TABLE(HOP(TABLE bid, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND))\n"
+                        + "    GROUP BY auction, window_start, window_end\n"
+                        + "  ) AS CountBids\n"
+                        + "  GROUP BY CountBids.starttime, CountBids.endtime\n"
+                        + ") AS MaxBids\n"
+                        + "ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime"
+                        + " AND AuctionBids.num >= MaxBids.maxn";
+            case "q8":
+                // the suite's q8: persons who opened an auction in the 10 s tumbling window they were created in
+                return "SELECT P.id, P.name, " + epochMs("P.starttime") + " AS starttime\n"
+                        + "FROM (\n"
+                        + "  SELECT id, name, window_start AS starttime, window_end AS endtime\n"
+                        + "  FROM TABLE(TUMBLE(TABLE person, DESCRIPTOR(ts), INTERVAL '10' SECOND))\n"
+                        + "  GROUP BY id, name, window_start, window_end\n"
+                        + ") P JOIN (\n"
+                        + "  SELECT seller, window_start AS starttime, window_end AS endtime\n"
+                        + "  FROM TABLE(TUMBLE(TABLE auction, DESCRIPTOR(ts), INTERVAL '10' SECOND))\n"
+                        + "  GROUP BY seller, window_start, window_end\n"
+                        + ") A ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime";
             default:
-                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q7, q11");
+                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q3, q5, q7, q8, q11");
         }
     }
 
@@ -105,14 +149,32 @@ public final class FlinkNexmark {
         }
     }
 
+    /** a bounded, read_committed Kafka JSON source table with event time ts from date_time (watermark delay 0) */
+    private static String sourceTable(String name, String topic, String brokers, String group, String columns) {
+        return "CREATE TABLE " + name + " (\n"
+                + "  " + columns + ",\n"
+                + "  ts AS TO_TIMESTAMP_LTZ(date_time, 3),\n"
+                + "  WATERMARK FOR ts AS ts\n"
+                + ") WITH (\n"
+                + "  'connector' = 'kafka',\n"
+                + "  'topic' = " + quote(topic) + ",\n"
+                + "  'properties.bootstrap.servers' = " + quote(brokers) + ",\n"
+                + "  'properties.group.id' = " + quote(group) + ",\n"
+                + "  'properties.isolation.level' = 'read_committed',\n"
+                + "  'scan.startup.mode' = 'earliest-offset',\n"
+                + "  'scan.bounded.mode' = 'latest-offset',\n"
+                + "  'format' = 'json'\n"
+                + ")";
+    }
+
     private static String quote(String s) {
         return "'" + s.replace("'", "''") + "'";
     }
 
     private static void usage(String why) {
         System.err.println(why);
-        System.err.println("usage: java -jar flink-nexmark.jar --brokers HOST:PORT --bids TOPIC --query q0|q1|q2|q7|q11"
-                + " --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]");
+        System.err.println("usage: java -jar flink-nexmark.jar --brokers HOST:PORT --bids TOPIC [--persons TOPIC --auctions TOPIC]"
+                + " --query q0|q1|q2|q3|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]");
         System.exit(2);
     }
 
@@ -180,20 +242,17 @@ public final class FlinkNexmark {
         StreamTableEnvironment tEnv = StreamTableEnvironment.create(env, EnvironmentSettings.inStreamingMode());
         tEnv.getConfig().set("table.local-time-zone", "UTC");
 
-        tEnv.executeSql("CREATE TABLE bid (\n"
-                + "  auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT,\n"
-                + "  ts AS TO_TIMESTAMP_LTZ(date_time, 3),\n"
-                + "  WATERMARK FOR ts AS ts\n"
-                + ") WITH (\n"
-                + "  'connector' = 'kafka',\n"
-                + "  'topic' = " + quote(bids) + ",\n"
-                + "  'properties.bootstrap.servers' = " + quote(brokers) + ",\n"
-                + "  'properties.group.id' = " + quote(group) + ",\n"
-                + "  'properties.isolation.level' = 'read_committed',\n"
-                + "  'scan.startup.mode' = 'earliest-offset',\n"
-                + "  'scan.bounded.mode' = 'latest-offset',\n"
-                + "  'format' = 'json'\n"
-                + ")");
+        tEnv.executeSql(sourceTable("bid", bids, brokers, group,
+                "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT"));
+        if (opts.containsKey("persons")) {
+            tEnv.executeSql(sourceTable("person", opts.get("persons"), brokers, group,
+                    "id BIGINT, name STRING, email_address STRING, credit_card STRING, city STRING, state STRING, date_time BIGINT"));
+        }
+        if (opts.containsKey("auctions")) {
+            tEnv.executeSql(sourceTable("auction", opts.get("auctions"), brokers, group,
+                    "id BIGINT, item_name STRING, description STRING, initial_bid BIGINT, reserve BIGINT, date_time BIGINT,"
+                    + " expires BIGINT, seller BIGINT, category BIGINT"));
+        }
         tEnv.executeSql("CREATE TABLE nexmark_out (" + columns + ") WITH (\n"
                 + "  'connector' = 'kafka',\n"
                 + "  'topic' = " + quote(out) + ",\n"
