@@ -203,7 +203,7 @@ print(json.dumps({"records": records, "batches": transactions, **ms, "commit_ms_
 # --- the reader: its own process --------------------------------------------------------
 
 
-def _read(brokers: str, topic: str, path: str, stop: Any, seen: Any, waited: Any) -> None:
+def _read(brokers: str, topic: str, path: str, stop: Any, seen: Any, waited: Any, partitions: int = PARTITIONS) -> None:
     """Read ``topic`` read_committed from its beginning until ``stop``; write the values (ndjson) and receive times (ms).
 
     Each record's receive time is taken when the ``consume`` call that returned it came back:
@@ -215,7 +215,7 @@ def _read(brokers: str, topic: str, path: str, stop: Any, seen: Any, waited: Any
     """
     consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-latency-reader-{uuid.uuid4().hex[:8]}",
                             **common.BASELINE_CONSUMER, "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
-    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
     values: list[bytes] = []
     times: list[float] = []
     counts: list[int] = []

@@ -41,7 +41,7 @@ import lockgate as lg  # noqa: E402
 from bench import _common as common  # noqa: E402
 from bench.nexmark.generator import generate  # noqa: E402
 from bench.nexmark.produce import write  # noqa: E402
-from bench.nexmark.queries import QUERIES, READS, WINDOW_MS, SLIDE_MS, canonical, last_watermark, oracle  # noqa: E402
+from bench.nexmark.queries import QUERIES, READS, TOP_WINDOW_MS, WINDOW_MS, canonical, last_watermark, oracle  # noqa: E402
 
 FLINK_DIR = Path(__file__).resolve().parents[1] / "peers" / "flink"
 FLINK_JAR = FLINK_DIR / "target" / "flink-nexmark.jar"
@@ -90,13 +90,13 @@ def _flink_rows(query: str, got: pl.DataFrame, watermark_ms: int) -> pl.DataFram
     """Flink's output in the oracle's shape: windows (epoch ms bounds) the last watermark closed; q7's bids per window as lists.
 
     Flink closes every window at the end of its bounded input; lockgate's windows close
-    at the last watermark: q5's once the 2 s window over the counts has closed too.
+    at the last watermark: q5's once the 1 ms window over the counts has closed too.
     """
     if query == "q8":
         return got.filter(pl.col("starttime") + WINDOW_MS <= watermark_ms).with_columns(pl.col("starttime").cast(pl.Datetime("ms")))
     if query not in ("q5", "q7", "q11"):
         return got
-    got = got.filter(pl.col("window_end") + (SLIDE_MS if query == "q5" else 0) <= watermark_ms)
+    got = got.filter(pl.col("window_end") + (TOP_WINDOW_MS if query == "q5" else 0) <= watermark_ms)
     if query == "q7":
         got = got.group_by("window_start", "window_end", "price").agg(pl.col("auction"), pl.col("bidder"))
     return got.with_columns(pl.col("window_start", "window_end").cast(pl.Datetime("ms")))

@@ -26,6 +26,7 @@ import org.apache.flink.table.api.bridge.java.StreamTableEnvironment;
  * <pre>
  * java -jar target/flink-nexmark.jar --brokers HOST:PORT --bids TOPIC [--persons TOPIC --auctions TOPIC]
  *      --query q0|q1|q2|q3|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]
+ *      [--bounded true|false]
  * </pre>
  *
  * Prints one JSON line to stdout at the end: {"query":..,"seconds":..,"records_in":..,"job_seconds":..}
@@ -150,7 +151,7 @@ public final class FlinkNexmark {
     }
 
     /** a bounded, read_committed Kafka JSON source table with event time ts from date_time (watermark delay 0) */
-    private static String sourceTable(String name, String topic, String brokers, String group, String columns) {
+    private static String sourceTable(String name, String topic, String brokers, String group, String columns, boolean bounded) {
         return "CREATE TABLE " + name + " (\n"
                 + "  " + columns + ",\n"
                 + "  ts AS TO_TIMESTAMP_LTZ(date_time, 3),\n"
@@ -162,7 +163,7 @@ public final class FlinkNexmark {
                 + "  'properties.group.id' = " + quote(group) + ",\n"
                 + "  'properties.isolation.level' = 'read_committed',\n"
                 + "  'scan.startup.mode' = 'earliest-offset',\n"
-                + "  'scan.bounded.mode' = 'latest-offset',\n"
+                + (bounded ? "  'scan.bounded.mode' = 'latest-offset',\n" : "")
                 + "  'format' = 'json'\n"
                 + ")";
     }
@@ -182,6 +183,7 @@ public final class FlinkNexmark {
         Map<String, String> opts = new HashMap<>();
         opts.put("parallelism", "1");
         opts.put("checkpoint-ms", "1000");
+        opts.put("bounded", "true");
         for (int i = 0; i < args.length; i += 2) {
             if (!args[i].startsWith("--") || i + 1 >= args.length) {
                 usage("bad argument: " + args[i]);
@@ -200,6 +202,8 @@ public final class FlinkNexmark {
         String group = opts.get("group");
         int parallelism = Integer.parseInt(opts.get("parallelism"));
         long checkpointMs = Long.parseLong(opts.get("checkpoint-ms"));
+        // unbounded (--bounded false): the job reads on until it is stopped (the latency bench kills it)
+        boolean bounded = Boolean.parseBoolean(opts.get("bounded"));
         String columns;
         try {
             columns = sinkColumns(query);
@@ -243,15 +247,15 @@ public final class FlinkNexmark {
         tEnv.getConfig().set("table.local-time-zone", "UTC");
 
         tEnv.executeSql(sourceTable("bid", bids, brokers, group,
-                "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT"));
+                "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time BIGINT", bounded));
         if (opts.containsKey("persons")) {
             tEnv.executeSql(sourceTable("person", opts.get("persons"), brokers, group,
-                    "id BIGINT, name STRING, email_address STRING, credit_card STRING, city STRING, state STRING, date_time BIGINT"));
+                    "id BIGINT, name STRING, email_address STRING, credit_card STRING, city STRING, state STRING, date_time BIGINT", bounded));
         }
         if (opts.containsKey("auctions")) {
             tEnv.executeSql(sourceTable("auction", opts.get("auctions"), brokers, group,
                     "id BIGINT, item_name STRING, description STRING, initial_bid BIGINT, reserve BIGINT, date_time BIGINT,"
-                    + " expires BIGINT, seller BIGINT, category BIGINT"));
+                    + " expires BIGINT, seller BIGINT, category BIGINT", bounded));
         }
         tEnv.executeSql("CREATE TABLE nexmark_out (" + columns + ") WITH (\n"
                 + "  'connector' = 'kafka',\n"
