@@ -12,7 +12,11 @@ With ``--engines lockgate,flink`` the Flink peer (``bench/peers/flink``: Flink 2
 local mode, parallelism 1, exactly-once Kafka sink, checkpoints every second; built with
 ``mvn -q package`` on the first run) runs the same queries on the same topic, one after
 the other; its ``job`` rate is from the job's own start to its end (no JVM start, no SQL
-planning), its ``wall`` rate includes them.  Flink closes every window at the end of its
+planning), its ``wall`` rate includes them.  Events per CPU-second divide the events by the
+CPU time (user + system, every thread) of the whole run: for lockgate this process's during
+the run (clients, group join, librdkafka's and Lance's threads), for Flink the JVM's from
+its start to its exit (JIT, SQL planning and the local cluster's start included, which
+weighs on small inputs).  Flink closes every window at the end of its
 bounded input; its check keeps the windows the last watermark closed, as the oracle does.
 
 Usage::
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,13 +54,21 @@ FLINK_JAR = FLINK_DIR / "target" / "flink-nexmark.jar"
 BATCH = lg.BatchPolicy(max_records=50_000, max_wait="100ms")
 
 
+def _cpu(who: int) -> float:
+    """User + system CPU seconds of this process (``RUSAGE_SELF``: every thread) or of its waited-for children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_lockgate(brokers: str, topics: dict[str, str], query: str, records: int, tag: str, run: int, state_root: Path) -> dict[str, Any]:
     """One fresh pipeline of ``query`` until caught up; its timings (``records``: the events of the topics it reads)."""
     name = f"nexmark-{tag}-{query}-r{run}"
     pipe = lg.Pipeline(name, brokers=brokers, state=str(state_root / name), batch=BATCH)
     QUERIES[query](pipe, topics)
+    cpu = _cpu(resource.RUSAGE_SELF)
     timings, metrics = common.timed_run(pipe, records, run, timeout=1800)
-    return {**timings, "output_topic": f"{name}-out", "records_out": metrics.get("records_out", {}).get(f"{name}-out", 0)}
+    cpu = _cpu(resource.RUSAGE_SELF) - cpu
+    return {**timings, "cpu_seconds": round(cpu, 2), "events_per_cpu_s": round(records / cpu), "output_topic": f"{name}-out", "records_out": metrics.get("records_out", {}).get(f"{name}-out", 0)}
 
 
 def build_flink() -> Path:
@@ -71,11 +84,13 @@ def run_flink(brokers: str, topics: dict[str, str], query: str, records: int, ta
     """The Flink peer's job for ``query`` over its topics (one JVM, parallelism 1); its timings."""
     name = f"nexmark-{tag}-flink-{query}-r{run}"
     common.create_topic(brokers, f"{name}-out", 8)
+    cpu = _cpu(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         ["java", "-jar", str(FLINK_JAR), "--brokers", brokers, "--bids", topics["bid"], "--persons", topics["person"],
          "--auctions", topics["auction"], "--query", query, "--out", f"{name}-out", "--group", name],
         capture_output=True, text=True, timeout=1800, check=False,
     )
+    cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu
     if done.returncode != 0:
         raise RuntimeError(f"flink {query}: exit {done.returncode}: {done.stderr[-3000:]}")
     timings = json.loads(done.stdout.strip().splitlines()[-1])
@@ -83,7 +98,8 @@ def run_flink(brokers: str, topics: dict[str, str], query: str, records: int, ta
         raise RuntimeError(f"flink {query}: read {timings.get('records_in')} of {records} events")
     return {"run": run, "pipeline": name, "output_topic": f"{name}-out", "records": records, "wall_seconds": timings["seconds"],
             "job_seconds": timings.get("job_seconds"), "wall_rps": round(records / timings["seconds"]),
-            "steady_rps": round(records / (timings.get("job_seconds") or timings["seconds"]))}
+            "steady_rps": round(records / (timings.get("job_seconds") or timings["seconds"])),
+            "cpu_seconds": round(cpu, 2), "events_per_cpu_s": round(records / cpu)}
 
 
 def _flink_rows(query: str, got: pl.DataFrame, watermark_ms: int) -> pl.DataFrame:
@@ -161,24 +177,26 @@ def main() -> None:
         common.delete_topics(brokers, [*produced["topics"].values(), *(r["output_topic"] for rs in runs.values() for r in rs)])
     steady = {k: common.median([r["steady_rps"] for r in rs]) for k, rs in runs.items()}
     wall = {k: common.median([r["wall_rps"] for r in rs]) for k, rs in runs.items()}
+    per_cpu = {k: common.median([r["events_per_cpu_s"] for r in rs]) for k, rs in runs.items()}
     result = {"benchmark": "nexmark", "events": args.events, "bids": bids, "runs": args.runs, "machine": common.machine(), "input": produced,
               "checks": checks, "median_steady_events_per_s": {f"{e}-{q}": v for (e, q), v in steady.items()},
               "median_wall_events_per_s": {f"{e}-{q}": v for (e, q), v in wall.items()},
+              "median_events_per_cpu_s": {f"{e}-{q}": v for (e, q), v in per_cpu.items()},
               "all_runs": {f"{e}-{q}": rs for (e, q), rs in runs.items()}}
     path = common.write_json(args.out, "nexmark", result)
     exact = {(c["engine"], c["query"]): c["ok"] for c in checks}
     columns = ["query", "events"]
     for engine in engines:
-        columns += [f"{engine} events/s (median of {args.runs})", f"{engine} wall", f"{engine} exact"]
+        columns += [f"{engine} events/s (median of {args.runs})", f"{engine} wall", f"{engine} events/CPU-s", f"{engine} exact"]
     if "flink" in engines and "lockgate" in engines:
-        columns.append("lockgate / flink")
+        columns += ["lockgate / flink", "lockgate / flink per CPU-s"]
     rows = []
     for q in queries:
         row: list[Any] = [q, f"{records[q]:,}"]
         for engine in engines:
-            row += [f"{steady[(engine, q)]:,.0f}", f"{wall[(engine, q)]:,.0f}", exact[(engine, q)]]
+            row += [f"{steady[(engine, q)]:,.0f}", f"{wall[(engine, q)]:,.0f}", f"{per_cpu[(engine, q)]:,.0f}", exact[(engine, q)]]
         if "flink" in engines and "lockgate" in engines:
-            row.append(f"{steady[('lockgate', q)] / steady[('flink', q)]:.2f}")
+            row += [f"{steady[('lockgate', q)] / steady[('flink', q)]:.2f}", f"{per_cpu[('lockgate', q)] / per_cpu[('flink', q)]:.2f}"]
         rows.append(row)
     print(common.markdown_table(columns, rows))
     print(f"\n# written to {path}")
