@@ -419,13 +419,22 @@ class Runner:
         now = time.monotonic()
         if self.short_since is None or now - self.short_log > 5:
             log.warning(
-                "windows %s need every partition of %s in this instance; %s are with another instance: waiting",
+                "operators %s need every partition of %s in this instance; %s are with another instance: waiting",
                 self.windows.unsharded, sorted(missing), missing,
             )
             self.short_log = now
         self.short_since = self.short_since or now
         if now - self.short_since > 2 * self.config.session_timeout_s:
             topic = min(missing)
+            joins = [j.name for j in self.windows.joins if not j.sharded]
+            if joins:
+                raise AssignmentError(
+                    f"pipeline {self.config.name!r}: stream joins {joins} keep one state for all partitions of both their "
+                    f"topics, but another instance of the pipeline owns {missing[topic]} of the {self.whole_counts[topic]} "
+                    f"partitions of {topic!r}: they were built with join(..., repartition=False). Run one instance, or leave "
+                    "out repartition=False, so that both sides go through a repartition topic keyed by the join key and the "
+                    "state is kept per partition of it."
+                )
             raise AssignmentError(
                 f"pipeline {self.config.name!r}: windows {self.windows.unsharded} keep one state for all partitions of "
                 f"{topic!r}, but another instance of the pipeline owns {missing[topic]} of its {self.whole_counts[topic]} "

@@ -282,12 +282,24 @@ class WindowRuntime:
         return tuple(sorted(p for t, p in self.owned if t == source.topic))
 
     def missing_partitions(self, counts: dict[str, int]) -> dict[str, int]:
-        """For each whole-topic window source of which this instance owns some partitions: how many it lacks."""
+        """For each whole-topic source of which this instance owns some partitions: how many it lacks.
+
+        A stream join that keeps one state needs both its topics whole together: owning
+        every partition of one and none of the other would join each side with nothing.
+        """
+        have = {topic: sum(1 for t, _ in self.owned if t == topic) for topic in self.whole_topics}
         out = {}
         for topic in self.whole_topics:
-            have = sum(1 for t, _ in self.owned if t == topic)
-            if topic in counts and 0 < have < counts[topic]:  # none: nothing to fold (not assigned yet)
-                out[topic] = counts[topic] - have
+            if topic in counts and 0 < have[topic] < counts[topic]:  # none: nothing to fold (not assigned yet)
+                out[topic] = counts[topic] - have[topic]
+        for j in self.joins:
+            if j.sharded or j.left_source is None or j.right_source is None:
+                continue
+            pair = {j.left_source.topic, j.right_source.topic}
+            if any(have.get(t) for t in pair):
+                for topic in pair:
+                    if topic in counts and have.get(topic, 0) < counts[topic]:
+                        out[topic] = counts[topic] - have.get(topic, 0)
         return out
 
     def backlog(self, partitions: set[tuple[str, int]]) -> None:

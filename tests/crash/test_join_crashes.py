@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import polars as pl
@@ -33,7 +34,7 @@ PIPELINE_FILE = textwrap.dedent(
     from tests.integration.test_stream_join_on_kafka import join_pipeline
 
     pipe = join_pipeline(os.environ["T_NAME"], os.environ["T_BROKERS"], os.environ["T_STATE"], os.environ["T_VIEWS"],
-                         os.environ["T_CLICKS"], batch=1_500, compact_every=2)
+                         os.environ["T_CLICKS"], batch=1_500, compact_every=2, repartition=os.environ.get("T_REPARTITION", "1") == "1")
     """
 )
 KILLED = -9
@@ -115,3 +116,40 @@ def test_two_instances_share_the_join_repartition_partitions_and_the_result_is_e
         want = oracle(views, clicks, how)
         got = from_topic(brokers, f"{name}-{how}").filter(~pl.col("ad").str.starts_with("__flush"))
         assert got.height == want.height and same_rows(got, want), f"{how} topic: {got.height} rows, oracle {want.height}"
+
+
+def test_joins_that_keep_one_state_stop_an_instance_that_shares_their_topics_with_another(brokers, make_topic, tmp_path: Path, unique):
+    views_topic, clicks_topic = make_topic(f"wviews-{unique}", partitions=2), make_topic(f"wclicks-{unique}", partitions=2)
+    produce_rows(brokers, views_topic, make_side(2_000, "viewer", 9, 10), 2)
+    produce_rows(brokers, clicks_topic, make_side(2_000, "clicker", 10, 10), 2)
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE_FILE)
+    env = {
+        **os.environ, "T_NAME": f"wjoin-{unique}", "T_BROKERS": brokers, "T_STATE": str(tmp_path / "state"), "T_VIEWS": views_topic,
+        "T_CLICKS": clicks_topic, "T_REPARTITION": "0",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("LOCKGATE_CRASH_AT", None)
+    logs = [tmp_path / f"instance-{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for instance, log in enumerate(logs):
+            with log.open("w") as err:
+                procs.append(subprocess.Popen(  # no --until: both stay (one would be done before the other joined)
+                    [sys.executable, "-m", "lockgate.cli", "run", str(path)],
+                    env={**env, "LOCKGATE_INSTANCE": str(instance)}, stdout=subprocess.DEVNULL, stderr=err,
+                ))
+        deadline = time.monotonic() + 120  # 2 x the 6 s session timeout of waiting, then the error
+        while time.monotonic() < deadline and all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+        codes = [proc.poll() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    texts = [log.read_text() for log in logs]
+    assert 2 in codes, (codes, [t[-2000:] for t in texts])
+    stopped = next(t for code, t in zip(codes, texts, strict=True) if code == 2)
+    assert "stream joins ['views_inner', 'views_left', 'views_window'] keep one state for all partitions of both" in stopped, stopped[-2000:]
+    assert "leave out repartition=False" in stopped

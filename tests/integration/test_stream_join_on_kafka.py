@@ -66,18 +66,22 @@ def oracle(views: list[dict], clicks: list[dict], how: str) -> pl.DataFrame:
 
 def join_pipeline(
     name: str, brokers: str, state: str, views_topic: str, clicks_topic: str, *, batch: int = 2_000, compact_every: int = 100,
+    repartition: bool = True,
 ) -> lg.Pipeline:
     """Views joined with clicks (interval joins inner and left, a tumbling window join) into topics and tables; late rows into a table."""
     pipe = lg.Pipeline(
-        name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=batch, max_wait="50ms"), compact_every=compact_every
+        name, brokers=brokers, state=state, batch=lg.BatchPolicy(max_records=batch, max_wait="50ms"), compact_every=compact_every,
+        kafka={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
     )
     views = pipe.source(views_topic, format=lg.JSON(schema=VIEWS), event_time="t", watermark=DELAY)
     clicks = pipe.source(clicks_topic, format=lg.JSON(schema=CLICKS), event_time="t", watermark=DELAY)
     for how in ("inner", "left", "window"):
         if how == "window":
-            joined = views.join(clicks, on="ad", window=lg.Tumbling(f"{WINDOW_MS}ms"), name="views_window")
+            joined = views.join(clicks, on="ad", window=lg.Tumbling(f"{WINDOW_MS}ms"), name="views_window", repartition=repartition)
         else:
-            joined = views.join(clicks, on="ad", within=(f"{BEFORE_MS}ms", f"{AFTER_MS}ms"), how=how, name=f"views_{how}")
+            joined = views.join(
+                clicks, on="ad", within=(f"{BEFORE_MS}ms", f"{AFTER_MS}ms"), how=how, name=f"views_{how}", repartition=repartition
+            )
         out = joined.select("ad", "viewer", "t", "clicker", "t_right")
         out.to_kafka(f"{name}-{how}", key="ad")
         out.to_table(how)
