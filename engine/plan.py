@@ -574,6 +574,20 @@ class Stream:
         │ NL      ┆ 269 │
         │ US      ┆ 233 │
         └─────────┴─────┘
+
+        Two streams, run here with no broker (``lg.run_plan``): the clicks at most 10 s
+        after a view of the same ad, and the views per 10 s window that had a click:
+
+        >>> pipe = lg.Pipeline("doc-views", brokers="127.0.0.1:1")
+        >>> schema = {"ad": pl.String, "t": pl.Int64}
+        >>> views = pipe.source("views", format=lg.JSON(schema=schema), event_time="t", watermark="0s")
+        >>> clicks = pipe.source("clicks", format=lg.JSON(schema=schema), event_time="t", watermark="0s")
+        >>> views.join(clicks, on="ad", within=("0s", "10s")).select("ad", "t", "t_right").to_table("clicked")
+        >>> views.join(clicks, on="ad", window=lg.Tumbling("10s")).select("ad", "window_start").to_table("per_window")
+        >>> out = lg.run_plan(pipe.plan(), {"views": pl.DataFrame({"ad": ["a", "b"], "t": [0, 0]}),
+        ...                                 "clicks": pl.DataFrame({"ad": ["a", "b"], "t": [4_000, 12_000]})})
+        >>> out["clicked"].rows(), out["per_window"]["ad"].to_list()
+        ([('a', 0, 4000)], ['a'])
         """
         if isinstance(other, Stream):
             if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
