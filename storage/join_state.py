@@ -39,9 +39,9 @@ import pyarrow as pa
 from lockgate.errors import StorageError
 from lockgate.operators.join_rows import ROW_ID, JoinRowsDelta, StreamJoinSpec
 from lockgate.storage.commit_log import CommitLog
-from lockgate.storage.lance_io import append_table, open_dataset, sql_list
-from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
-from lockgate.storage.state import state_uri
+from lockgate.storage.lance_io import open_dataset
+from lockgate.storage.row_tags import BATCH, DELETED, INTERNAL_COLUMNS, latest_rows, tag_fields
+from lockgate.storage.state import append_state_rows, forget_state_rows, state_uri
 
 __all__ = ["JOIN_SIDE_KEY", "JoinSideStore", "read_join_side"]
 
@@ -78,41 +78,13 @@ class JoinSideStore:
 
     def append(self, delta: JoinRowsDelta, *, batch_id: int, epoch: int) -> int | None:
         """Append the side's upserts, then its deletes as tombstones; the table version, or None when empty."""
-        parts = [delta.upserts.with_columns(pl.lit(False).alias(DELETED))] if delta.upserts.height else []
-        if delta.deletes.height:
-            parts.append(delta.deletes.with_columns(pl.lit(True).alias(DELETED)))
-        if not parts:
-            return None
-        frame = pl.concat(parts, how="diagonal_relaxed")
-        table = tag(frame, batch_id=batch_id, epoch=epoch).to_arrow(compat_level=pl.CompatLevel.oldest())
-        table = pa.Table.from_arrays(
-            [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in self.arrow_schema],
-            schema=self.arrow_schema,
-        )
-        try:
-            version = append_table(self.uri, table)
-        except StorageError as exc:
-            raise StorageError(f"join {self.name!r} state: {exc}") from exc
-        self.appended += table.num_rows
+        version, rows = append_state_rows(self.uri, self.arrow_schema, delta.upserts, delta.deletes, batch_id, epoch, f"join {self.name!r}")
+        self.appended += rows
         return version
 
     def forget_before(self, epoch: int, shards: Collection[int] | None) -> int:
         """Delete the rows of epochs before ``epoch`` (which committed a snapshot of ``shards``); returns how many."""
-        ds = open_dataset(self.uri)
-        if ds is None:
-            return 0
-        where = f"{EPOCH} < {int(epoch)}"
-        if self.shard is not None and shards is not None:
-            if not shards:
-                return 0
-            where += f" AND {self.shard} IN ({sql_list(sorted(shards))})"
-        before = ds.count_rows()
-        try:
-            ds.delete(where)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise StorageError(f"join {self.name!r} state: deleting the history before epoch {epoch} failed: {exc}") from exc
-        after = open_dataset(self.uri)
-        return before - (after.count_rows() if after is not None else 0)
+        return forget_state_rows(self.uri, epoch, self.shard, shards, f"join {self.name!r}")
 
     def load(self, shards: Collection[int] | None = None) -> pl.DataFrame:
         """The committed buffered rows (the latest row of each id, tombstones applied); of ``shards`` only, when given."""

@@ -56,7 +56,7 @@ from lockgate.storage.commit_log import CommitLog, check_history
 from lockgate.storage.lance_io import append_table, filesystem, open_dataset, sql_list, use_storage_options
 from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
 
-__all__ = ["WindowStore", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
+__all__ = ["WindowStore", "append_state_rows", "forget_state_rows", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
 
 _META = (*INTERNAL_COLUMNS, DELETED)
 
@@ -143,23 +143,8 @@ class WindowStore:
         committed, the rows of earlier epochs of these shards are history that
         :meth:`forget_before` may delete.
         """
-        spec = self.spec
-        parts = [delta.upserts.with_columns(pl.lit(False).alias(DELETED))] if delta.upserts.height else []
-        if delta.deletes.height:
-            parts.append(delta.deletes.with_columns(pl.lit(True).alias(DELETED)))
-        if not parts:
-            return None
-        frame = pl.concat(parts, how="diagonal_relaxed")
-        table = tag(frame, batch_id=batch_id, epoch=epoch).to_arrow(compat_level=pl.CompatLevel.oldest())
-        table = pa.Table.from_arrays(
-            [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in self.arrow_schema],
-            schema=self.arrow_schema,
-        )
-        try:
-            version = append_table(self.uri, table)
-        except StorageError as exc:
-            raise StorageError(f"window {spec.name!r} state: {exc}") from exc
-        self.appended += table.num_rows
+        version, rows = append_state_rows(self.uri, self.arrow_schema, delta.upserts, delta.deletes, batch_id, epoch, f"window {self.spec.name!r}")
+        self.appended += rows
         return version
 
     def forget_before(self, epoch: int, shards: Collection[int] | None) -> int:
@@ -169,21 +154,7 @@ class WindowStore:
         is then in it, and every closed one was closed by a tombstone before.  Reads
         ``as_of`` an earlier epoch are refused from then on (see :func:`read_state`).
         """
-        ds = open_dataset(self.uri)
-        if ds is None:
-            return 0
-        where = f"{EPOCH} < {int(epoch)}"
-        if self.spec.shard is not None and shards is not None:
-            if not shards:
-                return 0
-            where += f" AND {self.spec.shard} IN ({sql_list(sorted(shards))})"
-        before = ds.count_rows()
-        try:
-            ds.delete(where)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise StorageError(f"window {self.spec.name!r} state: deleting the history before epoch {epoch} failed: {exc}") from exc
-        after = open_dataset(self.uri)
-        return before - (after.count_rows() if after is not None else 0)
+        return forget_state_rows(self.uri, epoch, self.spec.shard, shards, f"window {self.spec.name!r}")
 
     def load(
         self, watermark: int | None, *, as_of: int | datetime | None = None, shards: Collection[int] | None = None
@@ -196,6 +167,52 @@ class WindowStore:
         state, scanned = _load(self.state, self.uri, self.spec, watermark, as_of, shards, self.pipeline)
         self.loaded_rows, self.appended = scanned, 0
         return state
+
+
+def append_state_rows(
+    uri: str, arrow_schema: pa.Schema, upserts: pl.DataFrame, deletes: pl.DataFrame, batch_id: int, epoch: int, what: str,
+) -> tuple[int | None, int]:
+    """Append an operator's state delta to its table: the upserts, then the deletes as tombstones (``_lg_deleted``).
+
+    Rows are tagged with the batch and epoch and cast to ``arrow_schema`` (missing
+    columns null).  Returns the table version (None when the delta is empty) and the
+    rows written; ``what`` names the operator in errors.  Window and join state both
+    write this way.
+    """
+    parts = [upserts.with_columns(pl.lit(False).alias(DELETED))] if upserts.height else []
+    if deletes.height:
+        parts.append(deletes.with_columns(pl.lit(True).alias(DELETED)))
+    if not parts:
+        return None, 0
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    table = tag(frame, batch_id=batch_id, epoch=epoch).to_arrow(compat_level=pl.CompatLevel.oldest())
+    table = pa.Table.from_arrays(
+        [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in arrow_schema],
+        schema=arrow_schema,
+    )
+    try:
+        return append_table(uri, table), table.num_rows
+    except StorageError as exc:
+        raise StorageError(f"{what} state: {exc}") from exc
+
+
+def forget_state_rows(uri: str, epoch: int, shard: str | None, shards: Collection[int] | None, what: str) -> int:
+    """Delete the state rows of epochs before ``epoch`` (of ``shards`` in column ``shard``, when both are given); how many went."""
+    ds = open_dataset(uri)
+    if ds is None:
+        return 0
+    where = f"{EPOCH} < {int(epoch)}"
+    if shard is not None and shards is not None:
+        if not shards:
+            return 0
+        where += f" AND {shard} IN ({sql_list(sorted(shards))})"
+    before = ds.count_rows()
+    try:
+        ds.delete(where)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StorageError(f"{what} state: deleting the history before epoch {epoch} failed: {exc}") from exc
+    after = open_dataset(uri)
+    return before - (after.count_rows() if after is not None else 0)
 
 
 def _load(

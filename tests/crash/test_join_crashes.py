@@ -40,25 +40,42 @@ PIPELINE_FILE = textwrap.dedent(
 KILLED = -9
 
 
+def _service(tmp_path: Path, brokers: str, name: str, views_topic: str, clicks_topic: str, batch: int = 1_500, **env: str) -> tuple[Path, dict[str, str]]:
+    """The join pipeline's file and the environment of ``lockgate run`` for it (no crash armed)."""
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE_FILE.replace("batch=1_500", f"batch={batch}"))
+    out = {
+        **os.environ, "T_NAME": name, "T_BROKERS": brokers, "T_STATE": str(tmp_path / "state"), "T_VIEWS": views_topic,
+        "T_CLICKS": clicks_topic, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]), **env,
+    }
+    out.pop("LOCKGATE_CRASH_AT", None)
+    return path, out
+
+
+def _instances(path: Path, env: dict[str, str], logs: list[Path], *args: str) -> list[subprocess.Popen[bytes]]:
+    """One ``lockgate run`` per log, as instances 0, 1, ...; stderr to its log."""
+    procs = []
+    for instance, log in enumerate(logs):
+        with log.open("w") as err:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(path), *args],
+                env={**env, "LOCKGATE_INSTANCE": str(instance)}, stdout=subprocess.DEVNULL, stderr=err,
+            ))
+    return procs
+
+
 def test_a_join_killed_at_every_commit_step_in_turn_then_restarted_is_exactly_the_oracle(brokers, make_topic, tmp_path: Path, unique):
     views_topic, clicks_topic = make_topic(f"cviews-{unique}", partitions=2), make_topic(f"cclicks-{unique}", partitions=2)
     views, clicks = make_side(12_000, "viewer", 5, 10), make_side(9_000, "clicker", 6, 13)
     produce_rows(brokers, views_topic, views, 2, flush_rows("viewer", 10**6, 2))
     produce_rows(brokers, clicks_topic, clicks, 2, flush_rows("clicker", 10**6, 2))
-    path = tmp_path / "pipeline.py"
-    path.write_text(PIPELINE_FILE)
     name, state = f"cjoin-{unique}", str(tmp_path / "state")
-    env = {
-        **os.environ, "T_NAME": name, "T_BROKERS": brokers, "T_STATE": state, "T_VIEWS": views_topic, "T_CLICKS": clicks_topic,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
+    path, env = _service(tmp_path, brokers, name, views_topic, clicks_topic)
     log = []
     for point in [*faults.POINTS, None]:
         run_env = dict(env)
         if point is not None:
             run_env["LOCKGATE_CRASH_AT"] = f"{point}:{1 if point == 'during_compaction' else 2}"
-        else:
-            run_env.pop("LOCKGATE_CRASH_AT", None)
         done = subprocess.run(
             [sys.executable, "-m", "lockgate.cli", "run", str(path), "--until", "caught_up"],
             env=run_env, capture_output=True, text=True, timeout=300, check=False,
@@ -82,29 +99,19 @@ def test_two_instances_share_the_join_repartition_partitions_and_the_result_is_e
     views, clicks = make_side(12_000, "viewer", 7, 10), make_side(9_000, "clicker", 8, 13)
     produce_rows(brokers, views_topic, views, 4, flush_rows("viewer", 10**6, 4))
     produce_rows(brokers, clicks_topic, clicks, 2, flush_rows("clicker", 10**6, 2))
-    path = tmp_path / "pipeline.py"
-    path.write_text(PIPELINE_FILE.replace("batch=1_500", "batch=500"))
-    name, state = f"sjoin-{unique}", str(tmp_path / "state")
-    env = {
-        **os.environ, "T_NAME": name, "T_BROKERS": brokers, "T_STATE": state, "T_VIEWS": views_topic, "T_CLICKS": clicks_topic,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("LOCKGATE_CRASH_AT", None)
+    name = f"sjoin-{unique}"
+    path, env = _service(tmp_path, brokers, name, views_topic, clicks_topic, batch=500)
     logs = [tmp_path / f"instance-{i}.log" for i in range(2)]
     procs = []
     try:
-        for instance, log in enumerate(logs):
-            with log.open("w") as err:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "lockgate.cli", "--log-level", "INFO", "run", str(path), "--until", "caught_up"],
-                    env={**env, "LOCKGATE_INSTANCE": str(instance)}, stdout=subprocess.DEVNULL, stderr=err,
-                ))
+        procs = _instances(path, env, logs, "--until", "caught_up")
         for proc, log in zip(procs, logs, strict=True):
             assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait(30)
     # the union topic has 4 partitions (the larger input's); each instance held some of them
     held = [
         {p for line in log.read_text().splitlines() if "join views_inner: loaded" in line
@@ -122,23 +129,11 @@ def test_joins_that_keep_one_state_stop_an_instance_that_shares_their_topics_wit
     views_topic, clicks_topic = make_topic(f"wviews-{unique}", partitions=2), make_topic(f"wclicks-{unique}", partitions=2)
     produce_rows(brokers, views_topic, make_side(2_000, "viewer", 9, 10), 2)
     produce_rows(brokers, clicks_topic, make_side(2_000, "clicker", 10, 10), 2)
-    path = tmp_path / "pipeline.py"
-    path.write_text(PIPELINE_FILE)
-    env = {
-        **os.environ, "T_NAME": f"wjoin-{unique}", "T_BROKERS": brokers, "T_STATE": str(tmp_path / "state"), "T_VIEWS": views_topic,
-        "T_CLICKS": clicks_topic, "T_REPARTITION": "0",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
-    env.pop("LOCKGATE_CRASH_AT", None)
+    path, env = _service(tmp_path, brokers, f"wjoin-{unique}", views_topic, clicks_topic, T_REPARTITION="0")
     logs = [tmp_path / f"instance-{i}.log" for i in range(2)]
     procs = []
     try:
-        for instance, log in enumerate(logs):
-            with log.open("w") as err:
-                procs.append(subprocess.Popen(  # no --until: both stay (one would be done before the other joined)
-                    [sys.executable, "-m", "lockgate.cli", "run", str(path)],
-                    env={**env, "LOCKGATE_INSTANCE": str(instance)}, stdout=subprocess.DEVNULL, stderr=err,
-                ))
+        procs = _instances(path, env, logs)  # no --until: both stay (one would be done before the other joined)
         deadline = time.monotonic() + 120  # 2 x the 6 s session timeout of waiting, then the error
         while time.monotonic() < deadline and all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
