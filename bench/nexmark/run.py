@@ -16,7 +16,10 @@ planning), its ``wall`` rate includes them.  Events per CPU-second divide the ev
 CPU time (user + system, every thread) of the whole run: for lockgate this process's during
 the run (clients, group join, librdkafka's and Lance's threads), for Flink the JVM's from
 its start to its exit (JIT, SQL planning and the local cluster's start included, which
-weighs on small inputs).  Flink closes every window at the end of its
+weighs on small inputs).  So each engine also runs each query once over empty topics (the
+same three, made empty): that run's CPU is the engine's fixed cost (interpreter or JVM
+start, planning, group join, first checkpoint), and "net" events per CPU-second divide by
+a run's CPU less it: the cost of the events themselves, per core.  Flink closes every window at the end of its
 bounded input; its check keeps the windows the last watermark closed, as the oracle does.
 
 Usage::
@@ -31,6 +34,7 @@ import argparse
 import json
 import resource
 import shutil
+import time
 import subprocess
 import sys
 import tempfile
@@ -61,11 +65,17 @@ def _cpu(who: int) -> float:
 
 
 def run_lockgate(brokers: str, topics: dict[str, str], query: str, records: int, tag: str, run: int, state_root: Path) -> dict[str, Any]:
-    """One fresh pipeline of ``query`` until caught up; its timings (``records``: the events of the topics it reads)."""
+    """One fresh pipeline of ``query`` until caught up; its timings (``records``: the events of the topics it reads; 0: the empty baseline)."""
     name = f"nexmark-{tag}-{query}-r{run}"
     pipe = lg.Pipeline(name, brokers=brokers, state=str(state_root / name), batch=BATCH)
     QUERIES[query](pipe, topics)
     cpu = _cpu(resource.RUSAGE_SELF)
+    if records == 0:
+        started = time.perf_counter()
+        pipe.run(until="caught_up", timeout=600, progress=False)
+        seconds = time.perf_counter() - started
+        return {"run": run, "pipeline": name, "records": 0, "wall_seconds": round(seconds, 3), "cpu_seconds": round(_cpu(resource.RUSAGE_SELF) - cpu, 2),
+                "output_topic": f"{name}-out"}
     timings, metrics = common.timed_run(pipe, records, run, timeout=1800)
     cpu = _cpu(resource.RUSAGE_SELF) - cpu
     return {**timings, "cpu_seconds": round(cpu, 2), "events_per_cpu_s": round(records / cpu), "output_topic": f"{name}-out", "records_out": metrics.get("records_out", {}).get(f"{name}-out", 0)}
@@ -96,10 +106,12 @@ def run_flink(brokers: str, topics: dict[str, str], query: str, records: int, ta
     timings = json.loads(done.stdout.strip().splitlines()[-1])
     if timings.get("records_in") not in (records, -1):
         raise RuntimeError(f"flink {query}: read {timings.get('records_in')} of {records} events")
-    return {"run": run, "pipeline": name, "output_topic": f"{name}-out", "records": records, "wall_seconds": timings["seconds"],
-            "job_seconds": timings.get("job_seconds"), "wall_rps": round(records / timings["seconds"]),
-            "steady_rps": round(records / (timings.get("job_seconds") or timings["seconds"])),
-            "cpu_seconds": round(cpu, 2), "events_per_cpu_s": round(records / cpu)}
+    out = {"run": run, "pipeline": name, "output_topic": f"{name}-out", "records": records, "wall_seconds": timings["seconds"],
+           "job_seconds": timings.get("job_seconds"), "cpu_seconds": round(cpu, 2)}
+    if records:
+        out |= {"wall_rps": round(records / timings["seconds"]), "steady_rps": round(records / (timings.get("job_seconds") or timings["seconds"])),
+                "events_per_cpu_s": round(records / cpu)}
+    return out
 
 
 def _flink_rows(query: str, got: pl.DataFrame, watermark_ms: int) -> pl.DataFrame:
@@ -156,7 +168,19 @@ def main() -> None:
     state_root = Path(tempfile.mkdtemp(prefix="lockgate-bench-nexmark-"))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {(e, q): [] for e in engines for q in queries}
     checks = []
+    empty = {kind: f"nexmark-{tag}-empty-{kind}" for kind in topics}
+    baseline: dict[tuple[str, str], float] = {}
     try:
+        for topic in empty.values():
+            common.create_topic(brokers, topic, produced["partitions"])
+        for query in queries:  # each engine's fixed cost: the same query over empty topics
+            for engine in engines:
+                if engine == "flink":
+                    r = run_flink(brokers, empty, query, 0, f"{tag}-empty", 0)
+                else:
+                    r = run_lockgate(brokers, empty, query, 0, f"{tag}-empty", 0, state_root)
+                baseline[(engine, query)] = r["cpu_seconds"]
+                print(f"# {engine} {query} over empty topics: {r['cpu_seconds']} CPU-s, {r['wall_seconds']} s", file=sys.stderr)
         for run in range(1, args.runs + 1):
             for query in queries:  # interleaved: q0 on each engine, q1, ... then again
                 for engine in engines:
@@ -174,29 +198,39 @@ def main() -> None:
                         print(f"# check: {checks[-1]}", file=sys.stderr)
     finally:
         shutil.rmtree(state_root, ignore_errors=True)
-        common.delete_topics(brokers, [*produced["topics"].values(), *(r["output_topic"] for rs in runs.values() for r in rs)])
+        common.delete_topics(brokers, [*produced["topics"].values(), *empty.values(), *(r["output_topic"] for rs in runs.values() for r in rs)])
     steady = {k: common.median([r["steady_rps"] for r in rs]) for k, rs in runs.items()}
     wall = {k: common.median([r["wall_rps"] for r in rs]) for k, rs in runs.items()}
     per_cpu = {k: common.median([r["events_per_cpu_s"] for r in rs]) for k, rs in runs.items()}
+    for (engine, query), rs in runs.items():
+        for r in rs:
+            r["net_cpu_seconds"] = round(r["cpu_seconds"] - baseline[(engine, query)], 2)
+            r["events_per_net_cpu_s"] = round(r["records"] / r["net_cpu_seconds"]) if r["net_cpu_seconds"] > 0 else None
+    net = {k: common.median([r["events_per_net_cpu_s"] for r in rs if r["events_per_net_cpu_s"]]) for k, rs in runs.items()}
     result = {"benchmark": "nexmark", "events": args.events, "bids": bids, "runs": args.runs, "machine": common.machine(), "input": produced,
               "checks": checks, "median_steady_events_per_s": {f"{e}-{q}": v for (e, q), v in steady.items()},
               "median_wall_events_per_s": {f"{e}-{q}": v for (e, q), v in wall.items()},
               "median_events_per_cpu_s": {f"{e}-{q}": v for (e, q), v in per_cpu.items()},
+              "median_events_per_net_cpu_s": {f"{e}-{q}": v for (e, q), v in net.items()},
+              "baseline_cpu_seconds": {f"{e}-{q}": v for (e, q), v in baseline.items()},
               "all_runs": {f"{e}-{q}": rs for (e, q), rs in runs.items()}}
     path = common.write_json(args.out, "nexmark", result)
     exact = {(c["engine"], c["query"]): c["ok"] for c in checks}
     columns = ["query", "events"]
     for engine in engines:
-        columns += [f"{engine} events/s (median of {args.runs})", f"{engine} wall", f"{engine} events/CPU-s", f"{engine} exact"]
+        columns += [f"{engine} events/s (median of {args.runs})", f"{engine} wall", f"{engine} events/CPU-s",
+                    f"{engine} events/net CPU-s", f"{engine} exact"]
     if "flink" in engines and "lockgate" in engines:
-        columns += ["lockgate / flink", "lockgate / flink per CPU-s"]
+        columns += ["lockgate / flink", "lockgate / flink per CPU-s", "lockgate / flink per net CPU-s"]
     rows = []
     for q in queries:
         row: list[Any] = [q, f"{records[q]:,}"]
         for engine in engines:
-            row += [f"{steady[(engine, q)]:,.0f}", f"{wall[(engine, q)]:,.0f}", f"{per_cpu[(engine, q)]:,.0f}", exact[(engine, q)]]
+            row += [f"{steady[(engine, q)]:,.0f}", f"{wall[(engine, q)]:,.0f}", f"{per_cpu[(engine, q)]:,.0f}",
+                    f"{net[(engine, q)]:,.0f}", exact[(engine, q)]]
         if "flink" in engines and "lockgate" in engines:
-            row += [f"{steady[('lockgate', q)] / steady[('flink', q)]:.2f}", f"{per_cpu[('lockgate', q)] / per_cpu[('flink', q)]:.2f}"]
+            row += [f"{steady[('lockgate', q)] / steady[('flink', q)]:.2f}", f"{per_cpu[('lockgate', q)] / per_cpu[('flink', q)]:.2f}",
+                    f"{net[('lockgate', q)] / net[('flink', q)]:.2f}"]
         rows.append(row)
     print(common.markdown_table(columns, rows))
     print(f"\n# written to {path}")

@@ -66,7 +66,7 @@ def _instances(path: Path, env: dict[str, str], logs: list[Path], *args: str) ->
 
 def test_a_join_killed_at_every_commit_step_in_turn_then_restarted_is_exactly_the_oracle(brokers, make_topic, tmp_path: Path, unique):
     views_topic, clicks_topic = make_topic(f"cviews-{unique}", partitions=2), make_topic(f"cclicks-{unique}", partitions=2)
-    views, clicks = make_side(12_000, "viewer", 5, 10), make_side(9_000, "clicker", 6, 13)
+    views, clicks = make_side(8_000, "viewer", 5, 10), make_side(6_000, "clicker", 6, 13)
     produce_rows(brokers, views_topic, views, 2, flush_rows("viewer", 10**6, 2))
     produce_rows(brokers, clicks_topic, clicks, 2, flush_rows("clicker", 10**6, 2))
     name, state = f"cjoin-{unique}", str(tmp_path / "state")
