@@ -183,10 +183,17 @@ class OpNode(ChildNode):
 
 @dataclass(frozen=True, eq=False)
 class WindowNode(ChildNode):
-    """A keyed event-time window aggregation (stateful)."""
+    """A keyed event-time window aggregation (stateful).
+
+    ``holdback_ms``: after a stream join the window closes at the join's watermark
+    less :attr:`StreamJoinNode.holdback_ms` (the pairs it folds may lie that far behind).
+    """
 
     spec: WindowSpec | None = None
     source: SourceNode | None = None
+    holdback_ms: int = 0
+    #: folds a stream join's pairs in the same epoch (its repartition topic placed the keys)
+    after_join: bool = False
 
     kind = "window"
 
@@ -258,6 +265,26 @@ class StreamJoinNode(Node):
         return "window_join" if self.spec is not None and self.spec.window is not None else "interval_join"
 
     @property
+    def time_column(self) -> str | None:
+        """A pair's event time is its left row's."""
+        return self.spec.left_time if self.spec is not None and self.spec.left_time in self.schema else None
+
+    @property
+    def holdback_ms(self) -> int:
+        """How far (ms) behind the join's watermark a row it emits may lie: what a window after it holds its watermark back by.
+
+        An interval join emits a pair when its second row comes; that row is not late,
+        and the left row lies at most ``upper`` before it (an unmatched left row comes
+        out once the watermark passed ``left.t + upper``).  A window join emits a
+        window's pairs when the window closes: a left row lies at most the window's
+        size before.  Flink's interval join holds its output watermark back the same way.
+        """
+        assert self.spec is not None
+        if self.spec.window is not None:
+            return self.spec.window.size_ms
+        return max(self.spec.upper_ms, 0)
+
+    @property
     def parents(self) -> tuple[Node, ...]:
         assert self.left is not None and self.right is not None
         return (self.left, self.right)
@@ -309,6 +336,8 @@ class RepartitionNode(SinkNode):
     #: a stream join's hop: its marks carry each upstream partition's watermark (the maximum event time less
     #: the upstream source's delay), as the two sides' delays may differ; a window's carry the maximum
     marks_watermarks: bool = False
+    #: after a stream join: the marks say each upstream maximum less this (ms), as the rows may lie that far behind it
+    holdback_ms: int = 0
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -545,8 +574,14 @@ class Stream:
         the hop ``_topic``, ``_partition`` and ``_offset`` are the repartition topic's
         (``_timestamp`` stays the input record's).  ``repartition=False`` keeps one
         state for every partition of both topics instead (one instance must own them
-        all; a second one stops with ``AssignmentError``).  A window after a stream
-        join is not supported yet.
+        all; a second one stops with ``AssignmentError``).
+
+        A window after a stream join closes at the join's watermark held back by how
+        far behind it a pair may lie (``after`` for an interval join, the window's
+        size for a window join), as Flink holds back an interval join's output
+        watermark; keyed by the join key it keeps its state per repartition partition
+        in the same epoch, keyed by anything else it hops once more (Nexmark q4).
+        A pair's event time is its left row's.
 
         Examples
         --------
@@ -900,27 +935,35 @@ class WindowedStream:
                 f"{where}: the stream no longer has its event-time column "
                 f"({source.time_column if source else '?'!r}); keep it in select(...)"
             )
-        if any(isinstance(n, StreamJoinNode) for n in _ancestors(parent)):
-            raise PipelineDefinitionError(
-                f"window {node_name!r}: windows after a stream join are not supported yet (a pair's event time may lie behind "
-                "the left source's watermark); write the join's output to a topic and window a source that reads it"
-            )
         by = _names(self._by)
-        keyed = copartitioned(parent, source, by)
+        joined = next((n for n in _ancestors(parent) if isinstance(n, StreamJoinNode)), None)
+        holdback = 0
+        if joined is None:
+            keyed = copartitioned(parent, source, by)
+        else:
+            assert joined.spec is not None
+            if not joined.sharded:
+                raise PipelineDefinitionError(
+                    f"window {node_name!r}: a window after stream join {joined.name!r} needs the join's repartition topic "
+                    "(its watermark speaks of both sides); drop repartition=False from the join"
+                )
+            holdback = joined.holdback_ms
+            keyed = set(joined.spec.on) <= set(by) and _keeps(parent, joined, {*joined.spec.on, PARTITION})
         if not keyed and self._repartition:
             # check the spec against the stream as it is before adding the hop (errors name the user's columns)
             WindowSpec.build(
                 node_name, self._window, by=self._by, aggs=aggs, schema=pl.Schema({**dict(parent.schema), _TIME: pl.Int64()}),
                 time_column=_TIME, allowed_lateness=self._lateness, emit=self._emit,
             )
-            parent = source = _repartitioned(builder, node_name, parent, source, by, self._partitions)
-            keyed = bool(by)
+            parent = source = _repartitioned(builder, node_name, parent, source, by, self._partitions, holdback)
+            keyed, holdback, joined = bool(by), 0, None
         schema = pl.Schema({**dict(parent.schema), _TIME: pl.Int64()})
         spec = WindowSpec.build(
             node_name, self._window, by=self._by, aggs=aggs, schema=schema, time_column=_TIME,
             allowed_lateness=self._lateness, emit=self._emit, shard=PARTITION if keyed else None,
         )
-        node = WindowNode(node_name, spec.output_schema, parent=parent, spec=spec, source=source)
+        node = WindowNode(node_name, spec.output_schema, parent=parent, spec=spec, source=source, holdback_ms=holdback,
+                          after_join=joined is not None)
         return Stream(builder, builder.add(node))
 
 
@@ -960,6 +1003,19 @@ def copartitioned(node: Node, source: SourceNode, by: Sequence[str]) -> bool:
     return node is source
 
 
+def _keeps(node: Node, joined: StreamJoinNode, columns: set[str]) -> bool:
+    """True when the steps from stream join ``joined`` down to ``node`` keep ``columns`` as the join made them (stateless steps only)."""
+    while node is not joined:
+        if not isinstance(node, (OpNode, JoinNode)):
+            return False
+        if isinstance(node, OpNode):
+            assert node.op is not None
+            if node.op.kind == "map_batches" or _redefines(node.op, columns):
+                return False
+        node = node.parents[0]
+    return True
+
+
 def _redefines(op: Operator, columns: set[str]) -> bool:
     """True when a with_columns or select step may compute one of ``columns`` anew (a plain ``pl.col`` keeps it)."""
 
@@ -980,7 +1036,8 @@ def _redefines(op: Operator, columns: set[str]) -> bool:
 
 
 def _repartitioned(
-    builder: PlanBuilder, window: str, parent: Node, source: SourceNode, by: tuple[str, ...], partitions: int | None
+    builder: PlanBuilder, window: str, parent: Node, source: SourceNode, by: tuple[str, ...], partitions: int | None,
+    holdback_ms: int = 0,
 ) -> SourceNode:
     """Add the hop through ``window``'s repartition topic after ``parent``; returns the source that reads it.
 
@@ -1007,7 +1064,7 @@ def _repartitioned(
     sink = RepartitionNode(
         builder.name("repartition", None), parent.schema, parent=parent, sink="kafka", target=topic,
         format=RepartitionFormat(schema=values), by=by, upstream=source, partitions=partitions if by else 1,
-        time_column_of_parent=time_column,
+        time_column_of_parent=time_column, holdback_ms=holdback_ms,
     )
     builder.add(sink)
     node = SourceNode(

@@ -144,6 +144,8 @@ class WindowRuntime:
         report = self.trackers[upstream.name].report(upstream.topic, now)
         if node.marks_watermarks:  # a stream join's: each side's own delay, so that one delay fits both downstream
             report = {p: (None if top is None else top - upstream.delay_ms, live) for p, (top, live) in report.items()}
+        if node.holdback_ms:  # after a stream join: its rows lie up to this far behind what the upstream says
+            report = {p: (None if top is None else top - node.holdback_ms, live) for p, (top, live) in report.items()}
         said = {"t": upstream.topic, "p": {str(p): [top, live] for p, (top, live) in sorted(report.items())}}
         mark = json.dumps(said, separators=(",", ":")).encode()
         if not report or (not had_records and self.sent_marks.get(node.name) == mark):
@@ -194,8 +196,7 @@ class WindowRuntime:
         this instance owns; any other loads the whole state.
         """
         for w in self.windows:
-            assert w.source is not None
-            watermark = self.trackers[w.source.name].current(now)
+            watermark = self.window_watermark(w, now)
             shards = self._shards(w)
             self.logics[w.name] = WindowLogic(w.spec, self.stores[w.name].load(watermark, shards=shards))
             log.info(
@@ -232,7 +233,7 @@ class WindowRuntime:
             logic = self.logics.get(w.name)
             if logic is None or w.source is None or not logic.state.open_windows:
                 continue
-            current = self.trackers[w.source.name].current(now)
+            current = self.window_watermark(w, now)
             if current is None:
                 continue
             if logic.state.watermark is None or current > logic.state.watermark or w.name in self.unfolded:
@@ -355,23 +356,28 @@ class WindowRuntime:
             missing = timed.filter(pl.col(_TIME).is_null())
             self.late.append(_dead(missing, node.name, "event_time", f"window {node.name!r}: the event time {column!r} is missing"))
             timed = timed.filter(pl.col(_TIME).is_not_null())
-        if node.sharded and self.key_checks > 0:
+        if node.sharded and self.key_checks > 0 and not node.after_join:  # after a stream join its hop placed the keys
             self._check_keyed(node, timed)
         logic = self.logics[node.name]
         self.pending[node.name] = logic
         self.unfolded.discard(node.name)
-        tracker = self.trackers[node.source.name]
         emitted = []
         names = node.spec.input_schema.names()
         for rows, marks in _rounds(timed, self.unapplied.pop(node.source.name, [])):
             rows = rows.select(names)
             self._take_marks(node.source.name, marks, now)
-            closing = tracker.current(now) if watermark is None else watermark
+            closing = self.window_watermark(node, now) if watermark is None else watermark
             result = logic.on_batch(rows, closing)
             emitted.append(result.emitted)
             if result.late.height:
                 self.late.append(self._late_letters(node, result.late, closing))
         return emitted[0] if len(emitted) == 1 else pl.concat(emitted, how="vertical_relaxed")
+
+    def window_watermark(self, node: WindowNode, now: float) -> int | None:
+        """What window ``node`` closes at: its source's watermark, held back after a stream join (:attr:`WindowNode.holdback_ms`)."""
+        assert node.source is not None
+        current = self.trackers[node.source.name].current(now)
+        return current if current is None or not node.holdback_ms else current - node.holdback_ms
 
     def join_watermark(self, node: StreamJoinNode, now: float) -> int | None:
         """A stream join's watermark: the smaller of its two sources' watermarks.
