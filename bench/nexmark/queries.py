@@ -22,8 +22,13 @@
   they were created in: a window join of persons and auctions on the seller.
 - q11 user sessions: per bidder, the bids of each session (gap 10 s).
 
-q4 (average winning price per category) is not here yet: it needs an aggregate per
-auction closed at the auction's own ``expires`` and a running average with updates.
+- q4 average selling price per category: each auction's winning bid (the highest bid
+  between the auction's start and its ``expires``; an interval join of bids and auctions,
+  then a window per auction on ``expires``, which closes when the watermark passes the
+  auction's end), then per 10 s tumbling window of auction ends the average winning price
+  per category (the original Nexmark q4 averages the closed auctions in windows, as here;
+  the Flink suite's SQL is an unbounded join with a running average, updated with every
+  bid).  A bid may come at most :func:`auction_bounds_ms` after its auction starts.
 
 Event time is ``date_time`` (epoch ms), watermark delay 0 (the generator writes in event
 order).  Each ``build_*`` adds the query to a pipeline reading the topics it needs
@@ -52,9 +57,11 @@ import polars as pl
 
 import lockgate as lg
 from bench.nexmark.generator import (
+    AUCTION_PROPORTION,
     AUCTION_SCHEMA,
     BID_SCHEMA,
     NUM_ACTIVE_PEOPLE,
+    NUM_IN_FLIGHT_AUCTIONS,
     PERSON_ID_LEAD,
     PERSON_SCHEMA,
     TOTAL_PROPORTION,
@@ -78,7 +85,7 @@ JSON_SCHEMAS = {
     for kind, schema in (("person", PERSON_SCHEMA), ("auction", AUCTION_SCHEMA), ("bid", BID_SCHEMA))
 }
 #: the topics each query reads (the bench counts their events)
-READS = {"q0": ("bid",), "q1": ("bid",), "q2": ("bid",), "q3": ("auction", "person"), "q5": ("bid",), "q7": ("bid",),
+READS = {"q0": ("bid",), "q1": ("bid",), "q2": ("bid",), "q3": ("auction", "person"), "q4": ("bid", "auction"), "q5": ("bid",), "q7": ("bid",),
          "q8": ("person", "auction"), "q11": ("bid",)}
 
 
@@ -122,6 +129,26 @@ def build_q3(pipe: lg.Pipeline, topics: dict[str, str], rate: int = RATE) -> Non
     sellers.select("name", "city", "state", id=pl.col("auction")).to_kafka(f"{pipe.name}-out")
 
 
+def auction_bounds_ms(rate: int = RATE) -> int:
+    """The longest an auction runs (ms of event time): it expires within twice the time the next 100 auctions take to come, one more ms each way."""
+    ahead = (NUM_IN_FLIGHT_AUCTIONS * TOTAL_PROPORTION) // AUCTION_PROPORTION
+    return 2 * (ahead * 1_000 // rate + 1) + 2
+
+
+def build_q4(pipe: lg.Pipeline, topics: dict[str, str], rate: int = RATE) -> None:
+    bids = _read(pipe, topics, "bid", key="auction").select("auction", "price", "date_time")
+    auctions = _read(pipe, topics, "auction", key="id").select("category", "expires", "date_time", auction=pl.col("id"))
+    in_auction = bids.join(auctions, on="auction", within=(f"{auction_bounds_ms(rate)}ms", "0s"), name="bids_in_auctions")
+    # a bid counts until the auction expires; the pair happens at the auction's end, where its window closes
+    ends = in_auction.filter(pl.col("date_time").dt.epoch("ms") <= pl.col("expires")).with_columns(
+        date_time=pl.col("expires").cast(pl.Datetime("ms"))
+    )
+    winning = ends.window(lg.Tumbling("1ms"), by=("auction", "category"), name="winning").agg(final=pl.col("price").max())
+    winning.window(lg.Tumbling(f"{WINDOW_MS}ms"), by="category", name="per_category").agg(
+        avg_price=pl.col("final").mean(), auctions=pl.len()
+    ).to_kafka(f"{pipe.name}-out")
+
+
 def _top_counts() -> dict[str, pl.Expr]:
     """q5's aggregation of one hop window's counts: the auctions with the most bids, and that count."""
     return {"auction": pl.col("auction").filter(pl.col("num") == pl.col("num").max()), "num": pl.col("num").max(),
@@ -163,7 +190,7 @@ def build_q11(pipe: lg.Pipeline, topics: dict[str, str], rate: int = RATE) -> No
 
 
 QUERIES: dict[str, Callable[..., None]] = {
-    "q0": build_q0, "q1": build_q1, "q2": build_q2, "q3": build_q3, "q5": build_q5, "q7": build_q7, "q8": build_q8, "q11": build_q11,
+    "q0": build_q0, "q1": build_q1, "q2": build_q2, "q3": build_q3, "q4": build_q4, "q5": build_q5, "q7": build_q7, "q8": build_q8, "q11": build_q11,
 }
 
 #: the column each kind's topic is partitioned by (``produce.write``: partition = value % partitions)
@@ -207,6 +234,17 @@ def oracle(query: str, events: Events, partitions: int | None = None) -> pl.Data
         auctions = events.auctions.filter(pl.col("category") == Q3_CATEGORY)
         persons = events.persons.filter(pl.col("state").is_in(Q3_STATES))
         return auctions.join(persons, left_on="seller", right_on="id", suffix="_p").select("name", "city", "state", "id")
+    if query == "q4":
+        auctions = events.auctions.select("category", "expires", start=pl.col("date_time"), auction=pl.col("id"))
+        raw = events.bids.join(auctions, on="auction").filter(pl.col("date_time").is_between(pl.col("start"), pl.col("expires")))
+        final = raw.group_by("auction", "category", "expires").agg(final=pl.col("price").max())
+        end = pl.col("expires") + 1  # the end of the auction's 1 ms window: when the winning bid is known
+        per = final.group_by("category", window_start=end // WINDOW_MS * WINDOW_MS).agg(avg_price=pl.col("final").mean(), auctions=pl.len())
+        last_ms = last_watermark(events, partitions, READS[query])
+        return per.filter(pl.col("window_start") + WINDOW_MS <= last_ms).select(
+            "category", pl.col("window_start").cast(pl.Datetime("ms")),
+            window_end=(pl.col("window_start") + WINDOW_MS).cast(pl.Datetime("ms")), avg_price="avg_price", auctions="auctions",
+        )
     if query == "q5":
         counts = (
             bids.with_columns(ends=pl.int_ranges(0, WINDOW_MS // SLIDE_MS))
@@ -240,6 +278,19 @@ def oracle(query: str, events: Events, partitions: int | None = None) -> pl.Data
         )
         return sessions.filter(pl.col("window_end") <= last).select("bidder", "window_start", "window_end", "bids")
     raise KeyError(f"{query!r}: the queries are {sorted(QUERIES)}")
+
+
+def running_q4(events: Events) -> pl.DataFrame:
+    """Where the Flink suite's q4 (an unbounded join and a running average per category) ends once ``events`` have been read.
+
+    Every auction with a bid between its start and its end counts, closed or not; the
+    Flink peer writes this query's changelog to an upsert topic, whose last value per
+    category is this.
+    """
+    auctions = events.auctions.select("category", "expires", start=pl.col("date_time"), auction=pl.col("id"))
+    raw = events.bids.join(auctions, on="auction").filter(pl.col("date_time").is_between(pl.col("start"), pl.col("expires")))
+    final = raw.group_by("auction", "category").agg(final=pl.col("price").max())
+    return final.group_by("category").agg(avg_price=pl.col("final").cast(pl.Float64).mean(), auctions=pl.len())
 
 
 def canonical(frame: pl.DataFrame) -> pl.DataFrame:

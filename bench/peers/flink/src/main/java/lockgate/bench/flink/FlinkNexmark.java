@@ -18,14 +18,14 @@ import org.apache.flink.table.api.TableResult;
 import org.apache.flink.table.api.bridge.java.StreamTableEnvironment;
 
 /**
- * One Nexmark query (q0, q1, q2, q3, q5, q7, q8 or q11) in Flink SQL, from the Kafka topics of
+ * One Nexmark query (q0, q1, q2, q3, q4, q5, q7, q8 or q11) in Flink SQL, from the Kafka topics of
  * bids, persons and auctions to a Kafka output topic, exactly-once, in Flink local mode (a
  * MiniCluster in this JVM). The sources are bounded (each reads its topic up to the offsets it
  * finds at start), so the job ends.
  *
  * <pre>
  * java -jar target/flink-nexmark.jar --brokers HOST:PORT --bids TOPIC [--persons TOPIC --auctions TOPIC]
- *      --query q0|q1|q2|q3|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]
+ *      --query q0|q1|q2|q3|q4|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]
  *      [--bounded true|false]
  * </pre>
  *
@@ -57,12 +57,14 @@ public final class FlinkNexmark {
                 return "bidder BIGINT, window_start BIGINT, window_end BIGINT, bids BIGINT";
             case "q3":
                 return "name STRING, city STRING, state STRING, id BIGINT";
+            case "q4":
+                return "category BIGINT, avg_price DOUBLE, auctions BIGINT, PRIMARY KEY (category) NOT ENFORCED";
             case "q5":
                 return "auction BIGINT, num BIGINT, window_start BIGINT, window_end BIGINT";
             case "q8":
                 return "id BIGINT, name STRING, starttime BIGINT";
             default:
-                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q3, q5, q7, q8, q11");
+                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q3, q4, q5, q7, q8, q11");
         }
     }
 
@@ -105,6 +107,18 @@ public final class FlinkNexmark {
                 return "SELECT P.name, P.city, P.state, A.id\n"
                         + "FROM auction AS A INNER JOIN person AS P ON A.seller = P.id\n"
                         + "WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')";
+            case "q4":
+                // the suite's q4: an unbounded join of auctions and their bids, the highest bid per auction, the
+                // running average per category (updated with every bid: a changelog, written to an upsert topic).
+                // AVG over DOUBLE (the suite's AVG over BIGINT truncates), and the count of auctions beside it.
+                return "SELECT Q.category, AVG(CAST(Q.final AS DOUBLE)) AS avg_price, COUNT(*) AS auctions\n"
+                        + "FROM (\n"
+                        + "  SELECT MAX(B.price) AS final, A.category\n"
+                        + "  FROM auction A, bid B\n"
+                        + "  WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires\n"
+                        + "  GROUP BY A.id, A.category\n"
+                        + ") Q\n"
+                        + "GROUP BY Q.category";
             case "q5":
                 // the suite's q5 (window TVF form): per 10 s window sliding by 2 s, the auctions with the most bids;
                 // the window bounds are output too, so that the check compares rows, not only (auction, num)
@@ -138,7 +152,7 @@ public final class FlinkNexmark {
                         + "  GROUP BY seller, window_start, window_end\n"
                         + ") A ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime";
             default:
-                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q3, q5, q7, q8, q11");
+                throw new IllegalArgumentException("unknown query " + query + ": q0, q1, q2, q3, q4, q5, q7, q8, q11");
         }
     }
 
@@ -175,7 +189,7 @@ public final class FlinkNexmark {
     private static void usage(String why) {
         System.err.println(why);
         System.err.println("usage: java -jar flink-nexmark.jar --brokers HOST:PORT --bids TOPIC [--persons TOPIC --auctions TOPIC]"
-                + " --query q0|q1|q2|q3|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]");
+                + " --query q0|q1|q2|q3|q4|q5|q7|q8|q11 --out TOPIC --group GROUPID [--parallelism 1] [--checkpoint-ms 1000]");
         System.exit(2);
     }
 
@@ -257,15 +271,17 @@ public final class FlinkNexmark {
                     "id BIGINT, item_name STRING, description STRING, initial_bid BIGINT, reserve BIGINT, date_time BIGINT,"
                     + " expires BIGINT, seller BIGINT, category BIGINT", bounded));
         }
+        // an updating query (q4's running average) writes a changelog: an upsert topic keyed by its primary key
+        boolean upsert = columns.contains("PRIMARY KEY");
         tEnv.executeSql("CREATE TABLE nexmark_out (" + columns + ") WITH (\n"
-                + "  'connector' = 'kafka',\n"
+                + (upsert ? "  'connector' = 'upsert-kafka',\n" : "  'connector' = 'kafka',\n")
                 + "  'topic' = " + quote(out) + ",\n"
                 + "  'properties.bootstrap.servers' = " + quote(brokers) + ",\n"
                 // below the broker's transaction.max.timeout.ms (15 min by default); the sink's default is 1 h
                 + "  'properties.transaction.timeout.ms' = '600000',\n"
                 + "  'sink.delivery-guarantee' = 'exactly-once',\n"
                 + "  'sink.transactional-id-prefix' = " + quote("flink-nexmark-" + out + "-" + group) + ",\n"
-                + "  'format' = 'json'\n"
+                + (upsert ? "  'key.format' = 'json',\n  'value.format' = 'json'\n" : "  'format' = 'json'\n")
                 + ")");
 
         String insert = "INSERT INTO nexmark_out\n" + querySql(query);
