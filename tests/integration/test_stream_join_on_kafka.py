@@ -1,4 +1,4 @@
-"""Interval joins of two topics on the real broker: exact against a Polars join, state across restarts, late rows to the DLQ."""
+"""Interval joins of two topics on the real broker: exact against a Polars join, state across restarts, late rows to the DLQ, windows after a join."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ BEFORE_MS, AFTER_MS = 1_000, 3_000
 DELAY = "1s"
 #: the window join's tumbling windows
 WINDOW_MS = 2_000
+#: the windows that count the inner join's pairs
+COUNT_MS = 1_000
 
 
 def make_side(count: int, column: str, seed: int, spacing_ms: int, start_ms: int = 0) -> list[dict]:
@@ -85,6 +87,11 @@ def join_pipeline(
         out = joined.select("ad", "viewer", "t", "clicker", "t_right")
         out.to_kafka(f"{name}-{how}", key="ad")
         out.to_table(how)
+        if how == "inner":  # windows after the join: keyed by its key (same epoch), and by another column (a second hop)
+            joined.window(lg.Tumbling(f"{COUNT_MS}ms"), by="ad", name="pairs_per_ad").agg(n=pl.len()).to_table("per_ad")
+            joined.with_columns(bucket=pl.col("viewer") % 3).window(lg.Tumbling(f"{COUNT_MS}ms"), by="bucket", name="pairs_per_bucket").agg(
+                n=pl.len()
+            ).to_table("per_bucket")
     views.dead_letters().select(
         "reason", "operator", "error", topic=pl.col("_topic"), partition=pl.col("_partition"), offset=pl.col("_offset")
     ).to_table("dead")
@@ -104,7 +111,7 @@ def test_an_interval_join_of_two_topics_is_exact_across_a_restart_and_late_rows_
     produce_rows(brokers, views_topic, first_v, 2)
     produce_rows(brokers, clicks_topic, first_c, 2)
     name = f"ijoin-{unique}"
-    join_pipeline(name, brokers, state_dir, views_topic, clicks_topic).run(until="caught_up", timeout=300)
+    join_pipeline(name, brokers, state_dir, views_topic, clicks_topic, batch=500).run(until="caught_up", timeout=300)
     buffered = lg.read_state(state_dir, name, "views_left.left").collect()
     assert buffered.height > 0, "views near the end wait in the state for clicks still to come"
 
@@ -113,7 +120,7 @@ def test_an_interval_join_of_two_topics_is_exact_across_a_restart_and_late_rows_
     late_c = [{"ad": "ad1", "clicker": 90_000 + i, "t": BASE + 2_000 + i} for i in range(2)]
     produce_rows(brokers, views_topic, late_v + [r for r in views if r not in first_v], 2, flush_rows("viewer", 10**6, 2))
     produce_rows(brokers, clicks_topic, late_c + [r for r in clicks if r not in first_c], 2, flush_rows("clicker", 10**6, 2))
-    join_pipeline(name, brokers, state_dir, views_topic, clicks_topic).run(until="caught_up", timeout=300)
+    join_pipeline(name, brokers, state_dir, views_topic, clicks_topic, batch=500).run(until="caught_up", timeout=300)
 
     for how in ("inner", "left", "window"):
         expected = oracle(views, clicks, how)
@@ -121,6 +128,15 @@ def test_an_interval_join_of_two_topics_is_exact_across_a_restart_and_late_rows_
         table = lg.read_table(state_dir, how).collect().filter(~pl.col("ad").str.starts_with("__flush"))
         assert got.height == expected.height and same_rows(got, expected), f"{how}: {got.height} rows, oracle {expected.height}"
         assert same_rows(table, expected), how
+    pairs = oracle(views, clicks, "inner").with_columns(window_start=pl.col("t") // COUNT_MS * COUNT_MS)
+    for table, by in (("per_ad", "ad"), ("per_bucket", "bucket")):
+        counted = lg.read_table(state_dir, table).collect().select(by, pl.col("window_start").cast(pl.Int64), "n")
+        if by == "bucket":
+            expected = pairs.group_by(pl.col("viewer") % 3, "window_start").agg(n=pl.len()).rename({"viewer": "bucket"})
+        else:
+            expected = pairs.group_by("ad", "window_start").agg(n=pl.len())
+        counted = counted.filter(~pl.col(by).cast(pl.String).str.starts_with("__flush"))  # the flush pairs' windows stay open
+        assert same_rows(counted, expected.cast(dict(counted.schema))), table  # type: ignore[arg-type]
     pairs_across_runs = oracle(views, clicks, "inner").filter((pl.col("t") < BASE + 60_000) & (pl.col("t_right") >= BASE + 60_000))
     assert pairs_across_runs.height > 0, "the test needs pairs of a view of the first run and a click of the second"
 
