@@ -41,20 +41,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib.resources
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+
+from lockgate.engine import local_processes
 
 from lockgate.errors import BrokerError
 
@@ -76,7 +73,7 @@ KAFKA_VERSION = "4.1.1"
 DEFAULT_PORT = 9092
 """The broker's client port when none is given and none was used before."""
 
-_HOST = "127.0.0.1"
+_HOST = local_processes.HOST
 _NODE_ID = 1
 _JVM_OPTIONS = (
     "-Xmx512m",
@@ -171,9 +168,7 @@ def free_port() -> int:
     >>> isinstance(free_port(), int)
     True
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
+    return local_processes.free_port()
 
 
 def classpath() -> str:
@@ -441,26 +436,11 @@ def _format(java: list[str], properties: Path, data_dir: Path) -> None:
 
 
 def _spawn_detached(cmd: list[str], out: Path) -> int:
-    """Run ``cmd`` in a new session, orphaned to init, and return its pid.
-
-    A shell forks the JVM into the background and exits at once, so the broker
-    is nobody's child here: no zombie when it exits, no ``Popen`` to keep alive
-    and no ResourceWarning, and it outlives the calling process.
-    """
-    script = 'out=$1; shift; exec "$@" </dev/null >>"$out" 2>&1 &\necho $!'
-    done = subprocess.run(
-        ["/bin/sh", "-c", script, "lockgate-broker", str(out), *cmd],
-        cwd=out.parent,  # where a crashing JVM writes hs_err_pid*.log
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        start_new_session=True,
-        check=False,
-    )
-    try:
-        return int(done.stdout.strip())
-    except ValueError:
-        raise BrokerError(f"could not launch the Kafka broker: {done.stderr.strip()}") from None
+    """Launch the broker detached (:func:`local_processes.spawn_detached`); its pid."""
+    pid = local_processes.spawn_detached(cmd, out, "lockgate-broker")
+    if pid is None:
+        raise BrokerError(f"could not launch the Kafka broker: see {out}")
+    return pid
 
 
 def _wait_ready(info: BrokerInfo, timeout: float) -> None:
@@ -505,65 +485,27 @@ def _wait_ready(info: BrokerInfo, timeout: float) -> None:
 
 def _terminate(pid: int) -> bool:
     """Stop ``pid``; return True if it exited cleanly on SIGTERM."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if _wait_exit(pid, _STOP_TIMEOUT_S):
-        return True
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if not _wait_exit(pid, 5.0):
+    clean = local_processes.terminate(pid, _STOP_TIMEOUT_S)
+    if clean is None:
         raise BrokerError(f"the Kafka broker (pid {pid}) survived SIGKILL")
-    return False
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return clean
 
 
 # --- processes -----------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, unreaped by a careless init, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # The state follows the parenthesised command name, which may hold spaces.
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+_alive = local_processes.alive
 
 
 def _is_broker(pid: object, data_dir: Path) -> bool:
     """Whether ``pid`` is alive and is the broker of ``data_dir`` (not a reused pid)."""
     if not isinstance(pid, int) or not _alive(pid):
         return False
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+    args = local_processes.cmdline(pid)
     return b"kafka.Kafka" in args and os.fsencode(data_dir / "server.properties") in args
 
 
-def _accepts(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((_HOST, port)) == 0
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # The JVM binds with SO_REUSEADDR, so TIME_WAIT leftovers do not count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((_HOST, port))
-        except OSError:
-            return False
-        return True
+_accepts, _bindable = local_processes.accepts, local_processes.bindable
 
 
 def _free_port_except(port: int) -> int:
@@ -607,33 +549,20 @@ def _resolve_dir(data_dir: Path | None) -> Path:
     return default_data_dir() if data_dir is None else Path(data_dir).expanduser().resolve()
 
 
-@contextlib.contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
+def _locked(data_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise start and stop on one data directory across processes."""
-    with open(data_dir / "broker.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return local_processes.locked(data_dir / "broker.lock")
 
 
 def _read_state(data_dir: Path) -> dict[str, object] | None:
-    try:
-        state = json.loads((data_dir / "broker.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return state if isinstance(state, dict) else None
+    return local_processes.read_state(data_dir / "broker.json")
 
 
 def _write_state(data_dir: Path, state: dict[str, object]) -> None:
-    _write_atomic(data_dir / "broker.json", json.dumps(state, indent=2) + "\n")
+    local_processes.write_state(data_dir / "broker.json", state)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_write_atomic = local_processes.write_atomic
 
 
 def _read_classpath(cache: Path) -> str | None:

@@ -125,7 +125,7 @@ class BatchDecoder:
             self.pool = None
 
     def decode(self, raw: RawBatch) -> DecodedBatch:
-        """Decode each source's records; the ones that fail become dead letters (reason ``decode`` or ``event_time``)."""
+        """Decode each source's records; the ones that fail become dead letters (reason ``decode``, ``event_time`` or ``schema``)."""
         meta = raw.metadata()
         inputs: dict[str, pl.DataFrame] = {}
         times: dict[str, pl.DataFrame] = {}
@@ -154,7 +154,7 @@ class BatchDecoder:
                         ((topic, raw.partitions[j]), raw.offsets[j], mark)
                         for j, mark in ((i if idx is None else idx[i], mark) for i, mark in decoded.marks)
                     ]
-                for reason, errors in (("decode", decoded.errors), ("event_time", decoded.bad_times)):
+                for reason, errors in (("decode", decoded.errors), ("event_time", decoded.bad_times), ("schema", decoded.schema_errors)):
                     if errors:
                         dead.append(_dead_letters(raw, meta, idx, errors, reason, node.name))
         dead_frame = pl.concat(dead) if dead else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)

@@ -97,6 +97,13 @@ def _provenance(frame: pl.DataFrame) -> list[pl.Expr]:
     return out
 
 
+def _schema_id_header(reason: str, value: bytes | None) -> list[tuple[str, bytes]]:
+    """``lockgate.schema_id``: the schema id a value in the Confluent wire format names, when it failed to decode or to resolve."""
+    if reason in ("schema", "decode") and value is not None and len(value) >= 5 and value[0] == 0:
+        return [("lockgate.schema_id", str(int.from_bytes(value[1:5], "big")).encode())]
+    return []
+
+
 def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
     """The dead-letter records, with headers naming the error, reason, source topic, partition and offset."""
     headers = [
@@ -107,9 +114,10 @@ def dead_letter_topic(frame: pl.DataFrame, topic: str) -> OutgoingTopic:
             ("lockgate.partition", str(part).encode()),
             ("lockgate.offset", str(off).encode()),
             ("lockgate.operator", op.encode()),
+            *_schema_id_header(reason, value),
         ]
-        for src, part, off, reason, error, op in frame.select(
-            TOPIC, PARTITION, OFFSET, "reason", "error", "operator"
+        for src, part, off, reason, error, op, value in frame.select(
+            TOPIC, PARTITION, OFFSET, "reason", "error", "operator", "value"
         ).iter_rows()  # dead letters are the rare case; each needs its own headers
     ]
     return OutgoingTopic(topic, frame["value"].to_list(), frame[KEY].to_list(), headers)

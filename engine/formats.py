@@ -67,6 +67,8 @@ class Decoded:
     errors: list[tuple[int, str]] = field(default_factory=list)
     bad_times: list[tuple[int, str]] = field(default_factory=list)
     marks: list[tuple[int, bytes]] = field(default_factory=list)
+    #: values whose schema is unknown or cannot be read as the reader's (reason ``schema``: :mod:`lockgate.engine.avro_format`)
+    schema_errors: list[tuple[int, str]] = field(default_factory=list)
 
 
 def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
@@ -83,11 +85,13 @@ def concat_decoded(parts: Sequence[tuple[int, Decoded]]) -> Decoded:
     errors = [(start + i, message) for start, d in parts for i, message in d.errors]
     bad_times = [(start + i, message) for start, d in parts for i, message in d.bad_times]
     marks = [(start + i, mark) for start, d in parts for i, mark in d.marks]
-    if all(isinstance(d.rows, range) and d.rows == range(len(d.rows)) and not d.errors and not d.bad_times for _, d in parts):
+    schema_errors = [(start + i, message) for start, d in parts for i, message in d.schema_errors]
+    if all(isinstance(d.rows, range) and d.rows == range(len(d.rows)) and not d.errors and not d.bad_times and not d.schema_errors
+           for _, d in parts):
         rows: Sequence[int] = range(frame.height)  # every chunk clean: no list per record
     else:
         rows = [start + i for start, d in parts for i in d.rows]
-    return Decoded(frame, rows, errors, bad_times, marks)
+    return Decoded(frame, rows, errors, bad_times, marks, schema_errors)
 
 
 class Format:
@@ -111,6 +115,14 @@ class Format:
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
         """Encode a frame into one value per row."""
         raise NotImplementedError
+
+    def for_source(self, topic: str) -> Format:
+        """This format as a source of ``topic`` reads it (a registry format resolves its reader schema here, once)."""
+        return self
+
+    def for_sink(self, topic: str, columns: Mapping[str, pl.DataType], where: str) -> Format:
+        """This format as a sink writes ``columns`` to ``topic`` (a registry format registers or finds its schema here, once)."""
+        return self
 
 
 def _dtype(value: Any, column: str) -> pl.DataType:
@@ -379,7 +391,7 @@ def _split_times(decoded: Decoded, event_time: str | None) -> Decoded:
         for i, rows, nulls in bad.iter_rows()
     ]
     keep = ~index.is_in(bad["i"].implode())
-    return Decoded(decoded.frame.filter(keep), index.filter(keep).to_list(), decoded.errors, bad_times, decoded.marks)
+    return Decoded(decoded.frame.filter(keep), index.filter(keep).to_list(), decoded.errors, bad_times, decoded.marks, decoded.schema_errors)
 
 
 def _prefilter(values: Sequence[bytes | None]) -> tuple[list[int], list[tuple[int, str]]]:

@@ -24,6 +24,7 @@ lockgate.errors.PipelineDefinitionError: select 'select_2': unknown column 'nope
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 import polars as pl
 from lockgate.engine.columns import KAFKA_COLUMNS, KEY, OFFSET, PARTITION, TIMESTAMP, TOPIC
+from lockgate.engine.avro_format import Avro
 from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.event_time import epoch_ms
@@ -800,8 +802,8 @@ class Stream:
         """
         kind = "to_kafka"
         fmt = JSON() if format is None else format
-        if not isinstance(fmt, (JSON, Raw, ArrowIPC)):
-            raise PipelineDefinitionError(f"{kind}: format must be lg.JSON(), lg.Raw() or lg.ArrowIPC(), got {fmt!r}")
+        if not isinstance(fmt, (JSON, Raw, ArrowIPC, Avro)):
+            raise PipelineDefinitionError(f"{kind}: format must be lg.JSON(), lg.Avro(registry=...), lg.Raw() or lg.ArrowIPC(), got {fmt!r}")
         if not topic:
             raise PipelineDefinitionError(f"{kind}: give the topic to write to")
         node_name = self._builder.name(kind, name)
@@ -811,6 +813,9 @@ class Stream:
                 f"its columns are {list(self.schema.names())}"
             )
         node = SinkNode(node_name, self.schema, parent=self._node, sink="kafka", target=topic, key=key, format=fmt)
+        written = fmt.for_sink(topic, {c: self.schema[c] for c in node.value_columns}, f"{kind} {node_name!r}")
+        if written is not fmt:  # a registry format registered (or found) its schema, now
+            node = dataclasses.replace(node, format=written)
         if isinstance(fmt, JSON):
             fmt.check_writable({c: self.schema[c] for c in node.value_columns}, f"{kind} {node_name!r}")
         if isinstance(fmt, Raw) and len(node.value_columns) != 1:
@@ -1211,7 +1216,10 @@ def source_node(
 ) -> SourceNode:
     """Validate a source's options and build its node."""
     if not isinstance(fmt, Format):
-        raise PipelineDefinitionError(f"source {topic!r}: format must be lg.JSON(schema=...), lg.Raw() or lg.ArrowIPC(schema=...)")
+        raise PipelineDefinitionError(
+            f"source {topic!r}: format must be lg.JSON(schema=...), lg.Avro(registry=...), lg.Raw() or lg.ArrowIPC(schema=...)"
+        )
+    fmt = fmt.for_source(topic)  # a registry format's reader schema, resolved once, now
     value_schema = fmt.value_schema()
     clash = set(value_schema) & set(KAFKA_COLUMNS)
     if clash:

@@ -125,4 +125,4 @@ class RepartitionFormat(ArrowIPC):
                 continue  # already a dead letter of the decode
             if MARK_KEY in metadata:
                 marks.append((index, metadata[MARK_KEY]))
-        return Decoded(decoded.frame, decoded.rows, decoded.errors, decoded.bad_times, marks)
+        return Decoded(decoded.frame, decoded.rows, decoded.errors, decoded.bad_times, marks, decoded.schema_errors)

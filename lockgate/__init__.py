@@ -14,6 +14,7 @@ Examples
 from lockgate.engine.config import BatchPolicy
 from lockgate.engine.demo import sample_clicks, sample_users
 from lockgate.engine.execution import run_plan
+from lockgate.engine.avro_format import Avro
 from lockgate.engine.formats import JSON, ArrowIPC, Raw
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.plan import Stream
@@ -26,6 +27,7 @@ from lockgate.errors import (
     KafkaOptionsError,
     LockgateError,
     PipelineDefinitionError,
+    RegistryError,
     StorageError,
 )
 from lockgate.operators.windows import Hopping, Session, Sliding, Tumbling
@@ -35,6 +37,7 @@ from lockgate.storage.sink_tables import list_tables, read_table
 __all__ = [
     "run_plan",
     "JSON",
+    "Avro",
     "ArrowIPC",
     "BatchPolicy",
     "AssignmentError",
@@ -46,6 +49,7 @@ __all__ = [
     "LockgateError",
     "Pipeline",
     "PipelineDefinitionError",
+    "RegistryError",
     "Raw",
     "RunSummary",
     "Session",

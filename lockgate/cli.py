@@ -1,4 +1,4 @@
-"""The ``lockgate`` command: ``broker start|stop|status``, ``run FILE``, ``demo``, ``sample clicks``, ``state list|show|export``.
+"""The ``lockgate`` command: ``broker start|stop|status``, ``registry start|stop|status``, ``run FILE``, ``demo``, ``sample clicks``, ``state list|show|export``.
 
 Every command and option explains itself: ``lockgate --help``, ``lockgate COMMAND --help``.
 
@@ -41,6 +41,23 @@ def _broker(args: argparse.Namespace) -> int:
             print("not running")
             return 3
         print(f"running pid={info.pid} bootstrap={info.bootstrap} data_dir={info.data_dir}")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from lockgate.engine import registry
+
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if args.action == "start":
+        print(registry.start(data_dir=data_dir, port=args.port).url)
+    elif args.action == "stop":
+        print("stopped" if registry.stop(data_dir=data_dir) else "no registry was running")
+    else:
+        info = registry.status(data_dir=data_dir)
+        if info is None:
+            print("not running")
+            return 3
+        print(f"running pid={info.pid} url={info.url} data_dir={info.data_dir}")
     return 0
 
 
@@ -119,8 +136,8 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
     import polars as pl
 
     from lockgate.errors import PipelineDefinitionError
-    from lockgate.storage.state import read_state
     from lockgate.storage.sink_tables import read_table
+    from lockgate.storage.state import read_state
 
     as_of: int | datetime | None = None
     if args.as_of is not None:
@@ -153,6 +170,7 @@ def _state_frame(args: argparse.Namespace):  # -> pl.LazyFrame
 
 def _state(args: argparse.Namespace) -> int:
     import polars as pl
+
     from lockgate.engine.config import overrides, plain_storage_options
     from lockgate.storage.lance_io import use_storage_options
     from lockgate.storage.sink_tables import list_tables
@@ -218,6 +236,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", help="the broker's data directory (default ~/.lockgate/broker)")
     b.add_argument("--port", type=int, help="the client port of a broker started now (default: the port this data directory used last, else 9092)")
     b.set_defaults(fn=_broker)
+
+    g = sub.add_parser("registry", formatter_class=fmt, help="start, stop or check the local schema registry (Confluent API)",
+                       description="The local schema registry for Avro and Protobuf topics (Apicurio Registry on this machine's JDK, "
+                                   "serving the Confluent Schema Registry API; the first start fetches it with Maven).")
+    g.add_argument("action", choices=["start", "stop", "status"],
+                   help="start: start it unless it runs, and print its URL (for lg.Avro(registry=...)); stop: stop it; "
+                        "status: print its pid and URL (exit code 3 when it does not run)")
+    g.add_argument("--data-dir", help="the registry's data directory (default ~/.lockgate/registry)")
+    g.add_argument("--port", type=int, help="the port of a registry started now (default: the port this data directory used last, else 8081)")
+    g.set_defaults(fn=_registry)
 
     r = sub.add_parser("run", formatter_class=fmt, help="run the lg.Pipeline a .py file or a notebook (.ipynb) defines, until SIGTERM/SIGINT",
                        description="Run the lg.Pipeline that FILE defines, as a service: until SIGTERM or SIGINT, which let the "

@@ -45,6 +45,10 @@ class BrokerError(RuntimeError, LockgateError):
     """The local Kafka broker could not be started, reached or stopped."""
 
 
+class RegistryError(RuntimeError, LockgateError):
+    """The local schema registry could not be started, reached or stopped, or a schema could not be registered or found."""
+
+
 class CommitError(RuntimeError, LockgateError):
     """A micro-batch could not be committed; nothing of it is visible."""
 

@@ -3,7 +3,8 @@
 The broker is ``lockgate broker`` (Apache Kafka in KRaft mode on the machine's JDK),
 started once on a free port in a temporary directory and stopped at the end.  Set
 ``LOCKGATE_TEST_BROKERS=host:port`` to use a broker that is already running.  The
-state-on-S3 tests get moto's S3 server (``s3``), started once on 127.0.0.1 the same way.
+state-on-S3 tests get moto's S3 server (``s3``), started once on 127.0.0.1 the same way, and
+the Avro tests a real schema registry (``registry``: ``lockgate registry``, Apicurio Registry).
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         broker.stop(data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the session's real schema registry (Apicurio Registry, the Confluent API); ``LOCKGATE_TEST_REGISTRY`` to use a running one."""
+    given = os.environ.get("LOCKGATE_TEST_REGISTRY")
+    if given:
+        yield given
+        return
+    from lockgate.engine import registry as local_registry
+
+    data_dir = tmp_path_factory.mktemp("registry")
+    info = local_registry.start(data_dir=data_dir, port=local_registry.free_port())
+    try:
+        yield info.url
+    finally:
+        local_registry.stop(data_dir=data_dir)
 
 
 @pytest.fixture
