@@ -46,8 +46,18 @@ from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["Avro"]
 
-#: per (registry, writer id, reader schema): how the writer's rows become the reader's (or why they cannot)
-_resolutions: dict[tuple[str, int, str], avro_codec.Resolution | str | None] = {}
+#: per (registry, writer id, reader schema): the writer schema and how its rows become the reader's (or why they cannot)
+_resolutions: dict[tuple[str, int, str], tuple[dict[str, Any], avro_codec.Resolution] | str] = {}
+#: per reader schema text: the parsed schema and its columns (parsed once, not per batch)
+_readers: dict[str, tuple[dict[str, Any], dict[str, pl.DataType]]] = {}
+
+
+def _reader(text: str) -> tuple[dict[str, Any], dict[str, pl.DataType]]:
+    found = _readers.get(text)
+    if found is None:
+        parsed = avro_codec.parse(text)
+        found = _readers[text] = (parsed, avro_codec.value_schema(parsed))
+    return found
 
 
 @dataclass(frozen=True, init=False)
@@ -115,7 +125,7 @@ class Avro(Format):
 
     def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
         assert self.schema is not None, "a source's format is resolved when the pipeline is defined (for_source)"
-        reader = avro_codec.parse(self.schema)
+        reader, _ = _reader(self.schema)
         if self.registry is None:
             return _split_times(self._bare(values, reader), event_time)
         return _split_times(self._framed(values, reader), event_time)
@@ -123,7 +133,8 @@ class Avro(Format):
     # --- bare bodies of one schema -------------------------------------------
 
     def _bare(self, values: Sequence[bytes | None], reader: dict[str, Any]) -> Decoded:
-        target = avro_codec.value_schema(reader)
+        assert self.schema is not None
+        target = _reader(self.schema)[1]
         if None in values:
             errors = [(i, "the value is null (a tombstone)") for i, v in enumerate(values) if v is None]
             keep = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
@@ -140,8 +151,11 @@ class Avro(Format):
     # --- the Confluent wire format ---------------------------------------------
 
     def _framed(self, values: Sequence[bytes | None], reader: dict[str, Any]) -> Decoded:
-        assert self.registry is not None
-        target = avro_codec.value_schema(reader)
+        assert self.registry is not None and self.schema is not None
+        target = _reader(self.schema)[1]
+        fast = self._one_writer(values, reader)
+        if fast is not None:
+            return fast
         wire = avro_codec.split_wire(values)
         errors: list[tuple[int, str]] = []
         schema_errors: list[tuple[int, str]] = []
@@ -152,14 +166,14 @@ class Avro(Format):
         ids = wire.schema_ids[wire.ok]
         for schema_id in (np.unique(ids) if ids.size else ()):
             rows = np.nonzero(wire.schema_ids == schema_id)[0]
-            resolution = self._resolution(int(schema_id), reader)
-            if resolution is None or isinstance(resolution, str):
-                why = (f"schema id {schema_id} is not in the registry at {self.registry}" if resolution is None
+            resolved = self._resolution(int(schema_id), reader)
+            if resolved is None or isinstance(resolved, str):
+                why = (f"schema id {schema_id} is not in the registry at {self.registry}" if resolved is None
                        else f"the writer schema (id {schema_id}) cannot be read as the reader schema ({self.subject or 'schema='}, "
-                            f"id {self.schema_id}): {resolution}")
+                            f"id {self.schema_id}): {resolved}")
                 schema_errors += [(int(i), why) for i in rows]
                 continue
-            writer = avro_codec.parse(schema_registry.schema_by_id(self.registry, int(schema_id)) or "")
+            writer, resolution = resolved
             try:
                 frame = avro_codec.read_framed(writer, wire.values(rows), len(rows), int(schema_id)).select(resolution.exprs)
                 kept: np.ndarray | list[int] = rows
@@ -177,7 +191,37 @@ class Avro(Format):
             parts.append((kept, frame))
         return _assemble(parts, target, len(values), sorted(errors), sorted(schema_errors))
 
-    def _resolution(self, schema_id: int, reader: dict[str, Any]) -> avro_codec.Resolution | str | None:
+    def _one_writer(self, values: Sequence[bytes | None], reader: dict[str, Any]) -> Decoded | None:
+        """The common case, read with no look at each value: all of them of the first one's writer schema, none bad.
+
+        The whole batch is read as records of that schema, each with its 5-byte
+        header in front; every header must then be the first one's, which proves
+        that every value had the wire format and that schema id, and that no body
+        was corrupt (which would shift the ones after it).  None when that does not
+        hold: the caller then sorts the values out one group at a time.
+        """
+        first = values[0] if values else None
+        if first is None or len(first) < avro_codec.HEADER_BYTES or first[0] != avro_codec.MAGIC:
+            return None
+        try:
+            data = b"".join(values)  # type: ignore[arg-type]
+        except TypeError:  # a null value (a tombstone)
+            return None
+        schema_id = int.from_bytes(first[1:avro_codec.HEADER_BYTES], "big")
+        resolved = self._resolution(schema_id, reader)
+        if not isinstance(resolved, tuple):
+            return None
+        writer, resolution = resolved
+        try:
+            frame = avro_codec.read_framed(writer, data, len(values), schema_id).select(resolution.exprs)
+        except ValueError:
+            return None
+        if resolution.required and frame.select(pl.any_horizontal(pl.col(c).is_null().any() for c in resolution.required)).item():
+            return None
+        return Decoded(frame, range(len(values)))
+
+    def _resolution(self, schema_id: int, reader: dict[str, Any]) -> tuple[dict[str, Any], avro_codec.Resolution] | str | None:
+        """The writer schema of ``schema_id`` and its resolution into the reader's; why not; None while the registry does not know the id."""
         assert self.registry is not None and self.schema is not None
         key = (self.registry, schema_id, self.schema)
         if key not in _resolutions:
@@ -185,7 +229,9 @@ class Avro(Format):
             if text is None:
                 return None  # unknown now; asked again next time (it may be registered meanwhile)
             try:
-                _resolutions[key] = avro_codec.resolve(avro_codec.parse(text), reader)
+                writer = avro_codec.parse(text)
+                resolution = avro_codec.resolve(writer, reader)
+                _resolutions[key] = resolution if isinstance(resolution, str) else (writer, resolution)
             except PipelineDefinitionError as exc:  # a writer schema the columnar reader cannot read
                 _resolutions[key] = str(exc)
         return _resolutions[key]

@@ -98,6 +98,18 @@ def test_an_avro_topic_of_several_writer_schemas_reads_into_the_reader_schema_an
     assert [{**r, "ts": int(r["ts"].timestamp() * 1000)} for r in sorted(got, key=key)] == sorted(expected, key=key)
     assert client.get_latest_version(f"{out}-value").schema_id > 0
 
+    # lockgate reads what it wrote (one writer schema: the whole batch in one read), and a corrupt body among them is found
+    out_id = client.get_latest_version(f"{out}-value").schema_id
+    producer = ordered_producer(brokers)
+    producer.produce(out, b"\x00" + out_id.to_bytes(4, "big") + b"\x02\x08", key=b"u1")
+    assert producer.flush(30) == 0
+    again = lg.Pipeline(f"avro-again-{unique}", brokers=brokers, state=state_dir)
+    again.source(out, format=lg.Avro(registry=registry), event_time="ts").select("id", "country").to_table("read_back")
+    again.run(until="caught_up", timeout=120)
+    read_back = lg.read_table(state_dir, "read_back").collect()
+    assert sorted(read_back.rows()) == sorted((r["id"], r["country"]) for r in expected)
+    assert [dict(m.headers())["lockgate.reason"] for m in read_committed(brokers, f"avro-again-{unique}-dlq")] == [b"decode"]
+
     # the dead letters: every bad record, none lost, each with its reason and the schema id its header named
     dead = read_committed(brokers, f"avro-{unique}-dlq")
     headers = [dict(m.headers()) for m in dead]
