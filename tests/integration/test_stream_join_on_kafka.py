@@ -87,7 +87,7 @@ def join_pipeline(
         out = joined.select("ad", "viewer", "t", "clicker", "t_right")
         out.to_kafka(f"{name}-{how}", key="ad")
         out.to_table(how)
-        if how == "inner":  # windows after the join: keyed by its key (same epoch), and by another column (a second hop)
+        if how == "inner" and repartition:  # windows after the join: keyed by its key (same epoch), and by another column (a second hop)
             joined.window(lg.Tumbling(f"{COUNT_MS}ms"), by="ad", name="pairs_per_ad").agg(n=pl.len()).to_table("per_ad")
             joined.with_columns(bucket=pl.col("viewer") % 3).window(lg.Tumbling(f"{COUNT_MS}ms"), by="bucket", name="pairs_per_bucket").agg(
                 n=pl.len()
