@@ -430,11 +430,10 @@ class WindowRuntime:
                 why = (
                     "is below the join's watermark" if spec.window is None else "puts it in windows that had closed at the join's watermark"
                 )
-                self.late.append(_dead(late, node.name, "late", late.select(pl.format(
-                    f"join {node.name!r}: the {side} record's event time {{}} ms ({column!r}) {why} "
+                self.late.append(_dead(late, node.name, "late", late.select(_text(
+                    f"join {node.name!r}: the {side} record's event time ", epoch_ms(column, late.schema[column]), f" ms ({column!r}) {why} "
                     f"{before} ms (the smaller of both sources' watermarks), so the pairs it could make are already complete; "
                     "raise watermark= on the sources if the disorder is real",
-                    epoch_ms(column, late.schema[column]),
                 )).to_series()))
         return out.pairs
 
@@ -502,10 +501,9 @@ class WindowRuntime:
         rows = rows.with_columns(behind)
         message = rows.select(
             pl.when(pl.col("__lg_behind") > delay)
-            .then(pl.format(
-                head + "; its own partition had already delivered event time {} ms, {} ms after this record: the partition "
-                f"is out of order by more than watermark={delay} ms (is the producer idempotent?)",
-                pl.col("__lg_latest"), pl.col("__lg_behind"),
+            .then(_text(
+                head + "; its own partition had already delivered event time ", pl.col("__lg_latest"), " ms, ", pl.col("__lg_behind"),
+                f" ms after this record: the partition is out of order by more than watermark={delay} ms (is the producer idempotent?)",
             ))
             .otherwise(pl.lit(head + "; its partition had counted as idle (no records to read for idle_timeout) "
                                      "while the other partitions moved the watermark past it"))
@@ -670,6 +668,11 @@ def _rounds(
             break
         out.append((frame.clear() if rows is None else rows.drop("__lg_round"), mark_round.get(k, [])))
     return out
+
+
+def _text(*parts: str | pl.Expr) -> pl.Expr:
+    """A message per row from text and columns (``concat_str``: Polars 2.1's ``pl.format`` panicked once on a join's late rows)."""
+    return pl.concat_str([pl.lit(p) if isinstance(p, str) else p.cast(pl.String) for p in parts])
 
 
 def _dead(rows: pl.DataFrame, operator: str, reason: str, message: str | pl.Series) -> pl.DataFrame:
