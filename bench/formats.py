@@ -10,11 +10,13 @@ values, as a source's decode step gets them:
 
 - ``lockgate json``: ``lg.JSON(schema=...).decode(values)`` (one ``pl.read_ndjson`` per batch);
 - ``lockgate avro``: ``lg.Avro(registry=...)``'s decode (one ``pl.read_avro`` per writer schema and batch);
+- ``lockgate protobuf``: ``lg.Protobuf(registry=..., message=...)``'s decode (one ptars call per batch: Rust,
+  messages to an Arrow record batch); ``date_time`` is an int64 of epoch ms there (a proto3 scalar);
 - ``quix avro``: Quix Streams' ``AvroDeserializer`` with the same registry (fastavro per
   record, in Quix's own venv: ``bench/windows.py`` makes it), into dicts, Quix's own form of
   a record (no frame is built: that would only add to its time).
 
-Protobuf is not measured: ``lg.Protobuf`` is not built yet.  The table gives records/s
+The table gives records/s
 (median of ``--runs``) and each one's ratio to lockgate's JSON decode.
 
 Usage::
@@ -108,22 +110,29 @@ def main() -> None:
     schema_id = schema_registry.register(url, f"{topic}-value", json.dumps(avro), "AVRO", "bench/formats.py")
     json_values = frame.with_columns(pl.col("date_time").dt.epoch("ms")).write_ndjson().encode().splitlines()
     avro_values = avro_codec.encode_rows(frame, avro, schema_id)
-    sizes = {"json": sum(map(len, json_values)) / len(json_values), "avro": sum(map(len, avro_values)) / len(avro_values)}
-    print(f"# {args.records:,} records, mean value {sizes['json']:.0f} bytes as JSON, {sizes['avro']:.0f} as Avro", file=sys.stderr)
+    flat = frame.with_columns(pl.col("date_time").dt.epoch("ms"))
+    proto_sink = lg.Protobuf(registry=url).for_sink(f"{topic}-proto", dict(flat.schema), "bench/formats.py")
+    proto_values = proto_sink.encode(flat)
+    sizes = {k: sum(map(len, v)) / len(v) for k, v in (("json", json_values), ("avro", avro_values), ("protobuf", proto_values))}
+    print(f"# {args.records:,} records, mean value {sizes['json']:.0f} bytes as JSON, {sizes['avro']:.0f} as Avro, "
+          f"{sizes['protobuf']:.0f} as Protobuf", file=sys.stderr)
 
     json_fmt = lg.JSON(schema=schema)
     avro_fmt = lg.Avro(registry=url).for_source(topic)
-    # the same rows either way
+    proto_fmt = lg.Protobuf(registry=url).for_source(f"{topic}-proto")
+    # the same rows each way
     assert avro_fmt.decode(avro_values[:1000]).frame.equals(json_fmt.decode(json_values[:1000]).frame)
+    assert proto_fmt.decode(proto_values[:1000]).frame.equals(flat.head(1000))
     python = quix_python(args.quix_python)
     with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
         lengths = np.fromiter(map(len, avro_values), dtype=np.int64)
         f.write(np.int64(len(avro_values)).tobytes() + lengths.tobytes() + b"".join(avro_values))
         path = f.name
-    runs: dict[str, list[float]] = {"lockgate json": [], "lockgate avro": [], "quix avro": []}
+    runs: dict[str, list[float]] = {"lockgate json": [], "lockgate avro": [], "lockgate protobuf": [], "quix avro": []}
     for run in range(1, args.runs + 1):  # interleaved
         runs["lockgate json"].append(args.records / _timed(json_fmt.decode, json_values, args.batch))
         runs["lockgate avro"].append(args.records / _timed(avro_fmt.decode, avro_values, args.batch))
+        runs["lockgate protobuf"].append(args.records / _timed(proto_fmt.decode, proto_values, args.batch))
         done = subprocess.run([python, "-c", QUIX_WORKER, path, url, topic, str(args.batch)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the Quix Streams side failed: {done.stderr[-3000:]}")

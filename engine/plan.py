@@ -33,6 +33,7 @@ from typing import Any, Literal
 import polars as pl
 from lockgate.engine.columns import KAFKA_COLUMNS, KEY, OFFSET, PARTITION, TIMESTAMP, TOPIC
 from lockgate.engine.avro_format import Avro
+from lockgate.engine.protobuf_format import Protobuf
 from lockgate.engine.formats import JSON, ArrowIPC, Format, Raw
 from lockgate.operators.durations import Duration, parse_duration
 from lockgate.operators.event_time import epoch_ms
@@ -802,8 +803,10 @@ class Stream:
         """
         kind = "to_kafka"
         fmt = JSON() if format is None else format
-        if not isinstance(fmt, (JSON, Raw, ArrowIPC, Avro)):
-            raise PipelineDefinitionError(f"{kind}: format must be lg.JSON(), lg.Avro(registry=...), lg.Raw() or lg.ArrowIPC(), got {fmt!r}")
+        if not isinstance(fmt, (JSON, Raw, ArrowIPC, Avro, Protobuf)):
+            raise PipelineDefinitionError(
+                f"{kind}: format must be lg.JSON(), lg.Avro(registry=...), lg.Protobuf(registry=...), lg.Raw() or lg.ArrowIPC(), got {fmt!r}"
+            )
         if not topic:
             raise PipelineDefinitionError(f"{kind}: give the topic to write to")
         node_name = self._builder.name(kind, name)
@@ -1217,7 +1220,8 @@ def source_node(
     """Validate a source's options and build its node."""
     if not isinstance(fmt, Format):
         raise PipelineDefinitionError(
-            f"source {topic!r}: format must be lg.JSON(schema=...), lg.Avro(registry=...), lg.Raw() or lg.ArrowIPC(schema=...)"
+            f"source {topic!r}: format must be lg.JSON(schema=...), lg.Avro(registry=...), lg.Protobuf(registry=..., message=...), "
+            "lg.Raw() or lg.ArrowIPC(schema=...)"
         )
     fmt = fmt.for_source(topic)  # a registry format's reader schema, resolved once, now
     value_schema = fmt.value_schema()

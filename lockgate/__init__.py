@@ -15,6 +15,7 @@ from lockgate.engine.config import BatchPolicy
 from lockgate.engine.demo import sample_clicks, sample_users
 from lockgate.engine.execution import run_plan
 from lockgate.engine.avro_format import Avro
+from lockgate.engine.protobuf_format import Protobuf
 from lockgate.engine.formats import JSON, ArrowIPC, Raw
 from lockgate.engine.pipeline import Pipeline
 from lockgate.engine.plan import Stream
@@ -38,6 +39,7 @@ __all__ = [
     "run_plan",
     "JSON",
     "Avro",
+    "Protobuf",
     "ArrowIPC",
     "BatchPolicy",
     "AssignmentError",
