@@ -31,7 +31,10 @@ update, to a Kafka topic, exactly once.
     in ``consume(1, 0.1)``, which returns as soon as a record is there, and opens the
     transaction on that record; while it is open it consumes in slices of at most 5 ms (or what
     is left of the cadence, if less) and forwards each slice at once, and commits ``cadence``
-    after the transaction's first record, with the consumer's offsets.  (``consume(n, t)``
+    after the transaction's first record, with the consumer's offsets.  Its producer has
+    lockgate's ``retry.backoff.ms`` (10 ms, see ``engine/config.py``): with librdkafka's
+    100 ms, a transaction opened while the last one's markers are still being written waits
+    100 ms to add its offsets, and the floor would not be the floor.  (``consume(n, t)``
     waits for n records or all of t: one call with a 100 ms timeout held the first record of
     a transaction up to 100 ms before the transaction was even opened.)  No exactly-once
     pipeline on this client can beat it.
@@ -152,7 +155,9 @@ cadence = float(os.environ["B_MAX_WAIT_MS"]) / 1000
 SLICE = 0.005  # consume(n, t) waits for n records or all of t: short slices keep records moving to the producer
 stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": name})
+# retry.backoff.ms as lockgate's producer has it (engine/config.py): a transaction opened right after
+# the last one's commit otherwise waits 100 ms whenever AddOffsetsToTxn meets CONCURRENT_TRANSACTIONS
+producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": name, "retry.backoff.ms": 10})
 producer.init_transactions(60)
 consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": name, "auto.offset.reset": "earliest",
                         "isolation.level": "read_committed", "enable.auto.commit": False})

@@ -462,6 +462,11 @@ class PipelineConfig(_Options):
             "transactional.id": self.transactional_id,
             "enable.idempotence": True,
             "linger.ms": 5,
+            # Back-to-back transactions: the coordinator answers CONCURRENT_TRANSACTIONS while it
+            # still writes the last one's markers, and librdkafka retries AddOffsetsToTxn after
+            # retry.backoff.ms (default 100 ms; AddPartitionsToTxn uses 20 ms).  At 50k ev/s that was
+            # the produce stage's p99 (122 ms): 6 % of transactions waited out the 100 ms.
+            "retry.backoff.ms": 10,
             "batch.size": 1_000_000,
             "compression.type": "lz4",
             "queue.buffering.max.messages": 2_000_000,

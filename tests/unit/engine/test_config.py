@@ -140,3 +140,12 @@ def test_an_instance_id_that_cannot_be_resolved_or_named_is_a_clear_error(monkey
     monkeypatch.setenv("LOCKGATE_INSTANCE", "two words")
     with pytest.raises(lg.PipelineDefinitionError, match=r"instance 'two words' must be 1-200 characters"):
         lg.Pipeline("orders", brokers="127.0.0.1:1", state="/tmp/unused")
+
+
+def test_the_transactional_producer_retries_a_busy_transaction_coordinator_after_10_ms_and_a_user_setting_wins():
+    # librdkafka retries AddOffsetsToTxn after retry.backoff.ms when the coordinator still writes the
+    # last transaction's markers (CONCURRENT_TRANSACTIONS); its 100 ms default was the produce stage's p99
+    assert lg.Pipeline("p", brokers="k:9092").config.producer_options()["retry.backoff.ms"] == 10
+    mine = lg.Pipeline("p", brokers="k:9092", kafka={"retry.backoff.ms": 50}).config
+    assert mine.producer_options()["retry.backoff.ms"] == 50
+    assert "retry.backoff.ms" not in mine.consumer_options()
