@@ -55,7 +55,9 @@ call, its wall-clock return time; they are decoded after the run.  It waits in
 arrived with it with ``consume(10_000, 0)`` (no wait), so a record's receive time is at most
 one such call late.  The share of the time from the load's start to the last output that it
 spent not waiting for records is reported ("reader busy"): near 100 % it, not the engine,
-would set the pace.  The producer's longest pause between its slices is reported too: on a
+would set the pace.  So are the cores the engine's process used over the same time ("engine
+used N cores", from /proc): on a 2-core machine what one engine takes, the producer, the
+reader and the broker lack.  The producer's longest pause between its slices is reported too: on a
 saturated machine it is held up (its queue full, or no CPU), its records wait in its queue
 and their latency counts that wait.  Before the
 measured producer starts, probe records (``k`` = -1, not counted) are produced until the
@@ -315,6 +317,17 @@ def _start_engine(engine: dict[str, Any], brokers: str, in_topic: str, out_topic
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=log)
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a live process has used so far (from /proc; None without one)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14 and 15)
+
+
 def _stop_engine(proc: subprocess.Popen, work: Path) -> dict[str, Any]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -359,6 +372,7 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
             time.sleep(0.5)
         ready_s = time.time() - t_start
         waited_0, mono_0 = waited.value, time.monotonic()
+        cpu_0 = _cpu_seconds(None if proc is None else proc.pid)
         t0_ms = time.time() * 1000
         keys, ts = _produce_paced(producer, in_topic, rate, seconds, seed=run)
         produce_s = time.time() - t0_ms / 1000
@@ -372,13 +386,17 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
                 busy_at = (waited.value, still)
         # the reader's busy share from the load's start to its last output (a late engine's outputs come after the load)
         reader_busy = 1.0 - (busy_at[0] - waited_0) / max(1e-9, busy_at[1] - mono_0)
+        cpu_1, mono_1 = _cpu_seconds(None if proc is None else proc.pid), time.monotonic()
+        # the cores the engine's process used from the load's start to the end of the drain: what it took from the
+        # producer, the reader and the broker on this machine
+        engine_cores = None if cpu_0 is None or cpu_1 is None else round((cpu_1 - cpu_0) / (mono_1 - mono_0), 3)
         engine_report = {} if proc is None else _stop_engine(proc, work)
         stop.set()
         reader.join(120)
         result = analyse(engine["kind"], keys, ts, work / "out.ndjson", t0_ms, steady)
         result.update({"run": run, "rate": rate, "seconds": seconds, "ready_seconds": round(ready_s, 2),
                        "produce_seconds": round(produce_s, 2), "produced_rps": round(len(keys) / produce_s),
-                       "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report,
+                       "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report, "engine_cores": engine_cores,
                        # the producer's longest pause between slices: ~10 ms paced; more, and it was held up (a full
                        # queue on a saturated broker, or no CPU): its records waited in it and their latency counts that
                        "producer_max_gap_ms": int(np.diff(ts).max()) if len(ts) > 1 else 0,
@@ -531,6 +549,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["not_caught_up_runs"] = sum(1 for r in runs if not r["steady"])
     measured = [r["measured_seconds"] for r in runs if r["steady"]]
     out["measured_seconds"] = common.median(measured) if measured else 0.0
+    cores = [r["engine_cores"] for r in runs if r.get("engine_cores") is not None]
+    out["engine_cores"] = round(common.median(cores), 2) if cores else None
     out["reader_busy_max"] = max(r.get("reader_busy", 0.0) for r in runs)
     out["producer_max_gap_ms"] = max(r.get("producer_max_gap_ms", 0) for r in runs)
     out["complete"] = all(r["complete"] for r in runs)
@@ -589,10 +609,10 @@ def report(result: dict[str, Any]) -> str:
                 if f["not_caught_up_runs"]:
                     up += f", **never in {f['not_caught_up_runs']} of {f['runs']} runs**"
             rows.append([e["label"], up, f"{f['measured_seconds']:g}", _cell(f["p50"]), _cell(f["p99"]), _cell(f["p999"]), _cell(f["max"]),
-                         _cell(f["p99_after_warmup"]), comp])
+                         _cell(f["p99_after_warmup"]), "-" if f.get("engine_cores") is None else f"{f['engine_cores']:.2f}", comp])
         parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s of load, steady state, medians of {result['runs']} runs "
                      "(each figure its own median; ratios of those medians), latency in ms\n")
-        parts.append(common.markdown_table(["engine", "caught up after", "measured s", "p50", "p99", "p999", "max", "p99 after warm-up", "complete"], rows))
+        parts.append(common.markdown_table(["engine", "caught up after", "measured s", "p50", "p99", "p999", "max", "p99 after warm-up", "engine cores", "complete"], rows))
         busy = max((f["reader_busy_max"] for f in s.values()), default=0.0)
         parts.append(f"\nThe reader was busy at most {busy:.0%} of the time from the load's start to the last output (the rest it waited for records)"
                      + (": **it may have set the pace**" if busy > 0.8 else "") + ".")
@@ -672,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {rate:,}/s run {run + 1} {e['label']}: {up}, steady p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms "
                       f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
-                      f"produced {r['produced_rps']:,}/s, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
+                      f"produced {r['produced_rps']:,}/s, engine used {r['engine_cores']} cores, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
                       f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs"
                       + (f", floor {r['engine']}" if e["kind"] == "floor" else ""), file=sys.stderr)
         result["rates"][str(rate)] = {
