@@ -237,7 +237,7 @@ class Protobuf(Format):
                    if values[i] is not None else "the value is null (a tombstone)") for i in np.nonzero(~wire.ok)[0]]
         schema_errors: list[tuple[int, str]] = []
         ids = np.unique(wire.schema_ids[wire.ok])
-        usable = framed.copy()
+        usable = wire.ok.copy()  # framed or not: a value naming another message is a dead letter below, never dropped
         for schema_id in ids:
             rows = np.nonzero(wire.ok & (wire.schema_ids == schema_id))[0]
             why = self._writer_problem(int(schema_id))

@@ -37,3 +37,14 @@ def test_a_writer_field_of_another_wire_kind_is_incompatible_and_a_new_or_widene
 def test_a_schema_protoc_cannot_compile_is_a_definition_error():
     with pytest.raises(lg.PipelineDefinitionError, match="protoc cannot compile"):
         compile_proto('syntax = "proto3";\nmessage {')
+
+
+def test_a_value_naming_another_message_of_its_schema_is_a_schema_dead_letter_and_its_batch_goes_on():
+    text = 'syntax = "proto3";\npackage p;\nmessage M {\n  int64 id = 1;\n}\nmessage N {\n  string s = 1;\n}\n'
+    fmt = lg.Protobuf("http://unused:1", message="p.M", schema=text, schema_id=7)  # its own id: no registry call
+    body = message_factory.GetMessageClass(compile_proto(text).FindMessageTypeByName("p.M"))(id=5).SerializeToString()
+    header = b"\x00" + (7).to_bytes(4, "big")
+    out = fmt.decode([header + b"\x00" + body, header + b"\x02\x02" + body, header + b"\x00" + body])  # [0], [1], [0]
+    assert out.frame.get_column("id").to_list() == [5, 5] and list(out.rows) == [0, 2]
+    assert [i for i, _ in out.schema_errors] == [1] and "another message" in out.schema_errors[0][1]
+    assert not out.errors
