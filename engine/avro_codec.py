@@ -422,22 +422,34 @@ def _interleave(pieces: list[tuple[np.ndarray, np.ndarray]], rows: int) -> tuple
     return out, row_offsets
 
 
+def header_piece(header: bytes, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same ``header`` in front of each of ``rows`` rows: a piece for :func:`join_pieces`."""
+    return np.full(rows, len(header), np.int64), np.tile(np.frombuffer(header, dtype=np.uint8), rows)
+
+
+def join_pieces(pieces: list[tuple[np.ndarray, np.ndarray]], rows: int) -> list[bytes]:
+    """Kafka values: row r's is its bytes of each piece in turn (one NumPy scatter per piece, one Arrow array to bytes).
+
+    >>> join_pieces([header_piece(b"H", 2), (np.array([1, 2]), np.frombuffer(b"abc", dtype=np.uint8))], 2)
+    [b'Ha', b'Hbc']
+    """
+    out, row_offsets = _interleave(pieces, rows)
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), rows, [None, pa.py_buffer(row_offsets), pa.py_buffer(out)]).to_pylist()
+
+
 def encode_rows(frame: pl.DataFrame, schema: dict[str, Any], schema_id: int | None = None) -> list[bytes]:
     """Each row of ``frame`` as an Avro body of the flat record ``schema``, in the wire format when ``schema_id`` is given."""
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
     rows = frame.height
     if schema_id is not None:
-        header = np.frombuffer(bytes([MAGIC]) + int(schema_id).to_bytes(4, "big"), dtype=np.uint8)
-        pieces.append((np.full(rows, HEADER_BYTES, np.int64), np.tile(header, rows)))
+        pieces.append(header_piece(bytes([MAGIC]) + int(schema_id).to_bytes(4, "big"), rows))
     for field in schema["fields"]:
         avro_type, nullable = _nullable(field["type"])
         series = frame.get_column(field["name"])
         if not nullable and series.null_count():
             raise ValueError(f"column {field['name']!r} has nulls, and the Avro schema's field {field['name']!r} is not nullable")
         pieces.extend(_pieces(series, avro_type, nullable))
-    out, row_offsets = _interleave(pieces, rows)
-    values = pa.LargeBinaryArray.from_buffers(pa.large_binary(), rows, [None, pa.py_buffer(row_offsets), pa.py_buffer(out)])
-    return values.to_pylist()
+    return join_pieces(pieces, rows)
 
 
 def read_bare(schema: dict[str, Any], values: Sequence[bytes]) -> pl.DataFrame:

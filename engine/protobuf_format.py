@@ -58,7 +58,7 @@ _PROTO_TYPES: dict[Any, str] = {
 _WIRE_KIND = {1: "fixed64", 6: "fixed64", 16: "fixed64", 2: "fixed32", 7: "fixed32", 15: "fixed32", 9: "len", 12: "len", 11: "len",
               3: "varint", 4: "varint", 5: "varint", 8: "varint", 13: "varint", 14: "varint", 17: "varint", 18: "varint"}
 _compiled: dict[str, Any] = {}
-_handlers: dict[tuple[str, str], Any] = {}
+_handlers: dict[tuple[str, str, bool], Any] = {}
 _columns: dict[tuple[str, str], dict[str, pl.DataType]] = {}
 #: per (registry, writer id, reader message): why its values cannot be read, or None
 _writer_problems: dict[tuple[str, int, str], str | None] = {}
@@ -119,16 +119,19 @@ def _message(text: str, name: str | None, where: str) -> Any:
         raise PipelineDefinitionError(f"{where}: the schema has no message {name!r}; give message='<package>.<Message>'") from None
 
 
-def _handler(text: str, message: str) -> Any:
-    """ptars' handler of ``message`` (timestamps as naive ms, enums as strings, the wire format's header stripped)."""
-    key = (text, message)
+def _handler(text: str, message: str, *, framed: bool = True) -> Any:
+    """ptars' handler of ``message``, once per schema: a reader's (timestamps as naive ms, enums as strings, the wire
+    format's header stripped) or, ``framed=False``, a writer's of bare messages."""
+    key = (text, message, framed)
     found = _handlers.get(key)
     if found is None:
         import ptars
 
         descriptor = _message(text, message, "lg.Protobuf")
-        config = ptars.PtarsConfig(timestamp_tz=None, timestamp_unit="ms", enum_repr="string", confluent_wire_policy="protobuf")
-        found = _handlers[key] = ptars.HandlerPool([descriptor.file], config).get_for_message(descriptor)
+        config = (ptars.PtarsConfig(timestamp_tz=None, timestamp_unit="ms", enum_repr="string", confluent_wire_policy="protobuf")
+                  if framed else None)
+        pool = ptars.HandlerPool([descriptor.file], config) if config is not None else ptars.HandlerPool([descriptor.file])
+        found = _handlers[key] = pool.get_for_message(descriptor)
     return found
 
 
@@ -209,10 +212,7 @@ class Protobuf(Format):
 
     def encode(self, frame: pl.DataFrame) -> list[bytes]:
         assert self.schema is not None and self.message is not None and self.schema_id is not None
-        import ptars
-
-        descriptor = _message(self.schema, self.message, "lg.Protobuf")
-        handler = ptars.HandlerPool([descriptor.file]).get_for_message(descriptor)
+        handler = _handler(self.schema, self.message, framed=False)
         table = frame.to_arrow().cast(handler.schema()).combine_chunks()
         batch = table.to_batches()[0] if frame.height else pa.RecordBatch.from_pylist([], schema=handler.schema())
         bodies = handler.record_batch_to_array(batch).cast(pa.large_binary())
@@ -220,11 +220,9 @@ class Protobuf(Format):
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[bodies.offset:bodies.offset + len(bodies) + 1]
         data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
         # the header: magic, schema id, message indexes [0] (the first message of the schema)
-        header = np.frombuffer(bytes([avro_codec.MAGIC]) + int(self.schema_id).to_bytes(4, "big") + b"\x00", dtype=np.uint8)
+        header = bytes([avro_codec.MAGIC]) + int(self.schema_id).to_bytes(4, "big") + b"\x00"
         rows = frame.height
-        out, row_offsets = avro_codec._interleave([(np.full(rows, len(header), np.int64), np.tile(header, rows)),
-                                                   (np.diff(offsets), data[offsets[0]:offsets[-1]])], rows)
-        return pa.LargeBinaryArray.from_buffers(pa.large_binary(), rows, [None, pa.py_buffer(row_offsets), pa.py_buffer(out)]).to_pylist()
+        return avro_codec.join_pieces([avro_codec.header_piece(header, rows), (np.diff(offsets), data[offsets[0]:offsets[-1]])], rows)
 
     def decode(self, values: Sequence[bytes | None], *, event_time: str | None = None) -> Decoded:
         assert self.schema is not None and self.message is not None
