@@ -96,13 +96,11 @@ def _timed(decode: Any, values: list[bytes], batch: int) -> float:
     return seconds
 
 
-def _proto_loop(registry: str, subject: str) -> Any:
+def _proto_loop(text: str, message_name: str) -> Any:
     """protobuf's own parser, a message at a time, into columns (the alternative ptars was measured against)."""
     from google.protobuf import message_factory
 
-    _, text = schema_registry.latest(registry, subject, "bench/formats.py")
-    pool = compile_proto(text)
-    descriptor = next(iter(pool.FindFileByName("schema.proto").message_types_by_name.values()))
+    descriptor = compile_proto(text).FindMessageTypeByName(message_name)
     message = message_factory.GetMessageClass(descriptor)()
     names = [f.name for f in descriptor.fields]
 
@@ -151,7 +149,7 @@ def main() -> None:
     # the same rows each way
     assert avro_fmt.decode(avro_values[:1000]).frame.equals(json_fmt.decode(json_values[:1000]).frame)
     assert proto_fmt.decode(proto_values[:1000]).frame.equals(flat.head(1000))
-    proto_loop = _proto_loop(url, f"{topic}-proto-value")
+    proto_loop = _proto_loop(proto_sink.schema, proto_sink.message)
     assert proto_loop(proto_values[:1000]).frame.equals(flat.head(1000))
     python = quix_python(args.quix_python)
     with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:

@@ -32,7 +32,7 @@ update, to a Kafka topic, exactly once.
     transaction on that record; while it is open it consumes in slices of at most 5 ms (or what
     is left of the cadence, if less) and forwards each slice at once, and commits ``cadence``
     after the transaction's first record, with the consumer's offsets.  Its producer has
-    lockgate's ``retry.backoff.ms`` (10 ms, see ``engine/config.py``): with librdkafka's
+    lockgate's ``retry.backoff.ms`` (read from ``engine/config.py``: 10 ms): with librdkafka's
     100 ms, a transaction opened while the last one's markers are still being written waits
     100 ms to add its offsets, and the floor would not be the floor.  (``consume(n, t)``
     waits for n records or all of t: one call with a 100 ms timeout held the first record of
@@ -159,7 +159,7 @@ stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 # retry.backoff.ms as lockgate's producer has it (engine/config.py): a transaction opened right after
 # the last one's commit otherwise waits 100 ms whenever AddOffsetsToTxn meets CONCURRENT_TRANSACTIONS
-producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": name, "retry.backoff.ms": 10})
+producer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": name, "retry.backoff.ms": int(os.environ["B_RETRY_BACKOFF_MS"])})
 producer.init_transactions(60)
 consumer = ck.Consumer({"bootstrap.servers": brokers, "group.id": name, "auto.offset.reset": "earliest",
                         "isolation.level": "read_committed", "enable.auto.commit": False})
@@ -313,6 +313,10 @@ def _start_engine(engine: dict[str, Any], brokers: str, in_topic: str, out_topic
     env["B_REPARTITION"] = "1" if engine.get("repartition") else ""  # lg_repartition: the rows go through a repartition topic
     if engine["cadence_ms"] is not None:
         env["B_MAX_WAIT_MS"] = str(engine["cadence_ms"])
+    if engine["kind"] == "floor":  # the floor's producer retries as lockgate's does
+        from lockgate.engine.config import PipelineConfig
+
+        env["B_RETRY_BACKOFF_MS"] = str(PipelineConfig(name=name, brokers=brokers).producer_options()["retry.backoff.ms"])
     code = LOCKGATE if engine["kind"].startswith("lockgate") else FLOOR
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=log)
 
