@@ -247,7 +247,9 @@ class Protobuf(Format):
                                    "lg.Protobuf reads a topic of one message type") for i in other_message]
         usable &= framed
         rows = np.nonzero(usable)[0]
-        array = pa.array([values[i] for i in rows] if len(rows) != len(values) else values, type=pa.binary())
+        array = pa.array(values, type=pa.binary())
+        if len(rows) != len(values):
+            array = array.take(pa.array(rows))  # the usable ones, without a Python loop over them
         try:
             batch = handler.array_to_record_batch(array)
             frame = pl.from_arrow(batch)
