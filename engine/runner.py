@@ -348,7 +348,7 @@ class Runner:
         """
         assert self.source is not None and self.committer is not None
         try:
-            committed, ends = self.source.group_offsets()
+            committed, ends = self.source.group_offsets(own=set(self.counts_of_hops))
             positions = self.source.positions()
         except (ck.KafkaException, TimeoutError) as exc:
             log.info("caught up? the group's offsets did not come (%s); reading on", exc)

@@ -347,13 +347,14 @@ class KafkaSource:
         """True when every assigned partition has been read to its end (lag 0).
 
         The fast check compares each position with the high watermark of the last
-        fetch (no network).  A partition whose last records are an open or aborted
+        fetch (no network).  A partition whose last records are an open
         transaction never reaches its high watermark under ``read_committed``: with
         ``ask_broker`` (after a poll that brought nothing), the broker's last stable
-        offset decides for the partitions the fast check left behind, and for every
-        partition of the ``verify`` topics: this instance has just committed records
-        to them (a repartition topic), which the last fetch's high watermark may not
-        include yet.
+        offset decides for the partitions the fast check left behind.  The
+        ``verify`` topics are the pipeline's own (repartition topics): this instance
+        has just committed records to them, which neither the last fetch nor the
+        last stable offset may include yet (see :meth:`_stable_ends`); every
+        partition of them is asked for, and its end is its high watermark.
         """
         if not self.assignment.owned:
             return False
@@ -367,7 +368,7 @@ class KafkaSource:
         unread = [tp for tp in behind if tp.offset < 0]  # nothing consumed since the assignment
         try:
             starts = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(unread, timeout=30)} if unread else {}
-            ends = self._stable_ends(behind)
+            ends = self._stable_ends(behind, own=verify)
             for tp in behind:
                 low, stable = ends[(tp.topic, tp.partition)]
                 position = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)
@@ -378,14 +379,24 @@ class KafkaSource:
             return False
         return True
 
-    def _stable_ends(self, partitions: list[ck.TopicPartition]) -> dict[tuple[str, int], tuple[int, int]]:
-        """Each partition's first offset and last stable offset (``read_committed``), asked of the broker.
+    def _stable_ends(self, partitions: list[ck.TopicPartition], own: Collection[str] = ()) -> dict[tuple[str, int], tuple[int, int]]:
+        """Each partition's first offset and end, asked of the broker: its last stable offset (``read_committed``).
+
+        Of the ``own`` topics (written only by this pipeline's transactions, which
+        all end), the end is the high watermark instead: a transaction's commit
+        returns once its coordinator has decided, and the markers that make its
+        records readable reach the partitions a moment later.  Until they do, the
+        last stable offset still stands before the records just committed (right
+        after a commit, 147 times in 200 here), and a reader that stopped there
+        would leave them unread.  A read_committed consumer's position passes
+        commit and abort markers, so it reaches the high watermark once every
+        transaction on the partition has ended.
 
         Through the admin client, all partitions in one request: the consumer's own
         ``get_watermark_offsets`` waits behind its long-poll fetch on the same
         connection, one partition after the other (about 1.2 s per caught-up check
         of 8 partitions behind a repartition topic).  Without ``admin_options``, the
-        consumer asks.
+        consumer asks (its last stable offsets only).
         """
         admin = self._admin()
         if admin is self.consumer:
@@ -393,33 +404,41 @@ class KafkaSource:
         from confluent_kafka.admin import OffsetSpec
 
         keys = [ck.TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        asks = [("earliest", ck.IsolationLevel.READ_COMMITTED, keys), ("latest", ck.IsolationLevel.READ_COMMITTED, keys)]
+        mine = [k for k in keys if k.topic in own]
+        if mine:
+            asks.append(("high", ck.IsolationLevel.READ_UNCOMMITTED, mine))
         try:
             asked = {
-                spec: admin.list_offsets({k: getattr(OffsetSpec, spec)() for k in keys}, isolation_level=ck.IsolationLevel.READ_COMMITTED,
-                                         request_timeout=_ADMIN_ASK_SECONDS)
-                for spec in ("earliest", "latest")
+                name: admin.list_offsets({k: (OffsetSpec.earliest() if name == "earliest" else OffsetSpec.latest()) for k in which},
+                                         isolation_level=isolation, request_timeout=_ADMIN_ASK_SECONDS)
+                for name, isolation, which in asks
             }
-            got = {spec: {(k.topic, k.partition): f.result(_ADMIN_ASK_SECONDS + 1).offset for k, f in futures.items()}
-                   for spec, futures in asked.items()}
+            got = {name: {(k.topic, k.partition): f.result(_ADMIN_ASK_SECONDS + 1).offset for k, f in futures.items()}
+                   for name, futures in asked.items()}
         except Exception:
             # a client that did not answer is not asked again: after a broker restart a long-lived admin
             # client may never answer (seen with librdkafka 2.x); the next check makes a fresh one
             self.admin = None
             raise
-        return {key: (got["earliest"][key], got["latest"][key]) for key in got["latest"]}
+        high = got.get("high", {})
+        return {key: (got["earliest"][key], max(stable, high.get(key, stable))) for key, stable in got["latest"].items()}
 
-    def group_offsets(self) -> tuple[dict[tuple[str, int], tuple[int, str | None]], dict[tuple[str, int], tuple[int, int]]]:
-        """Of every partition of the subscribed topics, the group's committed offset (with metadata) and its first and last stable offsets.
+    def group_offsets(
+        self, own: Collection[str] = (),
+    ) -> tuple[dict[tuple[str, int], tuple[int, str | None]], dict[tuple[str, int], tuple[int, int]]]:
+        """Of every partition of the subscribed topics, the group's committed offset (with metadata) and its first offset and end.
 
         All instances' partitions, not only this one's: whether the group as a
-        whole has read its topics out.  Raises ``KafkaException``/``TimeoutError``
-        when the broker does not answer.
+        whole has read its topics out.  The end is the last stable offset, and the
+        high watermark for the ``own`` topics (see :meth:`_stable_ends`).  Raises
+        ``KafkaException``/``TimeoutError`` when the broker does not answer.
         """
         counts = self.partition_counts(self.topics)
         keys = [ck.TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))]
         if len(counts) < len(self.topics):
             raise TimeoutError(f"no metadata yet for {sorted(set(self.topics) - set(counts))}")
-        ends = self._stable_ends(keys)
+        ends = self._stable_ends(keys, own=own)
         admin = self._admin()
         if admin is self.consumer:
             got = self.consumer.committed(keys, timeout=_ADMIN_ASK_SECONDS)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import random
+import time
 
+import confluent_kafka as ck
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -199,3 +201,43 @@ def test_null_and_missing_optional_fields_reach_the_output_and_records_without_i
     assert table["window_start"].dt.epoch("ms").unique().to_list() == [base]
     assert same_rows(table.select("shop", "n", "total"), oracle.with_columns(pl.col("n").cast(table.schema["n"])))
     assert pipe.metrics()["late"] == {}
+
+
+def _transaction(producer: ck.Producer, topic: str, n: int) -> None:
+    producer.begin_transaction()
+    for _ in range(n):
+        producer.produce(topic, b"x", partition=0)
+    producer.commit_transaction(30)
+
+
+def test_a_topic_the_pipeline_writes_is_not_read_out_until_its_last_transaction_is(brokers, make_topic, unique):
+    # A repartition topic: right after the commit of the records an epoch wrote to it, their
+    # markers are still on their way and the last stable offset stands before them (147 times in
+    # 200 here).  A caught-up check that trusted it stopped a run before those records were read.
+    from lockgate.engine.config import PipelineConfig
+    from lockgate.engine.source import KafkaSource
+
+    topic = make_topic(f"own-{unique}", partitions=1)
+    writer = ck.Producer({"bootstrap.servers": brokers, "transactional.id": f"own-{unique}"})
+    writer.init_transactions(30)
+    _transaction(writer, topic, 10)
+    config = PipelineConfig(name=f"own-{unique}", brokers=brokers)
+    source = KafkaSource(config.consumer_options(), [topic], admin_options=config.admin_options())
+    policy = lg.BatchPolicy(max_records=1_000, max_wait="100ms")
+    read, ends = 0, []
+    try:
+        for round_ in range(25):
+            deadline = time.monotonic() + 30
+            while not source.caught_up(ask_broker=True, verify={topic}):
+                assert time.monotonic() < deadline, f"round {round_}: never caught up after reading {read} records"
+                read += len(source.poll(policy))
+            assert read == 10 * (round_ + 1), "caught up with every committed record read"
+            _transaction(writer, topic, 10)
+            ends.append(source.caught_up(ask_broker=True, verify={topic}))
+            # what the group's stop check (Runner._group_read) compares the committed offsets with
+            _, group_ends = source.group_offsets(own={topic})
+            assert group_ends[(topic, 0)][1] >= 11 * round_ + 21, "the end counts the 10 records just committed"
+    finally:
+        source.close()
+    assert not any(ends), f"caught up right after a commit, its records unread, in {sum(ends)} of {len(ends)} rounds"
+
