@@ -262,6 +262,22 @@ def isolated(fn: Any, *args: Any) -> Any:
         return pool.apply(fn, args)
 
 
+def shim(worktree: Path, into: Path) -> Path:
+    """A directory holding a ``lockgate`` package made of links into ``worktree`` (the installed layout).
+
+    Put first on ``PYTHONPATH``, it makes a fresh interpreter import that checkout's
+    lockgate, whatever ``pip install -e`` points at: how an A/B runs two commits.
+    """
+    package = into / "lockgate"
+    package.mkdir(parents=True)
+    for item in (worktree / "lockgate").iterdir():
+        if item.suffix == ".py":
+            (package / item.name).symlink_to(item)
+    for sub in ("engine", "operators", "storage"):
+        (package / sub).symlink_to(worktree / sub)
+    return into
+
+
 def median(values: Sequence[float]) -> float:
     """The median (mean of the two middle values for an even count)."""
     return float(statistics.median(values))

@@ -47,18 +47,6 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def shim(worktree: Path, into: Path) -> Path:
-    """A directory holding a ``lockgate`` package made of links into ``worktree`` (the installed layout)."""
-    package = into / "lockgate"
-    package.mkdir(parents=True)
-    for item in (worktree / "lockgate").iterdir():
-        if item.suffix == ".py":
-            (package / item.name).symlink_to(item)
-    for sub in ("engine", "operators", "storage"):
-        (package / sub).symlink_to(worktree / sub)
-    return into
-
-
 def one_run(side: str, pythonpath: str, brokers: str, topic: str, records: int, run: int, tag: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": pythonpath + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = CHILD.format(bench=str(HERE), brokers=brokers, topic=topic, records=records, run=run, tag=f"{tag}-{side}")
@@ -91,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     checks: dict[str, Any] = {}
     subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base_rev], cwd=ROOT, capture_output=True, check=True)
     try:
-        paths = {"base": str(shim(worktree, tmp / "shim-base")), "new": str(shim(ROOT, tmp / "shim-new"))}
+        paths = {"base": str(common.shim(worktree, tmp / "shim-base")), "new": str(common.shim(ROOT, tmp / "shim-new"))}
         t0 = windows.event_time_origin()
         events = windows.make_events(args.records, t0)
         expected, _ = windows.oracle(events)

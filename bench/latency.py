@@ -92,7 +92,11 @@ Usage::
 
     python bench/latency.py [--brokers HOST:PORT] [--rates 50000,10000] [--seconds 50] [--warmup 20]
                             [--steady-ms 1000] [--steady-hold 5] [--runs 3] [--cadence-ms 100]
-                            [--engines transport,kstreams,floor,lockgate] [--out bench/results]
+                            [--engines transport,kstreams,floor,lockgate] [--out bench/results] [--base REV]
+
+``--base REV`` adds lockgate at git revision REV (checked out in a temporary worktree)
+beside this checkout's in every run, interleaved: a change's latency as a ratio of
+the same run (``lockgate p99 / lockgate at the A/B base p99``).
 
 Targets (issue 12): lockgate p99 <= 0.9 x Kafka Streams p99 (defaults, and equal cadence), at
 50k and 10k ev/s, steady state; the goal beyond is 0.5 x.
@@ -101,6 +105,7 @@ Targets (issue 12): lockgate p99 <= 0.9 x Kafka Streams p99 (defaults, and equal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -111,6 +116,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +319,8 @@ def _start_engine(engine: dict[str, Any], brokers: str, in_topic: str, out_topic
     env["B_REPARTITION"] = "1" if engine.get("repartition") else ""  # lg_repartition: the rows go through a repartition topic
     if engine["cadence_ms"] is not None:
         env["B_MAX_WAIT_MS"] = str(engine["cadence_ms"])
+    if engine.get("pythonpath"):  # --base: this engine imports the lockgate of a given checkout
+        env["PYTHONPATH"] = engine["pythonpath"] + os.pathsep + os.environ.get("PYTHONPATH", "")
     if engine["kind"] == "floor":  # the floor's producer retries as lockgate's does
         from lockgate.engine.config import PipelineConfig
 
@@ -633,6 +641,7 @@ def report(result: dict[str, Any]) -> str:
             (f"lockgate p99 / Kafka Streams p99, equal cadence {result['cadence_ms']} ms{same}", cad_lg, cad_ks, 0.9),
             ("lockgate p99 / Kafka Streams p99, defaults with its cache on (emits per commit, as lockgate per batch)", "lg_default", "ks_cache", 0.9),
             ("lockgate p99 / floor p99 (defaults)", "lg_default", "floor", None),
+            ("lockgate p99 / lockgate at the A/B base p99 (defaults)", "lg_default", "lg_base", None),
             ("floor p99 / transport p99", "floor", "transport", None),
         ]:
             r = _ratio(s.get(num), s.get(den))
@@ -673,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cadence-ms", type=int, default=default_wait_ms, help="the equal cadence (default: lockgate's default max_wait)")
     parser.add_argument("--engines", default="transport,kstreams,floor,lockgate")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--base", help="A/B: also run lockgate at this git revision (a worktree), beside this checkout's, in every run")
     args = parser.parse_args(argv)
     if args.seconds <= args.warmup + args.steady_hold:
         parser.error("--seconds must be more than --warmup + --steady-hold")
@@ -681,6 +691,46 @@ def main(argv: list[str] | None = None) -> int:
     chosen = engines(args.cadence_ms, default_wait_ms, set(args.engines.split(",")))
     if any(e["kind"] == "kstreams" for e in chosen):
         build_kstreams()
+    with base_checkout(args.base) as shims:
+        if shims:
+            chosen = with_base(chosen, shims, args.base)
+        return measure(args, brokers, rates, chosen, default_wait_ms)
+
+
+def base_checkout(rev: str | None) -> contextlib.AbstractContextManager[dict[str, str]]:
+    """For ``--base REV``: REV in a temporary git worktree; yields the shims of both sides (nothing without REV)."""
+
+    @contextlib.contextmanager
+    def checkout() -> Iterator[dict[str, str]]:
+        if rev is None:
+            yield {}
+            return
+        root = Path(__file__).resolve().parent.parent
+        tmp = Path(tempfile.mkdtemp(prefix="lockgate-latency-ab-"))
+        subprocess.run(["git", "worktree", "add", "--detach", str(tmp / "base"), rev], cwd=root, capture_output=True, check=True)
+        try:
+            yield {"base": str(common.shim(tmp / "base", tmp / "shim-base")), "new": str(common.shim(root, tmp / "shim-new"))}
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=root, capture_output=True, check=False)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return checkout()
+
+
+def with_base(chosen: list[dict[str, Any]], shims: dict[str, str], rev: str) -> list[dict[str, Any]]:
+    """The engines with lockgate's defaults at ``rev`` (``lg_base``) before ``lg_default``; every lockgate engine on a shim."""
+    out = []
+    for e in chosen:
+        if e["kind"].startswith("lockgate"):
+            e = {**e, "pythonpath": shims["new"]}
+        if e["key"] == "lg_default":
+            out.append({**e, "key": "lg_base", "pythonpath": shims["base"], "label": f"lockgate at {rev}, defaults (A/B base)"})
+        out.append(e)
+    return out
+
+
+def measure(args: argparse.Namespace, brokers: str, rates: list[int], chosen: list[dict[str, Any]], default_wait_ms: int) -> int:
+    """Every engine at every rate, ``args.runs`` interleaved runs; the JSON and the Markdown written."""
     steady = {"warmup": args.warmup, "bound_ms": args.steady_ms or max(1000.0, 10.0 * args.cadence_ms), "hold": args.steady_hold}
     result: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "warmup": args.warmup, "steady_state": steady,
                               "runs": args.runs, "cadence_ms": args.cadence_ms, "lockgate_default_max_wait_ms": default_wait_ms,

@@ -9,6 +9,15 @@ Cleanup then deletes the files of versions older than ``retain``: readers pin a
 version for the length of one read, and ``as_of`` reads select committed epochs
 from the commit log, not from old versions, so they survive cleanup.
 
+Both run beside the epochs on a machine that may have two cores, so they are kept
+cheap.  A merge is written by one thread into fragments of at most
+``FRAGMENT_ROWS`` rows: a fragment that size is never rewritten again (with Lance's
+default of about a million, each compaction rewrote the whole state table of a
+run, up to 0.7 s beside 10 epochs a second).  Cleanup reads the manifest of every
+version it keeps (ten epochs a second leave 6,000 in ten minutes), so the
+:class:`Compactor` cleans up at most once every ``CLEANUP_EVERY`` (0.2-0.7 s per
+table each time, removing nothing, when it ran with every compaction).
+
 Given the commit log, compaction first deletes the rows of dead batches: prepared,
 never marked, and passed by the committed chain (a marked batch of the same
 pipeline and partition ends at or after their next offset).  Such a batch can never
@@ -82,9 +91,9 @@ def dead_batches(log: pl.DataFrame) -> list[int]:
 
 def compact(
     uris: Iterable[str], *, retain: timedelta = timedelta(minutes=10), hook: Callable[[], None] | None = None,
-    commit_log: CommitLog | None = None,
+    commit_log: CommitLog | None = None, cleanup: bool = True,
 ) -> CompactionReport:
-    """Compact each table at ``uris`` (those that exist) and clean up versions older than ``retain``.
+    """Compact each table at ``uris`` (those that exist) and, with ``cleanup``, remove the versions older than ``retain``.
 
     With ``commit_log`` (the commit log of these tables), the rows of dead batches go first.
     """
@@ -114,15 +123,15 @@ def compact(
         before += count
         try:
             if count > 1:
-                ds.optimize.compact_files()
+                ds.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS, num_threads=1)
                 if hook is not None:
                     hook()  # fault injection: a crash in the middle of compaction
             ds = open_dataset(uri)
             assert ds is not None
-            stats = ds.cleanup_old_versions(older_than=retain)
+            if cleanup:
+                removed += ds.cleanup_old_versions(older_than=retain).old_versions
         except (OSError, ValueError, RuntimeError) as exc:
             raise StorageError(f"compaction of {uri} failed: {exc}") from exc
-        removed += stats.old_versions
         after += len(ds.get_fragments())
     return CompactionReport(tables, before, after, removed, time.monotonic() - started, len(dead))
 
@@ -143,6 +152,10 @@ def _split_due(entries: list[T]) -> tuple[list[T], list[T]]:
 
 
 MIN_RETAIN = timedelta(minutes=1)
+#: rows of a fragment that compaction writes; one this size is not merged again
+FRAGMENT_ROWS = 65_536
+#: the Compactor removes old versions at most this often (see the module docstring)
+CLEANUP_EVERY = timedelta(minutes=1)
 
 
 class Compactor:
@@ -173,6 +186,7 @@ class Compactor:
         self.since = 0
         self.thread: threading.Thread | None = None
         self.last: CompactionReport | None = None
+        self.cleaned_at: float | None = None  # monotonic time of the last cleanup of old versions
         self.error: BaseException | None = None
 
     def forget(self, store: WindowStore, pipeline: str, epoch: int, shards: tuple[int, ...] | None) -> None:
@@ -243,7 +257,11 @@ class Compactor:
             pruned = self._prune_due()
             if pruned:
                 log.info("compaction: deleted %d rows of update-mode tables that later updates superseded", pruned)
-            self.last = compact(self.uris(), retain=self.retain, hook=self.hook, commit_log=self.commit_log)
+            now = time.monotonic()
+            cleanup = self.cleaned_at is None or now - self.cleaned_at >= CLEANUP_EVERY.total_seconds()
+            self.last = compact(self.uris(), retain=self.retain, hook=self.hook, commit_log=self.commit_log, cleanup=cleanup)
+            if cleanup:
+                self.cleaned_at = now
             log.info("compaction: %s", self.last)
         except BaseException as exc:  # reported by wait(); commits go on meanwhile
             self.error = exc

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import polars as pl
 from lockgate.errors import StorageError
+from lockgate.storage import compaction
 from lockgate.storage.compaction import Compactor, compact
 from lockgate.storage.commit_log import CommitLog, PartitionRange
 from lockgate.storage.lance_io import open_dataset
@@ -44,6 +45,41 @@ def test_the_compactor_runs_in_the_background_while_commits_go_on(state_dir):
     assert compactor.error is None
     assert compactor.last is not None and compactor.last.fragments_after < compactor.last.fragments_before
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == sorted([e for e in range(1, 31)] + [-e for e in range(1, 31)])
+
+
+def test_a_fragment_compaction_filled_is_not_rewritten_by_the_next_one(state_dir, monkeypatch):
+    monkeypatch.setattr(compaction, "FRAGMENT_ROWS", 20)
+    table = SinkTable(state_dir, "t")
+    for epoch in range(1, 31):  # 60 rows in two-row appends
+        _commit(state_dir, table, epoch)
+    compact([table.uri])
+    full = {f.fragment_id for f in open_dataset(table.uri).get_fragments() if f.count_rows() == 20}
+    assert len(full) == 3
+    for epoch in range(31, 36):
+        _commit(state_dir, table, epoch)
+    compact([table.uri])
+    after = {f.fragment_id: f.count_rows() for f in open_dataset(table.uri).get_fragments()}
+    assert full <= set(after), "the full fragments stay as they were"
+    assert len(after) == 4 and sum(after.values()) == 70, "the ten new rows are merged into one fragment"
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == sorted([*range(1, 36), *range(-35, 0)])
+
+
+def test_the_compactor_removes_old_versions_at_most_once_a_cleanup_interval(state_dir, monkeypatch):
+    monkeypatch.setattr(compaction, "MIN_RETAIN", timedelta(0))
+    table = SinkTable(state_dir, "t")
+    compactor = Compactor(lambda: [table.uri], every_batches=5, retain=timedelta(0))
+    removed = []
+    for interval in (timedelta(hours=1), timedelta(0)):
+        monkeypatch.setattr(compaction, "CLEANUP_EVERY", interval)
+        for round_ in range(2):
+            for epoch in range(1, 6):
+                _commit(state_dir, table, 10 * len(removed) + epoch)
+                compactor.committed()
+            compactor.wait()
+            assert compactor.error is None and compactor.last is not None
+            removed.append(compactor.last.versions_removed)
+    # the first compaction cleans up; within the hour the next one does not; with no interval each one does
+    assert removed[0] > 0 and removed[1] == 0 and removed[2] > 0 and removed[3] > 0, removed
 
 
 def test_compaction_deletes_the_rows_of_dead_batches_and_keeps_a_batch_in_flight(state_dir):
