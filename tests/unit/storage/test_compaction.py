@@ -64,22 +64,31 @@ def test_a_fragment_compaction_filled_is_not_rewritten_by_the_next_one(state_dir
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == sorted([*range(1, 36), *range(-35, 0)])
 
 
-def test_the_compactor_removes_old_versions_at_most_once_a_cleanup_interval(state_dir, monkeypatch):
+def test_the_compactor_cleans_up_at_most_once_a_cleanup_interval_and_merges_every_time(state_dir, monkeypatch):
+    # Cleaning up: old versions removed, dead batches deleted, the commit log trimmed.
     monkeypatch.setattr(compaction, "MIN_RETAIN", timedelta(0))
-    table = SinkTable(state_dir, "t")
-    compactor = Compactor(lambda: [table.uri], every_batches=5, retain=timedelta(0))
-    removed = []
+    table, log = SinkTable(state_dir, "t"), CommitLog(state_dir)
+    compactor = Compactor(lambda: [table.uri, log.uri], every_batches=5, retain=timedelta(0), commit_log=log)
+    reports = []
     for interval in (timedelta(hours=1), timedelta(0)):
         monkeypatch.setattr(compaction, "CLEANUP_EVERY", interval)
         for round_ in range(2):
-            for epoch in range(1, 6):
-                _commit(state_dir, table, 10 * len(removed) + epoch)
+            first = 10 * len(reports) + 1
+            # an aborted try at the round's first batch: prepared, never marked, then passed by the redo
+            log.prepare("p", epoch=first, batch_id=1000 + first, ranges=[PartitionRange("in", 0, first, first + 1)], tables={"t": None})
+            for epoch in range(first, first + 5):
+                _commit(state_dir, table, epoch)
                 compactor.committed()
             compactor.wait()
             assert compactor.error is None and compactor.last is not None
-            removed.append(compactor.last.versions_removed)
-    # the first compaction cleans up; within the hour the next one does not; with no interval each one does
-    assert removed[0] > 0 and removed[1] == 0 and removed[2] > 0 and removed[3] > 0, removed
+            reports.append(compactor.last)
+    cleaned = [(r.versions_removed > 0, r.dead_batches) for r in reports]
+    # the first compaction cleans up; within the hour the next one only merges (its dead batch waits for the
+    # next cleanup, which deletes two); with no interval each one cleans up
+    assert cleaned == [(True, 1), (False, 0), (True, 2), (True, 1)], cleaned
+    assert all(r.fragments_after < r.fragments_before for r in reports), "every compaction merges"
+    epochs = [e for first in (1, 11, 21, 31) for e in range(first, first + 5)]
+    assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == sorted([*epochs, *(-e for e in epochs)])
 
 
 def test_compaction_deletes_the_rows_of_dead_batches_and_keeps_a_batch_in_flight(state_dir):
