@@ -5,11 +5,15 @@ Nothing here is timed; the benchmarks time their own loops.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -276,6 +280,24 @@ def shim(worktree: Path, into: Path) -> Path:
     for sub in ("engine", "operators", "storage"):
         (package / sub).symlink_to(worktree / sub)
     return into
+
+
+@contextlib.contextmanager
+def ab_checkouts(rev: str) -> Iterator[dict[str, str]]:
+    """Git revision ``rev`` in a temporary worktree, for an A/B run: yields the ``PYTHONPATH`` shims of both sides.
+
+    ``{"base": ..., "new": ...}``: a fresh interpreter with one of them first on its
+    ``PYTHONPATH`` imports the lockgate of ``rev`` or of this checkout (:func:`shim`).
+    The worktree is removed afterwards.
+    """
+    root = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="lockgate-ab-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(tmp / "base"), rev], cwd=root, capture_output=True, check=True)
+    try:
+        yield {"base": str(shim(tmp / "base", tmp / "shim-base")), "new": str(shim(root, tmp / "shim-new"))}
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=root, capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def median(values: Sequence[float]) -> float:

@@ -71,33 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     new_rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "engine", "operators", "storage", "lockgate"],
                                 cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip())
-    tmp = Path(tempfile.mkdtemp(prefix="lockgate-ab-"))
-    worktree = tmp / "base"
     tag = f"ab-{common.stamp().lower()}-{uuid.uuid4().hex[:4]}"
     topic = f"bench-windows-in-{tag}"
     runs: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
-    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base_rev], cwd=ROOT, capture_output=True, check=True)
-    try:
-        paths = {"base": str(common.shim(worktree, tmp / "shim-base")), "new": str(common.shim(ROOT, tmp / "shim-new"))}
-        t0 = windows.event_time_origin()
-        events = windows.make_events(args.records, t0)
-        expected, _ = windows.oracle(events)
-        produced = windows.produce(brokers, topic, events, "lz4")
-        del events
-        print(f"# input {topic}: {produced}", file=sys.stderr)
-        for pair in range(1, args.pairs + 1):
-            for side, path in paths.items():
-                result = one_run(side, path, brokers, topic, args.records, pair, tag)
-                runs.append(result)
-                print(f"# {side} {pair}: {result['steady_rps']:,} rec/s ({result['lockgate_file']})", file=sys.stderr)
-                if pair == 1:
-                    checks[side] = windows.check_lockgate(brokers, result, expected)
-                shutil.rmtree(result["state"], ignore_errors=True)
-    finally:
-        windows.delete_topics_with(brokers, [topic, f"bench-windows-lg-{tag}"])
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with common.ab_checkouts(base_rev) as paths:
+        try:
+            t0 = windows.event_time_origin()
+            events = windows.make_events(args.records, t0)
+            expected, _ = windows.oracle(events)
+            produced = windows.produce(brokers, topic, events, "lz4")
+            del events
+            print(f"# input {topic}: {produced}", file=sys.stderr)
+            for pair in range(1, args.pairs + 1):
+                for side, path in paths.items():
+                    result = one_run(side, path, brokers, topic, args.records, pair, tag)
+                    runs.append(result)
+                    print(f"# {side} {pair}: {result['steady_rps']:,} rec/s ({result['lockgate_file']})", file=sys.stderr)
+                    if pair == 1:
+                        checks[side] = windows.check_lockgate(brokers, result, expected)
+                    shutil.rmtree(result["state"], ignore_errors=True)
+        finally:
+            windows.delete_topics_with(brokers, [topic, f"bench-windows-lg-{tag}"])
 
     medians = {side: common.median([r["steady_rps"] for r in runs if r["side"] == side]) for side in ("base", "new")}
     ratio = medians["new"] / medians["base"]

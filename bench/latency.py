@@ -116,7 +116,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -703,30 +702,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = engines(args.cadence_ms, default_wait_ms, set(args.engines.split(",")))
     if any(e["kind"] == "kstreams" for e in chosen):
         build_kstreams()
-    with base_checkout(args.base) as shims:
+    with common.ab_checkouts(args.base) if args.base else contextlib.nullcontext({}) as shims:
         if shims:
             chosen = with_base(chosen, shims, args.base)
         return measure(args, brokers, rates, chosen, default_wait_ms)
-
-
-def base_checkout(rev: str | None) -> contextlib.AbstractContextManager[dict[str, str]]:
-    """For ``--base REV``: REV in a temporary git worktree; yields the shims of both sides (nothing without REV)."""
-
-    @contextlib.contextmanager
-    def checkout() -> Iterator[dict[str, str]]:
-        if rev is None:
-            yield {}
-            return
-        root = Path(__file__).resolve().parent.parent
-        tmp = Path(tempfile.mkdtemp(prefix="lockgate-latency-ab-"))
-        subprocess.run(["git", "worktree", "add", "--detach", str(tmp / "base"), rev], cwd=root, capture_output=True, check=True)
-        try:
-            yield {"base": str(common.shim(tmp / "base", tmp / "shim-base")), "new": str(common.shim(root, tmp / "shim-new"))}
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=root, capture_output=True, check=False)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    return checkout()
 
 
 def with_base(chosen: list[dict[str, Any]], shims: dict[str, str], rev: str) -> list[dict[str, Any]]:
