@@ -404,15 +404,15 @@ class KafkaSource:
         from confluent_kafka.admin import OffsetSpec
 
         keys = [ck.TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        asks = [("earliest", ck.IsolationLevel.READ_COMMITTED, keys), ("latest", ck.IsolationLevel.READ_COMMITTED, keys)]
+        committed = ck.IsolationLevel.READ_COMMITTED
+        asks = [("earliest", OffsetSpec.earliest, committed, keys), ("latest", OffsetSpec.latest, committed, keys)]
         mine = [k for k in keys if k.topic in own]
         if mine:
-            asks.append(("high", ck.IsolationLevel.READ_UNCOMMITTED, mine))
+            asks.append(("high", OffsetSpec.latest, ck.IsolationLevel.READ_UNCOMMITTED, mine))
         try:
             asked = {
-                name: admin.list_offsets({k: (OffsetSpec.earliest() if name == "earliest" else OffsetSpec.latest()) for k in which},
-                                         isolation_level=isolation, request_timeout=_ADMIN_ASK_SECONDS)
-                for name, isolation, which in asks
+                name: admin.list_offsets({k: spec() for k in which}, isolation_level=isolation, request_timeout=_ADMIN_ASK_SECONDS)
+                for name, spec, isolation, which in asks
             }
             got = {name: {(k.topic, k.partition): f.result(_ADMIN_ASK_SECONDS + 1).offset for k, f in futures.items()}
                    for name, futures in asked.items()}

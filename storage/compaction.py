@@ -16,8 +16,9 @@ default of about a million, each compaction rewrote the whole state table of a
 run, up to 0.7 s beside 10 epochs a second).  Cleanup reads the manifest of every
 version it keeps (ten epochs a second leave 6,000 in ten minutes), so the
 :class:`Compactor` cleans up at most once every ``CLEANUP_EVERY`` (0.2-0.7 s per
-table each time, removing nothing, when it ran with every compaction); so it
-deletes dead batches and trims the commit log (reading the whole log: 0.2-0.4 s).
+table each time, removing nothing, when it ran with every compaction).  Deleting
+dead batches and trimming the commit log, which read the whole log (0.2-0.4 s),
+wait for the same cleanup; in between, a compaction only merges.
 
 Given the commit log, compaction first deletes the rows of dead batches: prepared,
 never marked, and passed by the committed chain (a marked batch of the same
@@ -155,7 +156,7 @@ def _split_due(entries: list[T]) -> tuple[list[T], list[T]]:
 MIN_RETAIN = timedelta(minutes=1)
 #: rows of a fragment that compaction writes; one this size is not merged again
 FRAGMENT_ROWS = 65_536
-#: the Compactor removes old versions at most this often (see the module docstring)
+#: the Compactor cleans up (old versions, dead batches, the commit log's trim) at most this often (see the module docstring)
 CLEANUP_EVERY = timedelta(minutes=1)
 
 
@@ -187,7 +188,7 @@ class Compactor:
         self.since = 0
         self.thread: threading.Thread | None = None
         self.last: CompactionReport | None = None
-        self.cleaned_at: float | None = None  # monotonic time of the last cleanup of old versions
+        self.cleaned_at: float | None = None  # monotonic time of the last cleanup (see CLEANUP_EVERY)
         self.error: BaseException | None = None
 
     def forget(self, store: WindowStore, pipeline: str, epoch: int, shards: tuple[int, ...] | None) -> None:
