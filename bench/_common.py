@@ -326,6 +326,30 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_jiffies() -> list[int] | None:
+    """The machine's CPU time counters (the ``cpu`` line of ``/proc/stat``); None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of the machine's CPU time the hypervisor gave to other guests between two :func:`cpu_jiffies`.
+
+    On a shared virtual machine a run can lose a quarter of its CPU to its
+    neighbours; its latency then says more about them than about the engine.
+
+    >>> steal_share([100, 0, 50, 800, 0, 0, 0, 50], [200, 0, 100, 1550, 0, 0, 0, 150])
+    0.1
+    """
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return round((after[7] - before[7]) / total, 3) if total > 0 else None
+
+
 def write_json(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``out_dir/<name>-<stamp>.json``; returns the path."""
     out = Path(out_dir)

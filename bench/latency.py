@@ -135,6 +135,7 @@ KS_DIR = Path(__file__).resolve().parent / "peers" / "kstreams"
 KS_JAR = KS_DIR / "target" / "kstreams-latency.jar"
 PROBE_KEY = -1
 PRODUCER_HELD_MS = 250  # a pause between the producer's slices longer than this is reported
+STEAL_NOISY = 0.10  # a run that lost more of the machine's CPU time than this to other guests is flagged
 QUANTILES = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
 
 LOCKGATE = """
@@ -384,6 +385,7 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         ready_s = time.time() - t_start
         waited_0, mono_0 = waited.value, time.monotonic()
         cpu_0 = _cpu_seconds(None if proc is None else proc.pid)
+        jiffies_0 = common.cpu_jiffies()
         t0_ms = time.time() * 1000
         keys, ts = _produce_paced(producer, in_topic, rate, seconds, seed=run)
         produce_s = time.time() - t0_ms / 1000
@@ -398,6 +400,7 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         # the reader's busy share from the load's start to its last output (a late engine's outputs come after the load)
         reader_busy = 1.0 - (busy_at[0] - waited_0) / max(1e-9, busy_at[1] - mono_0)
         cpu_1, mono_1 = _cpu_seconds(None if proc is None else proc.pid), time.monotonic()
+        stolen = common.steal_share(jiffies_0, common.cpu_jiffies())  # the hypervisor's share, load start to drain end
         # the cores the engine's process used from the load's start to the end of the drain: what it took from the
         # producer, the reader and the broker on this machine
         engine_cores = None if cpu_0 is None or cpu_1 is None else round((cpu_1 - cpu_0) / (mono_1 - mono_0), 3)
@@ -411,7 +414,8 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
                        # the producer's longest pause between slices: ~10 ms paced; more, and it was held up (a full
                        # queue on a saturated broker, or no CPU): its records waited in it and their latency counts that
                        "producer_max_gap_ms": int(np.diff(ts).max()) if len(ts) > 1 else 0,
-                       "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count()})
+                       "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
+                       "steal": stolen})
         return result
     finally:
         if proc is not None and proc.poll() is None:
@@ -563,6 +567,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     cores = [r["engine_cores"] for r in runs if r.get("engine_cores") is not None]
     out["engine_cores"] = round(common.median(cores), 2) if cores else None
     out["reader_busy_max"] = max(r.get("reader_busy", 0.0) for r in runs)
+    steals = [r["steal"] for r in runs if r.get("steal") is not None]
+    out["steal_max"] = max(steals) if steals else None
     out["producer_max_gap_ms"] = max(r.get("producer_max_gap_ms", 0) for r in runs)
     out["complete"] = all(r["complete"] for r in runs)
     out["lost_records"] = sum(r["lost_records"] for r in runs)
@@ -636,6 +642,12 @@ def report(result: dict[str, Any]) -> str:
         busy = max((f["reader_busy_max"] for f in s.values()), default=0.0)
         parts.append(f"\nThe reader was busy at most {busy:.0%} of the time from the load's start to the last output (the rest it waited for records)"
                      + (": **it may have set the pace**" if busy > 0.8 else "") + ".")
+        stolen = {e["key"]: s[e["key"]]["steal_max"] for e in result["engines"] if (s.get(e["key"]) or {}).get("steal_max") is not None}
+        if stolen:
+            worst = max(stolen.values())
+            parts.append(f"The host took up to {worst:.0%} of this machine's CPU time during a run (steal time; per engine, its worst run: "
+                         + ", ".join(f"{key} {v:.0%}" for key, v in stolen.items()) + ")"
+                         + (f": **runs over {STEAL_NOISY:.0%} measure the neighbours as much as the engines**" if worst > STEAL_NOISY else "") + ".")
         held = {e["label"]: s[e["key"]]["producer_max_gap_ms"] for e in result["engines"] if e["key"] in s and s[e["key"]]["producer_max_gap_ms"] > PRODUCER_HELD_MS}
         if held:
             parts.append("**The producer was held up** (longest pause between its 10 ms slices; its records waited in its queue "
@@ -738,7 +750,8 @@ def measure(args: argparse.Namespace, brokers: str, rates: list[int], chosen: li
                       f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
                       f"produced {r['produced_rps']:,}/s, engine used {r['engine_cores']} cores, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
-                      f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs"
+                      f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs, "
+                      f"host steal {'-' if r['steal'] is None else format(r['steal'], '.0%')}"
                       + (f", floor {r['engine']}" if e["kind"] == "floor" else ""), file=sys.stderr)
         result["rates"][str(rate)] = {
             "runs": per_engine,

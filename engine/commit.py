@@ -335,6 +335,13 @@ class Committer:
         self.pending_marks = []
 
     def _observe(self, txn: EpochTransaction) -> None:
+        if log.isEnabledFor(logging.DEBUG):  # one line per epoch: where a slow one spent its time
+            committed_at = txn.committed_at or time.time()
+            times = txn.epoch.timestamps_ms
+            oldest = committed_at * 1000 - times.min() if times is not None and len(times) else 0.0
+            stages = " ".join(f"{stage} {seconds * 1000:.1f}" for stage, seconds in dict(txn.seconds).items())
+            log.debug("epoch %d committed at %.3f: %d offsets read, the oldest record %.0f ms old; ms: %s", txn.epoch.number, committed_at,
+                      sum(r.next_offset - r.first_offset for r in txn.epoch.ranges), oldest, stages)
         if txn.commit_seconds is not None:
             self.metrics.observe("commit_seconds", txn.commit_seconds)
         # one clock difference per stage and epoch (metrics.STAGES); a copy, as a replaced hung producer's thread may still write

@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import confluent_kafka as ck
 import polars as pl
 import pytest
 from lockgate.engine.metrics import STAGES
@@ -62,3 +63,33 @@ def test_every_stage_of_an_epoch_has_one_value_per_committed_batch_and_the_stage
         for m in re.finditer(rf'lockgate_stage_duration_seconds_count{{pipeline="{name}",stage="(\w+)"}} (\S+)', text)
     }
     assert exposed == {s.removeprefix("stage_").removesuffix("_seconds"): float(batches) for s in STAGES}, exposed
+
+
+def test_the_commit_logger_at_debug_tells_each_epochs_records_age_and_stages_so_a_slow_epoch_can_be_found(
+    brokers, make_topic, tmp_path, unique, caplog
+):
+    source = make_topic(f"epochlog-in-{unique}", partitions=2)
+    rows = [{"k": f"k{i % 20}", "v": i, "ts": 1_700_000_000_000 + i} for i in range(5_000)]
+    produce(brokers, source, [json.dumps(r).encode() for r in rows], [r["k"] for r in rows])
+    pipe = lg.Pipeline(f"epochlog-{unique}", brokers=brokers, state=str(tmp_path / "state"), batch=lg.BatchPolicy(max_records=1_000))
+    events = pipe.source(source, format=lg.JSON(schema={"k": pl.String, "v": pl.Int64, "ts": pl.Int64}), event_time="ts")
+    # the records are keyed by k: no repartition topic, so every epoch reads only the source
+    events.window(lg.Tumbling("10s"), by="k", emit="update", repartition=False).agg(n=pl.len()).to_kafka(f"epochlog-{unique}-out", key="k")
+
+    with caplog.at_level("DEBUG", logger="lockgate.commit"):
+        summary = pipe.run(until="caught_up", timeout=120)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "lockgate.commit" and " committed at " in r.getMessage()]
+    parsed = [re.fullmatch(r"epoch (\d+) committed at [\d.]+: (\d+) offsets read, the oldest record (\d+) ms old; ms: (.*)", line) for line in lines]
+    assert all(parsed) and len(parsed) == summary.batches >= 5, lines[:3]
+    ends = ck.Consumer({"bootstrap.servers": brokers, "group.id": unique})
+    offsets = sum(ends.get_watermark_offsets(ck.TopicPartition(source, p), timeout=10)[1] for p in (0, 1))
+    ends.close()
+    assert sum(int(m.group(2)) for m in parsed) == offsets >= 5_000  # each epoch's own offsets, every one once
+    assert all(int(m.group(3)) > 0 for m in parsed)  # the records were produced before their commit
+    numbers = [int(m.group(1)) for m in parsed]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    for m in parsed:  # every stage of the epoch, in ms
+        stages = dict(zip(*[iter(m.group(4).split())] * 2, strict=True))
+        assert {"decode", "operators", "prepare", "produce", "commit", "settle_wait"} <= set(stages), stages
+        assert all(float(v) >= 0 for v in stages.values())
