@@ -335,20 +335,21 @@ class Committer:
         self.pending_marks = []
 
     def _observe(self, txn: EpochTransaction) -> None:
-        if log.isEnabledFor(logging.DEBUG):  # one line per epoch: where a slow one spent its time
-            committed_at = txn.committed_at or time.time()
-            times = txn.epoch.timestamps_ms
-            oldest = committed_at * 1000 - times.min() if times is not None and len(times) else 0.0
-            stages = " ".join(f"{stage} {seconds * 1000:.1f}" for stage, seconds in dict(txn.seconds).items())
-            log.debug("epoch %d committed at %.3f: %d offsets read, the oldest record %.0f ms old; ms: %s", txn.epoch.number, committed_at,
-                      sum(r.next_offset - r.first_offset for r in txn.epoch.ranges), oldest, stages)
-        if txn.commit_seconds is not None:
-            self.metrics.observe("commit_seconds", txn.commit_seconds)
-        # one clock difference per stage and epoch (metrics.STAGES); a copy, as a replaced hung producer's thread may still write
-        for stage, seconds in dict(txn.seconds).items():
-            self.metrics.observe(f"stage_{stage}_seconds", seconds)
         # to when the Kafka commit returned, not to when the runner got round to settling the epoch
         now_ms = (txn.committed_at or time.time()) * 1000
+        stages = dict(txn.seconds)  # a copy: a replaced hung producer's thread may still write
+        if txn.commit_seconds is not None:
+            self.metrics.observe("commit_seconds", txn.commit_seconds)
+        for stage, seconds in stages.items():  # one clock difference per stage and epoch (metrics.STAGES)
+            self.metrics.observe(f"stage_{stage}_seconds", seconds)
         for name, times in (("latency_seconds", txn.epoch.timestamps_ms), ("event_latency_seconds", txn.epoch.event_times_ms)):
             if times is not None and len(times):
                 self.metrics.observe(name, np.maximum(now_ms - times, 0) / 1000)
+        if log.isEnabledFor(logging.DEBUG):  # one line per epoch: where a slow one spent its time
+            times = txn.epoch.timestamps_ms
+            log.debug(
+                "epoch %d committed at %.3f: %d offsets read, the oldest record %.0f ms old; ms: %s", txn.epoch.number, now_ms / 1000,
+                sum(r.next_offset - r.first_offset for r in txn.epoch.ranges),
+                now_ms - times.min() if times is not None and len(times) else 0.0,
+                " ".join(f"{stage} {seconds * 1000:.1f}" for stage, seconds in stages.items()),
+            )
