@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -348,6 +349,52 @@ def steal_share(before: list[int] | None, after: list[int] | None) -> float | No
         return None
     total = sum(after[:8]) - sum(before[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
     return round((after[7] - before[7]) / total, 3) if total > 0 else None
+
+
+class StealSampler:
+    """The host's steal share of this machine's CPU time, second by second, on a thread while the ``with`` block runs.
+
+    ``share`` is the whole block's, ``per_second`` each second's (a burst that a
+    block's average hides: a run can lose half the machine for a few seconds).
+
+    >>> with StealSampler(interval=0.05) as s:
+    ...     time.sleep(0.2)
+    >>> s.share is None or 0.0 <= s.share <= 1.0, len(s.per_second) >= 1 or cpu_jiffies() is None
+    (True, True)
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.per_second: list[float] = []
+        self.share: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="steal-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        last = cpu_jiffies()
+        while not self._stop.wait(self.interval):
+            now = cpu_jiffies()
+            share = steal_share(last, now)
+            if share is not None:
+                self.per_second.append(share)
+            last = now
+
+    def start(self) -> StealSampler:
+        self._first = cpu_jiffies()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.share = steal_share(self._first, cpu_jiffies())
+
+    def __enter__(self) -> StealSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def write_json(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:

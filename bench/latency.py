@@ -385,7 +385,7 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         ready_s = time.time() - t_start
         waited_0, mono_0 = waited.value, time.monotonic()
         cpu_0 = _cpu_seconds(None if proc is None else proc.pid)
-        jiffies_0 = common.cpu_jiffies()
+        steal = common.StealSampler().start()  # the host's share of the machine, each second of the load and the drain
         t0_ms = time.time() * 1000
         keys, ts = _produce_paced(producer, in_topic, rate, seconds, seed=run)
         produce_s = time.time() - t0_ms / 1000
@@ -400,7 +400,7 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         # the reader's busy share from the load's start to its last output (a late engine's outputs come after the load)
         reader_busy = 1.0 - (busy_at[0] - waited_0) / max(1e-9, busy_at[1] - mono_0)
         cpu_1, mono_1 = _cpu_seconds(None if proc is None else proc.pid), time.monotonic()
-        stolen = common.steal_share(jiffies_0, common.cpu_jiffies())  # the hypervisor's share, load start to drain end
+        steal.stop()
         # the cores the engine's process used from the load's start to the end of the drain: what it took from the
         # producer, the reader and the broker on this machine
         engine_cores = None if cpu_0 is None or cpu_1 is None else round((cpu_1 - cpu_0) / (mono_1 - mono_0), 3)
@@ -415,7 +415,8 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
                        # queue on a saturated broker, or no CPU): its records waited in it and their latency counts that
                        "producer_max_gap_ms": int(np.diff(ts).max()) if len(ts) > 1 else 0,
                        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
-                       "steal": stolen})
+                       "steal": steal.share, "steal_max_1s": max(steal.per_second, default=None),
+                       "steal_per_second": steal.per_second})
         return result
     finally:
         if proc is not None and proc.poll() is None:
@@ -569,6 +570,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["reader_busy_max"] = max(r.get("reader_busy", 0.0) for r in runs)
     steals = [r["steal"] for r in runs if r.get("steal") is not None]
     out["steal_max"] = max(steals) if steals else None
+    # the runs the host left alone: the same medians, of runs that lost at most STEAL_NOISY of the machine
+    quiet = [r["p99"] for r in runs if r["p99"] is not None and r.get("steal") is not None and r["steal"] <= STEAL_NOISY]
+    out["quiet_p99"] = round(common.median(quiet), 1) if quiet else None
+    out["quiet_runs"] = len(quiet)
     out["producer_max_gap_ms"] = max(r.get("producer_max_gap_ms", 0) for r in runs)
     out["complete"] = all(r["complete"] for r in runs)
     out["lost_records"] = sum(r["lost_records"] for r in runs)
@@ -609,6 +614,19 @@ def run_ratios(num: list[dict[str, Any]], den: list[dict[str, Any]]) -> list[flo
     [0.5, 2.0]
     """
     return [round(a["p99"] / b["p99"], 2) for a, b in zip(num, den, strict=False) if a.get("p99") and b.get("p99")]
+
+
+def quiet_ratio(num: dict[str, Any], den: dict[str, Any]) -> str:
+    """The p99 ratio of two engines' runs the host left alone (see ``summarise``), with how many runs each had; "-" without.
+
+    >>> quiet_ratio({"quiet_p99": 200.0, "quiet_runs": 2}, {"quiet_p99": 250.0, "quiet_runs": 1})
+    '0.80 (2, 1)'
+    >>> quiet_ratio({"quiet_p99": None, "quiet_runs": 0}, {"quiet_p99": 250.0, "quiet_runs": 1})
+    '-'
+    """
+    if not num.get("quiet_p99") or not den.get("quiet_p99"):
+        return "-"
+    return f"{num['quiet_p99'] / den['quiet_p99']:.2f} ({num['quiet_runs']}, {den['quiet_runs']})"
 
 
 def report(result: dict[str, Any]) -> str:
@@ -673,12 +691,16 @@ def report(result: dict[str, Any]) -> str:
                 f"target <= {target}: {'met' if r <= target else 'NOT met'}; goal 0.5: "
                 + ("met" if r <= 0.5 else f"p99 must fall {r / 0.5:.2f}x") if target else "-")
             paired = run_ratios(per_rate["runs"].get(num, []), per_rate["runs"].get(den, []))
-            ratio_rows.append([label, f"{r:.2f}", " / ".join(f"{x:.2f}" for x in paired) or "-", verdict])
+            calm = quiet_ratio(s[num], s[den])
+            ratio_rows.append([label, f"{r:.2f}", " / ".join(f"{x:.2f}" for x in paired) or "-", calm, verdict])
         if ratio_rows:
             parts.append("")
-            parts.append(common.markdown_table(["ratio of steady-state p99 (same run)", "value", "each run's own ratio", "target / goal"], ratio_rows))
+            parts.append(common.markdown_table(["ratio of steady-state p99 (same run)", "value", "each run's own ratio",
+                                                f"of runs with host steal <= {STEAL_NOISY:.0%}", "target / goal"], ratio_rows))
             parts.append("\nThe value is the ratio of the two medians; each run's own ratio pairs the engines measured minutes apart, "
-                         "so how far those spread is how far one bench can be trusted on this machine.")
+                         "so how far those spread is how far one bench can be trusted on this machine.  The next column is the "
+                         "ratio of the medians of the runs the host left alone (the runs of each engine counted in brackets), "
+                         "where there is one of each.")
         stages = per_rate.get("lockgate_histograms", {})
         for key, (hist, staged) in stages.items():
             parts.append("")
