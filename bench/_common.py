@@ -367,6 +367,7 @@ class StealSampler:
         self.interval = interval
         self.per_second: list[float] = []
         self.share: float | None = None
+        self._first: list[int] | None = None  # the counters at start()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="steal-sampler", daemon=True)
 

@@ -73,7 +73,7 @@ def test_the_commit_logger_at_debug_tells_each_epochs_records_age_and_stages_so_
     produce(brokers, source, [json.dumps(r).encode() for r in rows], [r["k"] for r in rows])
     pipe = lg.Pipeline(f"epochlog-{unique}", brokers=brokers, state=str(tmp_path / "state"), batch=lg.BatchPolicy(max_records=1_000))
     events = pipe.source(source, format=lg.JSON(schema={"k": pl.String, "v": pl.Int64, "ts": pl.Int64}), event_time="ts")
-    # the records are keyed by k: no repartition topic, so every epoch reads only the source
+    # repartition=False: no repartition topic, so every epoch reads only the source and the offsets add up to its end
     events.window(lg.Tumbling("10s"), by="k", emit="update", repartition=False).agg(n=pl.len()).to_kafka(f"epochlog-{unique}-out", key="k")
 
     with caplog.at_level("DEBUG", logger="lockgate.commit"):
