@@ -137,7 +137,7 @@ class Committer:
     def __init__(
         self, pipeline: str, log_: CommitLog, producer_options: dict[str, Any], *, commit_timeout_s: float, metrics: Metrics,
         committed: Callable[[set[tuple[str, int]]], dict[tuple[str, int], tuple[int, str | None]]],
-        hang_grace_s: float | None = None,
+        hang_grace_s: float | None = None, min_interval_s: float = 0.0,
     ) -> None:
         self.pipeline = pipeline
         self.log = log_
@@ -148,7 +148,9 @@ class Committer:
         self.committed = committed
         self.producer = self._new_producer()
         self.inflight: tuple[EpochTransaction, Future[None]] | None = None
-        self.started_at: float | None = None  # monotonic time the epoch in flight started its commit
+        self.started_at: float | None = None  # monotonic time the epoch in flight (or the last one) started its commit
+        #: the least time between two epochs' starts (``BatchPolicy.min_interval``)
+        self.min_interval_s = min_interval_s
         #: running estimates (s): an epoch's commit, start to finish; a batch's lead, closed to its commit's start
         self.commit_estimate: float | None = None
         self.lead_estimate: float | None = None
@@ -167,8 +169,16 @@ class Committer:
         is expected to finish within the batch's lead (running estimates of both), or
         once only its ``commit_transaction`` is left (steps 1 and 2 done), or when none
         is in flight.  The batch's processing then overlaps the end of the commit before
-        it instead of following it.  The wait holds no GIL.
+        it instead of following it.  But never before ``min_interval_s`` after the last
+        epoch started.  The wait holds no GIL.
         """
+        if self.started_at is not None and self.min_interval_s > 0:
+            early = self.started_at + self.min_interval_s - time.monotonic()
+            if early > 0:
+                time.sleep(min(early, timeout))
+                if early >= timeout:
+                    return False
+                timeout -= early
         if self.inflight is None:
             return True
         txn, future = self.inflight

@@ -177,7 +177,7 @@ class Runner:
         self._ensure_repartition_topics()
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
-            metrics=self.metrics, committed=self._committed,
+            metrics=self.metrics, committed=self._committed, min_interval_s=self.config.batch.min_interval_s,
         )
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():

@@ -100,6 +100,7 @@ def test_the_next_batch_closes_when_the_epoch_in_flight_should_finish_within_the
     from lockgate.engine.commit import Committer
 
     committer = Committer.__new__(Committer)  # no producer: only the closing decision is exercised
+    committer.min_interval_s = 0.0
     in_flight = _Steps()  # its steps never finish here: only the estimates can say "close"
     committer.inflight = (in_flight, Future())  # type: ignore[assignment]
     committer.commit_estimate, committer.lead_estimate = 0.5, 0.3  # a commit takes 0.5 s, a batch needs 0.3 s before its own
@@ -110,3 +111,20 @@ def test_the_next_batch_closes_when_the_epoch_in_flight_should_finish_within_the
     assert committer.wait_ready(0.1) is False
     in_flight.closable.set()
     assert committer.wait_ready(0.0) is True
+
+
+def test_a_batch_closes_no_sooner_than_min_interval_after_the_last_epoch_started_even_with_no_epoch_in_flight():
+    from lockgate.engine.commit import Committer
+
+    committer = Committer.__new__(Committer)  # no producer: only the closing decision is exercised
+    committer.inflight, committer.min_interval_s = None, 0.3  # the last epoch has finished: without the floor, close now
+    committer.started_at = time.monotonic()
+    assert committer.wait_ready(0.0) is False
+    asked = time.monotonic()
+    assert committer.wait_ready(0.1) is False  # 0.3 s not passed: waited all of the 0.1 s, no more
+    assert 0.09 <= time.monotonic() - asked < 0.25
+    assert committer.wait_ready(5.0) is True  # waits out the rest of the 0.3 s, then nothing is in flight
+    assert time.monotonic() - committer.started_at >= 0.3
+    committer.min_interval_s = 0.0
+    committer.started_at = time.monotonic()
+    assert committer.wait_ready(0.0) is True  # min_interval "0ms": as soon as the commit before allows

@@ -46,6 +46,13 @@ def test_a_bad_duration_is_refused_with_the_way_to_write_one():
     assert lg.BatchPolicy(max_wait=timedelta(milliseconds=20)).max_wait_s == 0.02
 
 
+def test_a_min_interval_longer_than_max_wait_is_refused_with_both_values_and_the_fix():
+    with pytest.raises(lg.PipelineDefinitionError, match=r"min_interval \(200 ms\) is longer than max_wait \(100 ms\).*lower min_interval"):
+        lg.BatchPolicy(min_interval="200ms")
+    assert lg.BatchPolicy(max_wait="20ms").min_interval_s == 0.05  # the default floor: max_wait, the smaller, closes first
+    assert lg.BatchPolicy(min_interval="0ms", max_wait="1s").min_interval_s == 0.0
+
+
 def test_to_kafka_with_a_missing_key_column_names_the_sink_and_the_column(clicks):
     with pytest.raises(lg.PipelineDefinitionError, match=r"to_kafka 'to_kafka_1': the key column 'account' is not in the stream"):
         clicks.select("url").to_kafka("out", key="account")
