@@ -406,12 +406,16 @@ def run_once(engine: dict[str, Any], brokers: str, rate: int, seconds: float, st
         # producer, the reader and the broker on this machine
         engine_cores = None if cpu_0 is None or cpu_1 is None else round((cpu_1 - cpu_0) / (mono_1 - mono_0), 3)
         engine_report = {} if proc is None else _stop_engine(proc, work)
+        # lockgate's epochs, the floor's transactions (each a fixed cost, whatever its size), per second over the same
+        # span as the cores: the load and the drain (5 s without output), so below the rate during the load
+        commits_per_s = round(engine_report["batches"] / (mono_1 - mono_0), 1) if "batches" in engine_report else None
         stop.set()
         reader.join(120)
         result = analyse(engine["kind"], keys, ts, work / "out.ndjson", t0_ms, steady)
         result.update({"run": run, "rate": rate, "seconds": seconds, "ready_seconds": round(ready_s, 2),
                        "produce_seconds": round(produce_s, 2), "produced_rps": round(len(keys) / produce_s),
                        "outputs": last, "reader_busy": round(reader_busy, 3), "engine": engine_report, "engine_cores": engine_cores,
+                       "commits_per_second": commits_per_s,
                        # the producer's longest pause between slices: ~10 ms paced; more, and it was held up (a full
                        # queue on a saturated broker, or no CPU): its records waited in it and their latency counts that
                        "producer_max_gap_ms": int(np.diff(ts).max()) if len(ts) > 1 else 0,
@@ -568,6 +572,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["measured_seconds"] = common.median(measured) if measured else 0.0
     cores = [r["engine_cores"] for r in runs if r.get("engine_cores") is not None]
     out["engine_cores"] = round(common.median(cores), 2) if cores else None
+    commits = [r["commits_per_second"] for r in runs if r.get("commits_per_second") is not None]
+    out["commits_per_second"] = round(common.median(commits), 1) if commits else None
     out["reader_busy_max"] = max(r.get("reader_busy", 0.0) for r in runs)
     steals = [r["steal"] for r in runs if r.get("steal") is not None]
     out["steal_max"] = max(steals) if steals else None
@@ -654,10 +660,11 @@ def report(result: dict[str, Any]) -> str:
                 if f["not_caught_up_runs"]:
                     up += f", **never in {f['not_caught_up_runs']} of {f['runs']} runs**"
             rows.append([e["label"], up, f"{f['measured_seconds']:g}", _cell(f["p50"]), _cell(f["p99"]), _cell(f["p999"]), _cell(f["max"]),
-                         _cell(f["p99_after_warmup"]), "-" if f.get("engine_cores") is None else f"{f['engine_cores']:.2f}", comp])
+                         _cell(f["p99_after_warmup"]), "-" if f.get("engine_cores") is None else f"{f['engine_cores']:.2f}",
+                         "-" if f.get("commits_per_second") is None else f"{f['commits_per_second']:g}", comp])
         parts.append(f"#### {int(rate_key):,} ev/s, {result['seconds']:g} s of load, steady state, medians of {result['runs']} runs "
                      "(each figure its own median; ratios of those medians), latency in ms\n")
-        parts.append(common.markdown_table(["engine", "caught up after", "measured s", "p50", "p99", "p999", "max", "p99 after warm-up", "engine cores", "complete"], rows))
+        parts.append(common.markdown_table(["engine", "caught up after", "measured s", "p50", "p99", "p999", "max", "p99 after warm-up", "engine cores", "commits/s", "complete"], rows))
         busy = max((f["reader_busy_max"] for f in s.values()), default=0.0)
         parts.append(f"\nThe reader was busy at most {busy:.0%} of the time from the load's start to the last output (the rest it waited for records)"
                      + (": **it may have set the pace**" if busy > 0.8 else "") + ".")
@@ -788,7 +795,7 @@ def measure(args: argparse.Namespace, brokers: str, rates: list[int], chosen: li
                 print(f"# {rate:,}/s run {run + 1} {e['label']}: {up}, steady p50 {r['p50']} p99 {r['p99']} p999 {r['p999']} max {r['max']} ms "
                       f"over {r['measured_seconds']} s (after warm-up, catch-up included: p50 {r['after_warmup']['p50']} p99 {r['after_warmup']['p99']}), "
                       f"complete {r['complete']} (lost {r['lost_records']}, extra {r['extra_records']}), "
-                      f"produced {r['produced_rps']:,}/s, engine used {r['engine_cores']} cores, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
+                      f"produced {r['produced_rps']:,}/s, engine used {r['engine_cores']} cores, {r['commits_per_second'] or '-'} commits/s, reader busy {r['reader_busy']:.0%}, producer's longest pause {r['producer_max_gap_ms']} ms, ready after {r['ready_seconds']} s, "
                       f"1-min load average {r['load_average_1m'][0]} -> {r['load_average_1m'][1]} on {r['cpus']} CPUs, "
                       f"host steal {'-' if r['steal'] is None else format(r['steal'], '.0%')}"
                       + (f", floor {r['engine']}" if e["kind"] == "floor" else ""), file=sys.stderr)
