@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import platform
 import shutil
 import statistics
@@ -283,19 +284,43 @@ def shim(worktree: Path, into: Path) -> Path:
     return into
 
 
+def shim_env(pythonpath: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's environment) with ``pythonpath`` (a :func:`shim`) first on ``PYTHONPATH``.
+
+    A child started with it imports that checkout's lockgate, if its working directory is
+    not the repository's root: ``python -c`` puts the working directory first on ``sys.path``,
+    and the root's ``lockgate/`` would win.
+    """
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _check_shim(side: str, pythonpath: str) -> None:
+    """Fail unless a fresh interpreter on :func:`shim_env`, outside the repository, imports lockgate from ``pythonpath``."""
+    with tempfile.TemporaryDirectory() as cwd:
+        got = subprocess.run([sys.executable, "-c", "import lockgate.engine.runner as r; print(r.__file__)"], env=shim_env(pythonpath),
+                             cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    if not got.startswith(pythonpath):
+        raise SystemExit(f"A/B: the {side} side imports lockgate from {got}, not from {pythonpath}: it would compare the wrong code")
+
+
 @contextlib.contextmanager
 def ab_checkouts(rev: str) -> Iterator[dict[str, str]]:
     """Git revision ``rev`` in a temporary worktree, for an A/B run: yields the ``PYTHONPATH`` shims of both sides.
 
-    ``{"base": ..., "new": ...}``: a fresh interpreter with one of them first on its
-    ``PYTHONPATH`` imports the lockgate of ``rev`` or of this checkout (:func:`shim`).
+    ``{"base": ..., "new": ...}``: a fresh interpreter on :func:`shim_env` of one of them
+    imports the lockgate of ``rev`` or of this checkout (:func:`shim`); each is checked so.
     The worktree is removed afterwards.
     """
     root = Path(__file__).resolve().parent.parent
     tmp = Path(tempfile.mkdtemp(prefix="lockgate-ab-"))
     subprocess.run(["git", "worktree", "add", "--detach", str(tmp / "base"), rev], cwd=root, capture_output=True, check=True)
     try:
-        yield {"base": str(shim(tmp / "base", tmp / "shim-base")), "new": str(shim(root, tmp / "shim-new"))}
+        shims = {"base": str(shim(tmp / "base", tmp / "shim-base")), "new": str(shim(root, tmp / "shim-new"))}
+        for side, path in shims.items():
+            _check_shim(side, path)
+        yield shims
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=root, capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,7 @@ print("RESULT " + json.dumps(result))
 
 
 def one_run(side: str, pythonpath: str, brokers: str, topic: str, records: int, run: int, tag: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": pythonpath + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = common.shim_env(pythonpath)
     code = CHILD.format(bench=str(HERE), brokers=brokers, topic=topic, records=records, run=run, tag=f"{tag}-{side}")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, cwd=tempfile.gettempdir())
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
