@@ -170,10 +170,11 @@ class Committer:
         once only its ``commit_transaction`` is left (steps 1 and 2 done), or when none
         is in flight.  The batch's processing then overlaps the end of the commit before
         it instead of following it.  But never before ``min_interval_s`` after the last
-        epoch started.  The wait holds no GIL.
+        epoch started, less the batch's lead: so the commits start about ``min_interval_s``
+        apart, not ``min_interval_s`` plus a lead.  The wait holds no GIL.
         """
         if self.started_at is not None and self.min_interval_s > 0:
-            early = self.started_at + self.min_interval_s - time.monotonic()
+            early = self.started_at + self.min_interval_s - (self.lead_estimate or 0.0) - time.monotonic()
             if early > 0:
                 time.sleep(min(early, timeout))
                 if early >= timeout:

@@ -120,7 +120,9 @@ class BatchPolicy(_Options, _Batch):
     min_interval
         The least time between the starts of two epochs' commits (Flink's
         ``min-pause`` between checkpoints, start to start): a batch with records
-        closes no earlier, unless it is full or ``max_wait`` (the smaller one wins)
+        closes no earlier than that after the last commit started, less the time
+        it is expected to need before its own commit can start (its decode and
+        operators), unless it is full or ``max_wait`` (the smaller one wins)
         passed.  ``"0ms"``: a batch closes as soon as the commit before it allows.
 
     >>> BatchPolicy().min_interval_s, BatchPolicy(max_wait="20ms").max_wait_s

@@ -113,11 +113,26 @@ def test_the_next_batch_closes_when_the_epoch_in_flight_should_finish_within_the
     assert committer.wait_ready(0.0) is True
 
 
+def test_min_interval_counts_commit_start_to_commit_start_so_the_batch_closes_its_lead_earlier():
+    from lockgate.engine.commit import Committer
+
+    committer = Committer.__new__(Committer)  # no producer: only the closing decision is exercised
+    committer.inflight, committer.min_interval_s = None, 0.4
+    committer.lead_estimate = 0.25  # a closed batch needs 0.25 s (decode, operators) before its commit can start
+    committer.started_at = time.monotonic()
+    assert committer.wait_ready(0.0) is False  # 0.4 - 0.25 = 0.15 s to go
+    assert committer.wait_ready(5.0) is True
+    closed = time.monotonic() - committer.started_at
+    # closed 0.15 s after the last start, so its commit starts about 0.4 s after it; closing at 0.4 s would start it at 0.65 s
+    assert 0.14 <= closed < 0.3
+
+
 def test_a_batch_closes_no_sooner_than_min_interval_after_the_last_epoch_started_even_with_no_epoch_in_flight():
     from lockgate.engine.commit import Committer
 
     committer = Committer.__new__(Committer)  # no producer: only the closing decision is exercised
     committer.inflight, committer.min_interval_s = None, 0.3  # the last epoch has finished: without the floor, close now
+    committer.lead_estimate = None  # no batch measured yet: the whole 0.3 s
     committer.started_at = time.monotonic()
     assert committer.wait_ready(0.0) is False
     asked = time.monotonic()
