@@ -1,16 +1,17 @@
 """A prepare's state append beside a busy Python thread: the engine's path against its floor, a prebuilt table.
 
-In an epoch's prepare, an appender thread turns a window's state delta into Arrow
-(``storage/state.py`` ``append_state_rows``: concat, tags, ``to_arrow``, one cast per
-column) and writes it with Lance's ``write_dataset``, while the runner thread runs the
-next batch's Python and the produce loop runs its own.  Each Polars or pyarrow call the
-appender makes releases the GIL and then waits for it, up to a switch interval (5 ms)
-when another thread is running Python.  This bench times both paths, alone and beside a
-thread that only runs Python:
+Until 2026-12-07 an epoch's prepare had an appender thread turn a window's state delta
+into Arrow (``storage/state.py`` ``state_rows``: concat, tags, ``to_arrow``, one cast per
+column) and write it with Lance's ``write_dataset``, while the runner thread ran the next
+batch's Python and the produce loop its own.  Each Polars or pyarrow call the appender
+makes releases the GIL and then waits for it, up to a switch interval (5 ms) when
+another thread is running Python.  Now the runner builds the rows as it starts the
+epoch (``EpochTransaction.build_rows``) and the appender only writes.  This bench times
+both, alone and beside a thread that only runs Python:
 
-- ``engine``: ``append_state_rows`` as the prepare calls it (delta frame in, version out);
+- ``engine``: ``append_state_rows``, build and write on one thread (the old prepare path);
 - ``floor``: ``write_dataset`` of the same rows already built as an Arrow table (what an
-  appender would do if the runner built the tables while it builds the epoch).
+  appender does now).
 
 Medians over ``--runs`` interleaved runs of ``--appends`` appends each; the p50/p90 per
 configuration in ms, and engine / floor.
@@ -38,8 +39,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _common as common  # noqa: E402
-from lockgate.storage.row_tags import tag  # noqa: E402
-from lockgate.storage.row_tags import DELETED  # noqa: E402
+from lockgate.storage.row_tags import DELETED, tag  # noqa: E402
 from lockgate.storage.state import append_state_rows  # noqa: E402
 
 

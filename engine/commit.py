@@ -200,6 +200,9 @@ class Committer:
         if self.inflight is not None:
             raise AssertionError(f"epoch {epoch.number}: started while epoch {self.inflight[0].epoch.number} is in flight")
         txn = EpochTransaction(self.pipeline, epoch, self.log, self.producer, group, self.pending_marks)
+        building = time.monotonic()
+        txn.build_rows()  # on this (the runner's) thread: the commit thread's appenders only write
+        seconds = {**seconds, "operators": seconds.get("operators", 0.0) + time.monotonic() - building}
         txn.seconds.update(seconds)
         self.pending_marks = []
         self.lead_estimate = _ewma(self.lead_estimate, seconds.get("decode", 0.0) + seconds.get("operators", 0.0))

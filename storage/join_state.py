@@ -41,7 +41,7 @@ from lockgate.operators.join_rows import ROW_ID, JoinRowsDelta, StreamJoinSpec
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.lance_io import open_dataset
 from lockgate.storage.row_tags import BATCH, DELETED, INTERNAL_COLUMNS, latest_rows, tag_fields
-from lockgate.storage.state import append_state_rows, forget_state_rows, state_uri
+from lockgate.storage.state import forget_state_rows, state_rows, state_uri, write_state_rows
 
 __all__ = ["JOIN_SIDE_KEY", "JoinSideStore", "read_join_side"]
 
@@ -78,8 +78,12 @@ class JoinSideStore:
 
     def append(self, delta: JoinRowsDelta, *, batch_id: int, epoch: int) -> int | None:
         """Append the side's upserts, then its deletes as tombstones; the table version, or None when empty."""
-        version, rows = append_state_rows(self.uri, self.arrow_schema, delta.upserts, delta.deletes, batch_id, epoch, f"join {self.name!r}")
-        self.appended += rows
+        return self.append_rows(state_rows(self.arrow_schema, delta.upserts, delta.deletes, batch_id, epoch))
+
+    def append_rows(self, rows: pa.Table | None) -> int | None:
+        """Append a delta already built by :func:`~lockgate.storage.state.state_rows`; as :meth:`append`."""
+        version, count = write_state_rows(self.uri, rows, f"join {self.name!r}")
+        self.appended += count
         return version
 
     def forget_before(self, epoch: int, shards: Collection[int] | None) -> int:

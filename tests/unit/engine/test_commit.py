@@ -143,3 +143,60 @@ def test_a_batch_closes_no_sooner_than_min_interval_after_the_last_epoch_started
     committer.min_interval_s = 0.0
     committer.started_at = time.monotonic()
     assert committer.wait_ready(0.0) is True  # min_interval "0ms": as soon as the commit before allows
+
+
+class _Store:
+    """Stands in for a WindowStore: it only writes rows built before (records them and the thread that wrote them)."""
+
+    name = "window_1"
+
+    def __init__(self) -> None:
+        import pyarrow as pa
+
+        self.arrow_schema = pa.schema([("k", pa.int64()), ("count", pa.int64()), ("_lg_deleted", pa.bool_()),
+                                       ("_lg_batch", pa.int64()), ("_lg_epoch", pa.int64()), ("_lg_order", pa.int64())])
+        self.written: list[tuple[str, object]] = []
+
+    def append_rows(self, rows: object) -> int:
+        self.written.append((threading.current_thread().name, rows))
+        return 2
+
+
+class _NoLog:
+    def prepare(self, pipeline: str, **kwargs: Any) -> None:
+        pass
+
+
+def _state_epoch() -> tuple[Any, _Store]:
+    import polars as pl
+    from lockgate.engine.stateful import StateDelta
+    from lockgate.engine.transaction import Epoch
+    from lockgate.operators.windows.state import WindowDelta
+
+    store = _Store()
+    delta = WindowDelta(upserts=pl.DataFrame({"k": [1, 2], "count": [3, 4]}), deletes=pl.DataFrame({"k": [5]}))
+    return Epoch(number=7, ranges=(), states=(StateDelta(store, delta),)), store  # type: ignore[arg-type]
+
+
+def test_an_epochs_state_rows_are_built_when_the_runner_starts_it_so_the_appenders_only_write(monkeypatch):
+    from lockgate.engine import commit, transaction
+    from lockgate.engine.commit import Committer
+
+    epoch, store = _state_epoch()
+    committer = Committer.__new__(Committer)  # no producer: only what start() does on the runner's thread
+    committer.pipeline, committer.log, committer.producer, committer.pending_marks = "pipe", _NoLog(), None, []
+    committer.inflight, committer.lead_estimate = None, None
+    monkeypatch.setattr(commit, "in_thread", lambda fn, name: None)  # the commit thread is not started here
+    committer.start(epoch, None, {"decode": 0.01, "operators": 0.02})
+    txn = committer.inflight[0]  # type: ignore[index]
+    rows = txn.state_rows[0]
+    assert rows is not None and rows.num_rows == 3, "built on the runner's thread, before the commit thread starts"
+    assert rows.column("_lg_deleted").to_pylist() == [False, False, True] and set(rows.column("_lg_batch").to_pylist()) == {epoch.batch_id}
+    assert txn.seconds["operators"] >= 0.02, "the build counts as building the epoch"
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("the prepare built the state rows again")
+
+    monkeypatch.setattr(transaction, "state_rows", no_build)
+    txn.prepare()
+    assert [r for _, r in store.written] == [rows], "the appender wrote the rows built before, and nothing else"
