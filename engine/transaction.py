@@ -263,8 +263,11 @@ class EpochTransaction:
         #: how long each stage of this epoch took, in seconds (``stage_<name>_seconds`` in the metrics):
         #: the runner puts in its own (wait, decode, operators); prepare, produce and commit are timed here
         self.seconds: dict[str, float] = {}
-        #: the state deltas' rows for their tables, built by :meth:`build_rows` (None until then)
+        #: the rows the prepare writes, built by :meth:`build_rows` (None and empty until then): each state
+        #: delta's, each table sink's with rows (the table and its rows), and the commit log's
         self.state_rows: list[pa.Table | None] | None = None
+        self.table_rows: list[tuple[SinkTable, pa.Table]] = []
+        self.log_rows: pa.Table | None = None
         #: how long the commit-log append of ``prepare`` took: it also carries ``marks``
         self.log_append_seconds: float | None = None
         #: wall-clock time (``time.time()``) when the Kafka commit returned: the end of end-to-end latency
@@ -281,7 +284,7 @@ class EpochTransaction:
         self.error = exc
 
     def build_rows(self) -> None:
-        """Build the state deltas' rows for their tables (:func:`~lockgate.storage.state.state_rows`), on the calling thread.
+        """Build every row the prepare writes (state deltas, table-sink rows, the commit log's), on the calling thread.
 
         :class:`~lockgate.engine.commit.Committer` calls it on the runner thread as it
         starts the epoch: that thread holds the GIL while it builds an epoch anyway,
@@ -290,11 +293,20 @@ class EpochTransaction:
         14 ms for the write alone, beside a busy Python thread).  The appender threads
         then only write.  Once per epoch; :meth:`prepare` calls it if nobody did.
         """
-        if self.state_rows is None:
-            number, batch_id = self.epoch.number, self.epoch.batch_id
-            self.state_rows = [
-                state_rows(d.store.arrow_schema, d.changes.upserts, d.changes.deletes, batch_id, number) for d in self.epoch.states
-            ]
+        if self.state_rows is not None:
+            return
+        number, batch_id = self.epoch.number, self.epoch.batch_id
+        self.table_rows = [
+            (table, table.rows_of(frame, batch_id=batch_id, epoch=number)) for table, frame in self.epoch.tables if frame.height
+        ]
+        self.state_rows = [
+            state_rows(d.store.arrow_schema, d.changes.upserts, d.changes.deletes, batch_id, number) for d in self.epoch.states
+        ]
+        written = [table.name for table, _ in self.table_rows] + [f"state:{d.store.name}" for d in self.epoch.states]
+        self.log_rows = self.log.prepare_rows(
+            self.pipeline, epoch=number, batch_id=batch_id, ranges=self.epoch.ranges, tables=dict.fromkeys(written),
+            marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times, prev=self.epoch.prev,
+        )
 
     def prepare(self) -> None:
         """Write the table rows, the state deltas and the prepare records to LanceDB (append only), side by side.
@@ -304,28 +316,21 @@ class EpochTransaction:
         slowest, not the sum.  None of them is read before the epoch's commit mark,
         which comes after the Kafka commit, which waits for all of them.  The commit
         marks of earlier epochs whose Kafka transactions have committed (``marks``)
-        travel in the same append as this epoch's prepare records.  Touches no Kafka
-        client: it may run while :meth:`produce` runs on another thread.
+        travel in the same append as this epoch's prepare records.  Every row was
+        built before (:meth:`build_rows`): here they are only written.  Touches no
+        Kafka client: it may run while :meth:`produce` runs on another thread.
         """
         if self.prepared:
             raise CommitError(f"epoch {self.epoch.number}: prepared twice")
         started = time.monotonic()
-        epoch, batch_id = self.epoch.number, self.epoch.batch_id
-        writes: dict[str, Callable[[], object]] = {}
-        for table, frame in self.epoch.tables:
-            if frame.height:
-                writes[table.name] = functools.partial(table.append, frame, batch_id=batch_id, epoch=epoch)
         self.build_rows()  # done already when the runner started the epoch (Committer.start)
         assert self.state_rows is not None
-        for delta, rows in zip(self.epoch.states, self.state_rows, strict=True):
-            writes[f"state:{delta.store.name}"] = functools.partial(delta.store.append_rows, rows)
-        pending = [_appender().submit(write) for write in writes.values()]
+        writes: list[Callable[[], object]] = [functools.partial(table.append_rows, rows) for table, rows in self.table_rows]
+        writes += [functools.partial(d.store.append_rows, rows) for d, rows in zip(self.epoch.states, self.state_rows, strict=True)]
+        pending = [_appender().submit(write) for write in writes]
         try:
             appending = time.monotonic()
-            self.log.prepare(
-                self.pipeline, epoch=epoch, batch_id=batch_id, ranges=self.epoch.ranges, tables=dict.fromkeys(writes),
-                marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times, prev=self.epoch.prev,
-            )
+            self.log.write(self.log_rows)
             self.log_append_seconds = time.monotonic() - appending
         finally:
             futures.wait(pending)  # none may still be writing when the epoch's outcome is decided

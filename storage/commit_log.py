@@ -76,7 +76,12 @@ class CommitLog:
 
     def _rows(self, rows: list[dict[str, Any]]) -> None:
         """Append log rows; the columns a row leaves out are null (a mark has no offsets, for one)."""
-        append_table(self.uri, pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA))
+        self.write(pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA))
+
+    def write(self, rows: pa.Table | None) -> None:
+        """Append rows built by :meth:`prepare_rows` (nothing when None)."""
+        if rows is not None:
+            append_table(self.uri, rows)
 
     def prepare(
         self,
@@ -90,14 +95,39 @@ class CommitLog:
         event_times: Mapping[tuple[str, int], int | None] | None = None,
         prev: Mapping[tuple[str, int], int | None] | None = None,
     ) -> None:
-        """Record that ``batch_id`` wrote ``tables`` (name -> version, None when written at the same time) for these input ranges.
+        """Record that ``batch_id`` wrote ``tables`` for these input ranges: :meth:`prepare_rows`, then :meth:`write`."""
+        self.write(self.prepare_rows(
+            pipeline, epoch=epoch, batch_id=batch_id, ranges=ranges, tables=tables, marks=marks, event_times=event_times, prev=prev,
+        ))
+
+    def prepare_rows(
+        self,
+        pipeline: str,
+        *,
+        epoch: int,
+        batch_id: int,
+        ranges: Iterable[PartitionRange],
+        tables: Mapping[str, int | None],
+        marks: Iterable[tuple[int, int]] = (),
+        event_times: Mapping[tuple[str, int], int | None] | None = None,
+        prev: Mapping[tuple[str, int], int | None] | None = None,
+    ) -> pa.Table | None:
+        """The log rows that record ``batch_id`` (name -> version, None when written at the same time), built apart from their write.
 
         Readers never go by these versions: they read the rows of marked batches.
 
-        ``marks`` (epoch, batch id) of earlier, committed batches are written in the same append;
+        ``marks`` (epoch, batch id) of earlier, committed batches come in the same rows;
         ``event_times`` holds each partition's maximum event time so far (for its watermark);
         ``prev`` names, per partition, the batch this one follows on the partition's chain
         (the one whose committed offset it starts from), so recovery can walk the chain back.
+        None when there is nothing to record.  The runner builds them as it starts an
+        epoch, so the prepare's commit-log append only writes (see ``EpochTransaction.build_rows``).
+
+        >>> import tempfile
+        >>> log = CommitLog(tempfile.mkdtemp())
+        >>> rows = log.prepare_rows("p", epoch=1, batch_id=7, ranges=[PartitionRange("t", 0, 0, 5)], tables={}, marks=[(0, 6)])
+        >>> rows.column("kind").to_pylist(), rows.column("batch_id").to_pylist()
+        (['prepare', 'commit'], [7, 6])
         """
         now = datetime.now(UTC)
         encoded = json.dumps(dict(tables), sort_keys=True)
@@ -112,8 +142,7 @@ class CommitLog:
             for r in ranges
         ]
         rows += [self._mark_row(pipeline, epoch_, batch_) for epoch_, batch_ in marks]
-        if rows:
-            self._rows(rows)
+        return pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA) if rows else None
 
     @staticmethod
     def _mark_row(pipeline: str, epoch: int, batch_id: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import polars as pl
+import pyarrow as pa
 from lockgate.errors import PipelineDefinitionError, StorageError
 from lockgate.storage.commit_log import CommitLog, check_history
 from lockgate.storage.lance_io import append_table, open_dataset, sql_list, storage_options, table_uri, use_storage_options
@@ -61,16 +62,28 @@ class SinkTable:
         self.prune_pending = False
 
     def append(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> int:
-        """Append a batch's rows tagged with its batch id; return the table version."""
+        """Append a batch's rows tagged with its batch id (:meth:`rows_of`, then :meth:`append_rows`); return the table version."""
+        return self.append_rows(self.rows_of(frame, batch_id=batch_id, epoch=epoch))
+
+    def rows_of(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> pa.Table:
+        """A batch's rows as this table gets them: tagged with its batch id, as Arrow; built apart from their write.
+
+        The runner builds them as it starts an epoch (``EpochTransaction.build_rows``), so
+        a prepare's appender thread only writes.
+        """
         data = tag(frame, batch_id=batch_id, epoch=epoch).to_arrow(compat_level=pl.CompatLevel.oldest())
         if self.upsert_keys is not None:
             data = data.replace_schema_metadata({"lockgate.upsert_keys": json.dumps(self.upsert_keys)})
+        return data
+
+    def append_rows(self, data: pa.Table) -> int:
+        """Append rows built by :meth:`rows_of`; return the table version."""
         try:
             version = append_table(self.uri, data)
         except StorageError as exc:
             raise StorageError(f"to_table {self.name!r}: {exc}") from exc
         if self.rows is not None:
-            self.rows += frame.height
+            self.rows += data.num_rows
         return version
 
     def prune_due(self, floor: int) -> bool:

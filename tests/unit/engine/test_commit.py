@@ -62,24 +62,34 @@ class _Table:
     def __init__(self) -> None:
         self.started = threading.Event()
         self.log_started = threading.Event()
+        self.built: list[str] = []
 
-    def append(self, frame: object, *, batch_id: int, epoch: int) -> int:
+    def rows_of(self, frame: object, *, batch_id: int, epoch: int) -> object:
+        self.built.append(threading.current_thread().name)
+        return ("rows of", frame, batch_id)
+
+    def append_rows(self, rows: object) -> int:
         self.started.set()
         assert self.log_started.wait(10), "the commit-log append never started while this one ran"
         return 1
 
 
 class _Log:
-    """Stands in for the CommitLog: its prepare waits for the table append to have started."""
+    """Stands in for the CommitLog: its write waits for the table append to have started."""
 
     def __init__(self, table: _Table) -> None:
         self.table = table
         self.tables: object = None
+        self.written: list[object] = []
 
-    def prepare(self, pipeline: str, **kwargs: Any) -> None:
+    def prepare_rows(self, pipeline: str, **kwargs: Any) -> object:
+        self.tables = kwargs["tables"]
+        return ("log rows", kwargs["batch_id"])
+
+    def write(self, rows: object) -> None:
         self.table.log_started.set()
         assert self.table.started.wait(10), "the table append never started while the commit log's ran"
-        self.tables = kwargs["tables"]
+        self.written.append(rows)
 
 
 def test_a_prepares_table_state_and_commit_log_appends_run_side_by_side():
@@ -91,7 +101,7 @@ def test_a_prepares_table_state_and_commit_log_appends_run_side_by_side():
     epoch = Epoch(number=3, ranges=(), tables=((table, pl.DataFrame({"n": [1]})),))  # type: ignore[arg-type]
     txn = EpochTransaction("pipe", epoch, log_=log, producer=None, group=None)  # type: ignore[arg-type]
     txn.prepare()  # one after the other, each would wait 10 s for the other and fail
-    assert txn.prepared and log.tables == {"per_minute": None}
+    assert txn.prepared and log.tables == {"per_minute": None} and log.written == [("log rows", epoch.batch_id)]
 
 
 def test_the_next_batch_closes_when_the_epoch_in_flight_should_finish_within_the_batchs_lead():
@@ -163,7 +173,10 @@ class _Store:
 
 
 class _NoLog:
-    def prepare(self, pipeline: str, **kwargs: Any) -> None:
+    def prepare_rows(self, pipeline: str, **kwargs: Any) -> None:
+        return None
+
+    def write(self, rows: object) -> None:
         pass
 
 
@@ -200,3 +213,51 @@ def test_an_epochs_state_rows_are_built_when_the_runner_starts_it_so_the_appende
     monkeypatch.setattr(transaction, "state_rows", no_build)
     txn.prepare()
     assert [r for _, r in store.written] == [rows], "the appender wrote the rows built before, and nothing else"
+
+
+def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it_so_the_appenders_only_write(monkeypatch, tmp_path):
+    import polars as pl
+    from lockgate.engine import commit
+    from lockgate.engine.commit import Committer
+    from lockgate.engine.transaction import Epoch
+    from lockgate.storage.commit_log import CommitLog, PartitionRange
+
+    class _Sink:
+        name = "per_minute"
+
+        def __init__(self) -> None:
+            self.built: list[str] = []
+            self.written: list[tuple[str, object]] = []
+
+        def rows_of(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> object:
+            self.built.append(threading.current_thread().name)
+            return ("rows", frame.height, batch_id)
+
+        def append_rows(self, rows: object) -> int:
+            self.written.append((threading.current_thread().name, rows))
+            return 2
+
+    log, sink = CommitLog(str(tmp_path)), _Sink()
+    before = Epoch(number=6, ranges=())  # committed: its mark travels with the next prepare
+    epoch = Epoch(number=7, ranges=(PartitionRange("in", 0, 10, 15),), tables=((sink, pl.DataFrame({"n": [1, 2]})),))  # type: ignore[arg-type]
+    committer = Committer.__new__(Committer)  # no producer: only what start() does on the runner's thread
+    committer.pipeline, committer.log, committer.producer, committer.pending_marks = "pipe", log, None, [before]
+    committer.inflight, committer.lead_estimate = None, None
+    monkeypatch.setattr(commit, "in_thread", lambda fn, name: None)  # the commit thread is not started here
+    committer.start(epoch, None, {"decode": 0.01, "operators": 0.02})
+    txn = committer.inflight[0]  # type: ignore[index]
+    runner = threading.current_thread().name
+    assert sink.built == [runner] and txn.table_rows == [(sink, ("rows", 2, epoch.batch_id))]
+    assert txn.log_rows is not None and txn.log_rows.column("kind").to_pylist() == ["prepare", "commit"]
+    assert txn.log_rows.column("batch_id").to_pylist() == [epoch.batch_id, before.batch_id]
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the prepare built rows again")
+
+    monkeypatch.setattr(log, "prepare_rows", no_build)
+    monkeypatch.setattr(sink, "rows_of", no_build)
+    txn.prepare()
+    assert [rows for _, rows in sink.written] == [("rows", 2, epoch.batch_id)] and sink.written[0][0] != runner
+    written = log.frame().sort("kind", descending=True)
+    assert written["kind"].to_list() == ["prepare", "commit"] and written["batch_id"].to_list() == [epoch.batch_id, before.batch_id]
+    assert written.filter(pl.col("kind") == "prepare")["next_offset"].to_list() == [15]
