@@ -83,22 +83,9 @@ class CommitLog:
         if rows is not None:
             append_table(self.uri, rows)
 
-    def prepare(
-        self,
-        pipeline: str,
-        *,
-        epoch: int,
-        batch_id: int,
-        ranges: Iterable[PartitionRange],
-        tables: Mapping[str, int | None],
-        marks: Iterable[tuple[int, int]] = (),
-        event_times: Mapping[tuple[str, int], int | None] | None = None,
-        prev: Mapping[tuple[str, int], int | None] | None = None,
-    ) -> None:
-        """Record that ``batch_id`` wrote ``tables`` for these input ranges: :meth:`prepare_rows`, then :meth:`write`."""
-        self.write(self.prepare_rows(
-            pipeline, epoch=epoch, batch_id=batch_id, ranges=ranges, tables=tables, marks=marks, event_times=event_times, prev=prev,
-        ))
+    def prepare(self, pipeline: str, **fields: Any) -> None:
+        """Record that a batch wrote its tables for its input ranges: :meth:`prepare_rows` (the same arguments), then :meth:`write`."""
+        self.write(self.prepare_rows(pipeline, **fields))
 
     def prepare_rows(
         self,
