@@ -432,6 +432,15 @@ def write_json(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def write_markdown(json_path: Path, md: str) -> Path:
+    """Print ``md`` and write it beside the results written by :func:`write_json` (the same name, ``.md``); returns its path."""
+    print(md)
+    path = json_path.with_suffix(".md")
+    path.write_text(md + "\n")
+    print(f"# written to {json_path} and {path}", file=sys.stderr)
+    return path
+
+
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub Markdown table."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]

@@ -789,10 +789,7 @@ def measure(args: argparse.Namespace, brokers: str, rates: list[int], chosen: li
             "lockgate_histograms": {k: stage_histograms(v) for k, v in per_engine.items() if k.startswith("lg_")},
         }
     path = common.write_json(args.out, "latency", result)
-    md = report(result)
-    print(md)
-    path.with_suffix(".md").write_text(md + "\n")
-    print(f"# written to {path} and {path.with_suffix('.md')}", file=sys.stderr)
+    common.write_markdown(path, report(result))
     return 0
 
 

@@ -9,7 +9,7 @@ another thread is running Python.  Now the runner builds the rows as it starts t
 epoch (``EpochTransaction.build_rows``) and the appender only writes.  This bench times
 both, alone and beside a thread that only runs Python:
 
-- ``engine``: ``append_state_rows``, build and write on one thread (the old prepare path);
+- ``engine``: ``state_rows`` then ``write_state_rows``, build and write on one thread (the old prepare path);
 - ``floor``: ``write_dataset`` of the same rows already built as an Arrow table (what an
   appender does now).
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _common as common  # noqa: E402
 from lockgate.storage.row_tags import DELETED, tag  # noqa: E402
-from lockgate.storage.state import append_state_rows  # noqa: E402
+from lockgate.storage.state import state_rows, write_state_rows  # noqa: E402
 
 
 def _busy(stop: threading.Event) -> None:
@@ -77,7 +77,7 @@ def one_run(rows: int, appends: int) -> dict[str, dict[str, float]]:
             try:
                 uri = f"{work}/engine-{beside}.lance"
                 lance.write_dataset(built, uri)
-                out[f"engine_{beside}"] = _time(lambda i, uri=uri: append_state_rows(uri, built.schema, upserts, deletes, i, i, "bench"), appends)
+                out[f"engine_{beside}"] = _time(lambda i, uri=uri: write_state_rows(uri, state_rows(built.schema, upserts, deletes, i, i), "bench"), appends)
                 uri = f"{work}/floor-{beside}.lance"
                 lance.write_dataset(built, uri)
                 out[f"floor_{beside}"] = _time(lambda i, uri=uri: lance.write_dataset(built, uri, mode="append"), appends)
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary[f'floor_{beside}']['p50']:.1f} / {summary[f'floor_{beside}']['p90']:.1f}", summary[f"engine_over_floor_{beside}"])
          for beside in ("alone", "busy")],
     )
-    print(md)
-    path.with_suffix(".md").write_text(md + "\n")
-    print(f"# written to {path}", file=sys.stderr)
+    common.write_markdown(path, md)
     return 0
 
 

@@ -56,7 +56,10 @@ from lockgate.storage.commit_log import CommitLog, check_history
 from lockgate.storage.lance_io import append_table, filesystem, open_dataset, sql_list, use_storage_options
 from lockgate.storage.row_tags import BATCH, DELETED, EPOCH, INTERNAL_COLUMNS, latest_rows, tag, tag_fields
 
-__all__ = ["WindowStore", "append_state_rows", "forget_state_rows", "state_rows", "write_state_rows", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_uri"]
+__all__ = [
+    "WindowStore", "forget_state_rows", "list_states", "read_state", "spec_from_json", "spec_to_json", "state_rows", "state_uri",
+    "write_state_rows",
+]
 
 _META = (*INTERNAL_COLUMNS, DELETED)
 
@@ -197,19 +200,11 @@ def state_rows(arrow_schema: pa.Schema, upserts: pl.DataFrame, deletes: pl.DataF
     )
 
 
-def append_state_rows(
-    uri: str, arrow_schema: pa.Schema, upserts: pl.DataFrame, deletes: pl.DataFrame, batch_id: int, epoch: int, what: str,
-) -> tuple[int | None, int]:
-    """Append an operator's state delta to its table (:func:`state_rows`, then :func:`write_state_rows`).
+def write_state_rows(uri: str, rows: pa.Table | None, what: str) -> tuple[int | None, int]:
+    """Append rows built by :func:`state_rows` (nothing when None); the table version and the rows written.
 
-    Returns the table version (None when the delta is empty) and the rows written;
     ``what`` names the operator in errors.  Window and join state both write this way.
     """
-    return write_state_rows(uri, state_rows(arrow_schema, upserts, deletes, batch_id, epoch), what)
-
-
-def write_state_rows(uri: str, rows: pa.Table | None, what: str) -> tuple[int | None, int]:
-    """Append rows built by :func:`state_rows` (nothing when None); the table version and the rows written."""
     if rows is None:
         return None, 0
     try:
