@@ -41,6 +41,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,8 @@ log = logging.getLogger("lockgate.commit")
 HANG_GRACE_S = 15.0
 #: weight of the newest epoch in the running estimates of Committer.wait_ready
 _NEWEST = 0.2
+#: the deferred prepare: committed epochs whose LanceDB writes may wait before the next settle waits for them
+_MATERIALIZE_QUEUE = 4
 
 
 def _ewma(estimate: float | None, value: float) -> float:
@@ -102,6 +105,11 @@ def run_epoch(txn: EpochTransaction) -> None:
     Kafka commit (step 3) waits for both.
     """
     try:
+        if txn.record is not None:  # the deferred prepare: the rows are in the transaction; written after it commits
+            txn.produce()
+            txn.closable.set()  # only the Kafka commit is left: the next batch may close
+            txn.commit_kafka()
+            return
         kafka = in_thread(txn.produce, f"{threading.current_thread().name}-kafka")
         try:
             txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
@@ -137,9 +145,14 @@ class Committer:
     def __init__(
         self, pipeline: str, log_: CommitLog, producer_options: dict[str, Any], *, commit_timeout_s: float, metrics: Metrics,
         committed: Callable[[set[tuple[str, int]]], dict[tuple[str, int], tuple[int, str | None]]],
-        hang_grace_s: float | None = None, min_interval_s: float = 0.0,
+        hang_grace_s: float | None = None, min_interval_s: float = 0.0, prepares_topic: str | None = None,
     ) -> None:
         self.pipeline = pipeline
+        #: the deferred prepare's topic (None: each epoch's prepare is written before its Kafka commit)
+        self.prepares_topic = prepares_topic
+        #: the deferred prepare: committed epochs' LanceDB writes, in epoch order, on one thread
+        self.materializer = futures.ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-materialize-{pipeline}")
+        self.materializing: list[Future[None]] = []
         self.log = log_
         self.producer_options = producer_options
         self.commit_timeout_s = commit_timeout_s
@@ -199,7 +212,7 @@ class Committer:
         """
         if self.inflight is not None:
             raise AssertionError(f"epoch {epoch.number}: started while epoch {self.inflight[0].epoch.number} is in flight")
-        txn = EpochTransaction(self.pipeline, epoch, self.log, self.producer, group, self.pending_marks)
+        txn = EpochTransaction(self.pipeline, epoch, self.log, self.producer, group, self.pending_marks, prepares_topic=self.prepares_topic)
         building = time.monotonic()
         txn.build_rows()  # on this (the runner's) thread: the commit thread's appenders only write
         seconds = {**seconds, "operators": seconds.get("operators", 0.0) + time.monotonic() - building}
@@ -292,7 +305,11 @@ class Committer:
                 self.metrics.add("producer_replacements")
                 self.producer = self._new_producer()
             return Settled(txn, exc)
-        self.pending_marks.append(txn.epoch)
+        if txn.record is not None:
+            if not txn.materializing:  # finish_inflight may have queued it already
+                self._materialize(txn)
+        else:
+            self.pending_marks.append(txn.epoch)
         if txn.finished_at is not None and self.started_at is not None:
             self.commit_estimate = _ewma(self.commit_estimate, txn.finished_at - self.started_at)
         self._observe(txn)
@@ -340,8 +357,45 @@ class Committer:
             return False
         return True
 
+    def _materialize(self, txn: EpochTransaction) -> None:
+        """Queue a committed epoch's LanceDB writes (deferred prepare); wait for the oldest while more than a few are queued."""
+        self.materializing = [f for f in self.materializing if not f.done() or f.exception() is not None]
+        while len(self.materializing) >= _MATERIALIZE_QUEUE:
+            self.materializing[0].result()  # a failure (a StorageError naming the table) stops the pipeline
+            self.materializing.pop(0)
+        self._submit(txn)
+
+    def _submit(self, txn: EpochTransaction) -> None:
+        def write() -> None:
+            txn.prepare()
+            self.metrics.observe("stage_prepare_seconds", txn.seconds["prepare"])
+
+        txn.materializing = True
+        self.materializing.append(self.materializer.submit(write))
+
+    def finish_inflight(self) -> None:
+        """Wait for the epoch in flight and for every committed epoch's LanceDB writes (before partitions move, or the end).
+
+        With the deferred prepare, an epoch in flight that committed has its writes
+        queued here (its settle will not queue them again): the next owner of its
+        partitions loads their state from LanceDB.
+        """
+        self.wait()
+        if self.inflight is not None:
+            txn, future = self.inflight
+            if txn.record is not None and future.done() and future.exception() is None and not txn.materializing:
+                self._submit(txn)
+        self.drain()
+
+    def drain(self) -> None:
+        """Wait until every committed epoch is written to LanceDB (before a reload, a revoke, the end of a run); raise the first failure."""
+        pending, self.materializing = self.materializing, []
+        for future in pending:
+            future.result()
+
     def flush_marks(self) -> None:
-        """Write the pending commit marks alone (no batch follows to carry them)."""
+        """Write the pending commit marks alone (no batch follows to carry them); with the deferred prepare, :meth:`drain`."""
+        self.drain()
         for epoch in self.pending_marks:
             started = time.monotonic()
             self.log.mark(self.pipeline, epoch=epoch.number, batch_id=epoch.batch_id)
@@ -352,6 +406,8 @@ class Committer:
         # to when the Kafka commit returned, not to when the runner got round to settling the epoch
         now_ms = (txn.committed_at or time.time()) * 1000
         stages = dict(txn.seconds)  # a copy: a replaced hung producer's thread may still write
+        if txn.record is not None:  # the deferred prepare is observed when it is written (Committer._submit)
+            stages.pop("prepare", None)
         if txn.commit_seconds is not None:
             self.metrics.observe("commit_seconds", txn.commit_seconds)
         for stage, seconds in stages.items():  # one clock difference per stage and epoch (metrics.STAGES)

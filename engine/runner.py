@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 from lockgate.engine import faults, kafka_clients
 from lockgate.engine.admin import create_topic, ensure_topics, partition_count
+from lockgate.engine.prepares import prepares_topic, recover_prepares
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
 from lockgate.engine.columns import TIMESTAMP
@@ -175,9 +176,11 @@ class Runner:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka" and s.target not in internal] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), [t for t in self.topics if t not in internal], sink_topics)
         self._ensure_repartition_topics()
+        prepares = prepares_topic(self.config.name)
+        create_topic(self.config.admin_options(), prepares, 1)
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
-            metrics=self.metrics, committed=self._committed, min_interval_s=self.config.batch.min_interval_s,
+            metrics=self.metrics, committed=self._committed, min_interval_s=self.config.batch.min_interval_s, prepares_topic=prepares,
         )
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():
@@ -453,6 +456,9 @@ class Runner:
         assert self.source is not None
         committed = {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in self.source.committed(partitions).items()}
         self.read_to.update({tp: offset for tp, (offset, _) in committed.items()})
+        if self.committer is not None:
+            self.committer.finish_inflight()  # this instance's committed epochs are in LanceDB: recovery does only others'
+        recover_prepares(self.config.admin_options(), self.config.name, self.log, partitions)
         redone = self.log.recover(self.config.name, committed)
         for tp in partitions:
             batch_id = committed.get(tp, (None, None))[1]
@@ -582,7 +588,7 @@ class Runner:
     def _wait_inflight(self) -> None:
         """Block until the epoch in flight has finished (before its partitions move, or the runner closes)."""
         if self.committer is not None:
-            self.committer.wait()
+            self.committer.finish_inflight()
 
     def _committed(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str | None]]:
         assert self.source is not None
@@ -610,6 +616,7 @@ class Runner:
             self.source.rewind(positions)
             self.prepared_chain = dict(self.committed_chain)  # what was prepared past the abort is dropped
             if self.windows.active:
+                self.committer.drain()  # every committed epoch in LanceDB first
                 self.windows.reload(time.monotonic())  # hot state back to the last committed epoch
             return False
         for delta in epoch.states:

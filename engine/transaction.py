@@ -32,6 +32,7 @@ from lockgate.engine import kafka_clients
 from lockgate.engine.columns import OFFSET, PARTITION, TOPIC
 from lockgate.errors import CommitError
 from lockgate.storage.commit_log import CommitLog, PartitionRange
+from lockgate.storage.prepare_record import PrepareRecord, chunks, encode
 from lockgate.storage.sink_tables import SinkTable
 from lockgate.storage.state import state_rows
 
@@ -244,8 +245,14 @@ class EpochTransaction:
         producer: TransactionalProducer,
         group: object,
         marks: Sequence[Epoch] = (),
+        prepares_topic: str | None = None,
     ) -> None:
         self.pipeline = pipeline
+        #: the deferred prepare: the topic the epoch's prepare record goes to in its transaction
+        #: (then the Kafka commit does not wait for LanceDB, and the rows are written after it)
+        self.prepares_topic = prepares_topic
+        #: the prepare record's value, built by :meth:`build_rows` (deferred prepare only)
+        self.record: bytes | None = None
         self.epoch = epoch
         self.marks = tuple(marks)
         self.log = log_
@@ -258,6 +265,10 @@ class EpochTransaction:
         self.finished_at: float | None = None  # monotonic time its commit thread ended
         #: the LanceDB side is durable: the Kafka transaction may commit
         self.prepared = False
+        #: the prepare record is in the transaction (deferred prepare): the Kafka transaction may commit
+        self.record_sent = False
+        #: its LanceDB writes are queued after its commit (deferred prepare)
+        self.materializing = False
         self.error: BaseException | None = None
         self.commit_seconds: float | None = None
         #: how long each stage of this epoch took, in seconds (``stage_<name>_seconds`` in the metrics):
@@ -307,6 +318,12 @@ class EpochTransaction:
             self.pipeline, epoch=number, batch_id=batch_id, ranges=self.epoch.ranges, tables=dict.fromkeys(written),
             marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times, prev=self.epoch.prev,
         )
+        if self.prepares_topic is not None:  # the deferred prepare: the rows travel in the transaction, then are written with the mark
+            tables = [(table.uri, rows) for table, rows in self.table_rows]
+            tables += [(d.store.uri, rows) for d, rows in zip(self.epoch.states, self.state_rows, strict=True) if rows is not None]
+            self.record = encode(PrepareRecord(self.pipeline, number, batch_id, tuple(tables), self.log_rows))
+            mark = self.log.mark_rows(self.pipeline, [(number, batch_id)])
+            self.log_rows = mark if self.log_rows is None else pa.concat_tables([self.log_rows, mark])
 
     def prepare(self) -> None:
         """Write the table rows, the state deltas and the prepare records to LanceDB (append only), side by side.
@@ -329,6 +346,10 @@ class EpochTransaction:
         writes += [functools.partial(d.store.append_rows, rows) for d, rows in zip(self.epoch.states, self.state_rows, strict=True)]
         pending = [_appender().submit(write) for write in writes]
         try:
+            if self.record is not None:  # the deferred prepare's log rows carry this epoch's own mark: only after its rows
+                futures.wait(pending)
+                for future in pending:
+                    future.result()
             appending = time.monotonic()
             self.log.write(self.log_rows)
             self.log_append_seconds = time.monotonic() - appending
@@ -356,6 +377,11 @@ class EpochTransaction:
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
+            if self.record is not None:
+                assert self.prepares_topic is not None
+                parts = chunks(self.record, self.epoch.batch_id)
+                p.produce(OutgoingTopic(self.prepares_topic, parts, partitions=[0] * len(parts)))
+                self.record_sent = True
             timeout = p.call_timeout
             p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, timeout))
         self.seconds["produce"] = time.monotonic() - started
@@ -363,7 +389,7 @@ class EpochTransaction:
     def commit_kafka(self) -> None:
         """Commit the Kafka transaction: the decision point of the epoch.  Only after :meth:`prepare` is durable."""
         self._expect("producing")
-        if not self.prepared:
+        if not (self.prepared or self.record_sent):
             raise CommitError(f"epoch {self.epoch.number}: its Kafka transaction may not commit before its LanceDB prepare is durable")
         started = time.monotonic()
         p = self.producer

@@ -131,6 +131,10 @@ class CommitLog:
         rows += [self._mark_row(pipeline, epoch_, batch_) for epoch_, batch_ in marks]
         return pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA) if rows else None
 
+    def mark_rows(self, pipeline: str, marks: Iterable[tuple[int, int]]) -> pa.Table:
+        """The commit marks of these (epoch, batch id) as log rows, built apart from their write (see :meth:`write`)."""
+        return pa.Table.from_pylist([self._mark_row(pipeline, epoch, batch_id) for epoch, batch_id in marks], schema=_COMMIT_SCHEMA)
+
     @staticmethod
     def _mark_row(pipeline: str, epoch: int, batch_id: int) -> dict[str, Any]:
         return {"pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "ts": datetime.now(UTC)}

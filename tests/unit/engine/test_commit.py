@@ -14,6 +14,8 @@ from lockgate.engine.commit import run_epoch
 class _Steps:
     """Stands in for an EpochTransaction: records the order of its steps; ``prepare`` can wait for the Kafka side or fail."""
 
+    record: bytes | None = None  # no deferred prepare: the LanceDB side runs before the Kafka commit
+
     def __init__(self, prepare_waits_for_kafka: bool = False, prepare_fails: bool = False) -> None:
         self.done: list[str] = []
         self.closable = threading.Event()
@@ -198,7 +200,7 @@ def test_an_epochs_state_rows_are_built_when_the_runner_starts_it_so_the_appende
     epoch, store = _state_epoch()
     committer = Committer.__new__(Committer)  # no producer: only what start() does on the runner's thread
     committer.pipeline, committer.log, committer.producer, committer.pending_marks = "pipe", _NoLog(), None, []
-    committer.inflight, committer.lead_estimate = None, None
+    committer.inflight, committer.lead_estimate, committer.prepares_topic = None, None, None
     monkeypatch.setattr(commit, "in_thread", lambda fn, name: None)  # the commit thread is not started here
     committer.start(epoch, None, {"decode": 0.01, "operators": 0.02})
     txn = committer.inflight[0]  # type: ignore[index]
@@ -242,7 +244,7 @@ def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it
     epoch = Epoch(number=7, ranges=(PartitionRange("in", 0, 10, 15),), tables=((sink, pl.DataFrame({"n": [1, 2]})),))  # type: ignore[arg-type]
     committer = Committer.__new__(Committer)  # no producer: only what start() does on the runner's thread
     committer.pipeline, committer.log, committer.producer, committer.pending_marks = "pipe", log, None, [before]
-    committer.inflight, committer.lead_estimate = None, None
+    committer.inflight, committer.lead_estimate, committer.prepares_topic = None, None, None
     monkeypatch.setattr(commit, "in_thread", lambda fn, name: None)  # the commit thread is not started here
     committer.start(epoch, None, {"decode": 0.01, "operators": 0.02})
     txn = committer.inflight[0]  # type: ignore[index]
@@ -261,3 +263,32 @@ def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it
     written = log.frame().sort("kind", descending=True)
     assert written["kind"].to_list() == ["prepare", "commit"] and written["batch_id"].to_list() == [epoch.batch_id, before.batch_id]
     assert written.filter(pl.col("kind") == "prepare")["next_offset"].to_list() == [15]
+
+
+def test_with_the_deferred_prepare_the_kafka_commit_does_not_wait_for_lancedb_and_the_rows_are_written_after_it():
+    from concurrent import futures
+    from concurrent.futures import Future
+
+    from lockgate.engine.commit import Committer
+    from lockgate.engine.metrics import Metrics
+    from lockgate.engine.transaction import Epoch
+
+    steps = _Steps()
+    steps.record = b"the epoch's rows"  # type: ignore[attr-defined]  # the prepare record travels in the transaction
+    run_epoch(steps)  # type: ignore[arg-type]
+    assert steps.done == ["produce", "commit"], "no LanceDB write before the Kafka commit"
+
+    committer = Committer.__new__(Committer)  # no producer: only the settle of a committed epoch
+    committer.metrics, committer.pending_marks, committer.materializing = Metrics(), [], []
+    committer.materializer = futures.ThreadPoolExecutor(1)
+    committer.commit_estimate, committer.started_at, committer.hang_grace_s = None, None, 15.0
+    done: Future[None] = Future()
+    done.set_result(None)
+    for name, value in (("epoch", Epoch(number=4, ranges=())), ("marks", ()), ("log_append_seconds", None), ("seconds", {}),
+                        ("finished_at", None), ("materializing", False), ("commit_seconds", None), ("committed_at", None), ("producer", None)):
+        setattr(steps, name, value)
+    steps.prepare = lambda: (steps.done.append("prepare"), steps.seconds.update(prepare=0.01))  # type: ignore[method-assign]
+    committer.inflight = (steps, done)  # type: ignore[assignment]
+    assert committer.settle() is not None and committer.pending_marks == [], "its mark is written with its rows, not by the next epoch"
+    committer.drain()
+    assert steps.done == ["produce", "commit", "prepare"], "the rows are written once the epoch committed"
