@@ -350,6 +350,7 @@ class EpochTransaction:
                 futures.wait(pending)
                 for future in pending:
                     future.result()
+                faults.crash_point("after_prepare")  # deferred: committed in Kafka, rows in LanceDB, no mark yet
             appending = time.monotonic()
             self.log.write(self.log_rows)
             self.log_append_seconds = time.monotonic() - appending
