@@ -139,6 +139,22 @@ class CommitLog:
     def _mark_row(pipeline: str, epoch: int, batch_id: int) -> dict[str, Any]:
         return {"pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "ts": datetime.now(UTC)}
 
+    def rewriting(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
+        """Record that ``batch_id``'s rows are being written again (a recovery): readers then take one copy of each of its rows.
+
+        Written before the rewrite's first row.  Only a recovery writes a batch a
+        second time (an instance that lost its partitions while it was stopped may
+        still write the batch it had committed, at the same time), so only the rows
+        of these batches can repeat; :func:`~lockgate.storage.row_tags.once` drops
+        the repeats.
+        """
+        self._rows([{"pipeline": pipeline, "kind": "rewrite", "epoch": epoch, "batch_id": batch_id, "ts": datetime.now(UTC)}])
+
+    def rewritten_batches(self, log: pl.DataFrame | None = None) -> pl.Series:
+        """Ids of the batches some recovery wrote again (see :meth:`rewriting`): their rows may be there twice."""
+        log = self.frame() if log is None else log
+        return log.filter(pl.col("kind") == "rewrite")["batch_id"].unique()
+
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
         """Mark ``batch_id`` committed: a hint for readers, redone by recovery when missing."""
         self._rows([self._mark_row(pipeline, epoch, batch_id)])

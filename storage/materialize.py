@@ -6,7 +6,9 @@ that transaction carried (:mod:`lockgate.storage.prepare_record`).  The mark com
 in the same commit-log append as the prepare rows, after every table's rows: a
 reader that sees the mark sees the rows.  A crash between the tables and the mark
 leaves rows no reader takes (their batch is not marked); recovery materializes the
-record again with ``replace``, which first deletes what the batch wrote.
+record again with ``replace``, which first deletes what the batch wrote.  A batch
+written twice (a recovery beside the stopped instance that committed it) is read
+once: see :meth:`~lockgate.storage.commit_log.CommitLog.rewriting`.
 
 >>> import tempfile, pyarrow as pa
 >>> from lockgate.storage.commit_log import CommitLog, PartitionRange
@@ -38,9 +40,18 @@ __all__ = ["materialize"]
 def materialize(record: PrepareRecord, log: CommitLog, *, replace: bool = False, executor: futures.Executor | None = None) -> None:
     """Append the record's tables (side by side on ``executor`` when given), then its prepare rows and its mark in one append.
 
-    ``replace``: first delete any rows of the record's batch from its tables (a
-    recovery after a crash that may have written some of them).
+    ``replace`` (a recovery): nothing when the batch is marked by now; otherwise
+    record the rewrite in the log first (readers then take one copy of each of the
+    batch's rows, :meth:`CommitLog.rewriting`), and delete any rows of the batch
+    from its tables (a crash may have written some of them) before writing them.
+    An instance that lost the partitions while it was stopped may still write the
+    same batch at the same time: its rows are the same rows, and read once.
     """
+    if replace:
+        if record.batch_id in log.committed_batches().to_list():
+            return
+        log.rewriting(record.pipeline, epoch=record.epoch, batch_id=record.batch_id)
+
     def write(uri: str, rows: pa.Table) -> None:
         if replace:
             ds = open_dataset(uri)

@@ -12,6 +12,7 @@ from lockgate.storage.commit_log import CommitLog, PartitionRange
 from lockgate.storage.lance_io import append_table, table_uri
 from lockgate.storage.materialize import materialize
 from lockgate.storage.prepare_record import PrepareRecord
+from lockgate.storage.sink_tables import read_table
 
 
 def _record(state: str, log: CommitLog, batch_id: int = 7) -> PrepareRecord:
@@ -54,3 +55,26 @@ def test_a_table_that_cannot_be_written_fails_the_materialization_and_no_mark_is
     with pytest.raises(StorageError, match="file.lance"):
         materialize(bad, log)
     assert log.committed_batches().to_list() == []
+
+
+def test_a_batch_that_a_recovery_and_the_stopped_instance_that_committed_it_both_write_is_read_once(tmp_path):
+    state = str(tmp_path)
+    log = CommitLog(state)
+    record = _record(state, log)
+    materialize(_record(state, log, batch_id=6), log)  # an earlier batch, written once
+    materialize(record, log, replace=True)  # the new owner's recovery
+    materialize(record, log)  # the instance that committed the batch wakes up and writes it too
+    assert lance.dataset(table_uri(state, "views")).count_rows() == 6, "the batch's rows are stored twice"
+    views = read_table(state, "views").collect()
+    assert sorted(views["user"].to_list()) == ["a", "a", "b", "b"], "one copy of batch 7's rows beside batch 6's"
+    assert log.rewritten_batches().to_list() == [7]
+
+
+def test_a_recovery_of_a_batch_marked_meanwhile_writes_nothing(tmp_path):
+    state = str(tmp_path)
+    log = CommitLog(state)
+    record = _record(state, log)
+    materialize(record, log)  # the instance that committed it wrote it before the recovery got to it
+    materialize(record, log, replace=True)
+    assert lance.dataset(table_uri(state, "views")).count_rows() == 2
+    assert log.rewritten_batches().to_list() == []
