@@ -369,6 +369,10 @@ class Committer:
         def write() -> None:
             txn.prepare()
             self.metrics.observe("stage_prepare_seconds", txn.seconds["prepare"])
+            if txn.log_append_seconds is not None:  # its own mark, in the append after its rows
+                self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
+            if txn.committed_at is not None:
+                self.metrics.observe("stage_materialized_seconds", max(time.time() - txn.committed_at, 1e-6))
 
         txn.materializing = True
         self.materializing.append(self.materializer.submit(write))

@@ -53,12 +53,15 @@ STAGES = {
     "stage_settle_wait_seconds": "the runner blocked on the epoch's commit thread when it settled the epoch (before the next "
     "epoch's commit may start, after an empty poll, or at the end of the run): the next batch waits here",
     "stage_prepare_seconds": "EpochTransaction.prepare: the LanceDB appends of table rows, state deltas and prepare records "
-    "(commit protocol step 1, on the commit thread)",
+    "(commit protocol step 1, on the commit thread; with the deferred prepare, after the Kafka commit, on the materializer)",
     "stage_produce_seconds": "EpochTransaction.produce: begin_transaction, queueing the outputs, send_offsets_to_transaction "
     "(step 2, on a thread of its own at the same time as step 1)",
     "stage_commit_seconds": "commit_transaction (step 3, after steps 1 and 2: it waits for the queued outputs to be acknowledged)",
     "stage_mark_seconds": "the LanceDB write that carried the epoch's commit mark: the next epoch's commit-log append "
-    "(it travels there, inside stage_prepare) or, with no batch following, its own mark append",
+    "(it travels there, inside stage_prepare) or, with no batch following, its own mark append; with the deferred "
+    "prepare, the commit-log append after the epoch's rows, which carries its mark",
+    "stage_materialized_seconds": "the epoch's Kafka commit returned, to its rows and commit mark written to LanceDB "
+    "(the deferred prepare, off the commit path): how far read_state and read_table trail the output topics",
 }
 #: histogram bucket bounds, in seconds
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ import numpy as np
 import polars as pl
 from lockgate.engine import faults, kafka_clients
 from lockgate.engine.admin import create_topic, ensure_topics, partition_count
-from lockgate.engine.prepares import prepares_topic, recover_prepares
+from lockgate.engine.prepares import prepares_topic, recover_prepares, trim_prepares
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
 from lockgate.engine.columns import TIMESTAMP
@@ -145,6 +146,10 @@ class Runner:
         self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
         self.purge_countdown = config.compact_every
         self.admin: Any = None
+        #: the deferred prepare: epochs until the next trim of the prepares topic, and the trim running (one at a time)
+        self.trim_countdown = config.compact_every
+        self.trimmer: futures.ThreadPoolExecutor | None = None
+        self.trimming: futures.Future[int | None] | None = None
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
         self.epoch = 0
@@ -177,7 +182,7 @@ class Runner:
         ensure_topics(self.config.admin_options(), [t for t in self.topics if t not in internal], sink_topics)
         self._ensure_repartition_topics()
         prepares = prepares_topic(self.config.name)
-        create_topic(self.config.admin_options(), prepares, 1)
+        create_topic(self.config.admin_options(), prepares, 1, {"retention.ms": "-1"})  # only a trim deletes (engine.prepares)
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
             metrics=self.metrics, committed=self._committed, min_interval_s=self.config.batch.min_interval_s, prepares_topic=prepares,
@@ -221,6 +226,11 @@ class Runner:
     def close(self) -> None:
         """Leave the group and drop the clients."""
         self._wait_inflight()
+        if self.committer is not None:
+            self.committer.materializer.shutdown(wait=True)
+        if self.trimmer is not None:
+            self.trimmer.shutdown(wait=True)
+            self.trimmer = None
         if self.committer is not None and self.committer.inflight is None:  # every epoch settled: what is due goes now
             self.compactor.finish()
         else:
@@ -629,6 +639,8 @@ class Runner:
         self.read_to.update({(r.topic, r.partition): r.next_offset for r in epoch.ranges})
         if self.counts_of_hops:
             self._purge_hops(epoch)
+        if self.committer.prepares_topic is not None:
+            self._trim_prepares()
         if self.windows.active:
             self.windows.committed(epoch.watermarks)
         self._count(epoch)
@@ -652,6 +664,20 @@ class Runner:
         self.purge_to = {}
         for tp, future in self.admin.delete_records(partitions, request_timeout=30).items():
             future.add_done_callback(lambda f, tp=tp: f.exception() and log.info("purging %s: %s", tp, f.exception()))
+
+    def _trim_prepares(self) -> None:
+        """Every ``compact_every`` epochs, delete the prepare records of marked batches (``trim_prepares``), on a thread of its own.
+
+        One trim at a time, off the commit path; a failure only leaves records longer.
+        """
+        self.trim_countdown -= 1
+        if self.trim_countdown > 0 or (self.trimming is not None and not self.trimming.done()):
+            return
+        self.trim_countdown = self.config.compact_every
+        if self.trimmer is None:
+            self.trimmer = futures.ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-trim-{self.config.name}")
+        self.trimming = self.trimmer.submit(trim_prepares, self.config.admin_options(), self.config.name, self.log)
+        self.trimming.add_done_callback(lambda f: f.exception() and log.info("trimming the prepares topic: %s", f.exception()))
 
     def _flush_marks(self) -> None:
         """Write the pending commit marks alone (no batch follows to carry them)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from lockgate.errors import CommitError
 
-__all__ = ["CHUNK_BYTES", "PrepareRecord", "Reassembler", "chunks", "decode", "encode"]
+__all__ = ["CHUNK_BYTES", "PrepareRecord", "Reassembler", "chunk_batch", "chunks", "decode", "encode"]
 
 _MAGIC = b"LGP1"
 _HEADER = struct.Struct(">I")
@@ -110,6 +110,17 @@ def chunks(value: bytes, batch_id: int, size: int = CHUNK_BYTES) -> list[bytes]:
     """
     count = max(1, -(-len(value) // size))
     return [_CHUNK_MAGIC + _CHUNK.pack(batch_id, i, count) + value[i * size:(i + 1) * size] for i in range(count)]
+
+
+def chunk_batch(message: bytes) -> int:
+    """The batch id a chunk of a record belongs to, read from its header alone.
+
+    >>> chunk_batch(chunks(b"rows", 42)[0])
+    42
+    """
+    if message[:4] != _CHUNK_MAGIC:
+        raise CommitError(f"not a lockgate prepare chunk (it starts {message[:4]!r}): is another program writing to the prepares topic?")
+    return int(_CHUNK.unpack_from(message, 4)[0])
 
 
 class Reassembler:

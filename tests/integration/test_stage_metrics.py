@@ -47,7 +47,10 @@ def test_every_stage_of_an_epoch_has_one_value_per_committed_batch_and_the_stage
         h = hist[stage]
         assert h["count"] == batches, f"{stage}: {h['count']} values for {batches} committed batches"
         assert h["min"] > 0 and h["p50"] > 0 and h["p99"] >= h["p50"], (stage, h)
-        assert h["sum"] <= summary.seconds, f"{stage}: {h['sum']:.3f} s in a run of {summary.seconds:.3f} s"
+        if stage != "stage_materialized_seconds":  # a delay, not a thread's time: the others add up within the run
+            assert h["sum"] <= summary.seconds, f"{stage}: {h['sum']:.3f} s in a run of {summary.seconds:.3f} s"
+    # an epoch's rows reach LanceDB after its Kafka commit: the delay holds its LanceDB writes
+    assert hist["stage_materialized_seconds"]["sum"] >= hist["stage_prepare_seconds"]["sum"]
     # one runner thread, and one epoch's commit at a time: each thread's stages add up to less than the run
     assert sum(hist[s]["sum"] for s in RUNNER_THREAD) <= summary.seconds
     for thread in COMMIT_THREADS:
