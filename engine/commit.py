@@ -360,6 +360,9 @@ class Committer:
     def _materialize(self, txn: EpochTransaction) -> None:
         """Queue a committed epoch's LanceDB writes (deferred prepare); wait for the oldest while more than a few are queued."""
         self.materializing = [f for f in self.materializing if not f.done() or f.exception() is not None]
+        for future in self.materializing:
+            if future.done():
+                future.result()  # a failed write stops the pipeline at the next settle, not only once the queue is full
         while len(self.materializing) >= _MATERIALIZE_QUEUE:
             self.materializing[0].result()  # a failure (a StorageError naming the table) stops the pipeline
             self.materializing.pop(0)
