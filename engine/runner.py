@@ -185,7 +185,7 @@ class Runner:
         create_topic(self.config.admin_options(), prepares, 1, {"retention.ms": "-1"})  # only a trim deletes (engine.prepares)
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
-            metrics=self.metrics, committed=self._committed, min_interval_s=self.config.batch.min_interval_s, prepares_topic=prepares,
+            metrics=self.metrics, committed=self._committed, prepares_topic=prepares, min_interval_s=self.config.batch.min_interval_s,
         )
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():
@@ -290,8 +290,7 @@ class Runner:
                     else:
                         self.metrics.add("empty_polls")
                         self._settle()
-                        if not self._tick():
-                            self._flush_marks()
+                        self._tick()  # the materializer writes the committed epochs meanwhile: nothing to flush
                     if on_batch is not None:  # after empty polls too: a progress display's clock and rate move on
                         on_batch(self.metrics.snapshot())
                     del raw  # the collection below need not walk its columns
@@ -305,7 +304,7 @@ class Runner:
                         break
                     collector.after_batch()
                 self._settle()
-                self._flush_marks()
+                self._drain()
         finally:
             self.close()
         ended = time.monotonic()
@@ -383,7 +382,7 @@ class Runner:
         return not behind
 
     def _rebalance(self, raw: RawBatch) -> bool:
-        """Take the partitions assigned and revoked since the last poll: redo lost marks, move window state.
+        """Take the partitions assigned and revoked since the last poll: write what LanceDB lacks of them, move window state.
 
         Returns False when ``raw`` must be read again: the in-flight epoch aborted,
         and the consumer was rewound to its first offsets and to ``raw``'s.
@@ -405,10 +404,10 @@ class Runner:
             return True
         # Partitions came (back) after the state was loaded, and another instance may have
         # advanced their windows meanwhile; or partitions left, and their windows must go.
-        # Settle the in-flight epoch, write its mark, and load the owned state again.
+        # Settle the in-flight epoch, write every committed epoch to LanceDB, and load the owned state again.
         settled = self._settle(also_rewind=_polled_from(raw))
         if settled:
-            self._flush_marks()
+            self._drain()
             self.windows.reload(time.monotonic())
         return settled
 
@@ -463,6 +462,13 @@ class Runner:
         return False
 
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
+        """Before ``partitions``' state loads: write their committed epochs that LanceDB lacks, redo lost marks, set their chains.
+
+        This instance's own committed epochs are written first (``finish_inflight``);
+        then the prepares topic's unmarked records of ``partitions`` (another
+        instance's, or a crashed run's: ``recover_prepares``), then the marks a state
+        directory from before the deferred prepare may have lost (``CommitLog.recover``).
+        """
         assert self.source is not None
         committed = {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in self.source.committed(partitions).items()}
         self.read_to.update({tp: offset for tp, (offset, _) in committed.items()})
@@ -497,7 +503,7 @@ class Runner:
         record.  The tick commits like any epoch, exactly once: its ranges are empty,
         one at the committed offset of each owned partition, so the offsets do not
         move and recovery finds it by the batch id they carry.  Returns True when a
-        tick started (its commit carries the pending commit marks).
+        tick started.
         """
         assert self.source is not None
         if not self.windows.active or self.committer is None or self.committer.inflight is not None:
@@ -639,8 +645,7 @@ class Runner:
         self.read_to.update({(r.topic, r.partition): r.next_offset for r in epoch.ranges})
         if self.counts_of_hops:
             self._purge_hops(epoch)
-        if self.committer.prepares_topic is not None:
-            self._trim_prepares()
+        self._trim_prepares()
         if self.windows.active:
             self.windows.committed(epoch.watermarks)
         self._count(epoch)
@@ -679,10 +684,10 @@ class Runner:
         self.trimming = self.trimmer.submit(trim_prepares, self.config.admin_options(), self.config.name, self.log)
         self.trimming.add_done_callback(lambda f: f.exception() and log.info("trimming the prepares topic: %s", f.exception()))
 
-    def _flush_marks(self) -> None:
-        """Write the pending commit marks alone (no batch follows to carry them)."""
+    def _drain(self) -> None:
+        """Wait until every committed epoch is in LanceDB (the materializer's queue is empty)."""
         if self.committer is not None:
-            self.committer.flush_marks()
+            self.committer.drain()
 
     def _count(self, epoch: Epoch) -> None:
         self.metrics.add("batches")
