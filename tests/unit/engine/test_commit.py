@@ -67,12 +67,12 @@ class _Log:
     def prepare_rows(self, pipeline: str, **kwargs: Any) -> Any:
         from lockgate.storage.commit_log import CommitLog
 
-        return CommitLog.prepare_rows(None, pipeline, **kwargs)  # type: ignore[arg-type]
+        return CommitLog("/nowhere").prepare_rows(pipeline, **kwargs)  # builds rows, writes nothing
 
     def mark_rows(self, pipeline: str, marks: Any) -> Any:
         from lockgate.storage.commit_log import CommitLog
 
-        return CommitLog.mark_rows(None, pipeline, marks)  # type: ignore[arg-type]
+        return CommitLog("/nowhere").mark_rows(pipeline, marks)
 
     def write(self, rows: Any) -> None:
         assert all(t.ended.is_set() for t in self.tables), "the commit log (with the epoch's mark) was written before a table's rows"
@@ -178,7 +178,7 @@ class _NoLog:
     def mark_rows(self, pipeline: str, marks: Any) -> Any:
         from lockgate.storage.commit_log import CommitLog
 
-        return CommitLog.mark_rows(None, pipeline, marks)  # type: ignore[arg-type]
+        return CommitLog("/nowhere").mark_rows(pipeline, marks)  # builds rows, writes nothing
 
     def write(self, rows: object) -> None:
         pass
