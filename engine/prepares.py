@@ -5,8 +5,9 @@ prepares topic (:mod:`lockgate.storage.prepare_record`); the rows are written af
 the commit (``Committer.drain``).  A crash in between leaves committed records that
 LanceDB lacks.  Before an instance loads state (at start, and when partitions are
 assigned), :func:`recover_prepares` reads the topic (``read_committed``: records of
-aborted transactions never appear) and materializes each record whose batch is not
-marked, replacing whatever of it a crash left half-written.  Every ``compact_every``
+aborted transactions never appear) and materializes each unmarked record on the
+chain that the group's committed offsets lead to, replacing whatever of it a crash
+left half-written.  Every ``compact_every``
 epochs :func:`trim_prepares` deletes the records below the first unmarked one, so
 the topic holds about the epochs in flight, and recovery reads little.  The topic
 is made with ``retention.ms=-1``: no record is deleted by age before it is written.
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import confluent_kafka as ck
-import pyarrow as pa
 from lockgate.engine import kafka_clients
 from lockgate.errors import BrokerError
 from lockgate.storage.commit_log import CommitLog
 from lockgate.storage.materialize import materialize
-from lockgate.storage.prepare_record import Reassembler, chunk_batch, decode
+from lockgate.storage.prepare_record import PrepareRecord, Reassembler, chunk_batch, decode
 
 __all__ = ["prepares_topic", "recover_prepares", "trim_prepares"]
 
@@ -42,31 +42,42 @@ def prepares_topic(pipeline: str) -> str:
 
 
 def recover_prepares(
-    options: Mapping[str, Any], pipeline: str, commit_log: CommitLog, partitions: Collection[tuple[str, int]], timeout: float = 120.0,
+    options: Mapping[str, Any], pipeline: str, commit_log: CommitLog, heads: Mapping[tuple[str, int], int | None], timeout: float = 120.0,
 ) -> list[int]:
-    """Materialize the committed prepare records of ``pipeline`` that read any of ``partitions`` and whose batch is not marked.
+    """Materialize the committed, unmarked epochs of the partitions in ``heads``, from their prepare records; their batch ids.
 
-    Returns their batch ids, oldest first.  Only records of ``partitions`` (those
-    just assigned to this instance): the others belong to instances that own their
-    partitions and write them themselves, and an instance that gives partitions up
-    writes its committed epochs first (``Committer.finish_inflight``).  A record that
-    names no partition (no epoch commits one today: a tick names the owned ones) is
-    written by whichever recovery finds it.  ``options``: the client options
-    (brokers, security); the consumer joins no group and commits nothing.
+    ``heads`` maps each partition just assigned to this instance to the batch its
+    committed offset's metadata names: the last epoch that committed on it (None:
+    nothing committed yet).  From that batch the partition's chain is walked back
+    through each record's ``prev_batch_id`` until a marked batch (or one the topic
+    no longer has), as ``CommitLog.recover`` walks the commit log: every batch on
+    the way committed in Kafka, so it is written now, oldest first.  Records on no
+    chain of these partitions are left alone: another instance's (it writes its
+    own, and one giving partitions up writes its committed epochs first,
+    ``Committer.finish_inflight``), or an earlier run's whose state directory or
+    group was made anew, which must never come back.  ``options``: the client
+    options (brokers, security); the consumer joins no group and commits nothing.
     """
-    wanted = set(partitions)
     marked = set(commit_log.committed_batches().to_list())
     chunks = Reassembler()
-    done: list[int] = []
-    for message in _committed_records(options, pipeline, timeout, "recover its prepares"):
-        value = chunks.add(message.value())
-        if value is None:
-            continue
-        record = decode(value)
-        if record.pipeline == pipeline and record.batch_id not in marked and _reads(record.log_rows, wanted):
-            materialize(record, commit_log, replace=True)
-            marked.add(record.batch_id)
-            done.append(record.batch_id)
+    records: dict[int, PrepareRecord] = {}  # the unmarked records of this pipeline, in topic (commit) order
+    if any(head is not None and head not in marked for head in heads.values()):
+        for message in _committed_records(options, pipeline, timeout, "recover its prepares"):
+            if chunk_batch(message.value()) in marked:
+                continue
+            value = chunks.add(message.value())
+            if value is not None:
+                record = decode(value)
+                if record.pipeline == pipeline:
+                    records[record.batch_id] = record
+    wanted: set[int] = set()
+    for tp, batch_id in heads.items():
+        while batch_id is not None and batch_id in records and batch_id not in marked and batch_id not in wanted:
+            wanted.add(batch_id)
+            batch_id = _prev(records[batch_id], tp)
+    done = [batch_id for batch_id in records if batch_id in wanted]
+    for batch_id in done:
+        materialize(records[batch_id], commit_log, replace=True)
     if done:
         log.info("recovery: wrote the LanceDB rows of committed batches %s from %s", done, prepares_topic(pipeline))
     return done
@@ -128,8 +139,12 @@ def _committed_records(options: Mapping[str, Any], pipeline: str, timeout: float
         consumer.close()
 
 
-def _reads(log_rows: pa.Table | None, partitions: set[tuple[str, int]]) -> bool:
-    """Whether a record's prepare rows name one of ``partitions``, or none at all (then any recovery writes it)."""
-    if log_rows is None:
-        return True
-    return any(tp in partitions for tp in zip(log_rows.column("topic").to_pylist(), log_rows.column("partition").to_pylist(), strict=True))
+def _prev(record: PrepareRecord, tp: tuple[str, int]) -> int | None:
+    """The batch ``record``'s epoch follows on partition ``tp`` (its prepare row's ``prev_batch_id``); None when it names none."""
+    rows = record.log_rows
+    if rows is None:
+        return None
+    for topic, partition, prev in zip(*(rows.column(c).to_pylist() for c in ("topic", "partition", "prev_batch_id")), strict=True):
+        if (topic, partition) == tp:
+            return prev
+    return None

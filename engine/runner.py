@@ -474,7 +474,7 @@ class Runner:
         self.read_to.update({tp: offset for tp, (offset, _) in committed.items()})
         if self.committer is not None:
             self.committer.finish_inflight()  # this instance's committed epochs are in LanceDB: recovery does only others'
-        recover_prepares(self.config.admin_options(), self.config.name, self.log, partitions)
+        recover_prepares(self.config.admin_options(), self.config.name, self.log, {tp: committed.get(tp, (0, None))[1] for tp in partitions})
         redone = self.log.recover(self.config.name, committed)
         for tp in partitions:
             batch_id = committed.get(tp, (None, None))[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import confluent_kafka as ck
 import lance
 import pyarrow as pa
+import pytest
 from lockgate.engine.admin import create_topic
 from lockgate.engine.prepares import prepares_topic, recover_prepares, trim_prepares
 from lockgate.storage.commit_log import CommitLog, PartitionRange
@@ -12,11 +13,18 @@ from lockgate.storage.lance_io import table_uri
 from lockgate.storage.materialize import materialize
 from lockgate.storage.prepare_record import PrepareRecord, Reassembler, chunk_batch, chunks, decode, encode
 
+pytestmark = pytest.mark.kafka
 
-def _record(state: str, log: CommitLog, pipeline: str, batch_id: int, partition: int = 0, rows: int = 2) -> PrepareRecord:
+
+def _record(
+    state: str, log: CommitLog, pipeline: str, batch_id: int, partition: int = 0, rows: int = 2, prev: int | None = None,
+) -> PrepareRecord:
+    """Batch ``batch_id``'s record: its rows of table ``views``, read from ``clicks`` partition ``partition`` after batch ``prev``."""
     views = pa.table({"n": list(range(rows)), "_lg_batch": [batch_id] * rows, "_lg_epoch": [batch_id] * rows, "_lg_order": list(range(rows))})
     ranges = [PartitionRange("clicks", partition, batch_id * 10, batch_id * 10 + rows)]
-    prepare = log.prepare_rows(pipeline, epoch=batch_id, batch_id=batch_id, ranges=ranges, tables={"views": None})
+    prepare = log.prepare_rows(
+        pipeline, epoch=batch_id, batch_id=batch_id, ranges=ranges, tables={"views": None}, prev={("clicks", partition): prev},
+    )
     return PrepareRecord(pipeline, batch_id, batch_id, ((table_uri(state, "views"), views),), prepare)
 
 
@@ -40,17 +48,31 @@ def _low_watermark(brokers: str, pipeline: str) -> int:
         consumer.close()
 
 
-def test_recovery_writes_the_committed_unmarked_records_of_its_partitions_only_and_never_an_aborted_one(brokers, tmp_path, unique):
+def _batches(state: str) -> list[int]:
+    return sorted(lance.dataset(table_uri(state, "views")).to_table().column("_lg_batch").to_pylist())
+
+
+def test_recovery_writes_the_unmarked_batches_on_the_chain_the_committed_offsets_lead_to_and_nothing_else(brokers, tmp_path, unique):
     pipeline, state = f"rec-{unique}", str(tmp_path)
     log = CommitLog(state)
-    create_topic({"bootstrap.servers": brokers}, prepares_topic(pipeline), 1)
-    done, ours, theirs, aborted = (_record(state, log, pipeline, b, partition=p) for b, p in ((1, 0), (2, 0), (3, 1), (4, 0)))
-    materialize(done, log)  # batch 1 reached LanceDB before the crash
-    _put(brokers, pipeline, [done, ours, theirs])
+    options = {"bootstrap.servers": brokers}
+    create_topic(options, prepares_topic(pipeline), 1)
+    stale = _record(state, log, pipeline, 9)  # an earlier run's, whose state directory and group were made anew
+    done = _record(state, log, pipeline, 1)
+    ours, later = _record(state, log, pipeline, 2, prev=1), _record(state, log, pipeline, 3, prev=2)
+    theirs = _record(state, log, pipeline, 4, partition=1)  # another instance's partition
+    aborted = _record(state, log, pipeline, 5, prev=3)
+    _put(brokers, pipeline, [stale])
+    materialize(done, log)  # batch 1 reached LanceDB before the crash; 2 and 3 committed in Kafka only
+    _put(brokers, pipeline, [done, ours, later, theirs])
     _put(brokers, pipeline, [aborted], abort=True)
-    assert recover_prepares({"bootstrap.servers": brokers}, pipeline, log, [("clicks", 0)]) == [2]
-    assert sorted(log.committed_batches().to_list()) == [1, 2]
-    assert sorted(lance.dataset(table_uri(state, "views")).to_table().column("_lg_batch").to_pylist()) == [1, 1, 2, 2]
+
+    heads = {("clicks", 0): 3}  # the group's committed offset of partition 0 names batch 3
+    assert recover_prepares(options, pipeline, log, heads) == [2, 3], "batch 3, then back along its chain to the marked batch 1"
+    assert sorted(log.committed_batches().to_list()) == [1, 2, 3]
+    assert _batches(state) == [1, 1, 2, 2, 3, 3], "never the stale batch 9, the aborted 5, or partition 1's batch 4"
+    assert recover_prepares(options, pipeline, log, heads) == [], "a second recovery finds everything marked"
+    assert recover_prepares(options, pipeline, log, {("clicks", 0): None}) == [], "nothing committed on the partition yet"
 
 
 def test_a_trim_deletes_the_records_below_the_first_unmarked_one_and_recovery_still_finds_that_one(brokers, tmp_path, unique):
@@ -59,7 +81,7 @@ def test_a_trim_deletes_the_records_below_the_first_unmarked_one_and_recovery_st
     options = {"bootstrap.servers": brokers}
     create_topic(options, prepares_topic(pipeline), 1, {"retention.ms": "-1"})
     assert trim_prepares(options, pipeline, log) is None, "an empty topic: nothing to delete"
-    records = [_record(state, log, pipeline, b, rows=3_000) for b in range(1, 6)]
+    records = [_record(state, log, pipeline, b, rows=3_000, prev=b - 1 if b > 1 else None) for b in range(1, 6)]
     _put(brokers, pipeline, records[:2], abort=True)  # an aborted epoch's chunks sit below the committed ones
     _put(brokers, pipeline, records, chunk=16_384)  # several chunks per record
     for record in records[:3]:
@@ -70,7 +92,7 @@ def test_a_trim_deletes_the_records_below_the_first_unmarked_one_and_recovery_st
     assert left[0].offset() == first_unmarked
     assert {chunk_batch(m.value()) for m in left} == {4, 5}, "batches 1-3 are marked: their records went; 4 and 5 stay"
 
-    assert recover_prepares(options, pipeline, log, [("clicks", 0)]) == [4, 5], "recovery reads from the trimmed start"
+    assert recover_prepares(options, pipeline, log, {("clicks", 0): 5}) == [4, 5], "recovery reads from the trimmed start"
     end = trim_prepares(options, pipeline, log)
     assert end is not None and _low_watermark(brokers, pipeline) == end and _read(brokers, pipeline) == []
 
