@@ -43,7 +43,9 @@ def test_the_compactor_runs_in_the_background_while_commits_go_on(state_dir):
         compactor.committed()
     compactor.wait()
     assert compactor.error is None
-    assert compactor.last is not None and compactor.last.fragments_after < compactor.last.fragments_before
+    # each commit appended one fragment to the table; the compactions merged them while the commits went on (a
+    # report's own before/after counts race with those commits: appends land between its counts on a loaded machine)
+    assert compactor.last is not None and len(open_dataset(table.uri).get_fragments()) < 30
     assert sorted(read_table(state_dir, "t").collect()["x"].to_list()) == sorted([e for e in range(1, 31)] + [-e for e in range(1, 31)])
 
 
