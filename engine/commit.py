@@ -1,27 +1,38 @@
 """The commit protocol: how an epoch's outputs, input offsets and state commit together, exactly once.
 
-Every micro-batch is an epoch.  Its commit runs on a thread of its own, in this order:
+Every micro-batch is an epoch.  Its Kafka transaction carries its LanceDB rows, so
+the commit never waits for LanceDB (as Kafka Streams keeps RocksDB off its commit
+path: its changelog topics are in the transaction).  In this order:
 
-1. **Prepare** (LanceDB, append only): the table-sink rows and the window-state
-   deltas, tagged with the epoch's fresh batch id, and one prepare record per
-   input partition (epoch, batch id, first and next offset, the tables it writes,
-   maximum event time, the batch it follows): each an append to its own table,
-   side by side.  The commit marks of earlier epochs travel in the same
-   commit-log append (step 4).
-2. **Kafka side**, at the same time as step 1, on a second thread: begin the
-   transaction, produce the outputs and dead letters, and add the next offset of
-   every input partition to it (``send_offsets_to_transaction``; the offset
-   metadata names the batch id).  Nothing of it is visible yet.
-3. **Commit the Kafka transaction** once both are done: the decision point of the
-   epoch.  It never runs before the prepare is durable.  If step 1 failed, the
-   transaction is aborted instead; if librdkafka says a step needs an abort, the
-   epoch is *aborted*: the runner rewinds to the batch's first offsets and reloads
-   the state of the last committed epoch, and the batch is redone.
-4. **Mark** the epoch committed in LanceDB: queued when the epoch settles, it
-   travels in the next epoch's step-1 append, or is written alone
-   (:meth:`Committer.flush_marks`) when no batch follows.  Readers see only marked
-   batches; recovery redoes a lost mark from the group's committed offsets and
-   their metadata (``CommitLog.recover``).
+1. **Build** (the runner's thread, as it starts the epoch): every LanceDB row of
+   the epoch, tagged with its fresh batch id (table-sink rows, window-state
+   deltas, the commit log's prepare rows: per input partition the first and next
+   offset, the tables, the maximum event time, the batch it follows), and the
+   *prepare record*: those rows as one Kafka value, Arrow IPC per table
+   (:mod:`lockgate.storage.prepare_record`, ``EpochTransaction.build_rows``).
+2. **Kafka side**, on the epoch's commit thread: begin the transaction, produce the
+   outputs and dead letters, the prepare record (in chunks of at most 512 KB) to
+   ``<pipeline>-lockgate-prepares``, and add the next offset of every input
+   partition to it (``send_offsets_to_transaction``; the offset metadata names the
+   batch id).  Nothing of it is visible yet.
+3. **Commit the Kafka transaction**: the decision point of the epoch.  The outputs,
+   the offsets and the prepare record (the state) commit together.  If librdkafka
+   says a step needs an abort, the epoch is *aborted*: the runner rewinds to the
+   batch's first offsets and reloads the state of the last committed epoch, and the
+   batch is redone; nothing of it ever reaches LanceDB.
+4. **Materialize** after the commit, on one materializer thread, in epoch order
+   (:meth:`Committer.settle` queues it, at most ``_MATERIALIZE_QUEUE`` epochs
+   behind): every table's rows side by side, then the commit log's prepare rows and
+   the epoch's commit mark in one append (``EpochTransaction.materialize``).
+   Readers see only marked batches, so all of an epoch or none of it.  Before state
+   is loaded again (a reload after an abort, partitions assigned or revoked, the
+   end of a run) the queue is drained (:meth:`Committer.drain`).
+
+Recovery: a crash between steps 3 and 4 leaves committed records LanceDB lacks.
+When partitions are assigned, before their state loads, the instance reads the
+prepares topic (``read_committed``) and writes each unmarked record of those
+partitions (``engine.prepares.recover_prepares``); every ``compact_every`` epochs
+the records of marked batches are deleted from it (``trim_prepares``).
 
 Between epochs: one epoch is in flight at a time.  While it commits, the runner
 polls, decodes and folds the next batch; the next epoch starts only after this
@@ -41,6 +52,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +72,8 @@ log = logging.getLogger("lockgate.commit")
 HANG_GRACE_S = 15.0
 #: weight of the newest epoch in the running estimates of Committer.wait_ready
 _NEWEST = 0.2
+#: committed epochs whose LanceDB writes may wait in the materializer's queue before a settle waits for the oldest
+_MATERIALIZE_QUEUE = 4
 
 
 def _ewma(estimate: float | None, value: float) -> float:
@@ -95,22 +109,9 @@ def in_thread(fn: Callable[[], None], name: str) -> Future[None]:
 
 
 def run_epoch(txn: EpochTransaction) -> None:
-    """Steps 1-3 of the protocol for one epoch (see the module docstring), on the epoch's commit thread.
-
-    The prepare (step 1) runs here, the Kafka side (step 2) on a thread of its own:
-    LanceDB appends wait on Lance without the GIL, the produce loop holds it.  The
-    Kafka commit (step 3) waits for both.
-    """
+    """Steps 2 and 3 of the protocol for one epoch (see the module docstring), on the epoch's commit thread."""
     try:
-        kafka = in_thread(txn.produce, f"{threading.current_thread().name}-kafka")
-        try:
-            txn.prepare()  # append-only and tagged with a fresh batch id: harmless if the batch is dropped
-        except BaseException:
-            wait([kafka])
-            txn.abort()  # the Kafka side may have opened the transaction
-            raise
-        faults.crash_point("after_prepare")
-        kafka.result()  # TransactionAborted or CommitError from step 2
+        txn.produce()
         txn.closable.set()  # only the Kafka commit is left: the next batch may close
         txn.commit_kafka()
     finally:
@@ -127,7 +128,7 @@ class Settled:
 
 
 class Committer:
-    """The commit protocol of one pipeline instance: its transactional producer, the epoch in flight, the pending marks.
+    """The commit protocol of one pipeline instance: its transactional producer, the epoch in flight, the materializer.
 
     ``committed(partitions)`` returns the group's committed offsets and their
     metadata, ``{(topic, partition): (offset, metadata)}``: how the outcome of a
@@ -137,9 +138,14 @@ class Committer:
     def __init__(
         self, pipeline: str, log_: CommitLog, producer_options: dict[str, Any], *, commit_timeout_s: float, metrics: Metrics,
         committed: Callable[[set[tuple[str, int]]], dict[tuple[str, int], tuple[int, str | None]]],
-        hang_grace_s: float | None = None, min_interval_s: float = 0.0,
+        prepares_topic: str, hang_grace_s: float | None = None, min_interval_s: float = 0.0,
     ) -> None:
         self.pipeline = pipeline
+        #: the topic each epoch's prepare record goes to (``engine.prepares.prepares_topic``)
+        self.prepares_topic = prepares_topic
+        #: committed epochs' LanceDB writes (step 4), in epoch order, on one thread
+        self.materializer = futures.ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-materialize-{pipeline}")
+        self.materializing: list[Future[None]] = []
         self.log = log_
         self.producer_options = producer_options
         self.commit_timeout_s = commit_timeout_s
@@ -154,8 +160,6 @@ class Committer:
         #: running estimates (s): an epoch's commit, start to finish; a batch's lead, closed to its commit's start
         self.commit_estimate: float | None = None
         self.lead_estimate: float | None = None
-        #: committed epochs whose marks are not written yet: they travel with the next prepare (step 4)
-        self.pending_marks: list[Epoch] = []
 
     def _new_producer(self) -> TransactionalProducer:
         return TransactionalProducer(self.producer_options, call_timeout=self.commit_timeout_s)
@@ -193,18 +197,18 @@ class Committer:
         return txn.closable.wait(min(timeout, left)) or left <= timeout
 
     def start(self, epoch: Epoch, group: object, seconds: dict[str, float]) -> None:
-        """Start steps 1-3 of ``epoch`` on its commit thread; ``seconds`` are the runner's stages of it (wait, decode, ...).
+        """Build ``epoch``'s rows here (step 1), then start steps 2-3 on its commit thread; ``seconds``: the runner's stages of it.
 
-        The pending marks go with it.  Only after the previous epoch settled.
+        Only after the previous epoch settled.
         """
         if self.inflight is not None:
             raise AssertionError(f"epoch {epoch.number}: started while epoch {self.inflight[0].epoch.number} is in flight")
-        txn = EpochTransaction(self.pipeline, epoch, self.log, self.producer, group, self.pending_marks)
+        txn = EpochTransaction(self.pipeline, epoch, self.log, self.producer, group, self.prepares_topic)
         building = time.monotonic()
-        txn.build_rows()  # on this (the runner's) thread: the commit thread's appenders only write
+        txn.build_rows()  # on this (the runner's) thread: the commit thread produces them, the materializer only writes
+        faults.crash_point("after_prepare")  # the prepare record built; nothing of the epoch in Kafka yet
         seconds = {**seconds, "operators": seconds.get("operators", 0.0) + time.monotonic() - building}
         txn.seconds.update(seconds)
-        self.pending_marks = []
         self.lead_estimate = _ewma(self.lead_estimate, seconds.get("decode", 0.0) + seconds.get("operators", 0.0))
         self.started_at = time.monotonic()
         self.inflight = (txn, in_thread(lambda: run_epoch(txn), f"lockgate-commit-{self.pipeline}-{epoch.number}"))
@@ -259,10 +263,12 @@ class Committer:
     def settle(self) -> Settled | None:
         """Wait for the epoch in flight and take its outcome; None when there is none.
 
-        Committed: its mark is queued (step 4) and its stages observed.  Aborted: a
-        :class:`Settled` with ``aborted`` set (the runner rewinds and reloads).  A
-        failure (``CommitError``, a LanceDB error) is raised: the pipeline stops and
-        nothing of the batch is committed.
+        Committed: its LanceDB writes are queued (step 4) and its stages observed.
+        Aborted: a :class:`Settled` with ``aborted`` set (the runner rewinds and
+        reloads).  A failure (``CommitError``) is raised: the pipeline stops and
+        nothing of the batch is committed.  An earlier epoch's failed LanceDB write
+        (a ``StorageError`` naming the table) is raised here too: the pipeline stops,
+        and the epoch's rows are written from its prepare record at the next start.
         """
         if self.inflight is None:
             return None
@@ -271,9 +277,6 @@ class Committer:
         txn, future = self.inflight
         self.inflight = None
         txn.seconds["settle_wait"] = time.monotonic() - waiting
-        if txn.marks and txn.log_append_seconds is not None:  # the marks it carried are written, whatever its outcome
-            for _ in txn.marks:  # usually one: scalar observations are the cheap ones
-                self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
         try:
             future.result()
         except TransactionAborted as exc:
@@ -292,7 +295,8 @@ class Committer:
                 self.metrics.add("producer_replacements")
                 self.producer = self._new_producer()
             return Settled(txn, exc)
-        self.pending_marks.append(txn.epoch)
+        if not txn.materializing:  # finish_inflight may have queued it already
+            self._materialize(txn)
         if txn.finished_at is not None and self.started_at is not None:
             self.commit_estimate = _ewma(self.commit_estimate, txn.finished_at - self.started_at)
         self._observe(txn)
@@ -340,18 +344,58 @@ class Committer:
             return False
         return True
 
-    def flush_marks(self) -> None:
-        """Write the pending commit marks alone (no batch follows to carry them)."""
-        for epoch in self.pending_marks:
-            started = time.monotonic()
-            self.log.mark(self.pipeline, epoch=epoch.number, batch_id=epoch.batch_id)
-            self.metrics.observe("stage_mark_seconds", time.monotonic() - started)
-        self.pending_marks = []
+    def _materialize(self, txn: EpochTransaction) -> None:
+        """Queue a committed epoch's LanceDB writes (step 4); wait for the oldest while more than a few are queued."""
+        self.materializing = [f for f in self.materializing if not f.done() or f.exception() is not None]
+        for future in self.materializing:
+            if future.done():
+                future.result()  # a failed write stops the pipeline at the next settle, not only once the queue is full
+        while len(self.materializing) >= _MATERIALIZE_QUEUE:
+            self.materializing[0].result()  # a failure (a StorageError naming the table) stops the pipeline
+            self.materializing.pop(0)
+        self._submit(txn)
+
+    def _submit(self, txn: EpochTransaction) -> None:
+        def write() -> None:
+            txn.materialize()
+            self.metrics.observe("stage_prepare_seconds", txn.seconds["prepare"])
+            if txn.log_append_seconds is not None:  # its own mark, in the append after its rows
+                self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
+            lag = max(time.time() - (txn.committed_at or time.time()), 1e-6)
+            if txn.committed_at is not None:
+                self.metrics.observe("stage_materialized_seconds", lag)
+            if log.isEnabledFor(logging.DEBUG):  # the LanceDB side of the epoch's line in _observe
+                log.debug("epoch %d written to LanceDB %.1f ms after its commit; ms: prepare %.1f mark %.1f", txn.epoch.number,
+                          lag * 1000, txn.seconds["prepare"] * 1000, (txn.log_append_seconds or 0.0) * 1000)
+
+        txn.materializing = True
+        self.materializing.append(self.materializer.submit(write))
+
+    def finish_inflight(self) -> None:
+        """Wait for the epoch in flight and for every committed epoch's LanceDB writes (before partitions move, or the end).
+
+        An epoch in flight that committed has its writes queued here (its settle
+        will not queue them again): the next owner of its partitions loads their
+        state from LanceDB.
+        """
+        self.wait()
+        if self.inflight is not None:
+            txn, future = self.inflight
+            if future.done() and future.exception() is None and not txn.materializing:
+                self._submit(txn)
+        self.drain()
+
+    def drain(self) -> None:
+        """Wait until every committed epoch is written to LanceDB (before a reload, a revoke, the end of a run); raise the first failure."""
+        pending, self.materializing = self.materializing, []
+        for future in pending:
+            future.result()
 
     def _observe(self, txn: EpochTransaction) -> None:
         # to when the Kafka commit returned, not to when the runner got round to settling the epoch
         now_ms = (txn.committed_at or time.time()) * 1000
         stages = dict(txn.seconds)  # a copy: a replaced hung producer's thread may still write
+        stages.pop("prepare", None)  # observed when the rows are written, after the commit (Committer._submit)
         if txn.commit_seconds is not None:
             self.metrics.observe("commit_seconds", txn.commit_seconds)
         for stage, seconds in stages.items():  # one clock difference per stage and epoch (metrics.STAGES)

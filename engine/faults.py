@@ -20,7 +20,10 @@ from lockgate.errors import PipelineDefinitionError
 
 __all__ = ["POINTS", "crash_point", "parse"]
 
-POINTS = ("after_poll", "after_decode", "after_prepare", "after_produce", "after_commit", "during_compaction")
+#: in the order an epoch reaches them: after_prepare is its prepare record built (nothing of it in Kafka yet),
+#: after_produce its transaction filled (not committed), after_commit committed (nothing in LanceDB yet),
+#: before_mark its rows in LanceDB (not marked)
+POINTS = ("after_poll", "after_decode", "after_prepare", "after_produce", "after_commit", "before_mark", "during_compaction")
 
 
 def parse(text: str) -> dict[str, int]:

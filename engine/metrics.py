@@ -39,8 +39,9 @@ _PER_LABEL = ("records_in", "records_out", "dlq", "table_rows", "late")
 _TOTALS = ("batches", "commits", "aborts", "empty_polls")
 #: the stages of an epoch, each a histogram in seconds: name -> where it starts and ends.
 #: The runner observes every stage of an epoch when the epoch's Kafka commit has succeeded
-#: (``stage_mark_seconds`` when its mark is written), so after a run each count is the number
-#: of committed batches.  Timing is a clock read at each end, per batch: nothing per record.
+#: (``stage_prepare_seconds``, ``stage_mark_seconds`` and ``stage_materialized_seconds`` when
+#: its rows and mark are written to LanceDB), so after a run each count is the number of
+#: committed batches.  Timing is a clock read at each end, per batch: nothing per record.
 STAGES = {
     "stage_wait_seconds": "the call of the poll that returned the batch, to the batch closed (full, max_wait after its first "
     "record, or the commit before it settled: KafkaSource.poll)",
@@ -52,13 +53,15 @@ STAGES = {
     "stage_operators_seconds": "decoded frames to the epoch built: changelog refresh, operators and window folds, encoding the outputs",
     "stage_settle_wait_seconds": "the runner blocked on the epoch's commit thread when it settled the epoch (before the next "
     "epoch's commit may start, after an empty poll, or at the end of the run): the next batch waits here",
-    "stage_prepare_seconds": "EpochTransaction.prepare: the LanceDB appends of table rows, state deltas and prepare records "
-    "(commit protocol step 1, on the commit thread)",
-    "stage_produce_seconds": "EpochTransaction.produce: begin_transaction, queueing the outputs, send_offsets_to_transaction "
-    "(step 2, on a thread of its own at the same time as step 1)",
-    "stage_commit_seconds": "commit_transaction (step 3, after steps 1 and 2: it waits for the queued outputs to be acknowledged)",
-    "stage_mark_seconds": "the LanceDB write that carried the epoch's commit mark: the next epoch's commit-log append "
-    "(it travels there, inside stage_prepare) or, with no batch following, its own mark append",
+    "stage_prepare_seconds": "EpochTransaction.materialize: the LanceDB appends of table rows and state deltas side by side, "
+    "then the commit log's (commit protocol step 4, after the Kafka commit, on the materializer: off the commit path)",
+    "stage_produce_seconds": "EpochTransaction.produce: begin_transaction, queueing the outputs and the prepare record, "
+    "send_offsets_to_transaction (step 2, on the epoch's commit thread)",
+    "stage_commit_seconds": "commit_transaction (step 3, after step 2: it waits for the queued records to be acknowledged)",
+    "stage_mark_seconds": "the commit-log append that carries the epoch's prepare rows and its commit mark (the end of "
+    "step 4, inside stage_prepare)",
+    "stage_materialized_seconds": "the epoch's Kafka commit returned, to its rows and commit mark written to LanceDB "
+    "(step 4): how far read_state and read_table trail the output topics",
 }
 #: histogram bucket bounds, in seconds
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))

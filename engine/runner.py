@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import numpy as np
 import polars as pl
 from lockgate.engine import faults, kafka_clients
 from lockgate.engine.admin import create_topic, ensure_topics, partition_count
+from lockgate.engine.prepares import prepares_topic, recover_prepares, trim_prepares
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
 from lockgate.engine.columns import TIMESTAMP
@@ -144,6 +146,10 @@ class Runner:
         self.purge_to: dict[tuple[str, int], int] = {}  # repartition partitions: where the committed offsets stand
         self.purge_countdown = config.compact_every
         self.admin: Any = None
+        #: the deferred prepare: epochs until the next trim of the prepares topic, and the trim running (one at a time)
+        self.trim_countdown = config.compact_every
+        self.trimmer: futures.ThreadPoolExecutor | None = None
+        self.trimming: futures.Future[int | None] | None = None
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
         self.epoch = 0
@@ -175,9 +181,11 @@ class Runner:
         sink_topics = [s.target for s in self.plan.sinks if s.sink == "kafka" and s.target not in internal] + [self.config.dlq_topic]
         ensure_topics(self.config.admin_options(), [t for t in self.topics if t not in internal], sink_topics)
         self._ensure_repartition_topics()
+        prepares = prepares_topic(self.config.name)
+        create_topic(self.config.admin_options(), prepares, 1, {"retention.ms": "-1"})  # only a trim deletes (engine.prepares)
         self.committer = Committer(
             self.config.name, self.log, self.config.producer_options(), commit_timeout_s=self.config.commit_timeout_s,
-            metrics=self.metrics, committed=self._committed, min_interval_s=self.config.batch.min_interval_s,
+            metrics=self.metrics, committed=self._committed, prepares_topic=prepares, min_interval_s=self.config.batch.min_interval_s,
         )
         self.changelogs = {t.name: ChangelogTable(t, self.config.admin_options()) for t in self.plan.tables}
         for table in self.changelogs.values():
@@ -218,6 +226,11 @@ class Runner:
     def close(self) -> None:
         """Leave the group and drop the clients."""
         self._wait_inflight()
+        if self.committer is not None:
+            self.committer.materializer.shutdown(wait=True)
+        if self.trimmer is not None:
+            self.trimmer.shutdown(wait=True)
+            self.trimmer = None
         if self.committer is not None and self.committer.inflight is None:  # every epoch settled: what is due goes now
             self.compactor.finish()
         else:
@@ -277,8 +290,7 @@ class Runner:
                     else:
                         self.metrics.add("empty_polls")
                         self._settle()
-                        if not self._tick():
-                            self._flush_marks()
+                        self._tick()  # the materializer writes the committed epochs meanwhile: nothing to flush
                     if on_batch is not None:  # after empty polls too: a progress display's clock and rate move on
                         on_batch(self.metrics.snapshot())
                     del raw  # the collection below need not walk its columns
@@ -292,7 +304,7 @@ class Runner:
                         break
                     collector.after_batch()
                 self._settle()
-                self._flush_marks()
+                self._drain()
         finally:
             self.close()
         ended = time.monotonic()
@@ -370,7 +382,7 @@ class Runner:
         return not behind
 
     def _rebalance(self, raw: RawBatch) -> bool:
-        """Take the partitions assigned and revoked since the last poll: redo lost marks, move window state.
+        """Take the partitions assigned and revoked since the last poll: write what LanceDB lacks of them, move window state.
 
         Returns False when ``raw`` must be read again: the in-flight epoch aborted,
         and the consumer was rewound to its first offsets and to ``raw``'s.
@@ -392,10 +404,10 @@ class Runner:
             return True
         # Partitions came (back) after the state was loaded, and another instance may have
         # advanced their windows meanwhile; or partitions left, and their windows must go.
-        # Settle the in-flight epoch, write its mark, and load the owned state again.
+        # Settle the in-flight epoch, write every committed epoch to LanceDB, and load the owned state again.
         settled = self._settle(also_rewind=_polled_from(raw))
         if settled:
-            self._flush_marks()
+            self._drain()
             self.windows.reload(time.monotonic())
         return settled
 
@@ -450,9 +462,19 @@ class Runner:
         return False
 
     def _recover_marks(self, partitions: set[tuple[str, int]]) -> None:
+        """Before ``partitions``' state loads: write their committed epochs that LanceDB lacks, redo lost marks, set their chains.
+
+        This instance's own committed epochs are written first (``finish_inflight``);
+        then the prepares topic's unmarked records of ``partitions`` (another
+        instance's, or a crashed run's: ``recover_prepares``), then the marks a state
+        directory from before the deferred prepare may have lost (``CommitLog.recover``).
+        """
         assert self.source is not None
         committed = {tp: (offset, parse_offset_metadata(meta)) for tp, (offset, meta) in self.source.committed(partitions).items()}
         self.read_to.update({tp: offset for tp, (offset, _) in committed.items()})
+        if self.committer is not None:
+            self.committer.finish_inflight()  # this instance's committed epochs are in LanceDB: recovery does only others'
+        recover_prepares(self.config.admin_options(), self.config.name, self.log, {tp: committed.get(tp, (0, None))[1] for tp in partitions})
         redone = self.log.recover(self.config.name, committed)
         for tp in partitions:
             batch_id = committed.get(tp, (None, None))[1]
@@ -481,7 +503,7 @@ class Runner:
         record.  The tick commits like any epoch, exactly once: its ranges are empty,
         one at the committed offset of each owned partition, so the offsets do not
         move and recovery finds it by the batch id they carry.  Returns True when a
-        tick started (its commit carries the pending commit marks).
+        tick started.
         """
         assert self.source is not None
         if not self.windows.active or self.committer is None or self.committer.inflight is not None:
@@ -582,7 +604,7 @@ class Runner:
     def _wait_inflight(self) -> None:
         """Block until the epoch in flight has finished (before its partitions move, or the runner closes)."""
         if self.committer is not None:
-            self.committer.wait()
+            self.committer.finish_inflight()
 
     def _committed(self, partitions: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str | None]]:
         assert self.source is not None
@@ -610,6 +632,7 @@ class Runner:
             self.source.rewind(positions)
             self.prepared_chain = dict(self.committed_chain)  # what was prepared past the abort is dropped
             if self.windows.active:
+                self.committer.drain()  # every committed epoch in LanceDB first
                 self.windows.reload(time.monotonic())  # hot state back to the last committed epoch
             return False
         for delta in epoch.states:
@@ -622,6 +645,7 @@ class Runner:
         self.read_to.update({(r.topic, r.partition): r.next_offset for r in epoch.ranges})
         if self.counts_of_hops:
             self._purge_hops(epoch)
+        self._trim_prepares()
         if self.windows.active:
             self.windows.committed(epoch.watermarks)
         self._count(epoch)
@@ -646,10 +670,24 @@ class Runner:
         for tp, future in self.admin.delete_records(partitions, request_timeout=30).items():
             future.add_done_callback(lambda f, tp=tp: f.exception() and log.info("purging %s: %s", tp, f.exception()))
 
-    def _flush_marks(self) -> None:
-        """Write the pending commit marks alone (no batch follows to carry them)."""
+    def _trim_prepares(self) -> None:
+        """Every ``compact_every`` epochs, delete the prepare records of marked batches (``trim_prepares``), on a thread of its own.
+
+        One trim at a time, off the commit path; a failure only leaves records longer.
+        """
+        self.trim_countdown -= 1
+        if self.trim_countdown > 0 or (self.trimming is not None and not self.trimming.done()):
+            return
+        self.trim_countdown = self.config.compact_every
+        if self.trimmer is None:
+            self.trimmer = futures.ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-trim-{self.config.name}")
+        self.trimming = self.trimmer.submit(trim_prepares, self.config.admin_options(), self.config.name, self.log)
+        self.trimming.add_done_callback(lambda f: f.exception() and log.info("trimming the prepares topic: %s", f.exception()))
+
+    def _drain(self) -> None:
+        """Wait until every committed epoch is in LanceDB (the materializer's queue is empty)."""
         if self.committer is not None:
-            self.committer.flush_marks()
+            self.committer.drain()
 
     def _count(self, epoch: Epoch) -> None:
         self.metrics.add("batches")

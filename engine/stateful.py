@@ -4,7 +4,8 @@ The engine owns time: it derives each source's watermark from the event times it
 has seen (per partition, restored from the commit log after a restart) and from
 processing time for idle partitions, then hands each batch to the operator's
 window logic, which owns the operator's hot state.  The delta the logic hands out
-after each epoch travels with the epoch and is appended to LanceDB in its prepare step.
+after each epoch travels with the epoch, in its Kafka transaction, and is appended to
+LanceDB after the commit (:mod:`lockgate.engine.commit`, step 4).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from lockgate.engine import kafka_clients
 from lockgate.engine.columns import OFFSET, PARTITION, TOPIC
 from lockgate.errors import CommitError
 from lockgate.storage.commit_log import CommitLog, PartitionRange
+from lockgate.storage.prepare_record import PrepareRecord, chunks, encode
 from lockgate.storage.sink_tables import SinkTable
 from lockgate.storage.state import state_rows
 
@@ -229,11 +230,12 @@ class TransactionalProducer:
 class EpochTransaction:
     """The steps of one :class:`Epoch`'s commit; :mod:`lockgate.engine.commit` runs them in protocol order.
 
-    Two sides, which may run at the same time on two threads: the LanceDB side
-    (:meth:`prepare`) and the Kafka side (:meth:`produce`: begin, the outputs, the
-    offsets).  :meth:`commit_kafka` needs both done.  Kafka states: ``new`` ->
+    :meth:`build_rows` (the runner's thread) builds every LanceDB row of the epoch and
+    its prepare record; :meth:`produce` (begin, the outputs, the prepare record, the
+    offsets) and :meth:`commit_kafka` make the Kafka transaction; :meth:`materialize`
+    writes the rows to LanceDB after the commit.  Kafka states: ``new`` ->
     ``producing`` -> ``committed``, or ``aborted`` (rewind and redo the batch), or
-    ``failed`` (stays failed and re-raises); ``prepared`` says the LanceDB side is durable.
+    ``failed`` (stays failed and re-raises).
     """
 
     def __init__(
@@ -243,11 +245,14 @@ class EpochTransaction:
         log_: CommitLog,
         producer: TransactionalProducer,
         group: object,
-        marks: Sequence[Epoch] = (),
+        prepares_topic: str,
     ) -> None:
         self.pipeline = pipeline
+        #: the topic the epoch's prepare record goes to, in its transaction (``engine.prepares``)
+        self.prepares_topic = prepares_topic
+        #: the prepare record's value: every LanceDB row of the epoch, built by :meth:`build_rows`
+        self.record: bytes | None = None
         self.epoch = epoch
-        self.marks = tuple(marks)
         self.log = log_
         self.producer = producer
         self.group = group
@@ -256,19 +261,23 @@ class EpochTransaction:
         #: set once only the Kafka commit is left (or the epoch ended): the next batch may close
         self.closable = threading.Event()
         self.finished_at: float | None = None  # monotonic time its commit thread ended
-        #: the LanceDB side is durable: the Kafka transaction may commit
-        self.prepared = False
+        #: the prepare record is in the transaction: the Kafka transaction may commit
+        self.record_sent = False
+        #: its LanceDB writes are queued (after its commit: ``Committer``'s materializer)
+        self.materializing = False
+        #: its rows and commit mark are in LanceDB
+        self.materialized = False
         self.error: BaseException | None = None
         self.commit_seconds: float | None = None
         #: how long each stage of this epoch took, in seconds (``stage_<name>_seconds`` in the metrics):
-        #: the runner puts in its own (wait, decode, operators); prepare, produce and commit are timed here
+        #: the runner puts in its own (wait, decode, operators); produce, commit and prepare (the LanceDB writes) are timed here
         self.seconds: dict[str, float] = {}
-        #: the rows the prepare writes, built by :meth:`build_rows` (None and empty until then): each state
-        #: delta's, each table sink's with rows (the table and its rows), and the commit log's
+        #: the rows :meth:`materialize` writes, built by :meth:`build_rows` (None and empty until then): each state
+        #: delta's, each table sink's with rows (the table and its rows), and the commit log's (prepare rows and mark)
         self.state_rows: list[pa.Table | None] | None = None
         self.table_rows: list[tuple[SinkTable, pa.Table]] = []
         self.log_rows: pa.Table | None = None
-        #: how long the commit-log append of ``prepare`` took: it also carries ``marks``
+        #: how long the commit-log append of :meth:`materialize` took: it carries the epoch's mark
         self.log_append_seconds: float | None = None
         #: wall-clock time (``time.time()``) when the Kafka commit returned: the end of end-to-end latency
         self.committed_at: float | None = None
@@ -284,14 +293,17 @@ class EpochTransaction:
         self.error = exc
 
     def build_rows(self) -> None:
-        """Build every row the prepare writes (state deltas, table-sink rows, the commit log's), on the calling thread.
+        """Build every LanceDB row of the epoch (state deltas, table-sink rows, the commit log's) and its prepare record.
 
         :class:`~lockgate.engine.commit.Committer` calls it on the runner thread as it
         starts the epoch: that thread holds the GIL while it builds an epoch anyway,
-        while on an appender thread each of the build's Polars and pyarrow calls waits
-        for the GIL again beside the runner (``bench/state_appends.py``: 63 ms against
-        14 ms for the write alone, beside a busy Python thread).  The appender threads
-        then only write.  Once per epoch; :meth:`prepare` calls it if nobody did.
+        while on another thread each of the build's Polars and pyarrow calls waits for
+        the GIL again beside the runner (``bench/state_appends.py``: 63 ms against
+        14 ms for the write alone, beside a busy Python thread).  The rows go to the
+        Kafka transaction as one prepare record (:mod:`lockgate.storage.prepare_record`),
+        and the materializer only writes them.  The commit log's rows are the prepare
+        rows (one per input partition) and, last, the epoch's own commit mark: they
+        are written in one append after every table's rows.  Once per epoch.
         """
         if self.state_rows is not None:
             return
@@ -303,40 +315,45 @@ class EpochTransaction:
             state_rows(d.store.arrow_schema, d.changes.upserts, d.changes.deletes, batch_id, number) for d in self.epoch.states
         ]
         written = [table.name for table, _ in self.table_rows] + [f"state:{d.store.name}" for d in self.epoch.states]
-        self.log_rows = self.log.prepare_rows(
+        prepare = self.log.prepare_rows(
             self.pipeline, epoch=number, batch_id=batch_id, ranges=self.epoch.ranges, tables=dict.fromkeys(written),
-            marks=[(m.number, m.batch_id) for m in self.marks], event_times=self.epoch.event_times, prev=self.epoch.prev,
+            event_times=self.epoch.event_times, prev=self.epoch.prev,
         )
+        tables = [(table.uri, rows) for table, rows in self.table_rows]
+        tables += [(d.store.uri, rows) for d, rows in zip(self.epoch.states, self.state_rows, strict=True) if rows is not None]
+        self.record = encode(PrepareRecord(self.pipeline, number, batch_id, tuple(tables), prepare))
+        mark = self.log.mark_rows(self.pipeline, [(number, batch_id)])
+        self.log_rows = mark if prepare is None else pa.concat_tables([prepare, mark])
 
-    def prepare(self) -> None:
-        """Write the table rows, the state deltas and the prepare records to LanceDB (append only), side by side.
+    def materialize(self) -> None:
+        """Write the epoch's rows to LanceDB after its Kafka commit: every table side by side, then its prepare rows and mark.
 
-        Each is an append to its own Lance table, so they run at the same time (on
-        :func:`_appender`'s threads and this one): the prepare takes as long as the
-        slowest, not the sum.  None of them is read before the epoch's commit mark,
-        which comes after the Kafka commit, which waits for all of them.  The commit
-        marks of earlier epochs whose Kafka transactions have committed (``marks``)
-        travel in the same append as this epoch's prepare records.  Every row was
-        built before (:meth:`build_rows`): here they are only written.  Touches no
-        Kafka client: it may run while :meth:`produce` runs on another thread.
+        Each table is an append to its own Lance table, so they run at the same time
+        (on :func:`_appender`'s threads): they take as long as the slowest, not the
+        sum.  Then one commit-log append: the prepare rows and the epoch's commit
+        mark.  A reader takes the rows of marked batches only, so it sees all of the
+        epoch or none of it.  A crash before the mark leaves rows no reader takes;
+        recovery writes the epoch again from its prepare record
+        (``engine.prepares.recover_prepares``).  Every row was built before
+        (:meth:`build_rows`): here they are only written.  Only after the commit.
         """
-        if self.prepared:
-            raise CommitError(f"epoch {self.epoch.number}: prepared twice")
+        if not self.record_sent:  # the Committer calls it once the transaction committed (or a replaced producer's did)
+            raise CommitError(f"epoch {self.epoch.number}: its rows may reach LanceDB only after its Kafka transaction committed")
+        if self.materialized:
+            raise CommitError(f"epoch {self.epoch.number}: written to LanceDB twice")
         started = time.monotonic()
-        self.build_rows()  # done already when the runner started the epoch (Committer.start)
         assert self.state_rows is not None
         writes: list[Callable[[], object]] = [functools.partial(table.append_rows, rows) for table, rows in self.table_rows]
         writes += [functools.partial(d.store.append_rows, rows) for d, rows in zip(self.epoch.states, self.state_rows, strict=True)]
         pending = [_appender().submit(write) for write in writes]
-        try:
-            appending = time.monotonic()
-            self.log.write(self.log_rows)
-            self.log_append_seconds = time.monotonic() - appending
-        finally:
-            futures.wait(pending)  # none may still be writing when the epoch's outcome is decided
+        futures.wait(pending)
         for future in pending:
-            future.result()  # the first failure (a StorageError naming the table) fails the prepare
-        self.prepared = True
+            future.result()  # the first failure (a StorageError naming the table) stops here: no mark
+        faults.crash_point("before_mark")  # committed in Kafka, its rows in LanceDB, no mark yet
+        appending = time.monotonic()
+        self.log.write(self.log_rows)
+        self.log_append_seconds = time.monotonic() - appending
+        self.materialized = True
         self.seconds["prepare"] = time.monotonic() - started
 
     def produce(self) -> None:
@@ -356,15 +373,20 @@ class EpochTransaction:
             self.state = "producing"
             for out in self.epoch.outgoing:
                 p.produce(out)
+            self.build_rows()  # done already when the runner started the epoch (Committer.start)
+            assert self.record is not None
+            parts = chunks(self.record, self.epoch.batch_id)  # a snapshot's rows can pass the broker's 1 MB per message
+            p.produce(OutgoingTopic(self.prepares_topic, parts, partitions=[0] * len(parts)))
+            self.record_sent = True
             timeout = p.call_timeout
             p._retry("send_offsets_to_transaction", lambda: p.producer.send_offsets_to_transaction(offsets, self.group, timeout))
         self.seconds["produce"] = time.monotonic() - started
 
     def commit_kafka(self) -> None:
-        """Commit the Kafka transaction: the decision point of the epoch.  Only after :meth:`prepare` is durable."""
+        """Commit the Kafka transaction: the decision point of the epoch.  Only with its prepare record in the transaction."""
         self._expect("producing")
-        if not self.prepared:
-            raise CommitError(f"epoch {self.epoch.number}: its Kafka transaction may not commit before its LanceDB prepare is durable")
+        if not self.record_sent:
+            raise CommitError(f"epoch {self.epoch.number}: its Kafka transaction may not commit without its prepare record (its LanceDB rows)")
         started = time.monotonic()
         p = self.producer
         faults.crash_point("after_produce")
@@ -374,12 +396,6 @@ class EpochTransaction:
         self.committed_at = time.time()
         self.commit_seconds = self.seconds["commit"] = time.monotonic() - started
         faults.crash_point("after_commit")
-
-    def abort(self) -> None:
-        """Abort the Kafka side after the LanceDB side failed (what it prepared is never marked, so never read)."""
-        if self.state == "producing":
-            self._abort_quietly()
-            self.state = "aborted"
 
     @contextmanager
     def _kafka_step(self) -> Iterator[None]:

@@ -95,7 +95,6 @@ class CommitLog:
         batch_id: int,
         ranges: Iterable[PartitionRange],
         tables: Mapping[str, int | None],
-        marks: Iterable[tuple[int, int]] = (),
         event_times: Mapping[tuple[str, int], int | None] | None = None,
         prev: Mapping[tuple[str, int], int | None] | None = None,
     ) -> pa.Table | None:
@@ -103,18 +102,18 @@ class CommitLog:
 
         Readers never go by these versions: they read the rows of marked batches.
 
-        ``marks`` (epoch, batch id) of earlier, committed batches come in the same rows;
         ``event_times`` holds each partition's maximum event time so far (for its watermark);
         ``prev`` names, per partition, the batch this one follows on the partition's chain
         (the one whose committed offset it starts from), so recovery can walk the chain back.
         None when there is nothing to record.  The runner builds them as it starts an
-        epoch, so the prepare's commit-log append only writes (see ``EpochTransaction.build_rows``).
+        epoch; they travel in the epoch's prepare record and are written with its mark
+        after its Kafka commit (see ``EpochTransaction.build_rows``).
 
         >>> import tempfile
         >>> log = CommitLog(tempfile.mkdtemp())
-        >>> rows = log.prepare_rows("p", epoch=1, batch_id=7, ranges=[PartitionRange("t", 0, 0, 5)], tables={}, marks=[(0, 6)])
+        >>> rows = log.prepare_rows("p", epoch=1, batch_id=7, ranges=[PartitionRange("t", 0, 0, 5)], tables={})
         >>> rows.column("kind").to_pylist(), rows.column("batch_id").to_pylist()
-        (['prepare', 'commit'], [7, 6])
+        (['prepare'], [7])
         """
         now = datetime.now(UTC)
         encoded = json.dumps(dict(tables), sort_keys=True)
@@ -128,12 +127,31 @@ class CommitLog:
             }
             for r in ranges
         ]
-        rows += [self._mark_row(pipeline, epoch_, batch_) for epoch_, batch_ in marks]
         return pa.Table.from_pylist(rows, schema=_COMMIT_SCHEMA) if rows else None
+
+    def mark_rows(self, pipeline: str, marks: Iterable[tuple[int, int]]) -> pa.Table:
+        """The commit marks of these (epoch, batch id) as log rows, built apart from their write (see :meth:`write`)."""
+        return pa.Table.from_pylist([self._mark_row(pipeline, epoch, batch_id) for epoch, batch_id in marks], schema=_COMMIT_SCHEMA)
 
     @staticmethod
     def _mark_row(pipeline: str, epoch: int, batch_id: int) -> dict[str, Any]:
         return {"pipeline": pipeline, "kind": "commit", "epoch": epoch, "batch_id": batch_id, "ts": datetime.now(UTC)}
+
+    def rewriting(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
+        """Record that ``batch_id``'s rows are being written again (a recovery): readers then take one copy of each of its rows.
+
+        Written before the rewrite's first row.  Only a recovery writes a batch a
+        second time (an instance that lost its partitions while it was stopped may
+        still write the batch it had committed, at the same time), so only the rows
+        of these batches can repeat; :func:`~lockgate.storage.row_tags.once` drops
+        the repeats.
+        """
+        self._rows([{"pipeline": pipeline, "kind": "rewrite", "epoch": epoch, "batch_id": batch_id, "ts": datetime.now(UTC)}])
+
+    def rewritten_batches(self, log: pl.DataFrame | None = None) -> pl.Series:
+        """Ids of the batches some recovery wrote again (see :meth:`rewriting`): their rows may be there twice."""
+        log = self.frame() if log is None else log
+        return log.filter(pl.col("kind") == "rewrite")["batch_id"].unique()
 
     def mark(self, pipeline: str, *, epoch: int, batch_id: int) -> None:
         """Mark ``batch_id`` committed: a hint for readers, redone by recovery when missing."""
@@ -230,11 +248,15 @@ class CommitLog:
         prepared batch whose next offset is ``C``.  From it, the partition's chain is
         walked back through each prepare record's ``prev_batch_id`` until a marked
         batch: every batch on the way committed in Kafka (the runner begins a Kafka
-        transaction only after the previous one committed) and is marked now.  Marks
-        travel with later appends, so a crash can lose several of them, not only the
-        last one.  Batches prepared but not on a chain were aborted (or written by a
-        fenced zombie): no mark is ever written for them, so readers never see their
-        rows.  Returns the batch ids whose marks were redone, oldest first.
+        transaction only after the previous one committed) and is marked now.  Batches
+        prepared but not on a chain were aborted (or written by a fenced zombie): no
+        mark is ever written for them, so readers never see their rows.  Returns the
+        batch ids whose marks were redone, oldest first.
+
+        Since the deferred prepare (``engine.prepares``) a batch's prepare rows are
+        written in the same append as its mark, so a log written since has nothing
+        for this to redo; it stays for a state directory written before, whose last
+        marks (which travelled with the next epoch's prepare) a crash may have lost.
         """
         log = self.frame().filter(pl.col("pipeline") == pipeline)
         if log.height == 0 or not committed:

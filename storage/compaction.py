@@ -233,13 +233,24 @@ class Compactor:
         return deleted
 
     def _forget_due(self) -> int:
-        """Delete the history that is due (on the compaction thread); returns the rows deleted."""
+        """Delete the history that is due (on the compaction thread); returns the rows deleted.
+
+        A snapshot whose epoch has no commit mark yet (its rows are written after its
+        Kafka commit, by the deferred prepare) waits for the next run: the history
+        behind it goes only once a reader sees the snapshot.
+        """
         with self.lock:
             due, self.forgets = _split_due(self.forgets)
+        frame = self.commit_log.frame() if due and self.commit_log is not None else None
         deleted = 0
-        for _, store, pipeline, epoch, shards, moment in due:
-            if self.commit_log is not None:  # first: no as_of read may start on what is about to go
-                self.commit_log.horizon(pipeline, store.name, epoch, moment)
+        for entry in due:
+            _, store, pipeline, epoch, shards, moment = entry
+            if self.commit_log is not None:
+                if self.commit_log.settled(pipeline, epoch, log=frame) is None:
+                    with self.lock:
+                        self.forgets.append(entry)
+                    continue
+                self.commit_log.horizon(pipeline, store.name, epoch, moment)  # first: no as_of read may start on what goes
             deleted += store.forget_before(epoch, shards)
         return deleted
 

@@ -34,7 +34,7 @@ from lockgate.errors import PipelineDefinitionError, StorageError
 from lockgate.storage.commit_log import CommitLog, check_history
 from lockgate.storage.lance_io import append_table, open_dataset, sql_list, storage_options, table_uri, use_storage_options
 from lockgate.storage.retention import history_due
-from lockgate.storage.row_tags import BATCH, INTERNAL_COLUMNS, ORDER, latest_rows, tag
+from lockgate.storage.row_tags import BATCH, INTERNAL_COLUMNS, ORDER, latest_rows, once, tag
 
 __all__ = ["SinkTable", "list_tables", "read_table", "table_horizon"]
 
@@ -217,6 +217,8 @@ def read_table(
         raise StorageError(f"no table {name!r} under {state}; the tables there are {list_tables(state)}")
     scan = pl.scan_pyarrow_dataset(ds).filter(pl.col(BATCH).is_in(ids.implode()))
     upsert = (ds.schema.metadata or {}).get(b"lockgate.upsert_keys")
+    if upsert is None:  # an append table: one copy of each row of a batch a recovery wrote again
+        scan = once(scan, log.rewritten_batches(frame))
     if upsert is not None:  # the latest committed row of each key; a retracted window disappears
         keys = json.loads(upsert)
         scan = latest_rows(scan, keys)

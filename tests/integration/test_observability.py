@@ -73,7 +73,8 @@ def test_the_metrics_endpoint_names_the_metrics_and_they_move_as_records_flow(br
                  "lockgate_end_to_end_latency_seconds_count", "lockgate_batches_total", "lockgate_stage_duration_seconds_count"):
         assert _total(second, name) > _total(first, name), f"{name} did not move: {_total(first, name)} -> {_total(second, name)}"
     stages = {m.group(1) for k in second if (m := re.match(rf'lockgate_stage_duration_seconds_count{{{label},stage="(\w+)"}}', k))}
-    assert stages == {"wait", "wait_first", "wait_fill", "decode", "operators", "settle_wait", "prepare", "produce", "commit", "mark"}, stages
+    assert stages == {"wait", "wait_first", "wait_fill", "decode", "operators", "settle_wait", "prepare", "produce", "commit", "mark",
+                      "materialized"}, stages
     lags = {k: v for k, v in second.items() if k.startswith("lockgate_consumer_lag{")}
     assert len(lags) == 2 and all(re.search(r'partition="[01]"', k) for k in lags), lags
     assert f"lockgate_transaction_aborts_total{{{label}}}" in second

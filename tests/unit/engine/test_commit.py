@@ -12,96 +12,94 @@ from lockgate.engine.commit import run_epoch
 
 
 class _Steps:
-    """Stands in for an EpochTransaction: records the order of its steps; ``prepare`` can wait for the Kafka side or fail."""
+    """Stands in for an EpochTransaction: records the order of its steps."""
 
-    def __init__(self, prepare_waits_for_kafka: bool = False, prepare_fails: bool = False) -> None:
+    def __init__(self) -> None:
         self.done: list[str] = []
         self.closable = threading.Event()
-        self.kafka_started = threading.Event()
-        self.prepare_waits_for_kafka = prepare_waits_for_kafka
-        self.prepare_fails = prepare_fails
-        self.saw_kafka_during_prepare: bool | None = None
+        self.closable_before_commit: bool | None = None
 
     def produce(self) -> None:
-        self.kafka_started.set()
         self.done.append("produce")
 
-    def prepare(self) -> None:
-        if self.prepare_waits_for_kafka:
-            self.saw_kafka_during_prepare = self.kafka_started.wait(10)
-        if self.prepare_fails:
-            raise OSError("disk full")
-        self.done.append("prepare")
-
-    def abort(self) -> None:
-        self.done.append("abort")
-
     def commit_kafka(self) -> None:
+        self.closable_before_commit = self.closable.is_set()
         self.done.append("commit")
 
+    def materialize(self) -> None:
+        self.done.append("materialize")
 
-def test_the_kafka_side_of_an_epoch_runs_while_its_lancedb_prepare_runs_and_the_commit_waits_for_both():
-    steps = _Steps(prepare_waits_for_kafka=True)  # run one after the other, prepare would wait 10 s for nothing
+
+def test_an_epochs_kafka_commit_follows_its_produce_and_never_waits_for_lancedb():
+    steps = _Steps()
     run_epoch(steps)  # type: ignore[arg-type]
-    assert steps.saw_kafka_during_prepare is True and steps.closable.is_set()
-    assert steps.done[-1] == "commit" and sorted(steps.done[:2]) == ["prepare", "produce"], steps.done
-
-
-def test_a_failed_prepare_aborts_the_kafka_side_and_never_commits():
-    steps = _Steps(prepare_fails=True)
-    with pytest.raises(OSError, match="disk full"):
-        run_epoch(steps)  # type: ignore[arg-type]
-    assert steps.done == ["produce", "abort"], steps.done
+    assert steps.done == ["produce", "commit"], "no LanceDB write before (or in) the Kafka commit: the rows are in the transaction"
+    assert steps.closable_before_commit is True, "once only the Kafka commit is left, the next batch may close"
 
 
 class _Table:
-    """Stands in for a SinkTable: its append says that it started, then waits for the commit log's."""
+    """Stands in for a SinkTable: its append waits for the other table's to start, and says when it ended."""
 
-    name = "per_minute"
-
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.uri = f"/state/{name}.lance"
         self.started = threading.Event()
-        self.log_started = threading.Event()
-        self.built: list[str] = []
+        self.ended = threading.Event()
+        self.other: _Table | None = None
 
-    def rows_of(self, frame: object, *, batch_id: int, epoch: int) -> object:
-        self.built.append(threading.current_thread().name)
-        return ("rows of", frame, batch_id)
+    def rows_of(self, frame: Any, *, batch_id: int, epoch: int) -> Any:
+        return frame.to_arrow()
 
     def append_rows(self, rows: object) -> int:
         self.started.set()
-        assert self.log_started.wait(10), "the commit-log append never started while this one ran"
+        assert self.other is not None and self.other.started.wait(10), "the other table's append never started while this one ran"
+        self.ended.set()
         return 1
 
 
 class _Log:
-    """Stands in for the CommitLog: its write waits for the table append to have started."""
+    """Stands in for the CommitLog: its write checks that every table's rows were written before it."""
 
-    def __init__(self, table: _Table) -> None:
-        self.table = table
-        self.tables: object = None
-        self.written: list[object] = []
+    def __init__(self, *tables: _Table) -> None:
+        self.tables = tables
+        self.written: list[Any] = []
 
-    def prepare_rows(self, pipeline: str, **kwargs: Any) -> object:
-        self.tables = kwargs["tables"]
-        return ("log rows", kwargs["batch_id"])
+    def prepare_rows(self, pipeline: str, **kwargs: Any) -> Any:
+        from lockgate.storage.commit_log import CommitLog
 
-    def write(self, rows: object) -> None:
-        self.table.log_started.set()
-        assert self.table.started.wait(10), "the table append never started while the commit log's ran"
+        return CommitLog("/nowhere").prepare_rows(pipeline, **kwargs)  # builds rows, writes nothing
+
+    def mark_rows(self, pipeline: str, marks: Any) -> Any:
+        from lockgate.storage.commit_log import CommitLog
+
+        return CommitLog("/nowhere").mark_rows(pipeline, marks)
+
+    def write(self, rows: Any) -> None:
+        assert all(t.ended.is_set() for t in self.tables), "the commit log (with the epoch's mark) was written before a table's rows"
         self.written.append(rows)
 
 
-def test_a_prepares_table_state_and_commit_log_appends_run_side_by_side():
+def test_a_committed_epochs_tables_are_written_side_by_side_then_its_prepare_rows_and_mark_in_one_append():
     import polars as pl
     from lockgate.engine.transaction import Epoch, EpochTransaction
+    from lockgate.errors import CommitError
+    from lockgate.storage.commit_log import PartitionRange
 
-    table = _Table()
-    log = _Log(table)
-    epoch = Epoch(number=3, ranges=(), tables=((table, pl.DataFrame({"n": [1]})),))  # type: ignore[arg-type]
-    txn = EpochTransaction("pipe", epoch, log_=log, producer=None, group=None)  # type: ignore[arg-type]
-    txn.prepare()  # one after the other, each would wait 10 s for the other and fail
-    assert txn.prepared and log.tables == {"per_minute": None} and log.written == [("log rows", epoch.batch_id)]
+    views, counts = _Table("views"), _Table("counts")
+    views.other, counts.other = counts, views
+    log = _Log(views, counts)
+    frame = pl.DataFrame({"n": [1]})
+    epoch = Epoch(number=3, ranges=(PartitionRange("in", 0, 0, 1),), tables=((views, frame), (counts, frame)))  # type: ignore[arg-type]
+    txn = EpochTransaction("pipe", epoch, log_=log, producer=None, group=None, prepares_topic="pipe-lockgate-prepares")  # type: ignore[arg-type]
+    txn.build_rows()
+    with pytest.raises(CommitError, match="only after its Kafka transaction committed"):
+        txn.materialize()
+    txn.record_sent = True  # the prepare record went in the transaction, which committed
+    txn.materialize()  # one after the other, each table would wait 10 s for the other and fail
+    [rows] = log.written
+    assert rows.column("kind").to_pylist() == ["prepare", "commit"] and set(rows.column("batch_id").to_pylist()) == {epoch.batch_id}
+    with pytest.raises(CommitError, match="twice"):
+        txn.materialize()
 
 
 def test_the_next_batch_closes_when_the_epoch_in_flight_should_finish_within_the_batchs_lead():
@@ -159,6 +157,7 @@ class _Store:
     """Stands in for a WindowStore: it only writes rows built before (records them and the thread that wrote them)."""
 
     name = "window_1"
+    uri = "/state/window_1.lance"
 
     def __init__(self) -> None:
         import pyarrow as pa
@@ -175,6 +174,11 @@ class _Store:
 class _NoLog:
     def prepare_rows(self, pipeline: str, **kwargs: Any) -> None:
         return None
+
+    def mark_rows(self, pipeline: str, marks: Any) -> Any:
+        from lockgate.storage.commit_log import CommitLog
+
+        return CommitLog("/nowhere").mark_rows(pipeline, marks)  # builds rows, writes nothing
 
     def write(self, rows: object) -> None:
         pass
@@ -194,11 +198,12 @@ def _state_epoch() -> tuple[Any, _Store]:
 def test_an_epochs_state_rows_are_built_when_the_runner_starts_it_so_the_appenders_only_write(monkeypatch):
     from lockgate.engine import commit, transaction
     from lockgate.engine.commit import Committer
+    from lockgate.storage.prepare_record import decode
 
     epoch, store = _state_epoch()
     committer = Committer.__new__(Committer)  # no producer: only what start() does on the runner's thread
-    committer.pipeline, committer.log, committer.producer, committer.pending_marks = "pipe", _NoLog(), None, []
-    committer.inflight, committer.lead_estimate = None, None
+    committer.pipeline, committer.log, committer.producer = "pipe", _NoLog(), None
+    committer.inflight, committer.lead_estimate, committer.prepares_topic = None, None, "pipe-lockgate-prepares"
     monkeypatch.setattr(commit, "in_thread", lambda fn, name: None)  # the commit thread is not started here
     committer.start(epoch, None, {"decode": 0.01, "operators": 0.02})
     txn = committer.inflight[0]  # type: ignore[index]
@@ -211,8 +216,10 @@ def test_an_epochs_state_rows_are_built_when_the_runner_starts_it_so_the_appende
         raise AssertionError("the prepare built the state rows again")
 
     monkeypatch.setattr(transaction, "state_rows", no_build)
-    txn.prepare()
+    txn.record_sent = True  # committed
+    txn.materialize()
     assert [r for _, r in store.written] == [rows], "the appender wrote the rows built before, and nothing else"
+    assert decode(txn.record).tables == ((store.uri, rows),), "the same rows travel in the prepare record"
 
 
 def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it_so_the_appenders_only_write(monkeypatch, tmp_path):
@@ -221,9 +228,11 @@ def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it
     from lockgate.engine.commit import Committer
     from lockgate.engine.transaction import Epoch
     from lockgate.storage.commit_log import CommitLog, PartitionRange
+    from lockgate.storage.prepare_record import decode
 
     class _Sink:
         name = "per_minute"
+        uri = "/state/per_minute.lance"
 
         def __init__(self) -> None:
             self.built: list[str] = []
@@ -231,33 +240,75 @@ def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it
 
         def rows_of(self, frame: pl.DataFrame, *, batch_id: int, epoch: int) -> object:
             self.built.append(threading.current_thread().name)
-            return ("rows", frame.height, batch_id)
+            return frame.with_columns(pl.lit(batch_id).alias("_lg_batch")).to_arrow()
 
         def append_rows(self, rows: object) -> int:
             self.written.append((threading.current_thread().name, rows))
             return 2
 
     log, sink = CommitLog(str(tmp_path)), _Sink()
-    before = Epoch(number=6, ranges=())  # committed: its mark travels with the next prepare
     epoch = Epoch(number=7, ranges=(PartitionRange("in", 0, 10, 15),), tables=((sink, pl.DataFrame({"n": [1, 2]})),))  # type: ignore[arg-type]
     committer = Committer.__new__(Committer)  # no producer: only what start() does on the runner's thread
-    committer.pipeline, committer.log, committer.producer, committer.pending_marks = "pipe", log, None, [before]
-    committer.inflight, committer.lead_estimate = None, None
+    committer.pipeline, committer.log, committer.producer = "pipe", log, None
+    committer.inflight, committer.lead_estimate, committer.prepares_topic = None, None, "pipe-lockgate-prepares"
     monkeypatch.setattr(commit, "in_thread", lambda fn, name: None)  # the commit thread is not started here
     committer.start(epoch, None, {"decode": 0.01, "operators": 0.02})
     txn = committer.inflight[0]  # type: ignore[index]
     runner = threading.current_thread().name
-    assert sink.built == [runner] and txn.table_rows == [(sink, ("rows", 2, epoch.batch_id))]
-    assert txn.log_rows is not None and txn.log_rows.column("kind").to_pylist() == ["prepare", "commit"]
-    assert txn.log_rows.column("batch_id").to_pylist() == [epoch.batch_id, before.batch_id]
+    built = txn.table_rows[0][1]
+    assert sink.built == [runner] and built.column("_lg_batch").to_pylist() == [epoch.batch_id] * 2
+    assert txn.log_rows is not None and txn.log_rows.column("kind").to_pylist() == ["prepare", "commit"], "its prepare rows, then its own mark"
+    assert txn.log_rows.column("batch_id").to_pylist() == [epoch.batch_id, epoch.batch_id]
+    record = decode(txn.record)
+    assert record.tables == ((sink.uri, built),) and record.log_rows.column("kind").to_pylist() == ["prepare"]
 
     def no_build(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the prepare built rows again")
+        raise AssertionError("the materializer built rows again")
 
     monkeypatch.setattr(log, "prepare_rows", no_build)
     monkeypatch.setattr(sink, "rows_of", no_build)
-    txn.prepare()
-    assert [rows for _, rows in sink.written] == [("rows", 2, epoch.batch_id)] and sink.written[0][0] != runner
+    txn.record_sent = True  # committed
+    txn.materialize()
+    assert [rows for _, rows in sink.written] == [built] and sink.written[0][0] != runner
     written = log.frame().sort("kind", descending=True)
-    assert written["kind"].to_list() == ["prepare", "commit"] and written["batch_id"].to_list() == [epoch.batch_id, before.batch_id]
+    assert written["kind"].to_list() == ["prepare", "commit"] and written["batch_id"].to_list() == [epoch.batch_id] * 2
     assert written.filter(pl.col("kind") == "prepare")["next_offset"].to_list() == [15]
+    assert log.committed_batches().to_list() == [epoch.batch_id]
+
+
+def test_a_committed_epoch_is_written_to_lancedb_after_its_settle_and_a_drain_waits_for_it():
+    from concurrent import futures
+    from concurrent.futures import Future
+
+    from lockgate.engine.commit import Committer
+    from lockgate.engine.metrics import Metrics
+    from lockgate.engine.transaction import Epoch
+
+    steps = _Steps()
+    run_epoch(steps)  # type: ignore[arg-type]
+    committer = Committer.__new__(Committer)  # no producer: only the settle of a committed epoch
+    committer.metrics, committer.materializing = Metrics(), []
+    committer.materializer = futures.ThreadPoolExecutor(1)
+    committer.commit_estimate, committer.started_at, committer.hang_grace_s = None, None, 15.0
+    done: Future[None] = Future()
+    done.set_result(None)
+    for name, value in (("epoch", Epoch(number=4, ranges=())), ("log_append_seconds", 0.002), ("seconds", {}),
+                        ("finished_at", None), ("materializing", False), ("commit_seconds", None), ("committed_at", time.time()),
+                        ("producer", None)):
+        setattr(steps, name, value)
+    release = threading.Event()
+
+    def materialize() -> None:
+        assert release.wait(10)
+        steps.done.append("materialize")
+        steps.seconds["prepare"] = 0.01  # type: ignore[attr-defined]
+
+    steps.materialize = materialize  # type: ignore[method-assign]
+    committer.inflight = (steps, done)  # type: ignore[assignment]
+    assert committer.settle() is not None
+    assert steps.done == ["produce", "commit"], "the settle does not wait for LanceDB"
+    release.set()
+    committer.drain()
+    assert steps.done == ["produce", "commit", "materialize"], "the rows are written once the epoch committed; drain waits for them"
+    hist = committer.metrics.snapshot()["histograms"]
+    assert hist["stage_materialized_seconds"]["count"] == 1 and hist["stage_mark_seconds"]["count"] == 1

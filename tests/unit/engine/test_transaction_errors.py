@@ -34,8 +34,8 @@ def _produce_with(error: ck.KafkaError) -> tuple[EpochTransaction, _Client]:
     producer.producer, producer.transactional_id, producer.call_timeout, producer.call = client, "pipe-0", 1.0, None
     producer.transaction_timeout_s = 60.0
     epoch = Epoch(number=40, ranges=(), outgoing=(OutgoingTopic("out", [b"{}"]),))
-    txn = EpochTransaction("pipe", epoch, log_=None, producer=producer, group=None)  # type: ignore[arg-type]
-    return txn, client  # the Kafka side only: prepare() writes to LanceDB, not what these tests are about
+    txn = EpochTransaction("pipe", epoch, log_=None, producer=producer, group=None, prepares_topic="pipe-lockgate-prepares")  # type: ignore[arg-type]
+    return txn, client  # the Kafka side only: the outputs' produce fails before the prepare record would go
 
 
 def test_a_fenced_producers_produce_error_is_fatal_though_librdkafka_leaves_its_fatal_flag_unset():

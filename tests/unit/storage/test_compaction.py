@@ -152,3 +152,29 @@ def test_a_failed_prune_is_logged_and_a_later_epoch_may_prune_again(state_dir, m
     compactor.prune(table, "p", 1)
     assert compactor._prune_due() == 0
     assert not table.prune_pending and table.prune_due(floor=1)
+
+
+class _RecordingStore:
+    """Stands in for a WindowStore: records the epochs whose history it was told to delete."""
+
+    name = "counts"
+
+    def __init__(self) -> None:
+        self.forgotten: list[int] = []
+
+    def forget_before(self, epoch: int, shards: tuple[int, ...] | None) -> int:
+        self.forgotten.append(epoch)
+        return 5
+
+
+def test_a_snapshots_history_goes_only_once_its_epoch_is_marked_as_its_rows_come_after_the_kafka_commit(state_dir):
+    log = CommitLog(state_dir)
+    log.prepare("p", epoch=3, batch_id=3, ranges=[PartitionRange("in", 0, 3, 4)], tables={"state:counts": None})
+    store = _RecordingStore()
+    compactor = Compactor(lambda: [], commit_log=log, keep_history=timedelta(0))
+    compactor.forget(store, "p", 3, None)  # type: ignore[arg-type]
+    assert compactor._forget_due() == 0 and store.forgotten == [] and compactor.forgets, "no mark yet: the history stays"
+    assert log.frame().filter(pl.col("kind") == "horizon").height == 0
+    log.mark("p", epoch=3, batch_id=3)
+    assert compactor._forget_due() == 5 and store.forgotten == [3] and not compactor.forgets
+    assert log.frame().filter(pl.col("kind") == "horizon")["epoch"].to_list() == [3]
