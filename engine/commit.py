@@ -23,7 +23,8 @@ path: its changelog topics are in the transaction).  In this order:
 4. **Materialize** after the commit, on one materializer thread, in epoch order
    (:meth:`Committer.settle` queues it, at most ``_MATERIALIZE_QUEUE`` epochs
    behind): every table's rows side by side, then the commit log's prepare rows and
-   the epoch's commit mark in one append (``EpochTransaction.materialize``).
+   the epoch's commit mark in one append; the epochs queued when it fell behind in
+   one go, one append per table (``transaction.materialize_together``).
    Readers see only marked batches, so all of an epoch or none of it.  Before state
    is loaded again (a reload after an abort, partitions assigned or revoked, the
    end of a run) the queue is drained (:meth:`Committer.drain`).
@@ -61,7 +62,9 @@ import confluent_kafka as ck
 import numpy as np
 from lockgate.engine import faults, kafka_clients
 from lockgate.engine.metrics import Metrics
-from lockgate.engine.transaction import Epoch, EpochTransaction, TransactionAborted, TransactionalProducer, is_fatal, parse_offset_metadata
+from lockgate.engine.transaction import (
+    Epoch, EpochTransaction, TransactionAborted, TransactionalProducer, is_fatal, materialize_together, parse_offset_metadata,
+)
 from lockgate.storage.commit_log import CommitLog
 
 __all__ = ["HANG_GRACE_S", "Committer", "Settled", "run_epoch"]
@@ -73,7 +76,9 @@ HANG_GRACE_S = 15.0
 #: weight of the newest epoch in the running estimates of Committer.wait_ready
 _NEWEST = 0.2
 #: committed epochs whose LanceDB writes may wait in the materializer's queue before a settle waits for the oldest
-_MATERIALIZE_QUEUE = 4
+_MATERIALIZE_QUEUE = 8
+#: the most queued epochs the materializer writes in one go (one append per table, one log append)
+_MATERIALIZE_GROUP = 8
 
 
 def _ewma(estimate: float | None, value: float) -> float:
@@ -146,6 +151,11 @@ class Committer:
         #: committed epochs' LanceDB writes (step 4), in epoch order, on one thread
         self.materializer = futures.ThreadPoolExecutor(1, thread_name_prefix=f"lockgate-materialize-{pipeline}")
         self.materializing: list[Future[None]] = []
+        #: committed epochs waiting for the materializer (each with the future that says it was written), and its lock
+        self.queued: list[tuple[EpochTransaction, Future[None]]] = []
+        self.queue_lock = threading.Lock()
+        #: the materializer's first failure: nothing is written after it
+        self.failed: BaseException | None = None
         self.log = log_
         self.producer_options = producer_options
         self.commit_timeout_s = commit_timeout_s
@@ -356,20 +366,49 @@ class Committer:
         self._submit(txn)
 
     def _submit(self, txn: EpochTransaction) -> None:
-        def write() -> None:
-            txn.materialize()
-            self.metrics.observe("stage_prepare_seconds", txn.seconds["prepare"])
-            if txn.log_append_seconds is not None:  # its own mark, in the append after its rows
-                self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
-            lag = max(time.time() - (txn.committed_at or time.time()), 1e-6)
-            if txn.committed_at is not None:
-                self.metrics.observe("stage_materialized_seconds", lag)
-            if log.isEnabledFor(logging.DEBUG):  # the LanceDB side of the epoch's line in _observe
-                log.debug("epoch %d written to LanceDB %.1f ms after its commit; ms: prepare %.1f mark %.1f", txn.epoch.number,
-                          lag * 1000, txn.seconds["prepare"] * 1000, (txn.log_append_seconds or 0.0) * 1000)
-
+        """Queue ``txn``'s LanceDB writes; the materializer writes what is queued, several epochs in one go when it fell behind."""
+        done: Future[None] = Future()
         txn.materializing = True
-        self.materializing.append(self.materializer.submit(write))
+        with self.queue_lock:
+            self.queued.append((txn, done))
+        self.materializing.append(done)
+        self.materializer.submit(self._write_queued)
+
+    def _write_queued(self) -> None:
+        """On the materializer's thread: write the queued epochs (at most ``_MATERIALIZE_GROUP``) together, in epoch order.
+
+        After a failed write nothing more is written (a later epoch's mark must not
+        come before an earlier epoch's rows): each later epoch's future fails too,
+        and the next start writes them all from their prepare records.
+        """
+        with self.queue_lock:
+            group, self.queued = self.queued[:_MATERIALIZE_GROUP], self.queued[_MATERIALIZE_GROUP:]
+        if not group:
+            return  # an earlier call wrote this call's epoch with its own
+        txns = [txn for txn, _ in group]
+        try:
+            if self.failed is not None:
+                raise self.failed
+            materialize_together(txns)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the futures
+            self.failed = exc
+            for _, done in group:
+                done.set_exception(exc)
+            return
+        for txn, done in group:
+            self._observe_materialized(txn, len(group))
+            done.set_result(None)
+
+    def _observe_materialized(self, txn: EpochTransaction, together: int) -> None:
+        self.metrics.observe("stage_prepare_seconds", txn.seconds["prepare"])
+        if txn.log_append_seconds is not None:  # its own mark, in the append after its rows
+            self.metrics.observe("stage_mark_seconds", txn.log_append_seconds)
+        lag = max(time.time() - (txn.committed_at or time.time()), 1e-6)
+        if txn.committed_at is not None:
+            self.metrics.observe("stage_materialized_seconds", lag)
+        if log.isEnabledFor(logging.DEBUG):  # the LanceDB side of the epoch's line in _observe
+            log.debug("epoch %d written to LanceDB %.1f ms after its commit, with %d epochs in all; ms: prepare %.1f mark %.1f",
+                      txn.epoch.number, lag * 1000, together, txn.seconds["prepare"] * 1000, (txn.log_append_seconds or 0.0) * 1000)
 
     def finish_inflight(self) -> None:
         """Wait for the epoch in flight and for every committed epoch's LanceDB writes (before partitions move, or the end).

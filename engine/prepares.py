@@ -51,7 +51,10 @@ def recover_prepares(
     nothing committed yet).  From that batch the partition's chain is walked back
     through each record's ``prev_batch_id`` until a marked batch (or one the topic
     no longer has), as ``CommitLog.recover`` walks the commit log: every batch on
-    the way committed in Kafka, so it is written now, oldest first.  Records on no
+    the way committed in Kafka, so it is written now, oldest first.  Each partition's
+    chain is walked to its end, even through a batch another partition's walk took:
+    a batch that read several partitions is on each of their chains, and what came
+    before it differs per partition.  Records on no
     chain of these partitions are left alone: another instance's (it writes its
     own, and one giving partitions up writes its committed epochs first,
     ``Committer.finish_inflight``), or an earlier run's whose state directory or
@@ -72,9 +75,11 @@ def recover_prepares(
                     records[record.batch_id] = record
     wanted: set[int] = set()
     for tp, batch_id in heads.items():
-        while batch_id is not None and batch_id in records and batch_id not in marked and batch_id not in wanted:
-            wanted.add(batch_id)
+        walked: set[int] = set()  # this partition's chain only: a batch that read several partitions is on each of their chains
+        while batch_id is not None and batch_id in records and batch_id not in marked and batch_id not in walked:
+            walked.add(batch_id)
             batch_id = _prev(records[batch_id], tp)
+        wanted |= walked
     done = [batch_id for batch_id in records if batch_id in wanted]
     for batch_id in done:
         materialize(records[batch_id], commit_log, replace=True)

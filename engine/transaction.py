@@ -12,12 +12,11 @@ anything else -> fail: the pipeline stops and nothing of the batch is committed.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from lockgate.storage.state import state_rows
 if TYPE_CHECKING:
     from lockgate.engine.stateful import StateDelta
 
-__all__ = ["Epoch", "EpochTransaction", "OutgoingTopic", "TransactionAborted", "TransactionalProducer"]
+__all__ = ["Epoch", "EpochTransaction", "OutgoingTopic", "TransactionAborted", "TransactionalProducer", "materialize_together"]
 
 log = logging.getLogger("lockgate.commit")
 T = TypeVar("T")
@@ -326,35 +325,8 @@ class EpochTransaction:
         self.log_rows = mark if prepare is None else pa.concat_tables([prepare, mark])
 
     def materialize(self) -> None:
-        """Write the epoch's rows to LanceDB after its Kafka commit: every table side by side, then its prepare rows and mark.
-
-        Each table is an append to its own Lance table, so they run at the same time
-        (on :func:`_appender`'s threads): they take as long as the slowest, not the
-        sum.  Then one commit-log append: the prepare rows and the epoch's commit
-        mark.  A reader takes the rows of marked batches only, so it sees all of the
-        epoch or none of it.  A crash before the mark leaves rows no reader takes;
-        recovery writes the epoch again from its prepare record
-        (``engine.prepares.recover_prepares``).  Every row was built before
-        (:meth:`build_rows`): here they are only written.  Only after the commit.
-        """
-        if not self.record_sent:  # the Committer calls it once the transaction committed (or a replaced producer's did)
-            raise CommitError(f"epoch {self.epoch.number}: its rows may reach LanceDB only after its Kafka transaction committed")
-        if self.materialized:
-            raise CommitError(f"epoch {self.epoch.number}: written to LanceDB twice")
-        started = time.monotonic()
-        assert self.state_rows is not None
-        writes: list[Callable[[], object]] = [functools.partial(table.append_rows, rows) for table, rows in self.table_rows]
-        writes += [functools.partial(d.store.append_rows, rows) for d, rows in zip(self.epoch.states, self.state_rows, strict=True)]
-        pending = [_appender().submit(write) for write in writes]
-        futures.wait(pending)
-        for future in pending:
-            future.result()  # the first failure (a StorageError naming the table) stops here: no mark
-        faults.crash_point("before_mark")  # committed in Kafka, its rows in LanceDB, no mark yet
-        appending = time.monotonic()
-        self.log.write(self.log_rows)
-        self.log_append_seconds = time.monotonic() - appending
-        self.materialized = True
-        self.seconds["prepare"] = time.monotonic() - started
+        """Write the epoch's rows to LanceDB after its Kafka commit: :func:`materialize_together` of this epoch alone."""
+        materialize_together([self])
 
     def produce(self) -> None:
         """Begin the Kafka transaction, queue the outputs, and add the input offsets to it.
@@ -451,6 +423,63 @@ class EpochTransaction:
 
 _APPENDER: futures.ThreadPoolExecutor | None = None
 _APPENDER_LOCK = threading.Lock()
+
+
+def materialize_together(txns: Sequence[EpochTransaction]) -> None:
+    """Write committed epochs' rows to LanceDB, in one go: each table's rows of all of them in one append, then one log append.
+
+    The appends of different tables run at the same time (on :func:`_appender`'s
+    threads): they take as long as the slowest, not the sum.  Then one commit-log
+    append: every epoch's prepare rows and commit mark.  A reader takes the rows of
+    marked batches only, so it sees all of these epochs or none of them.  Several
+    epochs at once when the materializer fell behind (``Committer``'s queue): a
+    Lance append costs about the same for one epoch's rows as for several (25-29 ms
+    of wall time on 2.4 ms of CPU, docs/architecture.md), so it catches up instead
+    of holding the runner back.  A crash before the marks leaves rows no reader
+    takes; recovery writes each epoch again from its prepare record
+    (``engine.prepares.recover_prepares``).  Every row was built before
+    (:meth:`EpochTransaction.build_rows`): here they are only written.  Only after
+    the commit, in epoch order.
+    """
+    for txn in txns:
+        if not txn.record_sent:  # the Committer calls it once the transaction committed (or a replaced producer's did)
+            raise CommitError(f"epoch {txn.epoch.number}: its rows may reach LanceDB only after its Kafka transaction committed")
+        if txn.materialized:
+            raise CommitError(f"epoch {txn.epoch.number}: written to LanceDB twice")
+        assert txn.state_rows is not None
+    started = time.monotonic()
+    tables: dict[str, tuple[Callable[[pa.Table], object], list[pa.Table]]] = {}  # per table URI: its writer, the epochs' rows
+    for txn in txns:
+        assert txn.state_rows is not None
+        pairs = [(table.uri, table.append_rows, rows) for table, rows in txn.table_rows]
+        pairs += [(d.store.uri, d.store.append_rows, rows) for d, rows in zip(txn.epoch.states, txn.state_rows, strict=True) if rows is not None]
+        for uri, write, rows in pairs:
+            tables.setdefault(uri, (write, []))[1].append(rows)
+    pending = [_appender().submit(_append_all, write, rows) for write, rows in tables.values()]
+    futures.wait(pending)
+    for future in pending:
+        future.result()  # the first failure (a StorageError naming the table) stops here: no mark
+    faults.crash_point("before_mark")  # committed in Kafka, their rows in LanceDB, no marks yet
+    appending = time.monotonic()
+    log_rows = [txn.log_rows for txn in txns if txn.log_rows is not None]
+    if log_rows:
+        txns[0].log.write(log_rows[0] if len(log_rows) == 1 else pa.concat_tables(log_rows))
+    ended = time.monotonic()
+    for txn in txns:
+        txn.log_append_seconds = ended - appending
+        txn.materialized = True
+        txn.seconds["prepare"] = ended - started
+
+
+def _append_all(write: Callable[[pa.Table], object], rows: list[pa.Table]) -> None:
+    """One append of several epochs' rows of a table; one append each when their schemas differ (a column's type moved)."""
+    if len(rows) > 1:
+        try:
+            rows = [pa.concat_tables(rows)]
+        except pa.ArrowInvalid:
+            pass
+    for part in rows:
+        write(part)
 
 
 def _appender() -> futures.ThreadPoolExecutor:

@@ -18,12 +18,18 @@ pytestmark = pytest.mark.kafka
 
 def _record(
     state: str, log: CommitLog, pipeline: str, batch_id: int, partition: int = 0, rows: int = 2, prev: int | None = None,
+    reads: dict[int, int | None] | None = None,
 ) -> PrepareRecord:
-    """Batch ``batch_id``'s record: its rows of table ``views``, read from ``clicks`` partition ``partition`` after batch ``prev``."""
+    """Batch ``batch_id``'s record: its rows of table ``views``, read from ``clicks`` partition ``partition`` after batch ``prev``.
+
+    ``reads``: instead, each partition the batch read and the batch it follows there.
+    """
     views = pa.table({"n": list(range(rows)), "_lg_batch": [batch_id] * rows, "_lg_epoch": [batch_id] * rows, "_lg_order": list(range(rows))})
-    ranges = [PartitionRange("clicks", partition, batch_id * 10, batch_id * 10 + rows)]
+    reads = {partition: prev} if reads is None else reads
+    ranges = [PartitionRange("clicks", p, batch_id * 10, batch_id * 10 + rows) for p in sorted(reads)]
     prepare = log.prepare_rows(
-        pipeline, epoch=batch_id, batch_id=batch_id, ranges=ranges, tables={"views": None}, prev={("clicks", partition): prev},
+        pipeline, epoch=batch_id, batch_id=batch_id, ranges=ranges, tables={"views": None},
+        prev={("clicks", p): before for p, before in reads.items()},
     )
     return PrepareRecord(pipeline, batch_id, batch_id, ((table_uri(state, "views"), views),), prepare)
 
@@ -73,6 +79,27 @@ def test_recovery_writes_the_unmarked_batches_on_the_chain_the_committed_offsets
     assert _batches(state) == [1, 1, 2, 2, 3, 3], "never the stale batch 9, the aborted 5, or partition 1's batch 4"
     assert recover_prepares(options, pipeline, log, heads) == [], "a second recovery finds everything marked"
     assert recover_prepares(options, pipeline, log, {("clicks", 0): None}) == [], "nothing committed on the partition yet"
+
+
+@pytest.mark.parametrize("first", [2, 3], ids=["partition-2-walked-first", "partition-3-walked-first"])
+def test_recovery_walks_each_partitions_chain_past_a_batch_that_read_several_partitions(brokers, tmp_path, unique, first):
+    # The chaos test's lost epoch: batch 3 read the end of partition 3 and the start of partition 2.  Walking
+    # partition 2's chain reaches batch 3 and ends there (nothing before it on 2); partition 3's chain must still
+    # be walked through batch 3 to batch 2, committed in Kafka and never marked.  Both orders of the heads.
+    pipeline, state = f"multi-{unique}-{first}", str(tmp_path)
+    log = CommitLog(state)
+    options = {"bootstrap.servers": brokers}
+    create_topic(options, prepares_topic(pipeline), 1)
+    done = _record(state, log, pipeline, 1, partition=3)
+    middle = _record(state, log, pipeline, 2, partition=3, prev=1)
+    both = _record(state, log, pipeline, 3, reads={2: None, 3: 2})
+    materialize(done, log)
+    _put(brokers, pipeline, [done, middle, both])
+
+    heads = {("clicks", 2): 3, ("clicks", 3): 3} if first == 2 else {("clicks", 3): 3, ("clicks", 2): 3}
+    assert recover_prepares(options, pipeline, log, heads) == [2, 3], "batch 3, and batch 2 behind it on partition 3"
+    assert sorted(log.committed_batches().to_list()) == [1, 2, 3]
+    assert _batches(state) == [1, 1, 2, 2, 3, 3]
 
 
 def test_a_trim_deletes_the_records_below_the_first_unmarked_one_and_recovery_still_finds_that_one(brokers, tmp_path, unique):

@@ -98,7 +98,7 @@ def test_the_commit_logger_at_debug_tells_each_epochs_records_age_and_stages_so_
         assert all(float(v) >= 0 for v in stages.values())
     # and one line per epoch when its rows reached LanceDB, after its commit
     written = [r.getMessage() for r in caplog.records if r.name == "lockgate.commit" and " written to LanceDB " in r.getMessage()]
-    parsed_written = [re.fullmatch(r"epoch (\d+) written to LanceDB ([\d.]+) ms after its commit; ms: prepare ([\d.]+) mark ([\d.]+)", w)
+    parsed_written = [re.fullmatch(r"epoch (\d+) written to LanceDB ([\d.]+) ms after its commit, with \d+ epochs in all; ms: prepare ([\d.]+) mark ([\d.]+)", w)
                       for w in written]
     assert all(parsed_written) and sorted(int(w.group(1)) for w in parsed_written) == numbers, written[:3]
     assert all(float(w.group(2)) >= float(w.group(3)) >= float(w.group(4)) for w in parsed_written)

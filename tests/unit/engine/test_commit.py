@@ -276,18 +276,21 @@ def test_an_epochs_commit_log_and_table_rows_are_built_when_the_runner_starts_it
     assert log.committed_batches().to_list() == [epoch.batch_id]
 
 
-def test_a_committed_epoch_is_written_to_lancedb_after_its_settle_and_a_drain_waits_for_it():
+def test_a_committed_epoch_is_written_to_lancedb_after_its_settle_and_a_drain_waits_for_it(monkeypatch):
     from concurrent import futures
     from concurrent.futures import Future
 
+    from lockgate.engine import commit
     from lockgate.engine.commit import Committer
     from lockgate.engine.metrics import Metrics
     from lockgate.engine.transaction import Epoch
 
     steps = _Steps()
     run_epoch(steps)  # type: ignore[arg-type]
+    monkeypatch.setattr(commit, "materialize_together", lambda txns: [t.materialize() for t in txns])
     committer = Committer.__new__(Committer)  # no producer: only the settle of a committed epoch
-    committer.metrics, committer.materializing = Metrics(), []
+    committer.metrics, committer.materializing, committer.queued = Metrics(), [], []
+    committer.queue_lock, committer.failed = threading.Lock(), None
     committer.materializer = futures.ThreadPoolExecutor(1)
     committer.commit_estimate, committer.started_at, committer.hang_grace_s = None, None, 15.0
     done: Future[None] = Future()
@@ -312,3 +315,92 @@ def test_a_committed_epoch_is_written_to_lancedb_after_its_settle_and_a_drain_wa
     assert steps.done == ["produce", "commit", "materialize"], "the rows are written once the epoch committed; drain waits for them"
     hist = committer.metrics.snapshot()["histograms"]
     assert hist["stage_materialized_seconds"]["count"] == 1 and hist["stage_mark_seconds"]["count"] == 1
+
+
+def test_epochs_queued_while_lancedb_is_slow_are_written_together_and_nothing_after_a_failed_write(monkeypatch):
+    from concurrent import futures
+
+    from lockgate.engine import commit
+    from lockgate.engine.commit import Committer
+    from lockgate.engine.metrics import Metrics
+    from lockgate.engine.transaction import Epoch
+
+    groups: list[list[int]] = []
+    first_started, release = threading.Event(), threading.Event()
+
+    def write(txns: list[Any]) -> None:
+        groups.append([t.epoch.number for t in txns])
+        if len(groups) == 1:
+            first_started.set()
+            assert release.wait(10)  # LanceDB is slow: epochs 2 and 3 commit meanwhile
+        if 4 in groups[-1]:
+            raise OSError("disk full")
+        for t in txns:
+            t.seconds["prepare"] = 0.01
+
+    monkeypatch.setattr(commit, "materialize_together", write)
+    committer = Committer.__new__(Committer)  # no producer: only the materializer
+    committer.metrics, committer.materializing, committer.queued = Metrics(), [], []
+    committer.queue_lock, committer.failed = threading.Lock(), None
+    committer.materializer = futures.ThreadPoolExecutor(1)
+
+    def txn(number: int) -> Any:
+        steps = _Steps()
+        for name, value in (("epoch", Epoch(number=number, ranges=())), ("seconds", {}), ("log_append_seconds", 0.002),
+                            ("committed_at", time.time()), ("materializing", False)):
+            setattr(steps, name, value)
+        return steps
+
+    committer._submit(txn(1))
+    assert first_started.wait(10)
+    committer._submit(txn(2))
+    committer._submit(txn(3))
+    release.set()
+    committer.drain()
+    assert groups == [[1], [2, 3]], "the two epochs queued behind the slow write went in one write"
+    committer._submit(txn(4))
+    committer._submit(txn(5))
+    with pytest.raises(OSError, match="disk full"):
+        committer.drain()
+    assert [4] in groups or [4, 5] in groups
+    assert not any(g == [5] for g in groups), "nothing is written after a failed write: epoch 5's mark would pass epoch 4's rows"
+    committer._submit(txn(6))
+    with pytest.raises(OSError, match="disk full"):
+        committer.drain()
+    assert 6 not in sum(groups, [])
+
+
+def test_several_epochs_are_written_with_one_append_per_table_then_one_log_append_with_their_marks():
+    import polars as pl
+    from lockgate.engine.transaction import Epoch, EpochTransaction, materialize_together
+    from lockgate.storage.commit_log import PartitionRange
+
+    class _Counting:
+        name, uri = "views", "/state/views.lance"
+
+        def __init__(self) -> None:
+            self.appends: list[int] = []
+
+        def rows_of(self, frame: Any, *, batch_id: int, epoch: int) -> Any:
+            return frame.with_columns(pl.lit(batch_id).alias("_lg_batch")).to_arrow()
+
+        def append_rows(self, rows: Any) -> int:
+            self.appends.append(rows.num_rows)
+            return 1
+
+    table = _Counting()
+    log = _Log()
+    txns = []
+    for number in (1, 2, 3):
+        epoch = Epoch(number=number, ranges=(PartitionRange("in", 0, number, number + 1),),
+                      tables=((table, pl.DataFrame({"n": list(range(number))})),))  # type: ignore[arg-type]
+        txn = EpochTransaction("pipe", epoch, log_=log, producer=None, group=None, prepares_topic="pipe-lockgate-prepares")  # type: ignore[arg-type]
+        txn.build_rows()
+        txn.record_sent = True
+        txns.append(txn)
+    materialize_together(txns)
+    assert table.appends == [1 + 2 + 3], "one append of the three epochs' rows"
+    [rows] = log.written
+    assert rows.column("kind").to_pylist() == ["prepare", "commit"] * 3
+    assert rows.column("batch_id").to_pylist() == [t.epoch.batch_id for t in txns for _ in range(2)]
+    assert all(t.materialized and t.seconds["prepare"] >= t.log_append_seconds for t in txns)
