@@ -7,9 +7,10 @@ LanceDB lacks.  Before an instance loads state (at start, and when partitions ar
 assigned), :func:`recover_prepares` reads the topic (``read_committed``: records of
 aborted transactions never appear) and materializes each unmarked record on the
 chain that the group's committed offsets lead to, replacing whatever of it a crash
-left half-written.  Every ``compact_every``
-epochs :func:`trim_prepares` deletes the records below the first unmarked one, so
-the topic holds about the epochs in flight, and recovery reads little.  The topic
+left half-written.  Every ``compact_every`` epochs :func:`trim_prepares` deletes the
+records below the first one recovery may still need (not marked, and not behind the
+marked batches of its partitions), so the topic holds about the epochs in flight,
+and recovery reads little.  The topic
 is made with ``retention.ms=-1``: no record is deleted by age before it is written.
 """
 
@@ -89,24 +90,49 @@ def recover_prepares(
 
 
 def trim_prepares(options: Mapping[str, Any], pipeline: str, commit_log: CommitLog, timeout: float = 60.0) -> int | None:
-    """Delete the prepares topic's records below the first one whose batch is not marked; return that offset (None: none to delete).
+    """Delete the prepares topic's records below the first one recovery may still need; return that offset (None: none to delete).
 
-    A marked batch's rows are in LanceDB: its record is never read again.  The first
-    unmarked record (an epoch in flight, or one whose instance stopped before it
-    wrote it) and every record after it stay, so recovery still finds them.  The
-    marks are read before the topic: a batch marked while the topic is read counts
-    as unmarked, which only keeps more.  Called every ``compact_every`` epochs off
-    the commit path (``Runner._trim_prepares``), as Kafka Streams purges its
-    repartition topics.
+    A marked batch's rows are in LanceDB: its record is never read again.  Nor is
+    the record of a batch that is not marked but ended, on some partition, before
+    what the marked batches of that partition have read to
+    (:meth:`CommitLog.read_to`): the batches of a partition are marked in the order
+    they committed, so it is on no chain the group's committed offsets lead to.  Such
+    a record is an earlier run's, whose state directory was made anew (or one that a
+    broken recovery passed over): it used to keep every record after it for good.
+    The first other record (an epoch in flight, or one whose instance stopped before
+    it wrote it) and every record after it stay, so recovery still finds them.  The
+    log is read before the topic: a batch marked while the topic is read counts as
+    unmarked, which only keeps more.  Called every ``compact_every`` epochs off the
+    commit path (``Runner._trim_prepares``), as Kafka Streams purges its repartition
+    topics.
     """
-    marked = set(commit_log.committed_batches().to_list())
+    frame = commit_log.frame()
+    marked = set(commit_log.committed_batches(log=frame).to_list())
+    read_to = commit_log.read_to(pipeline, log=frame)
+    chunks = Reassembler()
+    starts: dict[int, int] = {}  # an unmarked record's first chunk, until its last one came
     keep_from: int | None = None
     last: int | None = None
     for message in _committed_records(options, pipeline, timeout, "trim it"):
-        if chunk_batch(message.value()) not in marked:
-            keep_from = message.offset()
-            break
-        last = message.offset()
+        batch_id = chunk_batch(message.value())
+        if batch_id in marked:
+            last = message.offset()
+            continue
+        starts.setdefault(batch_id, message.offset())
+        value = chunks.add(message.value())
+        if value is None:
+            continue
+        record = decode(value)
+        if record.pipeline == pipeline and _passed(record, read_to):
+            log.info("trim: batch %d's record (epoch %d) is behind the marked batches of its partitions: an earlier run's; deleted",
+                     record.batch_id, record.epoch)
+            del starts[batch_id]
+            last = message.offset()
+            continue
+        keep_from = starts[batch_id]
+        break
+    if keep_from is None and starts:
+        keep_from = min(starts.values())  # a record whose last chunk is not there: keep it
     if keep_from is None:
         keep_from = None if last is None else last + 1
     if keep_from is None:
@@ -142,6 +168,22 @@ def _committed_records(options: Mapping[str, Any], pipeline: str, timeout: float
                 return
     finally:
         consumer.close()
+
+
+def _passed(record: PrepareRecord, read_to: Mapping[tuple[str, int], int]) -> bool:
+    """Whether the unmarked ``record`` ended, on some partition it read, before the marked batches there read to.
+
+    Strictly before: an epoch without input (a tick) reads nothing at the committed
+    offset, which is where the marked batches end.
+    """
+    rows = record.log_rows
+    if rows is None:
+        return False
+    for topic, partition, next_offset in zip(*(rows.column(c).to_pylist() for c in ("topic", "partition", "next_offset")), strict=True):
+        end = read_to.get((topic, partition))
+        if end is not None and next_offset is not None and next_offset < end:
+            return True
+    return False
 
 
 def _prev(record: PrepareRecord, tp: tuple[str, int]) -> int | None:

@@ -234,6 +234,30 @@ class CommitLog:
         )
         return {(t, p): v for t, p, v in last.iter_rows()}
 
+    def read_to(self, pipeline: str, log: pl.DataFrame | None = None) -> dict[tuple[str, int], int]:
+        """Each input partition's offset that the marked batches of ``pipeline`` have read to (the largest next offset).
+
+        A batch that is not marked and ended before it on some partition can never be
+        marked: the batches of a partition are marked in the order they committed.
+
+        >>> import tempfile
+        >>> log = CommitLog(tempfile.mkdtemp())
+        >>> log.prepare("clicks", epoch=1, batch_id=7, ranges=[PartitionRange("clicks", 0, 0, 5)], tables={})
+        >>> log.read_to("clicks")
+        {}
+        >>> log.mark("clicks", epoch=1, batch_id=7)
+        >>> log.read_to("clicks")
+        {('clicks', 0): 5}
+        """
+        log = (self.frame() if log is None else log).filter(pl.col("pipeline") == pipeline)
+        marked = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
+        ends = (
+            log.filter((pl.col("kind") == "prepare") & pl.col("batch_id").is_in(marked))
+            .group_by("topic", "partition")
+            .agg(pl.col("next_offset").max())
+        )
+        return {(t, p): v for t, p, v in ends.iter_rows()}
+
     def last_epoch(self, pipeline: str) -> int:
         """The highest epoch this pipeline has prepared (0 when none)."""
         log = self.frame().filter(pl.col("pipeline") == pipeline)

@@ -18,15 +18,17 @@ pytestmark = pytest.mark.kafka
 
 def _record(
     state: str, log: CommitLog, pipeline: str, batch_id: int, partition: int = 0, rows: int = 2, prev: int | None = None,
-    reads: dict[int, int | None] | None = None,
+    reads: dict[int, int | None] | None = None, offset: int | None = None,
 ) -> PrepareRecord:
     """Batch ``batch_id``'s record: its rows of table ``views``, read from ``clicks`` partition ``partition`` after batch ``prev``.
 
     ``reads``: instead, each partition the batch read and the batch it follows there.
+    It read ``rows`` offsets from ``offset`` (``batch_id * 10`` when not given).
     """
     views = pa.table({"n": list(range(rows)), "_lg_batch": [batch_id] * rows, "_lg_epoch": [batch_id] * rows, "_lg_order": list(range(rows))})
     reads = {partition: prev} if reads is None else reads
-    ranges = [PartitionRange("clicks", p, batch_id * 10, batch_id * 10 + rows) for p in sorted(reads)]
+    first = batch_id * 10 if offset is None else offset
+    ranges = [PartitionRange("clicks", p, first, first + rows) for p in sorted(reads)]
     prepare = log.prepare_rows(
         pipeline, epoch=batch_id, batch_id=batch_id, ranges=ranges, tables={"views": None},
         prev={("clicks", p): before for p, before in reads.items()},
@@ -122,6 +124,28 @@ def test_a_trim_deletes_the_records_below_the_first_unmarked_one_and_recovery_st
     assert recover_prepares(options, pipeline, log, {("clicks", 0): 5}) == [4, 5], "recovery reads from the trimmed start"
     end = trim_prepares(options, pipeline, log)
     assert end is not None and _low_watermark(brokers, pipeline) == end and _read(brokers, pipeline) == []
+
+
+def test_a_trim_deletes_an_earlier_runs_records_behind_the_marked_batches_and_keeps_a_tick_at_their_end(brokers, tmp_path, unique):
+    # An earlier run's record (its state directory made anew) is never marked: it kept every record after it for
+    # good.  It ended before what this run's marked batches read to, so no chain leads to it.  An epoch without
+    # input (a tick) at exactly that offset is not behind it, and stays with the records after it.
+    pipeline, state = f"stale-{unique}", str(tmp_path)
+    log = CommitLog(state)
+    options = {"bootstrap.servers": brokers}
+    create_topic(options, prepares_topic(pipeline), 1, {"retention.ms": "-1"})
+    stale = _record(state, log, pipeline, 9, offset=0, rows=4)  # offsets 0-4 of partition 0, an earlier run's
+    done = _record(state, log, pipeline, 1, offset=0, rows=6)  # this run read 0-6 and wrote it
+    tick = _record(state, log, pipeline, 2, offset=6, rows=0, prev=1)  # no input: at the committed offset 6
+    later = _record(state, log, pipeline, 3, offset=6, rows=2, prev=2)
+    _put(brokers, pipeline, [stale])
+    _put(brokers, pipeline, [done, tick, later])
+    materialize(done, log)
+
+    kept = trim_prepares(options, pipeline, log)
+    assert kept is not None and _low_watermark(brokers, pipeline) == kept
+    assert [chunk_batch(m.value()) for m in _read(brokers, pipeline)] == [2, 3], "the stale 9 and the marked 1 went"
+    assert recover_prepares(options, pipeline, log, {("clicks", 0): 3}) == [2, 3]
 
 
 def _read(brokers: str, pipeline: str) -> list[ck.Message]:
