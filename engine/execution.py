@@ -86,10 +86,17 @@ def execute(
     (``dead_letters()``) include their late records.
     """
     lazy: dict[str, pl.LazyFrame] = {}
+    #: nodes whose frame is already materialized (sources, stateful steps' outputs): no query to collect them
+    eager: dict[str, pl.DataFrame] = {}
+
+    def frame_of(node: Node) -> pl.DataFrame:
+        build(node)
+        return eager[node.name] if node.name in eager else lazy[node.name].collect()
 
     def build(node: Node) -> pl.LazyFrame:
         if node.name not in lazy:
             if isinstance(node, SourceNode):
+                eager[node.name] = inputs[node.name]
                 lazy[node.name] = inputs[node.name].lazy()
             elif isinstance(node, DeadLetterNode):
                 lazy[node.name] = (dead_letters() if dead_letters else pl.DataFrame(schema=DEAD_LETTER_SCHEMA)).lazy()
@@ -98,11 +105,13 @@ def execute(
                 lazy[node.name] = node.op.apply(build(node.parent))
             elif isinstance(node, WindowNode):
                 assert node.parent is not None and window_step is not None
-                lazy[node.name] = window_step(node, build(node.parent).collect()).lazy()
+                eager[node.name] = window_step(node, frame_of(node.parent))
+                lazy[node.name] = eager[node.name].lazy()
             elif isinstance(node, StreamJoinNode):
                 assert node.left is not None and node.right is not None and join_step is not None
                 left, right = pl.collect_all([build(node.left), build(node.right)])
-                lazy[node.name] = join_step(node, left, right).lazy()
+                eager[node.name] = join_step(node, left, right)
+                lazy[node.name] = eager[node.name].lazy()
             elif isinstance(node, JoinNode):
                 assert node.parent is not None and node.table is not None and node.join is not None
                 lazy[node.name] = node.join.apply(build(node.parent), (tables or {})[node.table.name].lazy())
@@ -117,7 +126,13 @@ def execute(
     sinks = plan.sinks
     if not sinks:
         return {}
-    frames = pl.collect_all([build(s.parent) for s in sinks if s.parent is not None])
+    parents = [s.parent for s in sinks if s.parent is not None]
+    for parent in parents:
+        build(parent)
+    if all(p.name in eager for p in parents):  # every sink reads a materialized frame (a window's output): no query
+        frames = [eager[p.name] for p in parents]
+    else:
+        frames = pl.collect_all([lazy[p.name] for p in parents])
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
 
 

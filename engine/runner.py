@@ -32,6 +32,7 @@ from lockgate.engine.admin import create_topic, ensure_topics, partition_count
 from lockgate.engine.prepares import prepares_topic, recover_prepares, trim_prepares
 from lockgate.engine.changelog import ChangelogTable
 from lockgate.engine.collector import BatchCollector
+from lockgate.engine.switching import ThreadSwitching
 from lockgate.engine.columns import TIMESTAMP
 from lockgate.engine.commit import Committer
 from lockgate.engine.config import PipelineConfig
@@ -260,7 +261,7 @@ class Runner:
         self._open()
         assert self.source is not None
         try:
-            with BatchCollector() as collector:
+            with BatchCollector() as collector, ThreadSwitching():
                 while True:
                     if self.stop_event.is_set():
                         reason = "stop requested"

@@ -349,8 +349,8 @@ class WindowRuntime:
         column = node.parent.time_column
         assert column is not None
         known = (times or {}).get(node.source.name) if node.parent is node.source else None
-        if known is not None and known.height == frame.height:
-            timed = frame.with_columns(known.get_column(_TIME))
+        if known is not None and known.height == frame.height and _TIME not in frame.columns:
+            timed = frame.hstack([known.get_column(_TIME)])  # no query
         else:
             timed = frame.with_columns(event_time_ms(column, frame.schema[column]))
         if timed.get_column(_TIME).null_count():  # the rare case: a query only then
@@ -365,7 +365,7 @@ class WindowRuntime:
         emitted = []
         names = node.spec.input_schema.names()
         for rows, marks in _rounds(timed, self.unapplied.pop(node.source.name, [])):
-            rows = rows.select(names)
+            rows = pl.DataFrame([rows.get_column(n) for n in names])  # the columns picked: no query
             self._take_marks(node.source.name, marks, now)
             closing = self.window_watermark(node, now) if watermark is None else watermark
             result = logic.on_batch(rows, closing)

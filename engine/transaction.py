@@ -495,9 +495,25 @@ def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:
     """First and next offset of each input partition in a batch's metadata, with one group_by."""
     if meta.height == 0:
         return ()
+    topics = meta.get_column(TOPIC)
+    if _one_topic(topics):  # one topic (the usual batch): NumPy, no query
+        t = topics[0]
+        parts = meta.get_column(PARTITION).to_numpy()
+        offs = meta.get_column(OFFSET).to_numpy()
+        out = []
+        for p in np.unique(parts):  # a handful of partitions
+            o = offs[parts == p]
+            out.append(PartitionRange(t, int(p), int(o.min()), int(o.max()) + 1))
+        return tuple(out)
     agg = (
         meta.group_by(TOPIC, PARTITION)
         .agg(pl.col(OFFSET).min().alias("lo"), pl.col(OFFSET).max().alias("hi"))
         .sort(TOPIC, PARTITION)
     )
     return tuple(PartitionRange(t, p, lo, hi + 1) for t, p, lo, hi in agg.iter_rows())
+
+
+def _one_topic(topics: pl.Series) -> bool:
+    """True when every row has the same topic (a comparison of the column, no query)."""
+    first = topics[0]
+    return first is not None and topics.null_count() == 0 and (topics == first).all()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import polars as pl
 from lockgate.engine.columns import PARTITION, TOPIC
 
@@ -70,9 +71,16 @@ class SourceWatermark:
         """Take a batch's event times (one group_by); returns the new maxima of the partitions it touched."""
         if frame.height == 0:
             return {}
-        tops = frame.group_by(TOPIC, PARTITION).agg(pl.col(time_column).max())
         touched = {}
-        for topic, partition, top in tops.iter_rows():  # one row per partition, not per record
+        topics, times = frame.get_column(TOPIC), frame.get_column(time_column)
+        first = topics[0]
+        if times.dtype.is_integer() and not times.null_count() and first is not None and not topics.null_count() and (topics == first).all():
+            # one topic, no missing event time (the usual batch): per-partition maxima in NumPy, no query
+            parts, values = frame.get_column(PARTITION).to_numpy(), times.to_numpy()
+            rows = [(first, int(p), int(values[parts == p].max())) for p in np.unique(parts)]
+        else:
+            rows = frame.group_by(TOPIC, PARTITION).agg(pl.col(time_column).max()).rows()
+        for topic, partition, top in rows:  # one row per partition, not per record
             if top is None:  # a partition whose records all lack an event time
                 continue
             tp = (topic, partition)
