@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import confluent_kafka as ck
+import polars as pl
 from lockgate.engine import kafka_clients
 from lockgate.errors import BrokerError
 from lockgate.storage.commit_log import CommitLog
@@ -62,7 +63,8 @@ def recover_prepares(
     group was made anew, which must never come back.  ``options``: the client
     options (brokers, security); the consumer joins no group and commits nothing.
     """
-    marked = set(commit_log.committed_batches().to_list())
+    frame = commit_log.frame()
+    marked = set(commit_log.committed_batches(log=frame).to_list())
     chunks = Reassembler()
     records: dict[int, PrepareRecord] = {}  # the unmarked records of this pipeline, in topic (commit) order
     if any(head is not None and head not in marked for head in heads.values()):
@@ -81,6 +83,12 @@ def recover_prepares(
             walked.add(batch_id)
             batch_id = _prev(records[batch_id], tp)
         wanted |= walked
+        if batch_id is not None and batch_id not in marked and batch_id not in records and not _prepared(frame, batch_id):
+            log.error(
+                "recovery: partition %s of pipeline %r committed batch %d in Kafka, but it is neither marked in LanceDB nor in %s: "
+                "its rows are lost (was the prepares topic deleted or its records removed by hand?)", tp, pipeline, batch_id,
+                prepares_topic(pipeline),
+            )
     done = [batch_id for batch_id in records if batch_id in wanted]
     for batch_id in done:
         materialize(records[batch_id], commit_log, replace=True)
@@ -184,6 +192,11 @@ def _passed(record: PrepareRecord, read_to: Mapping[tuple[str, int], int]) -> bo
         if end is not None and next_offset is not None and next_offset < end:
             return True
     return False
+
+
+def _prepared(frame: pl.DataFrame, batch_id: int) -> bool:
+    """Whether the commit log has prepare rows of ``batch_id`` (a batch of the path before the deferred prepare: ``CommitLog.recover`` marks it)."""
+    return bool(frame.filter((pl.col("kind") == "prepare") & (pl.col("batch_id") == batch_id)).height)
 
 
 def _prev(record: PrepareRecord, tp: tuple[str, int]) -> int | None:

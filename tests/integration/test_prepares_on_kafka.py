@@ -104,6 +104,19 @@ def test_recovery_walks_each_partitions_chain_past_a_batch_that_read_several_par
     assert _batches(state) == [1, 1, 2, 2, 3, 3]
 
 
+def test_a_committed_batch_whose_record_is_gone_is_named_in_an_error(brokers, tmp_path, unique, caplog):
+    # Batch 3 follows batch 2 on partition 0, and 2 is neither marked nor in the topic: a loss recovery cannot
+    # repair, said out loud rather than passed over.
+    pipeline, state = f"gone-{unique}", str(tmp_path)
+    log = CommitLog(state)
+    options = {"bootstrap.servers": brokers}
+    create_topic(options, prepares_topic(pipeline), 1)
+    _put(brokers, pipeline, [_record(state, log, pipeline, 3, prev=2)])
+    with caplog.at_level("ERROR", logger="lockgate.commit"):
+        assert recover_prepares(options, pipeline, log, {("clicks", 0): 3}) == [3]
+    assert "committed batch 2 in Kafka, but it is neither marked in LanceDB nor in" in caplog.text
+
+
 def test_a_trim_deletes_the_records_below_the_first_unmarked_one_and_recovery_still_finds_that_one(brokers, tmp_path, unique):
     pipeline, state = f"trim-{unique}", str(tmp_path)
     log = CommitLog(state)
