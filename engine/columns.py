@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["KAFKA_COLUMNS", "KEY", "OFFSET", "PARTITION", "TIMESTAMP", "TOPIC"]
+__all__ = ["KAFKA_COLUMNS", "KEY", "OFFSET", "PARTITION", "TIMESTAMP", "TOPIC", "one_topic"]
 
 TOPIC = "_topic"
 PARTITION = "_partition"
@@ -33,3 +33,19 @@ KAFKA_COLUMNS: dict[str, pl.DataType] = {
     TIMESTAMP: pl.Datetime("ms"),
     KEY: pl.Binary(),
 }
+
+
+def one_topic(frame: pl.DataFrame) -> str | None:
+    """The topic every row of ``frame`` came from; None when rows of several topics (or none named) are in it.
+
+    A comparison of the column, no query: the usual batch reads one topic, and its
+    per-partition figures can then be taken in NumPy.
+
+    >>> one_topic(pl.DataFrame({TOPIC: ["a", "a"]})), one_topic(pl.DataFrame({TOPIC: ["a", "b"]}))
+    ('a', None)
+    """
+    topics = frame.get_column(TOPIC)
+    first = topics[0] if len(topics) else None
+    if first is None or topics.null_count() or not (topics == first).all():
+        return None
+    return first

@@ -184,10 +184,7 @@ def _passed(record: PrepareRecord, read_to: Mapping[tuple[str, int], int]) -> bo
     Strictly before: an epoch without input (a tick) reads nothing at the committed
     offset, which is where the marked batches end.
     """
-    rows = record.log_rows
-    if rows is None:
-        return False
-    for topic, partition, next_offset in zip(*(rows.column(c).to_pylist() for c in ("topic", "partition", "next_offset")), strict=True):
+    for topic, partition, next_offset in _partition_rows(record, "next_offset"):
         end = read_to.get((topic, partition))
         if end is not None and next_offset is not None and next_offset < end:
             return True
@@ -201,10 +198,14 @@ def _prepared(frame: pl.DataFrame, batch_id: int) -> bool:
 
 def _prev(record: PrepareRecord, tp: tuple[str, int]) -> int | None:
     """The batch ``record``'s epoch follows on partition ``tp`` (its prepare row's ``prev_batch_id``); None when it names none."""
-    rows = record.log_rows
-    if rows is None:
-        return None
-    for topic, partition, prev in zip(*(rows.column(c).to_pylist() for c in ("topic", "partition", "prev_batch_id")), strict=True):
+    for topic, partition, prev in _partition_rows(record, "prev_batch_id"):
         if (topic, partition) == tp:
             return prev
     return None
+
+
+def _partition_rows(record: PrepareRecord, column: str) -> Iterator[tuple[str, int, Any]]:
+    """Each input partition of ``record`` (its commit-log prepare rows: one per partition) with that row's ``column``."""
+    rows = record.log_rows
+    if rows is not None:
+        yield from zip(*(rows.column(c).to_pylist() for c in ("topic", "partition", column)), strict=True)

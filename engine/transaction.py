@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 from lockgate.engine import faults
 from lockgate.engine import kafka_clients
-from lockgate.engine.columns import OFFSET, PARTITION, TOPIC
+from lockgate.engine.columns import OFFSET, PARTITION, TOPIC, one_topic
 from lockgate.errors import CommitError
 from lockgate.storage.commit_log import CommitLog, PartitionRange
 from lockgate.storage.prepare_record import PrepareRecord, chunks, encode
@@ -492,18 +492,17 @@ def _appender() -> futures.ThreadPoolExecutor:
 
 
 def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:
-    """First and next offset of each input partition in a batch's metadata, with one group_by."""
+    """First and next offset of each input partition in a batch's metadata (NumPy for one topic, else one group_by)."""
     if meta.height == 0:
         return ()
-    topics = meta.get_column(TOPIC)
-    if _one_topic(topics):  # one topic (the usual batch): NumPy, no query
-        t = topics[0]
+    topic = one_topic(meta)
+    if topic is not None:  # one topic (the usual batch): NumPy, no query
         parts = meta.get_column(PARTITION).to_numpy()
         offs = meta.get_column(OFFSET).to_numpy()
         out = []
         for p in np.unique(parts):  # a handful of partitions
             o = offs[parts == p]
-            out.append(PartitionRange(t, int(p), int(o.min()), int(o.max()) + 1))
+            out.append(PartitionRange(topic, int(p), int(o.min()), int(o.max()) + 1))
         return tuple(out)
     agg = (
         meta.group_by(TOPIC, PARTITION)
@@ -512,8 +511,3 @@ def partition_ranges(meta: pl.DataFrame) -> tuple[PartitionRange, ...]:
     )
     return tuple(PartitionRange(t, p, lo, hi + 1) for t, p, lo, hi in agg.iter_rows())
 
-
-def _one_topic(topics: pl.Series) -> bool:
-    """True when every row has the same topic (a comparison of the column, no query)."""
-    first = topics[0]
-    return first is not None and topics.null_count() == 0 and (topics == first).all()

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import polars as pl
-from lockgate.engine.columns import PARTITION, TOPIC
+from lockgate.engine.columns import PARTITION, TOPIC, one_topic
 
 __all__ = ["ShuffledWatermark", "SourceWatermark"]
 
@@ -68,16 +68,15 @@ class SourceWatermark:
             self.last_seen.pop(tp, None)
 
     def observe(self, frame: pl.DataFrame, now: float, time_column: str = "__lg_t") -> dict[tuple[str, int], int]:
-        """Take a batch's event times (one group_by); returns the new maxima of the partitions it touched."""
+        """Take a batch's event times (NumPy for one topic, else one group_by); returns the new maxima of the partitions it touched."""
         if frame.height == 0:
             return {}
         touched = {}
-        topics, times = frame.get_column(TOPIC), frame.get_column(time_column)
-        first = topics[0]
-        if times.dtype.is_integer() and not times.null_count() and first is not None and not topics.null_count() and (topics == first).all():
-            # one topic, no missing event time (the usual batch): per-partition maxima in NumPy, no query
+        times = frame.get_column(time_column)
+        topic = one_topic(frame) if times.dtype.is_integer() and not times.null_count() else None
+        if topic is not None:  # one topic, no missing event time (the usual batch): per-partition maxima in NumPy, no query
             parts, values = frame.get_column(PARTITION).to_numpy(), times.to_numpy()
-            rows = [(first, int(p), int(values[parts == p].max())) for p in np.unique(parts)]
+            rows = [(topic, int(p), int(values[parts == p].max())) for p in np.unique(parts)]
         else:
             rows = frame.group_by(TOPIC, PARTITION).agg(pl.col(time_column).max()).rows()
         for topic, partition, top in rows:  # one row per partition, not per record

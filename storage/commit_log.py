@@ -35,7 +35,7 @@ import pyarrow as pa
 from lockgate.errors import PipelineDefinitionError, StorageError
 from lockgate.storage.lance_io import append_table, open_dataset, sql_list, table_uri
 
-__all__ = ["COMMITS_TABLE", "CommitLog", "PartitionRange", "check_history"]
+__all__ = ["COMMITS_TABLE", "CommitLog", "PartitionRange", "check_history", "marked_ends"]
 
 COMMITS_TABLE = "_lockgate_commits"
 
@@ -249,14 +249,8 @@ class CommitLog:
         >>> log.read_to("clicks")
         {('clicks', 0): 5}
         """
-        log = (self.frame() if log is None else log).filter(pl.col("pipeline") == pipeline)
-        marked = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
-        ends = (
-            log.filter((pl.col("kind") == "prepare") & pl.col("batch_id").is_in(marked))
-            .group_by("topic", "partition")
-            .agg(pl.col("next_offset").max())
-        )
-        return {(t, p): v for t, p, v in ends.iter_rows()}
+        ends = marked_ends(self.frame() if log is None else log).filter(pl.col("pipeline") == pipeline)
+        return {(t, p): v for t, p, v in ends.select("topic", "partition", "passed").iter_rows()}
 
     def last_epoch(self, pipeline: str) -> int:
         """The highest epoch this pipeline has prepared (0 when none)."""
@@ -305,6 +299,27 @@ class CommitLog:
             self.mark(pipeline, epoch=epoch, batch_id=batch_id)
             redone.append(batch_id)
         return redone
+
+
+def marked_ends(log: pl.DataFrame) -> pl.DataFrame:
+    """Per pipeline and input partition, the largest next offset of its marked batches (column ``passed``).
+
+    The batches of a partition are marked in the order they committed, so a batch
+    not marked that ended before it there is on no chain the committed offsets lead
+    to (compaction's dead batches, ``trim_prepares``' earlier runs).
+
+    >>> import polars as pl
+    >>> log = pl.DataFrame({"pipeline": ["p", "p", "p"], "kind": ["prepare", "commit", "prepare"], "batch_id": [7, 7, 8],
+    ...                     "topic": ["t", None, "t"], "partition": [0, None, 0], "next_offset": [5, None, 9]})
+    >>> marked_ends(log).rows()
+    [('p', 't', 0, 5)]
+    """
+    marked = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
+    return (
+        log.filter((pl.col("kind") == "prepare") & pl.col("batch_id").is_in(marked))
+        .group_by("pipeline", "topic", "partition")
+        .agg(pl.col("next_offset").max().alias("passed"))
+    )
 
 
 def check_history(log: pl.DataFrame, pipeline: str | None, operator: str, as_of: int | datetime, what: str) -> None:

@@ -51,7 +51,7 @@ from typing import TypeVar
 
 import polars as pl
 from lockgate.errors import StorageError
-from lockgate.storage.commit_log import CommitLog
+from lockgate.storage.commit_log import CommitLog, marked_ends
 from lockgate.storage.lance_io import open_dataset, sql_list
 from lockgate.storage.row_tags import BATCH
 from lockgate.storage.sink_tables import SinkTable, table_horizon
@@ -77,15 +77,10 @@ class CompactionReport:
 
 def dead_batches(log: pl.DataFrame) -> list[int]:
     """Ids of prepared batches that can never commit (see the module docstring)."""
-    prepared = log.filter(pl.col("kind") == "prepare")
     marked = log.filter(pl.col("kind") == "commit")["batch_id"].implode()
-    keys = ["pipeline", "topic", "partition"]
-    passed = (
-        prepared.filter(pl.col("batch_id").is_in(marked)).group_by(keys).agg(pl.col("next_offset").max().alias("passed"))
-    )
     dead = (
-        prepared.filter(~pl.col("batch_id").is_in(marked))
-        .join(passed, on=keys)
+        log.filter((pl.col("kind") == "prepare") & ~pl.col("batch_id").is_in(marked))
+        .join(marked_ends(log), on=["pipeline", "topic", "partition"])
         .filter(pl.col("next_offset") <= pl.col("passed"))
     )
     return sorted(dead["batch_id"].unique().to_list())
