@@ -40,7 +40,7 @@ def _keys(frame: pl.DataFrame, key: str | None) -> list[Any] | None:
 
 def encode_sink(sink: SinkNode, frame: pl.DataFrame) -> OutgoingTopic:
     """Encode a to_kafka sink's frame into values (and keys)."""
-    values_frame = frame.select(sink.value_columns)
+    values_frame = pl.DataFrame([frame.get_column(c) for c in sink.value_columns])  # the columns picked, no query
     if isinstance(sink.format, ArrowIPC) and sink.key is not None:
         values: list[bytes | None] = []
         keys: list[Any] = []

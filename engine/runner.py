@@ -584,7 +584,7 @@ class Runner:
         measured at all).
         """
         if not self.hop_sources:
-            return batch.meta[TIMESTAMP].dt.epoch("ms").to_numpy()
+            return batch.meta[TIMESTAMP].to_numpy().astype("datetime64[ms]").view(np.int64)  # epoch ms, no query
         columns = [
             frame.get_column(SOURCE_TIMESTAMP).drop_nulls().to_numpy()
             for name, frame in batch.inputs.items() if name in self.hop_sources and SOURCE_TIMESTAMP in frame.columns

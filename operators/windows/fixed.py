@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 from lockgate.operators.windows.aggregations import (
     aggregate_rows,
@@ -30,7 +31,7 @@ from lockgate.operators.windows.aggregations import (
     finalize_partials,
     merge_partials,
 )
-from lockgate.operators.windows.index import PartialIndex
+from lockgate.operators.windows.index import CHECK as _CHECK, HASH as _HASH, PartialIndex
 from lockgate.operators.windows.specs import WE, WS, Hopping, Tumbling, WindowSpec
 from lockgate.operators.windows.state import FoldStep, WindowState
 
@@ -65,6 +66,13 @@ def advance_fixed(
     <lockgate.operators.windows.logic.WindowLogic.on_batch>`); ``seq`` is the next arrival number after the batch.
     """
     keys = spec.pair_keys
+    uses_index = not spec.keeps_rows and (state.index is not None or PartialIndex.supports(state.partials.schema, spec.group_keys))
+    if uses_index and isinstance(spec.window, Tumbling) and frame.height and not _any_late(spec, frame, before):
+        # the usual batch: one query gives the partials and their hashes (each row has one window; none is late)
+        index = _index_of(spec, state)
+        partials, hashes = _tumbling_partials(spec, index, frame)
+        no_late = pl.DataFrame(schema={name: dtype for name, dtype in frame.schema.items() if name not in ("__seq", "__t")})
+        return _fold_into_index(spec, state, index, partials, hashes, no_late, after, seq)
     pairs = assign(spec, frame)
     on_time = pairs.filter(~spec.is_closed(pl.col(WE), before))
     # every row has a window of its own, so no pair dropped means no row late (the usual batch: no join)
@@ -88,20 +96,9 @@ def advance_fixed(
         new_state = WindowState(state.partials, new_rows, after, seq)
         out = pl.concat(emitted, how="vertical_relaxed") if emitted else spec.empty_output()
         return FoldStep(new_state, out, late.drop("__seq", "__t"), added, removed)
-    merges = {k: v for a in spec.aggs for k, v in a.merges().items()}
-    if state.index is not None or PartialIndex.supports(state.partials.schema, spec.group_keys):
-        index = state.index if state.index is not None else PartialIndex.from_frame(state.partials, spec.group_keys)
-        changed = state.partials.clear()
-        if on_time.height:
-            changed = index.upsert(batch_partials(spec, on_time, keys), merges, elementwise_merges(spec, state.partials.schema))
-            if spec.emit == "update":
-                emitted.append(finalize_partials(spec, changed))
-        closing = index.close_until(after - spec.allowed_lateness_ms) if after is not None else changed.clear()
-        if closing.height and spec.emit == "final":
-            emitted.append(finalize_partials(spec, closing))
-        out = pl.concat(emitted, how="vertical_relaxed") if emitted else spec.empty_output()
-        new_state = WindowState(state.partials.clear(), state.rows, after, seq, index)
-        return FoldStep(new_state, out, late.drop("__seq", "__t"), changed, closing.select(keys))
+    if uses_index:
+        partials = batch_partials(spec, on_time, keys) if on_time.height else None
+        return _fold_into_index(spec, state, _index_of(spec, state), partials, None, late.drop("__seq", "__t"), after, seq)
     changed = state.partials.clear()
     partials = state.partials
     if on_time.height:
@@ -117,3 +114,78 @@ def advance_fixed(
     partials, closing = close_partials(spec, partials, after, emitted)
     out = pl.concat(emitted, how="vertical_relaxed") if emitted else spec.empty_output()
     return FoldStep(WindowState(partials, state.rows, after, seq), out, late.drop("__seq", "__t"), changed, closing.select(keys))
+
+
+def _any_late(spec: WindowSpec, frame: pl.DataFrame, before: int | None) -> bool:
+    """Whether a row's tumbling window had closed at ``before``, judged by the earliest event time (no query).
+
+    A row without an event time counts as late here: the general path decides about it.
+
+    >>> import polars as pl
+    >>> from lockgate.operators.windows import Tumbling, WindowSpec
+    >>> spec = WindowSpec.build("w", Tumbling("10s"), by=None, aggs={"n": pl.len()},
+    ...                        schema=pl.Schema({"__t": pl.Int64}), time_column="__t")
+    >>> _any_late(spec, pl.DataFrame({"__t": [20_000, 25_000]}), before=20_000)  # windows from 20 s: open
+    False
+    >>> _any_late(spec, pl.DataFrame({"__t": [19_999, 25_000]}), before=20_000)  # [10 s, 20 s) closed at 20 s
+    True
+    """
+    if before is None:
+        return False
+    times = frame.get_column("__t")
+    if times.null_count():
+        return True
+    size = spec.window.size_ms  # type: ignore[union-attr]
+    earliest = int(times.min())  # type: ignore[arg-type]
+    return (earliest // size) * size + size + spec.allowed_lateness_ms <= before
+
+
+def _index_of(spec: WindowSpec, state: WindowState) -> PartialIndex:
+    """The state's hot index (built from its partials frame on the first batch)."""
+    return state.index if state.index is not None else PartialIndex.from_frame(state.partials, spec.group_keys)
+
+
+def _tumbling_partials(spec: WindowSpec, index: PartialIndex, frame: pl.DataFrame) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray]]:
+    """A batch's partials per (keys, tumbling window) and their index hashes, in one query.
+
+    Equal to :func:`assign` + :func:`batch_partials` + the index's own hashes, which
+    take three queries.
+    """
+    size = spec.window.size_ms  # type: ignore[union-attr]
+    exprs = {k: v for a in spec.aggs for k, v in a.partials().items()}
+    start = (pl.col("__t") // size) * size
+    out = (
+        frame.lazy()
+        .with_columns(start.alias(WS), (start + size).alias(WE))
+        .group_by(spec.pair_keys, maintain_order=True).agg(**exprs)
+        .with_columns(*index.hash_exprs())
+        .collect()
+    )
+    h, c = out.get_column(_HASH).to_numpy(), out.get_column(_CHECK).to_numpy()
+    return pl.DataFrame([out.get_column(name) for name in out.columns if name not in (_HASH, _CHECK)]), (h, c)
+
+
+def _fold_into_index(
+    spec: WindowSpec,
+    state: WindowState,
+    index: PartialIndex,
+    partials: pl.DataFrame | None,
+    hashes: tuple[np.ndarray, np.ndarray] | None,
+    late: pl.DataFrame,
+    after: int | None,
+    seq: int,
+) -> FoldStep:
+    """Merge a batch's partials (None: no row on time) into the state's ``index``, then close the windows ``after`` closes."""
+    emitted: list[pl.DataFrame] = []
+    changed = state.partials.clear()
+    if partials is not None:
+        merges = {k: v for a in spec.aggs for k, v in a.merges().items()}
+        changed = index.upsert(partials, merges, elementwise_merges(spec, state.partials.schema), hashes=hashes)
+        if spec.emit == "update":
+            emitted.append(finalize_partials(spec, changed))
+    closing = index.close_until(after - spec.allowed_lateness_ms) if after is not None else changed.clear()
+    if closing.height and spec.emit == "final":
+        emitted.append(finalize_partials(spec, closing))
+    out = emitted[0] if len(emitted) == 1 else pl.concat(emitted, how="vertical_relaxed") if emitted else spec.empty_output()
+    new_state = WindowState(state.partials.clear(), state.rows, after, seq, index)
+    return FoldStep(new_state, out, late, changed, pl.DataFrame([closing.get_column(k) for k in spec.pair_keys]))

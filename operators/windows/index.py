@@ -30,13 +30,15 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-__all__ = ["Merge", "PartialIndex"]
+__all__ = ["CHECK", "HASH", "Merge", "PartialIndex"]
 
 #: How one partial column of a pair combines with the batch's partial, element-wise:
 #: ``("add", None)``, ``("min", None)``, ``("max", None)``, or ``("first" | "last", order_column)``.
 Merge = tuple[str, str | None]
 
 _HASH_SLICE = 1 << 20
+#: the columns of a pair's two hashes when a query computes them (:meth:`PartialIndex.hash_exprs`)
+HASH, CHECK = "__lg_h", "__lg_c"
 #: inserts of more pairs than this sort their hashes with Polars (multi-threaded) rather than NumPy
 _PARALLEL_SORT = 200_000
 #: the main index gets a bucket directory from this many pairs on (below, it fits the caches anyway)
@@ -117,6 +119,13 @@ class PartialIndex:
             return np.uint64
         return np.int64
 
+    def hash_exprs(self) -> tuple[pl.Expr, pl.Expr]:
+        """The two hashes of :meth:`_hashes` as expressions (columns ``HASH``, ``CHECK``), to compute them inside another query."""
+        return (
+            pl.struct(self.ident).hash(seed=7).alias(HASH),
+            (pl.struct(self.ident).hash(seed=1_000_003) // 4_294_967_296).cast(pl.UInt32).alias(CHECK),
+        )
+
     def _hashes(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Two independent 64- and 32-bit hashes of each row's (keys, window_start).
 
@@ -125,19 +134,16 @@ class PartialIndex:
         bench/state_scaling.py); slices reuse a small scratch.  A row's hash does not
         depend on the other rows, so slicing changes no value.
         """
-        exprs = (
-            pl.struct(self.ident).hash(seed=7).alias("h"),
-            (pl.struct(self.ident).hash(seed=1_000_003) // 4_294_967_296).cast(pl.UInt32).alias("c"),
-        )
+        exprs = self.hash_exprs()
         if frame.height <= _HASH_SLICE:
             out = frame.select(exprs)
-            return out["h"].to_numpy(), out["c"].to_numpy()
+            return out[HASH].to_numpy(), out[CHECK].to_numpy()
         h = np.empty(frame.height, dtype=np.uint64)
         c = np.empty(frame.height, dtype=np.uint32)
         for offset in range(0, frame.height, _HASH_SLICE):
             out = frame.slice(offset, _HASH_SLICE).select(exprs)
-            h[offset : offset + out.height] = out["h"].to_numpy()
-            c[offset : offset + out.height] = out["c"].to_numpy()
+            h[offset : offset + out.height] = out[HASH].to_numpy()
+            c[offset : offset + out.height] = out[CHECK].to_numpy()
         return h, c
 
     def _find(self, h: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -176,7 +182,7 @@ class PartialIndex:
 
     def _gather(self, ids: np.ndarray, keys: pl.DataFrame | None = None) -> pl.DataFrame:
         """Rows ``ids``; ``keys`` saves gathering key columns that the caller already has (same order)."""
-        keys = self.keys[pl.Series(ids)] if keys is None else keys.select(self.key_frame_columns)
+        keys = self.keys[pl.Series(ids)] if keys is None else pl.DataFrame([keys.get_column(c) for c in self.key_frame_columns])
         cols = []
         for name in self.value_columns:
             series = pl.Series(name, self.values[name][ids])
@@ -191,7 +197,8 @@ class PartialIndex:
             self.values[name][ids], self.valid[name][ids] = _arrays(frame[name])
 
     def upsert(
-        self, partials: pl.DataFrame, merges: Mapping[str, pl.Expr], horizontal: Mapping[str, Merge] | None = None
+        self, partials: pl.DataFrame, merges: Mapping[str, pl.Expr], horizontal: Mapping[str, Merge] | None = None,
+        hashes: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> pl.DataFrame:
         """Merge a batch's partials (one row per pair) into the state; returns the pairs' new rows.
 
@@ -202,13 +209,13 @@ class PartialIndex:
         """
         if partials.height == 0:
             return partials.select(self.schema.names())
-        h, c = self._hashes(partials)
+        h, c = self._hashes(partials) if hashes is None else hashes
         ids = self._find(h, c)
         found = ids >= 0
         out_parts = []
         if found.any():
             old_ids = ids[found]
-            new = partials.filter(pl.Series(found))
+            new = partials if found.all() else partials[np.nonzero(found)[0]]  # a gather, no query
             if horizontal is not None:
                 self._merge_in_place(old_ids, new, horizontal)
                 merged = self._gather(old_ids, keys=new)

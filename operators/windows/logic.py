@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 from lockgate.operators.windows.aggregations import aggregate_rows, finalize_partials
 from lockgate.operators.windows.fixed import advance_fixed, assign
@@ -158,6 +159,11 @@ def prepare(spec: WindowSpec, batch: pl.DataFrame, seq: int) -> pl.DataFrame:
     frame = batch
     if not spec.by:
         frame = frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(_GLOBAL))
+    if "__t" not in frame.columns and "__seq" not in frame.columns:  # the usual case: Series appended, no query
+        return frame.hstack([
+            frame.get_column(spec.time_column).cast(pl.Int64).alias("__t"),
+            pl.Series("__seq", np.arange(seq, seq + frame.height, dtype=np.int64)),
+        ])
     return frame.with_columns(
         pl.col(spec.time_column).cast(pl.Int64).alias("__t"),
         (pl.int_range(pl.len(), dtype=pl.Int64) + seq).alias("__seq"),

@@ -63,3 +63,38 @@ def test_the_hot_index_finds_pairs_across_many_batches_and_sweeps_closed_ones():
     got = {(k, ws // 10_000): s for k, ws, s in out.emitted.select("k", pl.col("window_start").dt.epoch("ms"), "s").iter_rows()}
     assert got == total
     assert len(logic.state.index) == 0
+
+
+def test_a_window_opened_by_an_on_time_batch_is_the_same_pair_when_a_batch_with_a_late_record_updates_it(monkeypatch):
+    """The one-query path (no late row) hashes pairs as the general path does: one pair per window, counts merged."""
+    from lockgate.operators.windows import fixed
+
+    paths = []
+    monkeypatch.setattr(fixed, "_tumbling_partials", _recording(fixed._tumbling_partials, paths, "one query"))
+    monkeypatch.setattr(fixed, "assign", _recording(fixed.assign, paths, "general"))
+    spec = make_spec(Tumbling("10s"), {"n": pl.len(), "s": pl.col("x").sum()}, "update")
+    logic = WindowLogic(spec)
+
+    def batch(ks, xs, ts):
+        return pl.DataFrame({"k": ks, "x": xs, "y": [0.0] * len(ks), "t": ts, "z": ks}, schema=SCHEMA)
+
+    first = logic.on_batch(batch(["a", "b", "a"], [1, 2, 3], [21_000, 22_000, 23_000]), 20_000)
+    assert paths == ["one query"]
+    assert sorted(first.emitted.select("k", "n", "s").rows()) == [("a", 2, 4), ("b", 1, 2)]
+    # 5_000 is late (its window [0, 10s) closed at 20s); 24_000 updates a's open window
+    second = logic.on_batch(batch(["a", "a"], [10, 20], [5_000, 24_000]), 20_000)
+    assert paths == ["one query", "general"]
+    assert second.late["x"].to_list() == [10]
+    assert second.emitted.select("k", "n", "s").rows() == [("a", 3, 24)]
+    third = logic.on_batch(batch(["a", "b"], [100, 200], [25_000, 26_000]), 20_000)
+    assert paths[-1] == "one query"
+    assert sorted(third.emitted.select("k", "n", "s").rows()) == [("a", 4, 124), ("b", 2, 202)]
+    assert logic.state.index is not None and logic.state.index.live == 2
+
+
+def _recording(fn, paths, name):
+    def wrapper(*args, **kwargs):
+        paths.append(name)
+        return fn(*args, **kwargs)
+
+    return wrapper
