@@ -36,3 +36,16 @@ def test_a_prepare_record_cut_short_is_a_clear_error():
     value = encode(_record(None))
     with pytest.raises(CommitError, match="cannot be read.*cut short"):
         decode(value[: len(value) // 2])
+
+
+def test_state_rows_travel_compressed_and_a_record_written_without_compression_still_reads(monkeypatch):
+    import lockgate.storage.prepare_record as prepare_record
+
+    rows = pa.table({"k": [f"user-{i % 50}" for i in range(2_000)], "n": pa.array([i % 7 for i in range(2_000)], pa.int64())})
+    record = PrepareRecord("clicks", 1, 9, (("/tmp/w.lance", rows),), None)
+    compressed = encode(record)
+    monkeypatch.setattr(prepare_record, "_WRITE", pa.ipc.IpcWriteOptions())  # as records were written before
+    plain = encode(record)
+    assert len(compressed) * 3 < len(plain)
+    for value in (compressed, plain):
+        assert decode(value).tables[0][1].equals(rows)
