@@ -23,8 +23,9 @@ path: its changelog topics are in the transaction).  In this order:
 4. **Materialize** after the commit, on one materializer thread, in epoch order
    (:meth:`Committer.settle` queues it, at most ``_MATERIALIZE_QUEUE`` epochs
    behind): every table's rows side by side, then the commit log's prepare rows and
-   the epoch's commit mark in one append; the epochs queued when it fell behind in
-   one go, one append per table (``transaction.materialize_together``).
+   the epoch's commit mark in one append; at most every ``_MATERIALIZE_EVERY_S``,
+   the epochs committed meanwhile (or queued when it fell behind) in one go, one
+   append per table (``transaction.materialize_together``).
    Readers see only marked batches, so all of an epoch or none of it.  Before state
    is loaded again (a reload after an abort, partitions assigned or revoked, the
    end of a run) the queue is drained (:meth:`Committer.drain`).

@@ -292,6 +292,7 @@ def test_a_committed_epoch_is_written_to_lancedb_after_its_settle_and_a_drain_wa
     committer.metrics, committer.materializing, committer.queued = Metrics(), [], []
     committer.queue_lock, committer.failed = threading.Lock(), None
     committer.materializer = futures.ThreadPoolExecutor(1)
+    committer.last_write, committer.hurry = 0.0, threading.Event()
     committer.commit_estimate, committer.started_at, committer.hang_grace_s = None, None, 15.0
     done: Future[None] = Future()
     done.set_result(None)
@@ -343,6 +344,7 @@ def test_epochs_queued_while_lancedb_is_slow_are_written_together_and_nothing_af
     committer.metrics, committer.materializing, committer.queued = Metrics(), [], []
     committer.queue_lock, committer.failed = threading.Lock(), None
     committer.materializer = futures.ThreadPoolExecutor(1)
+    committer.last_write, committer.hurry = 0.0, threading.Event()
 
     def txn(number: int) -> Any:
         steps = _Steps()
@@ -404,3 +406,100 @@ def test_several_epochs_are_written_with_one_append_per_table_then_one_log_appen
     assert rows.column("kind").to_pylist() == ["prepare", "commit"] * 3
     assert rows.column("batch_id").to_pylist() == [t.epoch.batch_id for t in txns for _ in range(2)]
     assert all(t.materialized and t.seconds["prepare"] >= t.log_append_seconds for t in txns)
+
+
+def _materializer_only(monkeypatch: pytest.MonkeyPatch, write: Any) -> Any:
+    """A Committer with nothing but its materializer; ``write`` stands for ``materialize_together``."""
+    from concurrent import futures
+
+    from lockgate.engine import commit
+    from lockgate.engine.commit import Committer
+    from lockgate.engine.metrics import Metrics
+
+    monkeypatch.setattr(commit, "materialize_together", write)
+    committer = Committer.__new__(Committer)
+    committer.metrics, committer.materializing, committer.queued = Metrics(), [], []
+    committer.queue_lock, committer.failed = threading.Lock(), None
+    committer.materializer = futures.ThreadPoolExecutor(1)
+    committer.last_write, committer.hurry = 0.0, threading.Event()
+    return committer
+
+
+def _committed(number: int) -> Any:
+    from lockgate.engine.transaction import Epoch
+
+    steps = _Steps()
+    for name, value in (("epoch", Epoch(number=number, ranges=())), ("seconds", {}), ("log_append_seconds", 0.002),
+                        ("committed_at", time.time()), ("materializing", False)):
+        setattr(steps, name, value)
+    return steps
+
+
+def test_epochs_committed_within_the_materialize_interval_go_to_lancedb_in_one_write(monkeypatch):
+    from lockgate.engine import commit
+
+    groups: list[list[int]] = []
+    written = threading.Event()
+
+    def write(txns: list[Any]) -> None:
+        groups.append([t.epoch.number for t in txns])
+        for t in txns:
+            t.seconds["prepare"] = 0.01
+        written.set()
+
+    monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 0.5)
+    committer = _materializer_only(monkeypatch, write)
+    committer._submit(_committed(1))
+    assert written.wait(10), "the first write does not wait"
+    for number in (2, 3, 4):  # committed right after: within the interval
+        committer._submit(_committed(number))
+    deadline = time.monotonic() + 10
+    while sum(map(len, groups)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert groups == [[1], [2, 3, 4]], "the epochs committed during the interval went in one write"
+
+
+def test_a_drain_writes_what_is_queued_at_once_instead_of_waiting_out_the_interval(monkeypatch):
+    from lockgate.engine import commit
+
+    groups: list[list[int]] = []
+
+    def write(txns: list[Any]) -> None:
+        groups.append([t.epoch.number for t in txns])
+        for t in txns:
+            t.seconds["prepare"] = 0.01
+
+    monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 3600.0)  # without the hurry, a drain would wait an hour
+    committer = _materializer_only(monkeypatch, write)
+    committer._submit(_committed(1))
+    committer._submit(_committed(2))
+    drained = threading.Thread(target=committer.drain, daemon=True)
+    drained.start()
+    drained.join(10)
+    assert not drained.is_alive() and groups[0] == [1] and sum(groups, []) == [1, 2]
+    assert not committer.hurry.is_set(), "after the drain, writes wait for the interval again"
+
+
+def test_a_full_materializer_queue_writes_at_once_instead_of_holding_the_runner_for_the_interval(monkeypatch):
+    from lockgate.engine import commit
+
+    groups: list[list[int]] = []
+
+    def write(txns: list[Any]) -> None:
+        groups.append([t.epoch.number for t in txns])
+        for t in txns:
+            t.seconds["prepare"] = 0.01
+
+    monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 3600.0)
+    monkeypatch.setattr(commit, "_MATERIALIZE_QUEUE", 2)
+    committer = _materializer_only(monkeypatch, write)
+
+    def settle_four() -> None:
+        for number in (1, 2, 3, 4):  # 4 finds 2 and 3 queued: the queue is full, the runner waits for 2
+            committer._materialize(_committed(number))
+
+    runner = threading.Thread(target=settle_four, daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "the runner waited for the oldest queued epoch, which was written at once"
+    assert groups[:2] == [[1], [2, 3]]
