@@ -56,6 +56,7 @@ from lockgate.engine.plan import (
     SourceNode,
     WindowNode,
 )
+from lockgate.operators.queries import collect, collect_all
 from lockgate.storage.commit_log import CommitLog
 
 from lockgate.errors import PipelineDefinitionError
@@ -91,7 +92,7 @@ def execute(
 
     def frame_of(node: Node) -> pl.DataFrame:
         build(node)
-        return eager[node.name] if node.name in eager else lazy[node.name].collect()
+        return eager[node.name] if node.name in eager else collect(lazy[node.name])
 
     def build(node: Node) -> pl.LazyFrame:
         if node.name not in lazy:
@@ -109,7 +110,7 @@ def execute(
                 lazy[node.name] = eager[node.name].lazy()
             elif isinstance(node, StreamJoinNode):
                 assert node.left is not None and node.right is not None and join_step is not None
-                left, right = pl.collect_all([build(node.left), build(node.right)])
+                left, right = collect_all([build(node.left), build(node.right)])
                 eager[node.name] = join_step(node, left, right)
                 lazy[node.name] = eager[node.name].lazy()
             elif isinstance(node, JoinNode):
@@ -132,7 +133,7 @@ def execute(
     if all(p.name in eager for p in parents):  # every sink reads a materialized frame (a window's output): no query
         frames = [eager[p.name] for p in parents]
     else:
-        frames = pl.collect_all([lazy[p.name] for p in parents])
+        frames = collect_all([lazy[p.name] for p in parents])
     return {s.name: f for s, f in zip(sinks, frames, strict=True)}
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import polars as pl
 from lockgate.operators.event_time import epoch_ms
 from lockgate.operators.join_rows import _MATCHED, _T, ROW_ID, JoinOutput, JoinRows, StreamJoinSpec
+from lockgate.operators.queries import collect_all
 
 __all__ = ["IntervalJoinLogic"]
 
@@ -70,7 +71,7 @@ class IntervalJoinLogic(JoinRows):
         all_right = pl.concat([self.right, new_right], how="vertical_relaxed")
         first = _pairs_with(spec, new_left.lazy(), all_right.lazy())
         second = _pairs_with(spec, self.left.lazy(), new_right.lazy())
-        first, second = pl.collect_all([first, second])
+        first, second = collect_all([first, second])
         old_left = self.left
         if spec.how == "left":  # only a left join needs to know which left rows matched
             flipped = second.get_column(ROW_ID).unique()

@@ -31,6 +31,7 @@ from lockgate.operators.windows.aggregations import (
     finalize_partials,
     merge_partials,
 )
+from lockgate.operators.queries import collect
 from lockgate.operators.windows.index import CHECK as _CHECK, HASH as _HASH, PartialIndex
 from lockgate.operators.windows.specs import WE, WS, Hopping, Tumbling, WindowSpec
 from lockgate.operators.windows.state import FoldStep, WindowState
@@ -154,12 +155,11 @@ def _tumbling_partials(spec: WindowSpec, index: PartialIndex, frame: pl.DataFram
     size = spec.window.size_ms  # type: ignore[union-attr]
     exprs = {k: v for a in spec.aggs for k, v in a.partials().items()}
     start = (pl.col("__t") // size) * size
-    out = (
+    out = collect(
         frame.lazy()
         .with_columns(start.alias(WS), (start + size).alias(WE))
         .group_by(spec.pair_keys, maintain_order=True).agg(**exprs)
         .with_columns(*index.hash_exprs())
-        .collect()
     )
     h, c = out.get_column(_HASH).to_numpy(), out.get_column(_CHECK).to_numpy()
     return pl.DataFrame([out.get_column(name) for name in out.columns if name not in (_HASH, _CHECK)]), (h, c)

@@ -447,7 +447,7 @@ def test_epochs_committed_within_the_materialize_interval_go_to_lancedb_in_one_w
             t.seconds["prepare"] = 0.01
         written.set()
 
-    monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 0.5)
+    monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 2.0)
     committer = _materializer_only(monkeypatch, write)
     committer._submit(_committed(1))
     assert written.wait(10), "the first write does not wait"
@@ -493,13 +493,18 @@ def test_a_full_materializer_queue_writes_at_once_instead_of_holding_the_runner_
     monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 3600.0)
     monkeypatch.setattr(commit, "_MATERIALIZE_QUEUE", 2)
     committer = _materializer_only(monkeypatch, write)
+    committer._materialize(_committed(1))  # the first write does not wait
+    deadline = time.monotonic() + 10
+    while not all(f.done() for f in committer.materializing) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert groups == [[1]]
 
-    def settle_four() -> None:
-        for number in (1, 2, 3, 4):  # 4 finds 2 and 3 queued: the queue is full, the runner waits for 2
+    def settle_three() -> None:
+        for number in (2, 3, 4):  # 2 and 3 wait out the interval; 4 finds the queue full and waits for 2
             committer._materialize(_committed(number))
 
-    runner = threading.Thread(target=settle_four, daemon=True)
+    runner = threading.Thread(target=settle_three, daemon=True)
     runner.start()
     runner.join(10)
     assert not runner.is_alive(), "the runner waited for the oldest queued epoch, which was written at once"
-    assert groups[:2] == [[1], [2, 3]]
+    assert groups == [[1], [2, 3]], "the epochs queued meanwhile went in that one write"

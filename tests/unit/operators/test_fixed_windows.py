@@ -98,3 +98,18 @@ def _recording(fn, paths, name):
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def test_the_one_query_fold_runs_on_polars_in_memory_engine_not_the_streaming_default(monkeypatch):
+    engines = []
+    collect = pl.LazyFrame.collect
+
+    def recording(self, *args, **kwargs):
+        engines.append(kwargs.get("engine", "auto"))
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LazyFrame, "collect", recording)
+    spec = make_spec(Tumbling("10s"), {"n": pl.len()}, "update")
+    batch = pl.DataFrame({"k": ["a", "b"], "x": [1, 2], "y": [0.0, 0.0], "t": [21_000, 22_000], "z": ["a", "b"]}, schema=SCHEMA)
+    WindowLogic(spec).on_batch(batch, 20_000)
+    assert "in-memory" in engines and "auto" not in engines
