@@ -319,13 +319,6 @@ def test_a_committed_epoch_is_written_to_lancedb_after_its_settle_and_a_drain_wa
 
 
 def test_epochs_queued_while_lancedb_is_slow_are_written_together_and_nothing_after_a_failed_write(monkeypatch):
-    from concurrent import futures
-
-    from lockgate.engine import commit
-    from lockgate.engine.commit import Committer
-    from lockgate.engine.metrics import Metrics
-    from lockgate.engine.transaction import Epoch
-
     groups: list[list[int]] = []
     first_started, release = threading.Event(), threading.Event()
 
@@ -339,19 +332,8 @@ def test_epochs_queued_while_lancedb_is_slow_are_written_together_and_nothing_af
         for t in txns:
             t.seconds["prepare"] = 0.01
 
-    monkeypatch.setattr(commit, "materialize_together", write)
-    committer = Committer.__new__(Committer)  # no producer: only the materializer
-    committer.metrics, committer.materializing, committer.queued = Metrics(), [], []
-    committer.queue_lock, committer.failed = threading.Lock(), None
-    committer.materializer = futures.ThreadPoolExecutor(1)
-    committer.last_write, committer.hurry = 0.0, threading.Event()
-
-    def txn(number: int) -> Any:
-        steps = _Steps()
-        for name, value in (("epoch", Epoch(number=number, ranges=())), ("seconds", {}), ("log_append_seconds", 0.002),
-                            ("committed_at", time.time()), ("materializing", False)):
-            setattr(steps, name, value)
-        return steps
+    committer = _materializer_only(monkeypatch, write)
+    txn = _committed
 
     committer._submit(txn(1))
     assert first_started.wait(10)
@@ -425,6 +407,17 @@ def _materializer_only(monkeypatch: pytest.MonkeyPatch, write: Any) -> Any:
     return committer
 
 
+def _recording(groups: list[list[int]]) -> Any:
+    """A stand-in for ``materialize_together`` that records the epoch numbers of each write in ``groups``."""
+
+    def write(txns: list[Any]) -> None:
+        groups.append([t.epoch.number for t in txns])
+        for t in txns:
+            t.seconds["prepare"] = 0.01
+
+    return write
+
+
 def _committed(number: int) -> Any:
     from lockgate.engine.transaction import Epoch
 
@@ -463,11 +456,7 @@ def test_a_drain_writes_what_is_queued_at_once_instead_of_waiting_out_the_interv
     from lockgate.engine import commit
 
     groups: list[list[int]] = []
-
-    def write(txns: list[Any]) -> None:
-        groups.append([t.epoch.number for t in txns])
-        for t in txns:
-            t.seconds["prepare"] = 0.01
+    write = _recording(groups)
 
     monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 3600.0)  # without the hurry, a drain would wait an hour
     committer = _materializer_only(monkeypatch, write)
@@ -484,11 +473,7 @@ def test_a_full_materializer_queue_writes_at_once_instead_of_holding_the_runner_
     from lockgate.engine import commit
 
     groups: list[list[int]] = []
-
-    def write(txns: list[Any]) -> None:
-        groups.append([t.epoch.number for t in txns])
-        for t in txns:
-            t.seconds["prepare"] = 0.01
+    write = _recording(groups)
 
     monkeypatch.setattr(commit, "_MATERIALIZE_EVERY_S", 3600.0)
     monkeypatch.setattr(commit, "_MATERIALIZE_QUEUE", 2)
